@@ -1,0 +1,15 @@
+"""featstore: a feature store and embedding cache for audio-visual scene classification.
+
+The store library: open or create a store, read its clips table, segment grid and arrays. Importing
+featstore does not import TensorFlow (nor librosa or dask: those load where a stage needs them).
+
+>>> import featstore
+>>> featstore.CLASSES[:3]
+('airport', 'bus', 'metro')
+"""
+
+from featstore.constants import CLASSES, META_CLASSES
+from featstore.store import ParamsMismatch, Store, StoreError, init_store, open_store
+
+__version__ = "0.1.0"
+__all__ = ["CLASSES", "META_CLASSES", "ParamsMismatch", "Store", "StoreError", "init_store", "open_store"]

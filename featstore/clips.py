@@ -1,0 +1,118 @@
+"""The clips table and the segment grid.
+
+The clips table has one row per clip; a clip's row position is its index along the first axis of
+every per-clip array, and never changes (new clips are appended). Columns:
+
+====================  ==============================================================================
+clip_id               stable id, the audio file's stem (the video's when there is no audio)
+label                 scene label ("" when unknown, e.g. test clips)
+split                 "train", "evaluate", "test" or "" (in no fold file)
+fold                  fold number of the evaluation setup (0 when not from a fold file)
+identifier            recording location, the unit of the official split
+audio_path            audio file, relative to the store's dataset root ("" when none)
+video_path            video file, relative to the dataset root ("" when none)
+duration_s            duration of the source in seconds (NaN when it could not be read)
+audio_fingerprint     content fingerprint of the audio file ("" when missing)
+video_fingerprint     content fingerprint of the video file ("" when missing)
+====================  ==============================================================================
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+CLIP_COLUMNS: dict[str, str] = {
+    "clip_id": "string",
+    "label": "string",
+    "split": "string",
+    "fold": "int64",
+    "identifier": "string",
+    "audio_path": "string",
+    "video_path": "string",
+    "duration_s": "float64",
+    "audio_fingerprint": "string",
+    "video_fingerprint": "string",
+}
+
+#: Columns that define a clip; re-ingesting a clip with other values here is a conflict.
+IDENTITY_COLUMNS = ("label", "split", "audio_path", "video_path")
+
+
+def empty_clips() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in CLIP_COLUMNS.items()})
+
+
+def normalise_clips(df: pd.DataFrame) -> pd.DataFrame:
+    """Give ``df`` exactly the clips table's columns and dtypes (missing ones filled with defaults)."""
+    out = pd.DataFrame(index=range(len(df)))
+    for col, dtype in CLIP_COLUMNS.items():
+        if col in df.columns:
+            values = df[col].to_numpy()
+        elif dtype == "string":
+            values = [""] * len(df)
+        elif col == "duration_s":
+            values = [np.nan] * len(df)
+        else:
+            values = [0] * len(df)
+        out[col] = pd.Series(values, dtype=dtype).fillna("" if dtype == "string" else np.nan)
+    return out
+
+
+class ClipConflict(ValueError):
+    """A clip_id already in the store is given again with different metadata."""
+
+
+def merge_clips(existing: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Append the clips of ``new`` that ``existing`` lacks; return (table, number appended).
+
+    A clip_id present in both with the same identity columns is skipped (re-ingest is a no-op); with
+    different ones, :class:`ClipConflict` names the clip and the differing columns.
+    """
+    new = normalise_clips(new)
+    known = existing.set_index("clip_id")
+    fresh = []
+    for row in new.itertuples(index=False):
+        if row.clip_id in known.index:
+            old = known.loc[row.clip_id]
+            diffs = [c for c in IDENTITY_COLUMNS if str(old[c]) != str(getattr(row, c))]
+            if diffs:
+                details = ", ".join(f"{c}: {old[c]!r} -> {getattr(row, c)!r}" for c in diffs)
+                raise ClipConflict(f"clip {row.clip_id!r} is already in the store with other metadata ({details})")
+        else:
+            fresh.append(row)
+    if not fresh:
+        return existing, 0
+    added = normalise_clips(pd.DataFrame(fresh, columns=new.columns))
+    table = added if existing.empty else pd.concat([existing, added], ignore_index=True)
+    return table, len(added)
+
+
+def segments_per_clip(clip_duration_s: float, segment_s: float) -> int:
+    """Number of whole segments in a clip (the grid drops a final partial segment)."""
+    return int(math.floor(clip_duration_s / segment_s + 1e-9))
+
+
+def segment_table(clips: pd.DataFrame, clip_duration_s: float, segment_s: float) -> pd.DataFrame:
+    """The segment grid: one row per (clip, segment) with start/end times in seconds.
+
+    Columns: clip_index, clip_id, segment, start_s, end_s, label, split. Segment ``k`` of a clip covers
+    ``[k * segment_s, (k + 1) * segment_s)``.
+    """
+    n_seg = segments_per_clip(clip_duration_s, segment_s)
+    n_clips = len(clips)
+    seg = np.tile(np.arange(n_seg), n_clips)
+    clip_index = np.repeat(np.arange(n_clips), n_seg)
+    return pd.DataFrame(
+        {
+            "clip_index": clip_index,
+            "clip_id": clips["clip_id"].to_numpy()[clip_index],
+            "segment": seg,
+            "start_s": seg * segment_s,
+            "end_s": (seg + 1) * segment_s,
+            "label": clips["label"].to_numpy()[clip_index],
+            "split": clips["split"].to_numpy()[clip_index],
+        }
+    )

@@ -1,0 +1,352 @@
+"""The featstore store: one Zarr v3 group with the clips table, per-clip arrays and their provenance.
+
+Layout of a store at ``<url>``::
+
+    zarr.json                       group attributes: {"featstore": {segment grid, classes, dataset root}}
+    audio/mel, audio/gam, ...       per-clip arrays, first axis = clip index, one chunk per clip
+    frames/rgb, embeddings/...      (same rule)
+    _featstore/clips.parquet        the clips table (see featstore.clips)
+    _featstore/failures.parquet     the failures record (see featstore.ledger)
+    _featstore/ledger/*.json        one completion ledger per array
+
+Example:
+
+>>> import featstore, tempfile
+>>> store = featstore.init_store(tempfile.mkdtemp() + "/s.zarr", clip_duration_s=3.0)
+>>> store.segment_s, store.n_segments
+(1.0, 3)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+import zarr.storage
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from featstore import clips as clips_mod
+from featstore.constants import CLASSES, CLIP_DURATION_S, SEGMENT_S
+from featstore.fingerprint import library_versions, stable_hash
+from featstore.ledger import Failures, Ledger, ledger_name
+from featstore.sidefiles import SideFiles
+
+CLIPS_NAME = "clips.parquet"
+ATTRS_KEY = "featstore"
+#: Libraries whose versions are recorded in every array's provenance.
+RECORDED_LIBRARIES = ("featstore", "numpy", "zarr", "librosa", "soxr", "soundfile", "av", "tensorflow-cpu")
+
+
+class StoreError(RuntimeError):
+    """A store cannot be opened or used as asked."""
+
+
+class ParamsMismatch(StoreError):
+    """An array exists with a different fingerprint than the one a stage would write."""
+
+    def __init__(self, path: str, diffs: dict[str, tuple[Any, Any]]):
+        self.path, self.diffs = path, diffs
+        listed = "; ".join(f"{k}: stored {a!r}, asked {b!r}" for k, a, b in ((k, *v) for k, v in diffs.items()))
+        super().__init__(
+            f"array {path!r} exists with other parameters ({listed}). "
+            "Use --overwrite to recompute it, or --name NEW to write a new array."
+        )
+
+
+def _is_url(path_or_url: str) -> bool:
+    return "://" in str(path_or_url)
+
+
+def _zarr_store(url: str) -> zarr.abc.store.Store:
+    if _is_url(url) and not url.startswith("file://"):
+        return zarr.storage.FsspecStore.from_url(url)
+    return zarr.storage.LocalStore(url.removeprefix("file://"))
+
+
+def normalise_url(path_or_url: str | os.PathLike) -> str:
+    """Absolute local path, or the URL unchanged."""
+    text = str(path_or_url)
+    return text.rstrip("/") if _is_url(text) else os.path.abspath(text)
+
+
+class Store:
+    """A featstore store. Open with :func:`open_store`, create with :func:`init_store`."""
+
+    def __init__(self, url: str):
+        self.url = normalise_url(url)
+        self.side = SideFiles(self.url)
+        try:
+            self.group = zarr.open_group(_zarr_store(self.url), mode="r+")
+        except FileNotFoundError:
+            raise StoreError(f"no featstore store at {self.url} (create one with `featstore init`)") from None
+        if ATTRS_KEY not in self.group.attrs:
+            raise StoreError(f"{self.url} is a Zarr group but not a featstore store")
+        self._clips: pd.DataFrame | None = None
+
+    # ---------------------------------------------------------------- settings
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.group.attrs[ATTRS_KEY])
+
+    def _update_settings(self, **changes: Any) -> None:
+        self.group.attrs[ATTRS_KEY] = {**self.settings, **changes}
+
+    @property
+    def segment_s(self) -> float:
+        """Segment grid step in seconds."""
+        return float(self.settings["segment_s"])
+
+    @property
+    def clip_duration_s(self) -> float:
+        """Nominal clip duration in seconds: per-clip arrays are sized for it."""
+        return float(self.settings["clip_duration_s"])
+
+    @property
+    def n_segments(self) -> int:
+        """Segments per clip on the grid."""
+        return clips_mod.segments_per_clip(self.clip_duration_s, self.segment_s)
+
+    @property
+    def classes(self) -> list[str]:
+        """The label map: class index i is ``classes[i]``."""
+        return list(self.settings["classes"])
+
+    @property
+    def dataset_root(self) -> str | None:
+        """Directory that the clips' paths are relative to (set at the first ingest)."""
+        return self.settings.get("dataset_root")
+
+    def set_dataset_root(self, root: str | os.PathLike) -> None:
+        """Point the store at a (moved) dataset; paths in the clips table stay relative."""
+        self._update_settings(dataset_root=os.path.abspath(root))
+
+    def source_path(self, relative: str) -> str:
+        """Absolute path of a source file named in the clips table."""
+        if not relative:
+            return ""
+        root = self.dataset_root or ""
+        return os.path.join(root, relative)
+
+    # ---------------------------------------------------------------- clips
+    @property
+    def clips(self) -> pd.DataFrame:
+        """The clips table (a copy is cheap to take; do not mutate in place)."""
+        if self._clips is None:
+            raw = self.side.read(CLIPS_NAME)
+            self._clips = (
+                clips_mod.normalise_clips(pd.read_parquet(io.BytesIO(raw)))
+                if raw is not None
+                else clips_mod.empty_clips()
+            )
+        return self._clips
+
+    @property
+    def n_clips(self) -> int:
+        return len(self.clips)
+
+    def add_clips(self, new: pd.DataFrame) -> int:
+        """Append clips the store does not have yet; return how many were added (0 = no-op)."""
+        table, n_added = clips_mod.merge_clips(self.clips, new)
+        if n_added:
+            buf = io.BytesIO()
+            table.to_parquet(buf, index=False)
+            self.side.write(CLIPS_NAME, buf.getvalue())
+            self._clips = table
+        return n_added
+
+    def clip_index(self, clip_id: str) -> int:
+        """Row of ``clip_id`` in the clips table (= its index along every array's first axis)."""
+        hits = np.flatnonzero(self.clips["clip_id"].to_numpy() == clip_id)
+        if len(hits) == 0:
+            raise KeyError(f"no clip {clip_id!r} in the store")
+        return int(hits[0])
+
+    @property
+    def segments(self) -> pd.DataFrame:
+        """The segment grid: clip_index, clip_id, segment, start_s, end_s, label, split."""
+        return clips_mod.segment_table(self.clips, self.clip_duration_s, self.segment_s)
+
+    def label_indices(self, labels: Any) -> np.ndarray:
+        """Class indices of ``labels`` (-1 for an empty or unknown label)."""
+        lookup = {c: i for i, c in enumerate(self.classes)}
+        return np.array([lookup.get(str(label), -1) for label in labels], dtype=np.int64)
+
+    # ---------------------------------------------------------------- arrays
+    def has_array(self, path: str) -> bool:
+        try:
+            return isinstance(self.group[path], zarr.Array)
+        except KeyError:
+            return False
+
+    def array(self, path: str) -> zarr.Array:
+        """The per-clip Zarr array at ``path`` (e.g. ``"audio/mel"``)."""
+        try:
+            node = self.group[path]
+        except KeyError:
+            raise KeyError(f"no array {path!r} in the store (run the stage that makes it)") from None
+        if not isinstance(node, zarr.Array):
+            raise KeyError(f"{path!r} is a group, not an array")
+        return node
+
+    def array_paths(self) -> list[str]:
+        """Paths of every per-clip array in the store, sorted."""
+        with warnings.catch_warnings():  # zarr warns about the non-Zarr folder _featstore/
+            warnings.filterwarnings("ignore", message="Object at _featstore")
+            members = list(self.group.members(max_depth=None))
+        return sorted(p for p, node in members if isinstance(node, zarr.Array))
+
+    def provenance(self, path: str) -> dict[str, Any]:
+        """How the array was made: stage, params, fingerprint, library_versions, dims, created."""
+        return dict(self.array(path).attrs[ATTRS_KEY])
+
+    def create_array(
+        self,
+        path: str,
+        *,
+        per_clip_shape: tuple[int, ...],
+        dtype: str,
+        dims: tuple[str, ...],
+        stage: str,
+        params: dict[str, Any],
+        overwrite: bool = False,
+    ) -> zarr.Array:
+        """Create (or reuse) the per-clip array ``path`` of shape ``(n_clips, *per_clip_shape)``.
+
+        One chunk per clip, codecs zstd then crc32c, NaN fill for floats with ``write_empty_chunks``
+        so that an unwritten clip can never read as zeros. Call from the driver only (DESIGN 7.2).
+
+        The fingerprint covers ``stage``, ``params``, shape and dtype. An existing array with the same
+        fingerprint is reused (grown along the clip axis when clips were added); with another one,
+        :class:`ParamsMismatch` names the differing parameters unless ``overwrite``, which deletes the
+        array and its ledger first.
+        """
+        fingerprint = stable_hash(
+            {"stage": stage, "params": params, "per_clip_shape": list(per_clip_shape), "dtype": dtype}
+        )
+        n_clips = self.n_clips
+        if self.has_array(path):
+            existing = self.array(path)
+            old = existing.attrs[ATTRS_KEY]
+            if old["fingerprint"] == fingerprint:
+                if existing.shape[0] < n_clips:
+                    existing.resize((n_clips, *existing.shape[1:]))
+                return existing
+            if not overwrite:
+                keys = sorted(set(old["params"]) | set(params))
+                diffs = {k: (old["params"].get(k), params.get(k)) for k in keys if old["params"].get(k) != params.get(k)}
+                if list(old.get("per_clip_shape", [])) != list(per_clip_shape):
+                    diffs["per_clip_shape"] = (old.get("per_clip_shape"), list(per_clip_shape))
+                if old.get("dtype") != dtype:
+                    diffs["dtype"] = (old.get("dtype"), dtype)
+                raise ParamsMismatch(path, diffs)
+            del self.group[path]
+            self.side.delete(ledger_name(path))
+        is_float = np.dtype(dtype).kind == "f"
+        array = self.group.create_array(
+            path,
+            shape=(n_clips, *per_clip_shape),
+            chunks=(1, *per_clip_shape),
+            dtype=dtype,
+            fill_value=np.nan if is_float else 0,
+            compressors=[ZstdCodec(level=3), Crc32cCodec()],
+            dimension_names=("clip", *dims),
+            config={"write_empty_chunks": True},
+        )
+        array.attrs[ATTRS_KEY] = {
+            "stage": stage,
+            "params": params,
+            "fingerprint": fingerprint,
+            "per_clip_shape": list(per_clip_shape),
+            "dtype": dtype,
+            "dims": ["clip", *dims],
+            "library_versions": library_versions(*RECORDED_LIBRARIES),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        return array
+
+    # ---------------------------------------------------------------- done-marks and failures
+    def ledger(self, path: str) -> Ledger:
+        """The completion ledger of array ``path`` (for its current fingerprint)."""
+        return Ledger.load(self.side, path, self.provenance(path)["fingerprint"])
+
+    def is_done(self, path: str, clip_id: str, input_fingerprint: str) -> bool:
+        """Whether ``clip_id`` is written whole in ``path`` from inputs with ``input_fingerprint``."""
+        return self.ledger(path).is_done(clip_id, input_fingerprint)
+
+    def failures_record(self) -> Failures:
+        """The failures record, for updating (call ``flush()`` after)."""
+        return Failures(self.side)
+
+    @property
+    def failures(self) -> pd.DataFrame:
+        """Failed clips: stage, array, clip_id, error_type, message, time."""
+        return self.failures_record().table
+
+    # ---------------------------------------------------------------- readers (featstore.readers)
+    def audio(self, feature: str, clip_id: str, *, deltas: bool = False, group: str = "audio") -> np.ndarray:
+        """Log spectrogram of one clip, (channel=2, bin, frame) float32; (6, bin, frame) with deltas."""
+        from featstore.readers import read_audio
+
+        return read_audio(self, feature, clip_id, deltas=deltas, group=group)
+
+    def audio_segments(self, feature: str, **kwargs: Any):
+        """Segment windows with labels and clip index; see :func:`featstore.readers.audio_segments`."""
+        from featstore.readers import audio_segments
+
+        return audio_segments(self, feature, **kwargs)
+
+    def frames(self, clip_id: str, *, group: str = "frames") -> tuple[np.ndarray, np.ndarray]:
+        """(frames (frame, H, W, 3) uint8, times (frame,) float32 seconds) of one clip."""
+        from featstore.readers import read_frames
+
+        return read_frames(self, clip_id, group=group)
+
+    def frame_segments(self, **kwargs: Any):
+        """Frames grouped by segment of the grid; see :func:`featstore.readers.frame_segments`."""
+        from featstore.readers import frame_segments
+
+        return frame_segments(self, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<featstore.Store {self.url} clips={self.n_clips} arrays={len(self.array_paths())}>"
+
+
+def init_store(
+    url: str | os.PathLike,
+    *,
+    segment_s: float = SEGMENT_S,
+    clip_duration_s: float = CLIP_DURATION_S,
+    classes: list[str] | tuple[str, ...] = CLASSES,
+) -> Store:
+    """Create a store (or open an existing one with the same settings).
+
+    ``segment_s`` is the segment grid step and ``clip_duration_s`` the nominal clip length, both in
+    seconds; ``classes`` is the label map. Reopening with other settings raises :class:`StoreError`.
+    """
+    url = normalise_url(url)
+    wanted = {"segment_s": float(segment_s), "clip_duration_s": float(clip_duration_s), "classes": list(classes)}
+    if segment_s <= 0 or clip_duration_s < segment_s:
+        raise StoreError(f"need 0 < segment_s <= clip_duration_s, got {segment_s} and {clip_duration_s}")
+    try:
+        group = zarr.open_group(_zarr_store(url), mode="r+")
+    except FileNotFoundError:
+        group = zarr.create_group(_zarr_store(url))
+    current = group.attrs.get(ATTRS_KEY)
+    if current is None:
+        group.attrs[ATTRS_KEY] = {**wanted, "format_version": 1, "dataset_root": None}
+    else:
+        differing = {k: (current.get(k), v) for k, v in wanted.items() if current.get(k) != v}
+        if differing:
+            raise StoreError(f"store {url} exists with other settings: {differing}")
+    return Store(url)
+
+
+def open_store(url: str | os.PathLike) -> Store:
+    """Open an existing store at a local path or fsspec URL."""
+    return Store(normalise_url(url))

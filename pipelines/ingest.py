@@ -1,0 +1,58 @@
+"""`featstore ingest`: read a dataset's metadata into the store's clips table."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from featstore.ingest import IngestError, IngestReport, read_csv_manifest, read_tau2021
+from featstore.store import Store
+
+FORMATS = ("tau2021", "csv")
+
+
+@dataclass
+class IngestSummary:
+    added: int
+    total: int
+    missing: list[tuple[str, str]]  # (clip_id, message): ingested, recorded as failures
+
+
+def _rebase(report: IngestReport, store_root: str) -> None:
+    """Make the report's paths relative to the store's dataset root (it must contain them)."""
+    for col in ("audio_path", "video_path"):
+        rebased = []
+        for rel in report.clips[col]:
+            if not rel:
+                rebased.append("")
+                continue
+            full = os.path.realpath(os.path.join(report.root, rel))
+            if os.path.commonpath([full, os.path.realpath(store_root)]) != os.path.realpath(store_root):
+                raise IngestError(f"{full}: outside the store's dataset root {store_root}")
+            rebased.append(os.path.relpath(full, os.path.realpath(store_root)))
+        report.clips[col] = rebased
+
+
+def ingest(store: Store, source: str, *, fmt: str = "tau2021", fold: int = 1) -> IngestSummary:
+    """Add the clips of ``source`` (a TAU 2021 root, or a CSV file with ``fmt="csv"``) to ``store``.
+
+    Labels are checked against the store's class list. The first ingest sets the store's dataset
+    root; later ones must lie inside it. Clips already in the store are skipped (a re-ingest is a
+    no-op). Clips whose media files are missing are ingested and recorded as ``ingest`` failures.
+    """
+    if fmt == "tau2021":
+        report = read_tau2021(source, fold=fold, classes=store.classes)
+    elif fmt == "csv":
+        report = read_csv_manifest(source, classes=store.classes)
+    else:
+        raise ValueError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+    if store.dataset_root is None:
+        store.set_dataset_root(report.root)
+    elif os.path.realpath(store.dataset_root) != os.path.realpath(report.root):
+        _rebase(report, store.dataset_root)
+    added = store.add_clips(report.clips)
+    failures = store.failures_record()
+    for clip_id, message in report.missing:
+        failures.record("ingest", "", clip_id, "MissingFile", message)
+    failures.flush()
+    return IngestSummary(added=added, total=store.n_clips, missing=report.missing)
