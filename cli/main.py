@@ -120,6 +120,91 @@ def demo_data(out: str, clips_per_class: int, seed: int, duration_s: float) -> N
     click.echo(f"demo dataset: {root} ({10 * clips_per_class} clips)")
 
 
+def stage_options(func):
+    """The options every batch stage shares (the runner's): workers, scheduler, clips, resumption."""
+    options = [
+        click.option("--workers", type=int, default=None, help="Local dask worker processes (default: cores; 0 = in-process)."),
+        click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler, tcp://HOST:PORT (env FEATSTORE_SCHEDULER)."),
+        click.option("--clips", default=None, help="Only these clips: a split name (train, evaluate, test) or a file of clip_ids."),
+        click.option("--overwrite", is_flag=True, help="Recompute every clip, replacing arrays made with other parameters."),
+        click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _run_stage(run, as_json: bool, quiet: bool) -> None:
+    """Call ``run(progress)``, print its StageReport, exit 0 (all done) or 3 (some clips failed)."""
+    from featstore.lock import LockHeld
+
+    try:
+        report = run(None if not quiet else False)
+    except (featstore.StoreError, LockHeld, ValueError, KeyError) as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        click.echo(
+            f"{report.stage}: {report.done} done, {report.skipped} already done, {report.failed} failed "
+            f"in {report.seconds:.1f} s -> {', '.join(report.arrays)}"
+        )
+    if not report.ok:
+        sys.exit(EXIT_PARTIAL)
+
+
+@main.command("extract-audio")
+@click.argument("store")
+@click.option("--features", default="mel,gam,cqt", show_default=True, help="Comma-separated subset of mel,gam,cqt.")
+@click.option("--sr", type=int, default=32000, show_default=True, help="Sample rate after resampling (Hz).")
+@click.option("--n-bins", type=int, default=128, show_default=True, help="Frequency bins of each feature.")
+@click.option("--win-ms", type=float, default=80.0, show_default=True, help="STFT window (ms).")
+@click.option("--hop-ms", type=float, default=14.0, show_default=True, help="Hop (ms).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--store-deltas", is_flag=True, help="Store 6 channels (static, delta, delta-delta) instead of deriving deltas at read time.")
+@click.option("--name", default="audio", show_default=True, help="Array group: writes NAME/mel, NAME/gam, NAME/cqt.")
+@stage_options
+def extract_audio_cmd(store, features, sr, n_bins, win_ms, hop_ms, dtype, store_deltas, name, workers, scheduler, clips, overwrite, as_json, quiet):
+    """Log MEL / Gammatone / CQT spectrograms of every clip, (clip, 2, bins, frames), on dask.
+
+    Resumable: a re-run does no work for clips already done; changed parameters are refused
+    unless --overwrite or --name NEW. Exit code 3 when some clips failed (they are recorded).
+
+    \b
+    Example:
+      featstore extract-audio store.zarr --features mel,gam,cqt --workers 2
+    """
+    from pipelines.extract_audio import extract_audio
+
+    s = _open(store)
+    _run_stage(
+        lambda progress: extract_audio(
+            s, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress,
+            features=tuple(f.strip() for f in features.split(",") if f.strip()), sr=sr, n_bins=n_bins,
+            win_ms=win_ms, hop_ms=hop_ms, dtype=dtype, store_deltas=store_deltas, name=name,
+        ),
+        as_json, quiet,
+    )
+
+
+@main.command()
+@click.argument("workdir", default="demo-out")
+@click.option("--clips-per-class", type=int, default=4, show_default=True)
+@click.option("--workers", type=int, default=None, help="Local dask worker processes (default: cores).")
+def demo(workdir: str, clips_per_class: int, workers: int | None) -> None:
+    """The main job end to end on generated demo data, in WORKDIR: demo-data, init, ingest, every
+    batch stage, info.
+
+    \b
+    Example:
+      featstore demo demo-out
+    """
+    from pipelines.demo import run_demo
+
+    sys.exit(run_demo(workdir, clips_per_class=clips_per_class, workers=workers, echo=click.echo))
+
+
 @main.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")

@@ -223,8 +223,8 @@ class Store:
 
         The fingerprint covers ``stage``, ``params``, shape and dtype. An existing array with the same
         fingerprint is reused (grown along the clip axis when clips were added); with another one,
-        :class:`ParamsMismatch` names the differing parameters unless ``overwrite``, which deletes the
-        array and its ledger first.
+        :class:`ParamsMismatch` names the differing parameters. ``overwrite`` deletes an existing
+        array and its ledger first, whatever its fingerprint, so that every clip is recomputed.
         """
         fingerprint = stable_hash(
             {"stage": stage, "params": params, "per_clip_shape": list(per_clip_shape), "dtype": dtype}
@@ -233,7 +233,7 @@ class Store:
         if self.has_array(path):
             existing = self.array(path)
             old = existing.attrs[ATTRS_KEY]
-            if old["fingerprint"] == fingerprint:
+            if old["fingerprint"] == fingerprint and not overwrite:
                 if existing.shape[0] < n_clips:
                     existing.resize((n_clips, *existing.shape[1:]))
                 return existing

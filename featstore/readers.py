@@ -1,0 +1,97 @@
+"""Reading features back: whole clips, or windows aligned to the segment grid.
+
+Each read takes a clip's whole chunk (one object per clip), so a reader never costs more than one
+store request per clip. A clip not yet written reads as NaN (the arrays' fill value); the readers
+refuse it rather than hand NaN to a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from featstore.store import Store
+
+
+@dataclass
+class SegmentBatch:
+    """Windows of the segment grid: ``x`` (window, ...) float32, ``labels`` (window,) class index
+    (-1 when unlabelled), ``clip_index`` (window,) and ``segment`` (window,): the first grid
+    segment of each window."""
+
+    x: np.ndarray
+    labels: np.ndarray
+    clip_index: np.ndarray
+    segment: np.ndarray
+
+
+def _frames_per_segment(store: Store, path: str) -> int:
+    return int(store.provenance(path)["params"]["frames_per_segment"])
+
+
+def _checked(values: np.ndarray, path: str, clip_id: str) -> np.ndarray:
+    if values.dtype.kind == "f" and np.isnan(values).any():
+        raise ValueError(f"clip {clip_id!r} is not written in {path!r} (run the stage that makes it)")
+    return values
+
+
+def read_audio(store: Store, feature: str, clip_id: str, *, deltas: bool = False, group: str = "audio") -> np.ndarray:
+    """(channel, bin, frame) float32 log spectrogram of ``clip_id``.
+
+    With ``deltas``: (6, bin, frame), static, delta and delta-delta channels (derived here unless
+    the array was stored with them; see :func:`featstore.audio.add_deltas`).
+    """
+    from featstore.audio import add_deltas
+
+    path = f"{group}/{feature}"
+    spec = _checked(store.array(path)[store.clip_index(clip_id)], path, clip_id).astype(np.float32)
+    params = store.provenance(path)["params"]
+    if deltas and not params["store_deltas"]:
+        spec = add_deltas(spec, params["frames_per_segment"], params["audio"]["delta_width"])
+    return spec
+
+
+def audio_segments(
+    store: Store,
+    feature: str,
+    *,
+    window_s: float | None = None,
+    deltas: bool = True,
+    split: str | None = None,
+    batch_size: int | None = None,
+    group: str = "audio",
+) -> Iterator[SegmentBatch]:
+    """Yield batches of spectrogram windows aligned to the segment grid.
+
+    ``window_s`` (default: the store's segment length) must be a whole number ``k`` of segments:
+    each clip gives ``n_segments // k`` non-overlapping windows of ``k * frames_per_segment``
+    frames, starting at segments 0, k, 2k... ``split`` restricts to one split; ``batch_size``
+    windows per batch (default: all in one batch). Windows have 6 channels with ``deltas``.
+    """
+    path = f"{group}/{feature}"
+    window_s = store.segment_s if window_s is None else window_s
+    k = int(round(window_s / store.segment_s))
+    if k < 1 or abs(k * store.segment_s - window_s) > 1e-9 or k > store.n_segments:
+        raise ValueError(f"window_s={window_s} must be a whole number of {store.segment_s} s segments, at most the clip")
+    fps = _frames_per_segment(store, path)
+    clips = store.clips
+    indices = np.arange(len(clips)) if split is None else np.flatnonzero(clips["split"].to_numpy() == split)
+    labels = store.label_indices(clips["label"])
+    starts = np.arange(0, store.n_segments - k + 1, k)
+    buffer: list[tuple[np.ndarray, int, int, int]] = []
+    for i in indices:
+        spec = read_audio(store, feature, str(clips["clip_id"].iloc[i]), deltas=deltas, group=group)
+        for s in starts:
+            buffer.append((spec[..., s * fps : (s + k) * fps], int(labels[i]), int(i), int(s)))
+            if batch_size is not None and len(buffer) == batch_size:
+                yield _batch(buffer)
+                buffer = []
+    if buffer:
+        yield _batch(buffer)
+
+
+def _batch(items: list[tuple[np.ndarray, int, int, int]]) -> SegmentBatch:
+    x, labels, clip_index, segment = zip(*items)
+    return SegmentBatch(np.stack(x), np.array(labels), np.array(clip_index), np.array(segment))

@@ -1,0 +1,322 @@
+"""The stage runner: maps a stage's per-clip work over the clips not yet done, on dask.
+
+Every batch stage (extract-audio, extract-frames, embed) is a :class:`Stage`: its parameters, its
+output arrays and one module-level function ``compute(task, params) -> ClipResult``. The runner does
+the rest, once for all stages:
+
+* creates the output arrays at their final shape from the driver (DESIGN 7.2), refusing when they
+  exist with other parameters (:class:`featstore.ParamsMismatch`) unless ``overwrite``;
+* takes the arrays' writer lock (a second writer is refused, naming the holder);
+* skips clips whose ledger entry matches the clip's input fingerprint (resume, skip-if-done);
+* runs ``compute`` on dask workers (a local cluster of ``workers`` processes, an existing cluster at
+  ``scheduler``, or in-process with ``workers=0``), at most a few tasks per worker in flight so memory
+  stays bounded whatever the clip count; each task writes its clip's whole chunks itself and returns
+  only checksums and notes, never the arrays;
+* marks a clip done in the ledger only after its task reports every chunk written; records a clip
+  whose task raised as a failure (stage, clip_id, exception type, message) and goes on;
+* flushes ledgers and the failures record atomically every couple of seconds and at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from featstore.lock import WriterLock
+from featstore.store import Store, _zarr_store
+
+#: Environment of local dask workers: one thread per BLAS / FFT / numba pool, since the cluster
+#: already runs one process per core; zarr settings reach workers only this way (DESIGN 7.7).
+WORKER_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+    "ZARR_ASYNC__CONCURRENCY": "4",
+}
+#: Tasks in flight per worker: enough to hide scheduling latency, small enough to bound memory.
+IN_FLIGHT_PER_WORKER = 3
+FLUSH_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One array a stage writes: ``compute`` returns its per-clip value under ``name``."""
+
+    name: str
+    path: str
+    per_clip_shape: tuple[int, ...]
+    dtype: str
+    dims: tuple[str, ...]
+    #: Parameters of this array only (e.g. which feature); fingerprinted with the stage's params.
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClipTask:
+    """What a worker gets for one clip: its index, id, clips-table row and the dataset root."""
+
+    clip_index: int
+    clip_id: str
+    row: dict[str, Any]
+    dataset_root: str
+
+    def source(self, column: str) -> str:
+        """Absolute path of the clip's ``audio_path`` or ``video_path`` ("" when it has none)."""
+        rel = self.row.get(column) or ""
+        return os.path.join(self.dataset_root, rel) if rel else ""
+
+
+@dataclass
+class ClipResult:
+    """What ``compute`` returns: one array per output name, and notes recorded in the ledger."""
+
+    arrays: dict[str, np.ndarray]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A batch stage: parameters, outputs, per-clip work and the per-clip input fingerprint.
+
+    ``compute(task, params, names)`` returns a :class:`ClipResult` holding an array for each output
+    name in ``names``; it must be a module-level function (workers import it by name).
+    """
+
+    name: str
+    params: dict[str, Any]
+    outputs: tuple[OutputSpec, ...]
+    compute: Callable[[ClipTask, dict[str, Any], tuple[str, ...]], ClipResult]
+    input_fingerprint: Callable[[dict[str, Any]], str]
+
+
+@dataclass
+class StageReport:
+    """Summary of a run; ``to_json()`` is what ``--json`` prints."""
+
+    stage: str
+    arrays: list[str]
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "array": self.arrays,
+            "done": self.done,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "failures": self.failures,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# ------------------------------------------------------------------------------------------ worker
+_OPEN_ARRAYS: dict[tuple[str, str, str], Any] = {}
+
+
+def _open_array(url: str, path: str, fingerprint: str):
+    """The array, opened once per worker process and array version."""
+    import zarr
+
+    key = (url, path, fingerprint)
+    if key not in _OPEN_ARRAYS:
+        _OPEN_ARRAYS[key] = zarr.open_array(_zarr_store(url), path=path, mode="r+")
+    return _OPEN_ARRAYS[key]
+
+
+def run_clip(
+    url: str,
+    compute: Callable[[ClipTask, dict[str, Any], tuple[str, ...]], ClipResult],
+    params: dict[str, Any],
+    outputs: tuple[tuple[OutputSpec, str], ...],
+    task: ClipTask,
+) -> dict[str, Any]:
+    """Worker side: compute one clip, write each output's whole chunk, return checksums and notes.
+
+    Never raises for a bad clip: the exception's type and message come back for the failures record.
+    A float output with NaN or Inf is refused, so the store never holds non-finite values.
+    """
+    try:
+        result = compute(task, params, tuple(spec.name for spec, _ in outputs))
+        checksums = {}
+        for spec, fingerprint in outputs:
+            value = np.asarray(result.arrays[spec.name]).astype(spec.dtype, copy=False)
+            if value.shape != spec.per_clip_shape:
+                raise ValueError(f"{spec.path}: computed shape {value.shape}, expected {spec.per_clip_shape}")
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise ValueError(f"{spec.path}: non-finite values (NaN or Inf) in the computed features")
+            _open_array(url, spec.path, fingerprint)[task.clip_index] = value
+            checksums[spec.path] = zlib.crc32(np.ascontiguousarray(value).tobytes())
+        return {"ok": True, "clip_id": task.clip_id, "crc32": checksums, "info": result.info}
+    except Exception as exc:  # noqa: BLE001 - every per-clip error becomes a recorded failure
+        return {"ok": False, "clip_id": task.clip_id, "error_type": type(exc).__name__, "message": str(exc)}
+
+
+# ------------------------------------------------------------------------------------------ driver
+def select_clips(store: Store, clips: str | list[str] | None) -> list[int]:
+    """Clip indices for ``clips``: None = all, a split name, a file of clip_ids, or a list of ids."""
+    table = store.clips
+    if clips is None:
+        return list(range(len(table)))
+    if isinstance(clips, str):
+        if clips in ("train", "evaluate", "test"):
+            return list(np.flatnonzero(table["split"].to_numpy() == clips))
+        if os.path.isfile(clips):
+            with open(clips) as f:
+                clips = [line.strip() for line in f if line.strip()]
+        else:
+            raise ValueError(f"--clips {clips!r} is neither a split name nor a file of clip_ids")
+    return [store.clip_index(cid) for cid in clips]
+
+
+def _executor(
+    workers: int | None, scheduler: str | None, in_process_only: bool
+) -> tuple[Callable[..., Iterator[dict]], Callable[[], None]]:
+    """(map function, close function). The map runs ``run_clip`` over tasks, yielding results."""
+    scheduler = scheduler or os.environ.get("FEATSTORE_SCHEDULER")
+    if workers == 0 and not scheduler:
+        return (lambda fn, args_list: (fn(*args) for args in args_list)), (lambda: None)
+
+    from distributed import Client, LocalCluster, as_completed
+
+    if scheduler:
+        client, cluster = Client(scheduler), None
+    else:
+        n = workers or os.cpu_count() or 1
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=not in_process_only,  # a memory:// store lives in this process only
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+            env=WORKER_ENV,
+        )
+        client = Client(cluster)
+
+    def dask_map(fn, args_list):
+        n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        pending = iter(args_list)
+        window = as_completed()
+        for args in pending:
+            window.add(client.submit(fn, *args, pure=False))
+            if window.count() >= IN_FLIGHT_PER_WORKER * n_workers:
+                break
+        for future in window:
+            yield future.result()
+            future.release()
+            nxt = next(pending, None)
+            if nxt is not None:
+                window.add(client.submit(fn, *nxt, pure=False))
+
+    def close():
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+    return dask_map, close
+
+
+def run_stage(
+    store: Store,
+    stage: Stage,
+    *,
+    clips: str | list[str] | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> StageReport:
+    """Run ``stage`` over the selected clips of ``store`` that are not done yet.
+
+    ``workers``: local dask worker processes (default: the machine's cores; 0 = in-process, serial);
+    ``scheduler``: address of an existing dask scheduler (default: ``$FEATSTORE_SCHEDULER``);
+    ``overwrite``: recompute every clip, replacing arrays made with other parameters;
+    ``progress``: show a progress bar (default: when stderr is a terminal).
+    """
+    started = time.perf_counter()
+    arrays = {
+        spec.path: store.create_array(
+            spec.path,
+            per_clip_shape=spec.per_clip_shape,
+            dtype=spec.dtype,
+            dims=spec.dims,
+            stage=stage.name,
+            params={**stage.params, **spec.params},
+            overwrite=overwrite,
+        )
+        for spec in stage.outputs
+    }
+    report = StageReport(stage=stage.name, arrays=list(arrays))
+    with WriterLock(store.side, list(arrays), stage.name):
+        ledgers = {path: store.ledger(path) for path in arrays}
+        failures = store.failures_record()
+        table = store.clips
+        tasks, input_fps = [], {}
+        for i in select_clips(store, clips):
+            row = {k: (v.item() if hasattr(v, "item") else v) for k, v in table.iloc[i].to_dict().items()}
+            fp = stage.input_fingerprint(row)
+            if all(ledger.is_done(row["clip_id"], fp) for ledger in ledgers.values()):
+                report.skipped += 1
+                continue
+            input_fps[row["clip_id"]] = fp
+            tasks.append(ClipTask(i, row["clip_id"], row, store.dataset_root or ""))
+        if tasks:
+            outputs = tuple((spec, arrays[spec.path].attrs["featstore"]["fingerprint"]) for spec in stage.outputs)
+            _execute(store, stage, tasks, input_fps, outputs, ledgers, failures, report, workers, scheduler, progress)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _execute(store, stage, tasks, input_fps, outputs, ledgers, failures, report, workers, scheduler, progress):
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = tqdm(total=len(tasks), desc=stage.name, unit="clip", disable=not show, file=sys.stderr)
+    in_process_only = store.url.startswith("memory://")
+    mapper, close = _executor(workers, scheduler, in_process_only)
+    last_flush = time.monotonic()
+
+    def flush():
+        for ledger in ledgers.values():
+            ledger.flush(store.side)
+        failures.flush()
+
+    try:
+        args = ((store.url, stage.compute, stage.params, outputs, task) for task in tasks)
+        for result in mapper(run_clip, args):
+            clip_id = result["clip_id"]
+            if result["ok"]:
+                for path, crc in result["crc32"].items():
+                    ledgers[path].mark_done(clip_id, input_fps[clip_id], crc, result["info"])
+                failures.clear(stage.name, clip_id)
+                report.done += 1
+            else:
+                message = f"{result['error_type']}: {result['message']}"
+                failures.record(stage.name, ",".join(report.arrays), clip_id, result["error_type"], result["message"])
+                report.failed += 1
+                report.failures.append({"clip_id": clip_id, "error": message})
+                bar.write(f"featstore: clip {clip_id} failed: {message}", file=sys.stderr)
+            bar.update(1)
+            if time.monotonic() - last_flush > FLUSH_EVERY_S:
+                flush()
+                last_flush = time.monotonic()
+    finally:
+        flush()
+        bar.close()
+        close()
