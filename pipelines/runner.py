@@ -44,7 +44,8 @@ WORKER_ENV = {
 }
 #: Tasks in flight per worker: enough to hide scheduling latency, small enough to bound memory.
 IN_FLIGHT_PER_WORKER = 3
-FLUSH_EVERY_S = 2.0
+#: Seconds between ledger flushes (env FEATSTORE_FLUSH_S): a crash loses at most this much work.
+FLUSH_EVERY_S = float(os.environ.get("FEATSTORE_FLUSH_S", "2.0"))
 
 
 @dataclass(frozen=True)
@@ -150,10 +151,15 @@ def run_clip(
     """Worker side: compute one clip, write each output's whole chunk, return checksums and notes.
 
     Never raises for a bad clip: the exception's type and message come back for the failures record.
-    A float output with NaN or Inf is refused, so the store never holds non-finite values.
+    A float output with NaN or Inf is refused, so the store never holds non-finite values. BLAS runs
+    single-threaded here, so that results are bitwise the same in-process and on any worker (a
+    multi-threaded matrix product sums in another order); parallelism comes from the workers.
     """
+    from threadpoolctl import threadpool_limits
+
     try:
-        result = compute(task, params, tuple(spec.name for spec, _ in outputs))
+        with threadpool_limits(limits=1, user_api="blas"):
+            result = compute(task, params, tuple(spec.name for spec, _ in outputs))
         checksums = {}
         for spec, fingerprint in outputs:
             value = np.asarray(result.arrays[spec.name]).astype(spec.dtype, copy=False)
@@ -250,20 +256,22 @@ def run_stage(
     ``progress``: show a progress bar (default: when stderr is a terminal).
     """
     started = time.perf_counter()
-    arrays = {
-        spec.path: store.create_array(
-            spec.path,
-            per_clip_shape=spec.per_clip_shape,
-            dtype=spec.dtype,
-            dims=spec.dims,
-            stage=stage.name,
-            params={**stage.params, **spec.params},
-            overwrite=overwrite,
-        )
-        for spec in stage.outputs
-    }
-    report = StageReport(stage=stage.name, arrays=list(arrays))
-    with WriterLock(store.side, list(arrays), stage.name):
+    paths = [spec.path for spec in stage.outputs]
+    report = StageReport(stage=stage.name, arrays=paths)
+    # the lock comes first: a refused writer must not touch (or --overwrite) the arrays
+    with WriterLock(store.side, paths, stage.name):
+        arrays = {
+            spec.path: store.create_array(
+                spec.path,
+                per_clip_shape=spec.per_clip_shape,
+                dtype=spec.dtype,
+                dims=spec.dims,
+                stage=stage.name,
+                params={**stage.params, **spec.params},
+                overwrite=overwrite,
+            )
+            for spec in stage.outputs
+        }
         ledgers = {path: store.ledger(path) for path in arrays}
         failures = store.failures_record()
         table = store.clips
