@@ -122,6 +122,66 @@ def _mel_basis(sr: int, n_fft: int, n_bins: int, fmin_hz: float) -> np.ndarray:
     return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_bins, fmin=fmin_hz, fmax=sr / 2).astype(np.float32)
 
 
+@lru_cache(maxsize=8)
+def _hann(n_fft: int) -> np.ndarray:
+    """Periodic Hann window (scipy ``get_window("hann", n_fft, fftbins=True)``, librosa's default)."""
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
+
+
+def stft_magnitude(windows: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """|STFT| of each segment window: (channel, segment, sample) -> (channel, segment, frame, freq).
+
+    Equal to ``abs(librosa.stft(windows, n_fft, hop_length, window="hann", center=True,
+    pad_mode="constant"))`` with the last two axes swapped (frames first, so that the filterbanks
+    below are one matrix product over every frame), computed in float32.
+    """
+    pad = n_fft // 2
+    padded = np.pad(windows, ((0, 0), (0, 0), (pad, pad)))
+    n_frames = 1 + windows.shape[-1] // hop_length
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[..., ::hop_length, :][..., :n_frames, :]
+    return np.abs(np.fft.rfft(frames * _hann(n_fft), axis=-1))
+
+
+def _filterbank(weights: np.ndarray, frames_by_freq: np.ndarray) -> np.ndarray:
+    """(bin, freq) weights applied to (channel, segment, frame, freq) -> (channel, segment, bin, frame)."""
+    c, s, t, f = frames_by_freq.shape
+    out = frames_by_freq.reshape(c * s * t, f) @ weights.T
+    return out.reshape(c, s, t, -1).transpose(0, 1, 3, 2)
+
+
+_CQT_FILTER_CACHE: dict[tuple, Any] = {}
+
+
+def _memoize_cqt_filters() -> None:
+    """Cache librosa's CQT filter bank per process (about 45% of each ``librosa.cqt`` call).
+
+    librosa rebuilds the frequency-domain filters of every octave on each call unless its joblib
+    disk cache is configured (which pickles, and we do not pickle). The filters depend only on the
+    parameters, so ``librosa.core.constantq.__vqt_filter_fft`` is wrapped with an in-memory cache
+    keyed on them: the same function with the same arguments, so results are bitwise unchanged
+    (the tests compare with plain ``librosa.cqt``). A librosa without that function is left as is.
+    """
+    from librosa.core import constantq
+
+    name = "__vqt_filter_fft"
+    original = constantq.__dict__.get(name)
+    if original is None or getattr(original, "_featstore_memoized", False):
+        return
+
+    def key_of(value: Any) -> Any:
+        return (value.dtype.str, value.shape, value.tobytes()) if isinstance(value, np.ndarray) else repr(value)
+
+    def memoized(*args: Any, **kwargs: Any) -> Any:
+        key = tuple(key_of(a) for a in args) + tuple((k, key_of(v)) for k, v in sorted(kwargs.items()))
+        if key not in _CQT_FILTER_CACHE:
+            _CQT_FILTER_CACHE[key] = original(*args, **kwargs)
+        fft_basis, n_fft, lengths = _CQT_FILTER_CACHE[key]
+        return fft_basis.copy(), n_fft, lengths.copy()  # librosa rescales the basis in place
+
+    memoized._featstore_memoized = True  # type: ignore[attr-defined]
+    setattr(constantq, name, memoized)
+
+
 def _segments_to_frames(x: np.ndarray) -> np.ndarray:
     """(channel, segment, bin, frame_in_segment) -> (channel, bin, segment * frames_per_segment)."""
     c, s, b, t = x.shape
@@ -140,15 +200,15 @@ def spectrograms(windows: np.ndarray, p: AudioParams, features: tuple[str, ...] 
         raise ValueError(f"unknown feature(s) {sorted(unknown)} (known: {', '.join(FEATURES)})")
     out = {}
     if "mel" in features or "gam" in features:
-        stft = librosa.stft(windows, n_fft=p.n_fft, hop_length=p.hop_length, window="hann", center=True, pad_mode="constant")
-        magnitude = np.abs(stft)
+        magnitude = stft_magnitude(windows, p.n_fft, p.hop_length)
         if "mel" in features:
-            mel = _mel_basis(p.sr, p.n_fft, p.n_bins, p.mel_fmin_hz) @ np.square(magnitude)
+            mel = _filterbank(_mel_basis(p.sr, p.n_fft, p.n_bins, p.mel_fmin_hz), np.square(magnitude))
             out["mel"] = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
         if "gam" in features:
             weights = gammatone_weights(p.sr, p.n_fft, p.n_bins, p.gam_fmin_hz, p.sr / 2)
-            out["gam"] = librosa.amplitude_to_db(weights @ magnitude / p.n_fft, ref=1.0, amin=1e-5, top_db=None)
+            out["gam"] = librosa.amplitude_to_db(_filterbank(weights, magnitude) / p.n_fft, ref=1.0, amin=1e-5, top_db=None)
     if "cqt" in features:
+        _memoize_cqt_filters()
         cqt = librosa.cqt(
             windows, sr=p.sr, hop_length=p.hop_length, fmin=p.cqt_fmin_hz, n_bins=p.n_bins,
             bins_per_octave=p.cqt_bins_per_octave,
