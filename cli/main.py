@@ -188,6 +188,34 @@ def extract_audio_cmd(store, features, sr, n_bins, win_ms, hop_ms, dtype, store_
     )
 
 
+@main.command("extract-frames")
+@click.argument("store")
+@click.option("--fps", type=float, default=2.0, show_default=True, help="Frames kept per second of video.")
+@click.option("--size", type=int, default=224, show_default=True, help="Output frames are SIZE x SIZE RGB.")
+@click.option("--resize", type=click.Choice(["squash", "crop"]), default="squash", show_default=True, help="squash: scale the whole frame (the papers); crop: centre-crop to square first.")
+@click.option("--name", default="frames", show_default=True, help="Array group: writes NAME/rgb and NAME/time_s.")
+@stage_options
+def extract_frames_cmd(store, fps, size, resize, name, workers, scheduler, clips, overwrite, as_json, quiet):
+    """Video frames nearest to k/FPS seconds, SIZE x SIZE RGB uint8, (clip, frame, SIZE, SIZE, 3), on dask.
+
+    Resumable and failure-tolerant like extract-audio; frame times go to NAME/time_s.
+
+    \b
+    Example:
+      featstore extract-frames store.zarr --fps 2 --size 224 --workers 2
+    """
+    from pipelines.extract_frames import extract_frames
+
+    s = _open(store)
+    _run_stage(
+        lambda progress: extract_frames(
+            s, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress,
+            fps=fps, size=size, resize=resize, name=name,
+        ),
+        as_json, quiet,
+    )
+
+
 @main.command()
 @click.argument("workdir", default="demo-out")
 @click.option("--clips-per-class", type=int, default=4, show_default=True)

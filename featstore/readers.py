@@ -68,23 +68,42 @@ def audio_segments(
     ``window_s`` (default: the store's segment length) must be a whole number ``k`` of segments:
     each clip gives ``n_segments // k`` non-overlapping windows of ``k * frames_per_segment``
     frames, starting at segments 0, k, 2k... ``split`` restricts to one split; ``batch_size``
-    windows per batch (default: all in one batch). Windows have 6 channels with ``deltas``.
+    windows per batch (default: all in one batch). Windows have 6 channels with ``deltas``. Clips
+    not done in the array (failed, or not extracted yet) are skipped.
     """
     path = f"{group}/{feature}"
+    return _segment_windows(
+        store,
+        path,
+        lambda clip_id: read_audio(store, feature, clip_id, deltas=deltas, group=group),
+        per_segment=_frames_per_segment(store, path),
+        time_axis=-1,
+        window_s=window_s,
+        split=split,
+        batch_size=batch_size,
+    )
+
+
+def _segment_windows(store, path, read_clip, *, per_segment: int, time_axis: int, window_s, split, batch_size) -> Iterator[SegmentBatch]:
+    """Cut each clip read by ``read_clip(clip_id)`` into windows of whole grid segments.
+
+    ``per_segment`` is the number of elements per segment along ``time_axis``. Only clips done in
+    array ``path`` are read (failed or not yet extracted clips are skipped).
+    """
     window_s = store.segment_s if window_s is None else window_s
     k = int(round(window_s / store.segment_s))
     if k < 1 or abs(k * store.segment_s - window_s) > 1e-9 or k > store.n_segments:
         raise ValueError(f"window_s={window_s} must be a whole number of {store.segment_s} s segments, at most the clip")
-    fps = _frames_per_segment(store, path)
     clips = store.clips
-    indices = np.arange(len(clips)) if split is None else np.flatnonzero(clips["split"].to_numpy() == split)
+    selected = np.ones(len(clips), bool) if split is None else clips["split"].to_numpy() == split
+    done = clips["clip_id"].isin(list(store.ledger(path).entries)).to_numpy()
     labels = store.label_indices(clips["label"])
-    starts = np.arange(0, store.n_segments - k + 1, k)
     buffer: list[tuple[np.ndarray, int, int, int]] = []
-    for i in indices:
-        spec = read_audio(store, feature, str(clips["clip_id"].iloc[i]), deltas=deltas, group=group)
-        for s in starts:
-            buffer.append((spec[..., s * fps : (s + k) * fps], int(labels[i]), int(i), int(s)))
+    for i in np.flatnonzero(selected & done):
+        data = read_clip(str(clips["clip_id"].iloc[i]))
+        for s in range(0, store.n_segments - k + 1, k):
+            window = np.take(data, np.arange(s * per_segment, (s + k) * per_segment), axis=time_axis)
+            buffer.append((window, int(labels[i]), int(i), int(s)))
             if batch_size is not None and len(buffer) == batch_size:
                 yield _batch(buffer)
                 buffer = []
@@ -95,3 +114,31 @@ def audio_segments(
 def _batch(items: list[tuple[np.ndarray, int, int, int]]) -> SegmentBatch:
     x, labels, clip_index, segment = zip(*items)
     return SegmentBatch(np.stack(x), np.array(labels), np.array(clip_index), np.array(segment))
+
+
+def read_frames(store: Store, clip_id: str, *, group: str = "frames") -> tuple[np.ndarray, np.ndarray]:
+    """(frames (frame, size, size, 3) uint8, times (frame,) float32 seconds) of ``clip_id``."""
+    i = store.clip_index(clip_id)
+    times = _checked(store.array(f"{group}/time_s")[i], f"{group}/time_s", clip_id)
+    return store.array(f"{group}/rgb")[i], times
+
+
+def frame_segments(
+    store: Store, *, window_s: float | None = None, split: str | None = None, batch_size: int | None = None, group: str = "frames"
+) -> Iterator[SegmentBatch]:
+    """Yield batches of frames grouped by the segment grid, aligned in time with ``audio_segments``.
+
+    Frame ``k`` (target time ``k / fps``) belongs to segment ``floor(k / (fps * segment_s))``; a window
+    of ``k`` segments (``window_s``, default one segment) holds ``k * fps * segment_s`` frames:
+    ``x`` is (window, frame, size, size, 3) uint8 (2 frames per 1 s segment at the defaults).
+    """
+    return _segment_windows(
+        store,
+        f"{group}/rgb",
+        lambda clip_id: read_frames(store, clip_id, group=group)[0],
+        per_segment=_frames_per_segment(store, f"{group}/rgb"),
+        time_axis=0,
+        window_s=window_s,
+        split=split,
+        batch_size=batch_size,
+    )

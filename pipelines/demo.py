@@ -9,6 +9,7 @@ import featstore
 from featstore.demo import make_demo_dataset
 from featstore.info import format_info, store_info
 from pipelines.extract_audio import extract_audio
+from pipelines.extract_frames import extract_frames
 from pipelines.ingest import ingest
 
 
@@ -25,7 +26,7 @@ def run_demo(workdir: str, *, clips_per_class: int = 4, workers: int | None = No
     summary = ingest(store, data)
     echo(f"[demo] ingest: added {summary.added}, {summary.total} clips in the store")
     exit_code = 0
-    for run in (extract_audio,):
+    for run in (extract_audio, extract_frames):
         report = run(store, workers=workers)
         echo(f"[demo] {report.stage}: {report.done} done, {report.skipped} already done, {report.failed} failed, {report.seconds:.1f} s")
         exit_code = exit_code or (0 if report.ok else 3)
