@@ -1,0 +1,75 @@
+"""Benchmark: `extract-frames` (2 fps, 224x224, squash) versus bare PyAV decoding of the same files,
+measured in the same run on generated 1280x720 H.264 videos (30 fps, 10 s).
+
+Bare decode: open each file, threaded decoding (``thread_type = "AUTO"``, as the stage uses), decode
+every frame, convert nothing. featstore: the whole stage, in-process (``workers=0``, the same single
+process as the bare decode) and with one local dask worker, writing the Zarr store.
+
+    python benchmarks/bench_frames.py --clips 6
+
+Prints clips/s and the ratio of featstore's time to the bare decode's (target: within 1.1x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+
+
+def bare_decode(paths: list[str]) -> float:
+    import av
+
+    started = time.perf_counter()
+    for path in paths:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for _ in container.decode(stream):
+                pass
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clips", type=int, default=6)
+    args = parser.parse_args()
+
+    import featstore
+    from featstore.demo import signature_frame, write_video
+    from pipelines.extract_frames import extract_frames
+    from pipelines.ingest import ingest
+
+    with tempfile.TemporaryDirectory() as work:
+        rng = np.random.default_rng(0)
+        rows = ["audio,video,label,split"]
+        paths = []
+        for i in range(args.clips):
+            path = os.path.join(work, f"clip{i}.mp4")
+            noise = rng.integers(0, 40, (720, 1280, 3), dtype=np.uint8)  # texture, so decoding does real work
+            write_video(path, lambda k, i=i: signature_frame(i % 10, 0.3, k, 30, 1280, 720) + np.roll(noise, 8 * k, axis=1), n_frames=300, fps=30)
+            paths.append(path)
+            rows.append(f",clip{i}.mp4,bus,train")
+        open(os.path.join(work, "m.csv"), "w").write("\n".join(rows) + "\n")
+        bare_decode(paths)  # warm-up: file cache, libraries
+        t_bare = bare_decode(paths)
+        timings = {}
+        for workers in (0, 1):
+            store = featstore.init_store(os.path.join(work, f"s{workers}.zarr"))
+            ingest(store, os.path.join(work, "m.csv"), fmt="csv")
+            report = extract_frames(store, workers=workers, progress=False)
+            assert report.done == args.clips, report.to_json()
+            timings[workers] = report.seconds
+    n = args.clips
+    print(f"{n} clips of 10 s, 1280x720 H.264 30 fps; {os.cpu_count()} cores")
+    print(f"{'run':<48} {'seconds':>8} {'clips/s':>8} {'vs bare':>8}")
+    for name, t in (("bare PyAV decode (threaded), 1 process", t_bare), ("featstore extract-frames, in-process", timings[0]), ("featstore extract-frames, 1 dask worker", timings[1])):
+        print(f"{name:<48} {t:>8.2f} {n / t:>8.2f} {t / t_bare:>7.2f}x")
+    print("target: featstore time within 1.1x of the bare decode")
+
+
+if __name__ == "__main__":
+    main()
