@@ -129,6 +129,19 @@ class StageReport:
 
 # ------------------------------------------------------------------------------------------ worker
 _OPEN_ARRAYS: dict[tuple[str, str, str], Any] = {}
+_THREADPOOLS: dict[int, Any] = {}  # threadpoolctl controller by len(sys.modules) when it was made
+
+
+def _single_threaded_blas():
+    """Limit BLAS to one thread. Scanning the loaded libraries costs ~5 ms, so the controller is
+    kept, and made again only after new modules were imported (they may bring another BLAS)."""
+    from threadpoolctl import ThreadpoolController
+
+    n_modules = len(sys.modules)
+    if n_modules not in _THREADPOOLS:
+        _THREADPOOLS.clear()
+        _THREADPOOLS[n_modules] = ThreadpoolController()
+    return _THREADPOOLS[n_modules].limit(limits=1, user_api="blas")
 
 
 def _open_array(url: str, path: str, fingerprint: str):
@@ -155,10 +168,8 @@ def run_clip(
     single-threaded here, so that results are bitwise the same in-process and on any worker (a
     multi-threaded matrix product sums in another order); parallelism comes from the workers.
     """
-    from threadpoolctl import threadpool_limits
-
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _single_threaded_blas():
             result = compute(task, params, tuple(spec.name for spec, _ in outputs))
         checksums = {}
         for spec, fingerprint in outputs:
