@@ -217,6 +217,94 @@ def extract_frames_cmd(store, fps, size, resize, name, workers, scheduler, clips
 
 
 @main.command()
+@click.argument("store")
+@click.option("--to", "target", required=True, help="The .h5 file to write.")
+@click.option("--arrays", default=None, help="Comma-separated array paths (default: all).")
+def export(store: str, target: str, arrays: str | None) -> None:
+    """Write arrays and the clips table of STORE to one HDF5 file (same names, provenance as attributes).
+
+    \b
+    Example:
+      featstore export store.zarr --to features.h5 --arrays audio/mel,frames/rgb
+    """
+    from featstore.hdf5 import export_h5
+
+    s = _open(store)
+    try:
+        written = export_h5(s, target, [a.strip() for a in arrays.split(",")] if arrays else None)
+    except KeyError as exc:
+        _fail(str(exc))
+    click.echo(f"exported {', '.join(written)} and the clips table to {target}")
+
+
+@main.command("import-h5")
+@click.argument("store")
+@click.argument("source")
+def import_h5_cmd(store: str, source: str) -> None:
+    """Register the arrays of an HDF5 file (from `featstore export` or another tool) in STORE.
+
+    Their provenance is marked external (stage import-h5) and keeps the original.
+
+    \b
+    Example:
+      featstore import-h5 store.zarr features.h5
+    """
+    from featstore.hdf5 import import_h5
+
+    s = _open(store)
+    try:
+        imported = import_h5(s, source)
+    except (featstore.StoreError, OSError) as exc:
+        _fail(str(exc))
+    click.echo(f"imported {', '.join(imported)}")
+
+
+EXIT_DAMAGED = 4
+
+
+@main.command()
+@click.argument("store")
+@click.option("--arrays", default=None, help="Comma-separated array paths (default: all).")
+@click.option("--repair", is_flag=True, help="Recompute exactly the damaged clips, then verify again.")
+@click.option("--workers", type=int, default=0, show_default=True, help="Workers for --repair (0 = in-process).")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+def verify(store: str, arrays: str | None, repair: bool, workers: int, as_json: bool) -> None:
+    """Check every done chunk of STORE (checksums), done-marks, tables and shapes; clean temp files.
+
+    Exit code 0 when all is well, 4 when damage or inconsistencies remain.
+
+    \b
+    Examples:
+      featstore verify store.zarr
+      featstore verify store.zarr --arrays audio/mel --repair
+    """
+    from featstore.verify import verify_store
+    from pipelines.verify import repair as run_repair
+
+    s = _open(store)
+    selected = [a.strip() for a in arrays.split(",")] if arrays else None
+    try:
+        report = verify_store(s, selected)
+        if repair and report.damaged:
+            for run in run_repair(s, report, workers=workers):
+                click.echo(f"repaired {run.done} clip(s) of {', '.join(run.arrays)}", err=True)
+            report = verify_store(s, selected)
+    except (featstore.StoreError, KeyError) as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        click.echo(f"checked {report.clips_checked} clip chunks in {len(report.arrays)} arrays; removed {report.partial_files_removed} temp files")
+        for d in report.damaged:
+            click.echo(f"DAMAGED {d.array} clip {d.clip_id}: {d.reason}")
+        for problem in report.problems:
+            click.echo(f"PROBLEM {problem}")
+        click.echo("ok" if report.ok else "damage found (featstore verify --repair recomputes damaged clips)")
+    if not report.ok:
+        sys.exit(EXIT_DAMAGED)
+
+
+@main.command()
 @click.argument("workdir", default="demo-out")
 @click.option("--clips-per-class", type=int, default=4, show_default=True)
 @click.option("--workers", type=int, default=None, help="Local dask worker processes (default: cores).")

@@ -86,3 +86,13 @@ def extract_audio(
     """Run extract-audio over ``store``; ``stage_options`` are :func:`audio_stage`'s keywords."""
     stage = audio_stage(store, **stage_options)
     return run_stage(store, stage, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress)
+
+
+def stage_for_array(store: Store, path: str) -> Stage:
+    """The stage that made array ``path``, rebuilt from its provenance (used by ``verify --repair``)."""
+    p = store.provenance(path)["params"]
+    a = p["audio"]
+    return audio_stage(
+        store, features=(p["feature"],), sr=a["sr"], n_bins=a["n_bins"], win_ms=a["win_ms"], hop_ms=a["hop_ms"],
+        dtype=p["dtype"], store_deltas=p["store_deltas"], name=path.rsplit("/", 1)[0],
+    )

@@ -62,3 +62,9 @@ def extract_frames(
     """Run extract-frames over ``store``; ``stage_options`` are :func:`frames_stage`'s keywords."""
     stage = frames_stage(store, **stage_options)
     return run_stage(store, stage, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress)
+
+
+def stage_for_array(store: Store, path: str) -> Stage:
+    """The stage that made array ``path``, rebuilt from its provenance (used by ``verify --repair``)."""
+    p = store.provenance(path)["params"]
+    return frames_stage(store, fps=p["fps"], size=p["size"], resize=p["resize"], name=path.rsplit("/", 1)[0])

@@ -216,14 +216,9 @@ def _executor(
         client, cluster = Client(scheduler), None
     else:
         n = workers or os.cpu_count() or 1
-        cluster = LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=not in_process_only,  # a memory:// store lives in this process only
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-            env=WORKER_ENV,
-        )
+        # a memory:// store lives in this process only: thread workers (which take no env)
+        options = {"processes": False} if in_process_only else {"processes": True, "env": WORKER_ENV}
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR, **options)
         client = Client(cluster)
 
     def dask_map(fn, args_list):
@@ -285,28 +280,35 @@ def run_stage(
         }
         ledgers = {path: store.ledger(path) for path in arrays}
         failures = store.failures_record()
-        table = store.clips
-        tasks, input_fps = [], {}
+        columns = {c: store.clips[c].to_numpy() for c in store.clips.columns}
+        todo, input_fps = [], {}
         for i in select_clips(store, clips):
-            row = {k: (v.item() if hasattr(v, "item") else v) for k, v in table.iloc[i].to_dict().items()}
-            fp = stage.input_fingerprint(row)
-            if all(ledger.is_done(row["clip_id"], fp) for ledger in ledgers.values()):
+            clip_id = str(columns["clip_id"][i])
+            fp = stage.input_fingerprint(_row(columns, i))
+            if all(ledger.is_done(clip_id, fp) for ledger in ledgers.values()):
                 report.skipped += 1
                 continue
-            input_fps[row["clip_id"]] = fp
-            tasks.append(ClipTask(i, row["clip_id"], row, store.dataset_root or ""))
-        if tasks:
+            input_fps[clip_id] = fp
+            todo.append(i)
+        if todo:
             outputs = tuple((spec, arrays[spec.path].attrs["featstore"]["fingerprint"]) for spec in stage.outputs)
-            _execute(store, stage, tasks, input_fps, outputs, ledgers, failures, report, workers, scheduler, progress)
+            root = store.dataset_root or ""
+            tasks = (ClipTask(i, str(columns["clip_id"][i]), _row(columns, i), root) for i in todo)
+            _execute(store, stage, tasks, len(todo), input_fps, outputs, ledgers, failures, report, workers, scheduler, progress)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _execute(store, stage, tasks, input_fps, outputs, ledgers, failures, report, workers, scheduler, progress):
+def _row(columns: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+    """Row ``i`` of the clips table as plain Python values (tasks are built lazily, one at a time)."""
+    return {c: (v[i].item() if hasattr(v[i], "item") else v[i]) for c, v in columns.items()}
+
+
+def _execute(store, stage, tasks, n_tasks, input_fps, outputs, ledgers, failures, report, workers, scheduler, progress):
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
-    bar = tqdm(total=len(tasks), desc=stage.name, unit="clip", disable=not show, file=sys.stderr)
+    bar = tqdm(total=n_tasks, desc=stage.name, unit="clip", disable=not show, file=sys.stderr)
     in_process_only = store.url.startswith("memory://")
     mapper, close = _executor(workers, scheduler, in_process_only)
     last_flush = time.monotonic()

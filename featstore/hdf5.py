@@ -1,0 +1,100 @@
+"""HDF5 interchange: export arrays and the clips table to one .h5 file, import such a file back.
+
+Layout of an exported file (same names as in the store)::
+
+    /clips/<column>        one dataset per clips-table column (fixed-length UTF-8 bytes, float64, int64)
+    /<array path>          e.g. /audio/mel, chunked one clip per chunk, gzip-compressed
+        attrs["featstore"]         the array's provenance, as JSON text
+        attrs["featstore_done"]    JSON list of the clip_ids done in the store
+        attrs["dims"]              dimension names
+
+Arrays are copied clip by clip through numpy (a zarr array is never handed to h5py, DESIGN 7.10),
+so memory stays at one clip. Importing registers each dataset as an array made by the
+``import-h5`` stage: its provenance is marked external and keeps the original one, and the clips
+listed as done are marked done. This is how features made by other tools enter a store: write the
+same layout. No pickle is involved: attributes are JSON text, tables plain typed columns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from featstore.clips import CLIP_COLUMNS
+from featstore.store import Store
+
+IMPORT_STAGE = "import-h5"
+
+
+def export_h5(store: Store, path: str, arrays: Iterable[str] | None = None) -> list[str]:
+    """Write ``arrays`` (default: all) and the clips table of ``store`` to ``path``; return the arrays."""
+    import h5py
+
+    chosen = list(arrays) if arrays else store.array_paths()
+    clips = store.clips
+    with h5py.File(path, "w") as f:
+        group = f.create_group("clips")
+        for col, dtype in CLIP_COLUMNS.items():
+            values = clips[col].to_numpy()
+            if dtype == "string":
+                # fixed-length UTF-8 bytes (no object arrays); readers decode them
+                group.create_dataset(col, data=np.array([str(v).encode("utf-8") for v in values], dtype=bytes))
+            else:
+                group.create_dataset(col, data=values.astype(dtype))
+        for name in chosen:
+            array = store.array(name)
+            prov = store.provenance(name)
+            ds = f.create_dataset(
+                name, shape=array.shape, dtype=array.dtype, chunks=(1, *array.shape[1:]),
+                compression="gzip", compression_opts=4, fillvalue=np.nan if array.dtype.kind == "f" else 0,
+            )
+            for i in range(array.shape[0]):
+                ds[i] = np.asarray(array[i])
+            ds.attrs["featstore"] = json.dumps(prov)
+            ds.attrs["featstore_done"] = json.dumps(sorted(store.ledger(name).entries))
+            ds.attrs["dims"] = json.dumps(prov.get("dims", []))
+    return chosen
+
+
+def import_h5(store: Store, path: str) -> list[str]:
+    """Register the arrays of an exported (or externally written) HDF5 file in ``store``.
+
+    Clips of the file that the store lacks are appended first; rows are matched by clip_id. Each
+    dataset becomes an array made by ``import-h5`` whose parameters record the source file and the
+    original provenance. Returns the imported array paths.
+    """
+    import h5py
+
+    imported = []
+    with h5py.File(path, "r") as f:
+        table = pd.DataFrame({col: [v.decode() if isinstance(v, bytes) else v for v in f["clips"][col][()]] for col in f["clips"]})
+        store.add_clips(table)
+        row_of = {cid: i for i, cid in enumerate(store.clips["clip_id"])}
+        names: list[str] = []
+        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) and not name.startswith("clips/") else None)
+        for name in names:
+            ds = f[name]
+            original = json.loads(ds.attrs.get("featstore", "{}"))
+            done = json.loads(ds.attrs.get("featstore_done", "null"))
+            file_ids = table["clip_id"].tolist()
+            done = file_ids if done is None else done
+            dims = json.loads(ds.attrs.get("dims", "[]"))[1:] or [f"dim{k}" for k in range(1, ds.ndim)]
+            params = {"source_file": os.path.basename(path), "external": True, "original_provenance": original}
+            array = store.create_array(
+                name, per_clip_shape=tuple(ds.shape[1:]), dtype=str(ds.dtype), dims=tuple(dims), stage=IMPORT_STAGE, params=params
+            )
+            ledger = store.ledger(name)
+            for k, clip_id in enumerate(file_ids):
+                if clip_id not in done:
+                    continue
+                value = np.asarray(ds[k])
+                array[row_of[clip_id]] = value
+                ledger.mark_done(clip_id, "external", zlib.crc32(np.ascontiguousarray(value).tobytes()))
+            ledger.flush(store.side)
+            imported.append(name)
+    return imported
