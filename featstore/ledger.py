@@ -87,6 +87,7 @@ class Failures:
         self.table = (
             pd.read_parquet(io.BytesIO(raw)) if raw is not None else pd.DataFrame(columns=FAILURE_COLUMNS)
         )
+        self._keys = set(zip(self.table["stage"], self.table["clip_id"]))  # fast no-op clears
         self._dirty = False
 
     def record(self, stage: str, array: str, clip_id: str, error_type: str, message: str) -> None:
@@ -96,9 +97,13 @@ class Failures:
             columns=FAILURE_COLUMNS,
         )
         self.table = row if self.table.empty else pd.concat([self.table, row], ignore_index=True)
+        self._keys.add((stage, clip_id))
         self._dirty = True
 
     def clear(self, stage: str, clip_id: str) -> None:
+        if (stage, clip_id) not in self._keys:
+            return
+        self._keys.discard((stage, clip_id))
         hit = (self.table["stage"] == stage) & (self.table["clip_id"] == clip_id)
         if hit.any():
             self.table = self.table[~hit].reset_index(drop=True)
