@@ -98,8 +98,8 @@ def _describe_sources(root: str, rows: list[dict]) -> tuple[pd.DataFrame, list[t
                 problems.append(f"{kind} file not found: {rel}")
                 continue
             row[f"{kind}_fingerprint"] = file_fingerprint(full)
-        media = [os.path.join(root, row[k]) for k in ("audio_path", "video_path") if row[f"{k[:5]}_fingerprint"]]
-        row["duration_s"] = probe_duration_s(media[0]) if media else float("nan")
+        present = [os.path.join(root, row[f"{kind}_path"]) for kind in ("audio", "video") if row[f"{kind}_fingerprint"]]
+        row["duration_s"] = probe_duration_s(present[0]) if present else float("nan")
         if problems:
             missing.append((row["clip_id"], "; ".join(problems)))
     return pd.DataFrame(rows), missing

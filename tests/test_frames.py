@@ -166,3 +166,31 @@ def test_segment_alignment_with_audio_grid(video_store):
             start, end = grid.loc[(clip_index, segment), ["start_s", "end_s"]]
             seg_times = times[2 * segment : 2 * segment + 2]
             assert np.all((seg_times >= start - 0.5 / fps) & (seg_times < end)), clip_id
+
+
+def test_rotated_phone_video_comes_out_upright(tmp_path):
+    """A display matrix of -90 degrees (a phone held upright) is applied as FFmpeg's autorotate does:
+    90 degrees clockwise, so the source's left half ends up on top."""
+    import struct
+
+    path = str(tmp_path / "phone.mp4")
+
+    def left_white(i):
+        img = np.zeros((32, 64, 3), np.uint8)
+        img[:, :32] = 255
+        return img
+
+    write_video(path, left_white, n_frames=10, fps=10)
+    data = bytearray(open(path, "rb").read())
+    identity = struct.pack(">9i", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    at = data.find(identity, data.find(b"tkhd"))
+    assert at > 0
+    data[at : at + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    open(path, "wb").write(bytes(data))
+    (tmp_path / "m.csv").write_text("audio,video,label,split\n,phone.mp4,bus,train\n")
+    store = featstore.init_store(str(tmp_path / "s.zarr"), clip_duration_s=1.0)
+    ingest(store, str(tmp_path / "m.csv"), fmt="csv")
+    assert extract_frames(store, workers=0, size=32).done == 1
+    frames, _ = store.frames("phone")
+    assert frames[0, :12].mean() > 200 and frames[0, 20:].mean() < 50, "left half must end up on top"
+    assert store.ledger("frames/rgb").info_table().loc["phone", "rotation"] == -90
