@@ -18,6 +18,8 @@ from featstore.media import load_audio
 from featstore.store import Store
 from pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
 
+#: Clips per dask task: a clip's write overlaps the next one's compute (pipelines.runner.run_clips).
+CLIPS_PER_TASK = 4
 STAGE = "extract-audio"
 #: Decoding stops this far past the clip's nominal length (a 2-hour file is never read whole).
 READ_MARGIN_S = 1.0
@@ -70,7 +72,7 @@ def audio_stage(
         for f in features
     )
     params = {"audio": p.to_dict(), "dtype": dtype, "store_deltas": store_deltas, "frames_per_segment": p.frames_per_segment}
-    return Stage(STAGE, params, outputs, compute_audio, input_fingerprint=lambda row: row["audio_fingerprint"])
+    return Stage(STAGE, params, outputs, compute_audio, input_fingerprint=lambda row: row["audio_fingerprint"], clips_per_task=CLIPS_PER_TASK)
 
 
 def extract_audio(

@@ -14,6 +14,8 @@ from featstore.store import Store
 from featstore.video import RESIZE_MODES, decode_frames
 from pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
 
+#: Clips per dask task: a clip's write overlaps the next one's compute (pipelines.runner.run_clips).
+CLIPS_PER_TASK = 4
 STAGE = "extract-frames"
 
 
@@ -46,7 +48,7 @@ def frames_stage(store: Store, *, fps: float = 2.0, size: int = 224, resize: str
         OutputSpec("rgb", f"{name}/rgb", (n_frames, size, size, 3), "uint8", ("frame", "height", "width", "rgb")),
         OutputSpec("time_s", f"{name}/time_s", (n_frames,), "float32", ("frame",)),
     )
-    return Stage(STAGE, params, outputs, compute_frames, input_fingerprint=lambda row: row["video_fingerprint"])
+    return Stage(STAGE, params, outputs, compute_frames, input_fingerprint=lambda row: row["video_fingerprint"], clips_per_task=CLIPS_PER_TASK)
 
 
 def extract_frames(

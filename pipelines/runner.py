@@ -97,8 +97,9 @@ class Stage:
     outputs: tuple[OutputSpec, ...]
     compute: Callable[[ClipTask, dict[str, Any], tuple[str, ...]], ClipResult]
     input_fingerprint: Callable[[dict[str, Any]], str]
-    #: Clips per dask task. 1 suits per-clip work of 0.1 s or more; cheap per-clip work should batch
-    #: clips, since each task costs the scheduler and the client some milliseconds.
+    #: Clips per dask task. Batching amortises the few milliseconds each task costs the scheduler and
+    #: the client, and lets a clip's write overlap the next clip's compute (see run_clips). A lost
+    #: worker's batch is simply recomputed (tasks are idempotent).
     clips_per_task: int = 1
 
 
@@ -157,40 +158,74 @@ def _open_array(url: str, path: str, fingerprint: str):
     return _OPEN_ARRAYS[key]
 
 
-def run_clip(
-    url: str,
-    compute: Callable[[ClipTask, dict[str, Any], tuple[str, ...]], ClipResult],
-    params: dict[str, Any],
-    outputs: tuple[tuple[OutputSpec, str], ...],
-    task: ClipTask,
-) -> dict[str, Any]:
-    """Worker side: compute one clip, write each output's whole chunk, return checksums and notes.
+def _failure(task: ClipTask, exc: Exception) -> dict[str, Any]:
+    return {"ok": False, "clip_id": task.clip_id, "error_type": type(exc).__name__, "message": str(exc)}
 
-    Never raises for a bad clip: the exception's type and message come back for the failures record.
+
+def _compute_clip(compute, params, outputs, task: ClipTask) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Compute one clip's outputs, cast and checked: ({path: value}, notes). Raises for a bad clip.
+
     A float output with NaN or Inf is refused, so the store never holds non-finite values. BLAS runs
     single-threaded here, so that results are bitwise the same in-process and on any worker (a
     multi-threaded matrix product sums in another order); parallelism comes from the workers.
     """
-    try:
-        with _single_threaded_blas():
-            result = compute(task, params, tuple(spec.name for spec, _ in outputs))
-        checksums = {}
-        for spec, fingerprint in outputs:
-            value = np.asarray(result.arrays[spec.name]).astype(spec.dtype, copy=False)
-            if value.shape != spec.per_clip_shape:
-                raise ValueError(f"{spec.path}: computed shape {value.shape}, expected {spec.per_clip_shape}")
-            if value.dtype.kind == "f" and not np.isfinite(value).all():
-                raise ValueError(f"{spec.path}: non-finite values (NaN or Inf) in the computed features")
-            _open_array(url, spec.path, fingerprint)[task.clip_index] = value
-            checksums[spec.path] = zlib.crc32(np.ascontiguousarray(value).tobytes())
-        return {"ok": True, "clip_id": task.clip_id, "crc32": checksums, "info": result.info}
-    except Exception as exc:  # noqa: BLE001 - every per-clip error becomes a recorded failure
-        return {"ok": False, "clip_id": task.clip_id, "error_type": type(exc).__name__, "message": str(exc)}
+    with _single_threaded_blas():
+        result = compute(task, params, tuple(spec.name for spec, _ in outputs))
+    values = {}
+    for spec, _ in outputs:
+        value = np.ascontiguousarray(result.arrays[spec.name]).astype(spec.dtype, copy=False)
+        if value.shape != spec.per_clip_shape:
+            raise ValueError(f"{spec.path}: computed shape {value.shape}, expected {spec.per_clip_shape}")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"{spec.path}: non-finite values (NaN or Inf) in the computed features")
+        values[spec.path] = value
+    return values, result.info
 
 
-def run_clips(url, compute, params, outputs, tasks: list[ClipTask]) -> list[dict[str, Any]]:
-    """Worker side: :func:`run_clip` for each task of a batch (one dask task)."""
-    return [run_clip(url, compute, params, outputs, task) for task in tasks]
+def _write_clip(url: str, outputs, task: ClipTask, values: dict[str, np.ndarray], info: dict[str, Any]) -> dict[str, Any]:
+    """Write each output's whole chunk; return the clip's result (checksums of what was written)."""
+    checksums = {}
+    for spec, fingerprint in outputs:
+        _open_array(url, spec.path, fingerprint)[task.clip_index] = values[spec.path]
+        checksums[spec.path] = zlib.crc32(values[spec.path].tobytes())
+    return {"ok": True, "clip_id": task.clip_id, "crc32": checksums, "info": info}
+
+
+def run_clips(url: str, compute, params: dict[str, Any], outputs, tasks: list[ClipTask]) -> list[dict[str, Any]]:
+    """Worker side, one dask task: compute each clip of the batch and write its whole chunks.
+
+    Returns one result per clip: checksums and notes, or the exception's type and message (a bad
+    clip never raises, it becomes a recorded failure). Writes are behind by one clip: clip k's
+    chunks are compressed and written on a background thread while clip k+1 is computed (decoders,
+    FFTs and zstd release the GIL), at most one write pending, so at most two clips are in memory.
+    The task returns only after every write finished, so the driver never marks an unwritten clip.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    results: list[Any] = []
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = None
+        for task in tasks:
+            try:
+                values, info = _compute_clip(compute, params, outputs, task)
+            except Exception as exc:  # noqa: BLE001 - every per-clip error becomes a recorded failure
+                results.append(_failure(task, exc))
+                continue
+            if pending is not None:
+                pending.result()
+            pending = writer.submit(_write_clip, url, outputs, task, values, info)
+            results.append((task, pending))
+    out = []
+    for item in results:
+        if isinstance(item, dict):
+            out.append(item)
+            continue
+        task, future = item
+        try:
+            out.append(future.result())
+        except Exception as exc:  # noqa: BLE001 - a failed write is the clip's failure
+            out.append(_failure(task, exc))
+    return out
 
 
 def _batches(items: Iterator[ClipTask], size: int) -> Iterator[list[ClipTask]]:
@@ -224,7 +259,7 @@ def select_clips(store: Store, clips: str | list[str] | None) -> list[int]:
 def _executor(
     workers: int | None, scheduler: str | None, in_process_only: bool
 ) -> tuple[Callable[..., Iterator[dict]], Callable[[], None]]:
-    """(map function, close function). The map runs ``run_clip`` over tasks, yielding results."""
+    """(map function, close function). The map runs ``run_clips`` over batches, yielding results."""
     scheduler = scheduler or os.environ.get("FEATSTORE_SCHEDULER")
     if workers == 0 and not scheduler:
         return (lambda fn, args_list: (fn(*args) for args in args_list)), (lambda: None)
