@@ -141,7 +141,7 @@ def _run_stage(run, as_json: bool, quiet: bool) -> None:
 
     try:
         report = run(None if not quiet else False)
-    except (featstore.StoreError, LockHeld, ValueError, KeyError) as exc:
+    except (featstore.StoreError, LockHeld, ValueError, KeyError, OSError) as exc:
         _fail(str(exc))
     if as_json:
         click.echo(json.dumps(report.to_json()))
@@ -257,6 +257,46 @@ def import_h5_cmd(store: str, source: str) -> None:
     except (featstore.StoreError, OSError) as exc:
         _fail(str(exc))
     click.echo(f"imported {', '.join(imported)}")
+
+
+@main.command("embed")
+@click.argument("store")
+@click.option("--model", "model", required=True, help="Registered model name (aud-mel, aud-gam, aud-cqt, vis-inc, vis-conv, or your own).")
+@click.option("--model-file", default=None, help="Register this .keras file under --model first (layers fc1024, fc10, softmax).")
+@click.option("--input", "input_array", default=None, help="Input array of a --model-file (default: by model name, e.g. audio/mel).")
+@click.option("--layer", type=click.Choice(["fc1024", "fc10", "all"]), default="all", show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True, help="Dask workers (0 = in-process; TensorFlow uses every core itself).")
+@click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
+@click.option("--clips", default=None, help="Only these clips: a split name or a file of clip_ids.")
+@click.option("--overwrite", is_flag=True, help="Recompute every clip.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def embed_cmd(store, model, model_file, input_array, layer, workers, scheduler, clips, overwrite, as_json, quiet):
+    """Cache a backbone's FC(1024) / FC(10) embeddings and softmax predictions for every clip.
+
+    One forward pass per clip writes embeddings/MODEL/fc1024, embeddings/MODEL/fc10 (pre-softmax)
+    and predictions/MODEL. A re-run with the same model and inputs does no inference; a new model
+    file or re-made input invalidates and recomputes, saying so.
+
+    \b
+    Example:
+      featstore embed store.zarr --model aud-mel --model-file aud-mel.keras --layer all
+    """
+    from pipelines.embed import embed
+
+    s = _open(store)
+    layers = ("fc1024", "fc10") if layer == "all" else (layer,)
+
+    def run(progress):
+        report, note = embed(
+            s, model, model_file_path=model_file, input_array=input_array, layers=layers, clips=clips,
+            workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress,
+        )
+        if note:
+            click.echo(f"featstore: {note}", err=True)
+        return report
+
+    _run_stage(run, as_json, quiet)
 
 
 EXIT_DAMAGED = 4

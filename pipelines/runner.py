@@ -63,12 +63,14 @@ class OutputSpec:
 
 @dataclass(frozen=True)
 class ClipTask:
-    """What a worker gets for one clip: its index, id, clips-table row and the dataset root."""
+    """What a worker gets for one clip: its index, id, clips-table row, the dataset root and the
+    store's URL (for stages that read upstream arrays; not part of any fingerprint)."""
 
     clip_index: int
     clip_id: str
     row: dict[str, Any]
     dataset_root: str
+    store_url: str = ""
 
     def source(self, column: str) -> str:
         """Absolute path of the clip's ``audio_path`` or ``video_path`` ("" when it has none)."""
@@ -347,7 +349,7 @@ def run_stage(
         if todo:
             outputs = tuple((spec, arrays[spec.path].attrs["featstore"]["fingerprint"]) for spec in stage.outputs)
             root = store.dataset_root or ""
-            tasks = (ClipTask(i, str(columns["clip_id"][i]), _row(columns, i), root) for i in todo)
+            tasks = (ClipTask(i, str(columns["clip_id"][i]), _row(columns, i), root, store.url) for i in todo)
             _execute(store, stage, tasks, len(todo), input_fps, outputs, ledgers, failures, report, workers, scheduler, progress)
     report.seconds = time.perf_counter() - started
     return report

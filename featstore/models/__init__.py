@@ -1,0 +1,56 @@
+"""Phase I backbones (Keras 3 on TensorFlow). Importing this package imports TensorFlow; importing
+:mod:`featstore` does not.
+
+Five models, each a backbone followed by the shared head (:mod:`featstore.models.head`):
+
+=========  ===========================================  ===============================
+name       backbone                                     input (channels last)
+=========  ===========================================  ===============================
+aud-mel    residual-inception CNN (or ``arch="vgg14"``)  (bins, frames, 6) from audio/mel
+aud-gam    same                                         (bins, frames, 6) from audio/gam
+aud-cqt    same                                         (bins, frames, 6) from audio/cqt
+vis-inc    keras.applications.InceptionV3               (size, size, 3) from frames/rgb
+vis-conv   keras.applications.ConvNeXtTiny              (size, size, 3) from frames/rgb
+=========  ===========================================  ===============================
+
+>>> from featstore.models import build_model                         # doctest: +SKIP
+>>> model = build_model("aud-mel", input_shape=(128, 72, 6), widths=(16, 32), head_units=64)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: model name -> (modality, default input array)
+MODELS: dict[str, tuple[str, str]] = {
+    "aud-mel": ("audio", "audio/mel"),
+    "aud-gam": ("audio", "audio/gam"),
+    "aud-cqt": ("audio", "audio/cqt"),
+    "vis-inc": ("visual", "frames/rgb"),
+    "vis-conv": ("visual", "frames/rgb"),
+}
+
+
+def build_model(name: str, *, input_shape: tuple[int, ...], n_classes: int = 10, head_units: int = 1024, dropout: float = 0.4, l2: float = 1e-4, **backbone: Any):
+    """The Keras model ``name`` (see :data:`MODELS`): backbone + FC(head_units)-ReLU-Dropout-FC(n_classes)-Softmax.
+
+    Audio keywords: ``widths`` (channels per stage), ``arch`` ("inception" or "vgg14"). Visual
+    keyword: ``weights_file`` (a local ImageNet weights file; default random init, never a download).
+    """
+    import keras
+
+    from featstore.models.head import add_head
+
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r} (one of {', '.join(MODELS)})")
+    inputs = keras.Input(shape=input_shape, name="input")
+    if MODELS[name][0] == "audio":
+        from featstore.models.audio import audio_backbone
+
+        features = audio_backbone(inputs, **backbone)
+    else:
+        from featstore.models.visual import visual_backbone
+
+        features = visual_backbone(name, inputs, **backbone)
+    outputs = add_head(features, n_classes=n_classes, units=head_units, dropout=dropout, l2=l2)
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,62 @@
+"""Audio backbones on 6-channel spectrogram windows (bins, frames, 6), channels last.
+
+* ``inception`` (default): stages of residual-inception blocks. Each block has four branches
+  (1x1; 3x3; two stacked 3x3; 3x3 max-pool then 1x1), concatenated, projected back by a 1x1
+  convolution and added to the block's input (residual), then batch norm and ReLU; 2x2 average
+  pooling between stages; global average pooling at the end. ``widths`` sets the channels per stage.
+* ``vgg14``: the VGG14-style network of "Deep Learning Frameworks Applied For Audio-Visual Scene
+  Classification": 12 conv layers 64-64-128-128-256x4-512x4, each conv + BN + ReLU, average pooling
+  and dropout (25% rising to 35%) after each group, global average pooling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def _conv(x, filters: int, kernel: int, name: str):
+    import keras
+
+    x = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def inception_block(x, width: int, name: str):
+    """One residual-inception block with ``width`` output channels."""
+    import keras
+
+    branch = max(1, width // 4)
+    shortcut = x if x.shape[-1] == width else keras.layers.Conv2D(width, 1, name=f"{name}_proj")(x)
+    b1 = _conv(x, branch, 1, f"{name}_b1")
+    b3 = _conv(_conv(x, branch, 1, f"{name}_b3a"), branch, 3, f"{name}_b3b")
+    b33 = _conv(_conv(_conv(x, branch, 1, f"{name}_b33a"), branch, 3, f"{name}_b33b"), branch, 3, f"{name}_b33c")
+    bp = _conv(keras.layers.MaxPooling2D(3, strides=1, padding="same", name=f"{name}_pool")(x), branch, 1, f"{name}_bp")
+    mixed = keras.layers.Concatenate(name=f"{name}_concat")([b1, b3, b33, bp])
+    mixed = keras.layers.Conv2D(width, 1, use_bias=False, name=f"{name}_mix")(mixed)
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, mixed])
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def audio_backbone(inputs, *, arch: str = "inception", widths: Sequence[int] = (64, 128, 256)):
+    """(batch, bins, frames, 6) -> (batch, features)."""
+    import keras
+
+    if arch == "vgg14":
+        x = inputs
+        groups = ((64, 64), (128, 128), (256,) * 4, (512,) * 4)
+        for g, (filters, drop) in enumerate(zip(groups, (0.25, 0.3, 0.3, 0.35))):
+            for k, f in enumerate(filters):
+                x = _conv(x, f, 3, f"vgg{g}_{k}")
+            x = keras.layers.AveragePooling2D(2, padding="same", name=f"vgg{g}_pool")(x)
+            x = keras.layers.Dropout(drop, name=f"vgg{g}_drop")(x)
+        return keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
+    if arch != "inception":
+        raise ValueError(f"arch must be 'inception' or 'vgg14', got {arch!r}")
+    x = _conv(inputs, widths[0], 3, "stem")
+    for s, width in enumerate(widths):
+        x = inception_block(x, width, f"stage{s}")
+        if s < len(widths) - 1:
+            x = keras.layers.AveragePooling2D(2, padding="same", name=f"stage{s}_down")(x)
+    return keras.layers.GlobalAveragePooling2D(name="global_pool")(x)

@@ -1,0 +1,80 @@
+"""Models registered in a store: ``_featstore/models/{name}.keras`` plus ``models.json``.
+
+Each entry records the model's fingerprint (BLAKE2b of the .keras file: architecture and weights),
+its input array and that array's fingerprint, the head's sizes, and any training config. A model
+is loaded in Keras safe mode only (no arbitrary code from a file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+from featstore.store import Store, StoreError
+
+REGISTRY = "models.json"
+
+
+def _entries(store: Store) -> dict[str, Any]:
+    raw = store.side.read(REGISTRY)
+    return json.loads(raw) if raw is not None else {}
+
+
+def load_keras(path: str):
+    """Load a .keras file in safe mode (Lambda layers and other arbitrary code are refused)."""
+    import keras
+
+    return keras.saving.load_model(path, compile=False, safe_mode=True)
+
+
+def register_model(store: Store, name: str, model_file: str, *, input_array: str, config: dict | None = None) -> dict[str, Any]:
+    """Copy ``model_file`` into the store under ``name`` and record it; returns the entry.
+
+    The model must load in safe mode and have layers named ``fc1024``, ``fc10`` and ``softmax``.
+    """
+    data = open(model_file, "rb").read()
+    model = load_keras(model_file)
+    missing = [n for n in ("fc1024", "fc10", "softmax") if n not in {layer.name for layer in model.layers}]
+    if missing:
+        raise StoreError(f"{model_file}: no layer named {', '.join(missing)} (the embedding contract)")
+    entry = {
+        "name": name,
+        "fingerprint": hashlib.blake2b(data, digest_size=16).hexdigest(),
+        "input": input_array,
+        "input_fingerprint": store.provenance(input_array)["fingerprint"],
+        "input_shape": list(model.input_shape[1:]),
+        "fc1024_units": int(model.get_layer("fc1024").output.shape[-1]),
+        "n_classes": int(model.get_layer("fc10").output.shape[-1]),
+        "config": config or {},
+        "registered": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    store.side.write(f"models/{name}.keras", data)
+    entries = _entries(store)
+    entries[name] = entry
+    store.side.write(REGISTRY, json.dumps(entries, indent=1).encode())
+    return entry
+
+
+def model_entry(store: Store, name: str) -> dict[str, Any]:
+    entries = _entries(store)
+    if name not in entries:
+        raise StoreError(f"no model {name!r} registered in the store (train-backbone, or embed --model-file)")
+    return entries[name]
+
+
+def model_file(store: Store, name: str, fingerprint: str) -> str:
+    """A local path to the registered model's file (downloaded once per fingerprint for remote stores)."""
+    if store.side.is_local:
+        return store.side.path(f"models/{name}.keras")
+    cached = os.path.join(tempfile.gettempdir(), "featstore-models", f"{name}-{fingerprint}.keras")
+    if not os.path.exists(cached):
+        os.makedirs(os.path.dirname(cached), exist_ok=True)
+        data = store.side.read(f"models/{name}.keras")
+        with open(cached + ".partial", "wb") as f:
+            f.write(data or b"")
+        os.replace(cached + ".partial", cached)
+    return cached

@@ -1,0 +1,129 @@
+"""`featstore embed`: run a registered backbone over every clip not yet cached, on the stage runner.
+
+One forward pass per clip gives every output at once:
+``embeddings/{model}/fc1024`` (clip, unit, dim), ``embeddings/{model}/fc10`` (clip, unit, classes,
+the FC(10) values before the softmax) and ``predictions/{model}`` (clip, unit, classes, softmax),
+where a unit is a segment of the grid for audio models (its 6-channel window) and a frame for
+visual models. All float32.
+
+Cache key: the model's fingerprint (its .keras bytes), the layer, the input array's fingerprint and
+the window (the segment length); per clip, the upstream chunk's checksum. A second run with nothing
+changed does no inference. A re-registered (retrained) model, or a re-made input array, invalidates
+the embeddings: they are recomputed, and the report says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from featstore.registry import load_keras, model_entry, model_file, register_model
+from featstore.store import ParamsMismatch, Store, open_store
+from pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
+
+STAGE = "embed"
+LAYERS = ("fc1024", "fc10")
+#: Parameters whose change means "new model or new input": recompute instead of refusing.
+INVALIDATING = {"model_fingerprint", "input_fingerprint"}
+#: Forward passes made in this process (lets tests check that a cache hit does no inference).
+INFERENCE_CALLS = {"count": 0}
+
+_MODELS: dict[tuple[str, str], Any] = {}
+_STORES: dict[str, Store] = {}
+
+
+def _embedder(path: str, fingerprint: str):
+    """The model with outputs [fc1024, fc10, softmax], loaded once per process and model version."""
+    key = (path, fingerprint)
+    if key not in _MODELS:
+        import keras
+
+        model = load_keras(path)
+        _MODELS[key] = keras.Model(model.inputs, [model.get_layer(n).output for n in ("fc1024", "fc10", "softmax")])
+    return _MODELS[key]
+
+
+def model_inputs(store: Store, input_array: str, clip_id: str) -> np.ndarray:
+    """The batch a model sees for one clip: audio (segment, bin, frame, 6) windows with deltas, or
+    visual (frame, size, size, 3) uint8 frames."""
+    group, name = input_array.rsplit("/", 1)
+    if group.startswith("frames") or name == "rgb":
+        return store.frames(clip_id, group=group)[0]
+    spec = store.audio(name, clip_id, deltas=True, group=group)
+    fps = int(store.provenance(input_array)["params"]["frames_per_segment"])
+    c, b, f = spec.shape
+    return np.ascontiguousarray(spec.reshape(c, b, f // fps, fps).transpose(2, 1, 3, 0))
+
+
+def compute_embed(task: ClipTask, params: dict[str, Any], names: tuple[str, ...]) -> ClipResult:
+    """Worker side: one forward pass over the clip's windows or frames."""
+    store = _STORES.get(task.store_url) or _STORES.setdefault(task.store_url, open_store(task.store_url))
+    x = model_inputs(store, params["input"], task.clip_id)
+    embedder = _embedder(model_file(store, params["model"], params["model_fingerprint"]), params["model_fingerprint"])
+    fc1024, fc10, softmax = (np.asarray(v) for v in embedder(x, training=False))
+    INFERENCE_CALLS["count"] += 1
+    outputs = {"fc1024": fc1024, "fc10": fc10, "predictions": softmax}
+    return ClipResult({n: outputs[n].astype(np.float32) for n in names})
+
+
+def embed_stage(store: Store, model: str, *, layers: tuple[str, ...] = LAYERS) -> Stage:
+    """The embed :class:`Stage` for registered model ``model``."""
+    if not set(layers) <= set(LAYERS) or not layers:
+        raise ValueError(f"--layer must be fc1024, fc10 or all, got {', '.join(layers)}")
+    entry = model_entry(store, model)
+    input_array = entry["input"]
+    input_prov = store.provenance(input_array)
+    visual = input_array.rsplit("/", 1)[1] == "rgb"
+    units = store.array(input_array).shape[1] if visual else store.n_segments
+    unit_dim = "frame" if visual else "segment"
+    dims = {"fc1024": entry["fc1024_units"], "fc10": entry["n_classes"]}
+    outputs = [OutputSpec(layer, f"embeddings/{model}/{layer}", (units, dims[layer]), "float32", (unit_dim, "dim"), {"layer": layer}) for layer in layers]
+    outputs.append(OutputSpec("predictions", f"predictions/{model}", (units, entry["n_classes"]), "float32", (unit_dim, "class"), {"layer": "softmax"}))
+    params = {
+        "model": model,
+        "model_fingerprint": entry["fingerprint"],
+        "input": input_array,
+        "input_fingerprint": input_prov["fingerprint"],
+        "window_s": store.segment_s,
+        "frames_per_segment": 1 if not visual else int(input_prov["params"]["frames_per_segment"]),
+    }
+    upstream = store.ledger(input_array).entries
+    return Stage(STAGE, params, tuple(outputs), compute_embed, lambda row: str(upstream.get(row["clip_id"], {}).get("crc32", "missing")), clips_per_task=8)
+
+
+def embed(
+    store: Store,
+    model: str,
+    *,
+    model_file_path: str | None = None,
+    input_array: str | None = None,
+    layers: tuple[str, ...] = LAYERS,
+    clips: str | list[str] | None = None,
+    workers: int | None = 0,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> tuple[StageReport, str | None]:
+    """Embed every clip with registered model ``model`` (registering ``model_file_path`` first if given).
+
+    Returns the report and a note when cached embeddings were invalidated (new model or input).
+    ``workers`` defaults to 0 (in-process): one TensorFlow process uses every core by itself.
+    """
+    from featstore.models import MODELS
+
+    if model_file_path:
+        source = input_array or MODELS.get(model, (None, None))[1]
+        if source is None:
+            raise ValueError(f"--input is needed for a model file named {model!r} (not one of {', '.join(MODELS)})")
+        register_model(store, model, model_file_path, input_array=source, config={"source": "model file"})
+    stage = embed_stage(store, model, layers=layers)
+    note = None
+    try:
+        report = run_stage(store, stage, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress)
+    except ParamsMismatch as exc:
+        if not set(exc.diffs) <= INVALIDATING:
+            raise
+        note = f"embeddings of {model} were made from another {' and '.join(sorted(k.split('_')[0] for k in exc.diffs))}: recomputing them"
+        report = run_stage(store, stage, clips=clips, workers=workers, scheduler=scheduler, overwrite=True, progress=progress)
+    return report, note
