@@ -259,6 +259,46 @@ def import_h5_cmd(store: str, source: str) -> None:
     click.echo(f"imported {', '.join(imported)}")
 
 
+@main.command("train-backbone")
+@click.argument("store")
+@click.option("--model", "model", required=True, type=click.Choice(["aud-mel", "aud-gam", "aud-cqt", "vis-inc", "vis-conv"]))
+@click.option("--input", "input_array", default=None, help="Input array (default: audio/mel, audio/gam, audio/cqt or frames/rgb by model).")
+@click.option("--window-s", type=float, default=None, help="Audio window in seconds, a whole number of segments (default: the segment).")
+@click.option("--arch", type=click.Choice(["inception", "vgg14"]), default="inception", show_default=True, help="Audio backbone.")
+@click.option("--widths", default="64,128,256", show_default=True, help="Channels per stage of the inception backbone.")
+@click.option("--head-units", type=int, default=1024, show_default=True)
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--mixup-alpha", type=float, default=0.4, show_default=True, help="0 turns mixup off.")
+@click.option("--l2", type=float, default=1e-4, show_default=True)
+@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of train clips held out, by location.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--weights", "weights_file", default=None, help="Local ImageNet weights file for vis-inc / vis-conv (never downloaded).")
+def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_units, epochs, batch_size, lr, mixup_alpha, l2, val_fraction, seed, weights_file):
+    """Train a Phase I backbone on the train split (validation carved by location), register it.
+
+    \b
+    Example:
+      featstore train-backbone store.zarr --model aud-mel --epochs 20 --batch-size 64
+    """
+    from featstore.models import MODELS
+    from pipelines.train_backbone import TrainConfig, train_backbone
+
+    s = _open(store)
+    config = TrainConfig(
+        model=model, input_array=input_array or MODELS[model][1], window_s=window_s or s.segment_s, arch=arch,
+        widths=tuple(int(w) for w in widths.split(",")), head_units=head_units, epochs=epochs, batch_size=batch_size,
+        lr=lr, mixup_alpha=mixup_alpha, l2=l2, val_fraction=val_fraction, seed=seed, weights_file=weights_file,
+    )
+    try:
+        entry = train_backbone(s, config)
+    except (featstore.StoreError, KeyError, ValueError) as exc:
+        _fail(str(exc))
+    m = entry["config"]["metrics"]
+    click.echo(f"{model}: best epoch {m['best_epoch']}, val_loss {m['val_loss']:.4f}, val_accuracy {m['val_accuracy']:.3f}; registered (fingerprint {entry['fingerprint'][:12]})")
+
+
 @main.command("embed")
 @click.argument("store")
 @click.option("--model", "model", required=True, help="Registered model name (aud-mel, aud-gam, aud-cqt, vis-inc, vis-conv, or your own).")

@@ -1,0 +1,64 @@
+"""Phase I training from the store (CPU, tiny widths, 1-2 epochs)."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+
+from featstore.registry import load_keras, model_entry, model_file
+from pipelines.embed import embed
+from pipelines.extract_audio import extract_audio
+from pipelines.train_backbone import TrainConfig, mixup, train_backbone, validation_split
+
+
+def test_validation_split_keeps_locations_apart():
+    clips = pd.DataFrame({
+        "split": ["train"] * 12 + ["evaluate"] * 4,
+        "identifier": [f"loc{i // 2}" for i in range(12)] + ["e1"] * 4,
+    })
+    train, val = validation_split(clips, fraction=0.25, seed=3)
+    assert len(val) >= 3 and len(train) + len(val) == 12
+    assert not set(clips.identifier[train]) & set(clips.identifier[val])
+    assert set(clips.split[np.concatenate([train, val])]) == {"train"}, "evaluate is never used"
+
+
+def test_mixup_labels_sum_to_one():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 4, 5, 6)).astype(np.float32)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 16)]
+    xm, ym = mixup(x, y, 0.4, rng)
+    np.testing.assert_allclose(ym.sum(axis=1), 1.0, rtol=1e-6)
+    assert xm.shape == x.shape and (ym >= 0).all()
+    assert not np.allclose(xm, x)
+    assert mixup(x, y, 0.0, rng)[0] is x
+
+
+def test_kl_loss_equals_numpy():
+    rng = np.random.default_rng(1)
+    y = rng.dirichlet(np.ones(10), size=8).astype(np.float32)
+    p = rng.dirichlet(np.ones(10), size=8).astype(np.float32)
+    ours = float(keras.losses.KLDivergence()(y, p))
+    ref = float(np.mean(np.sum(y * np.log(y / p), axis=1)))
+    assert abs(ours - ref) < 1e-5
+
+
+def test_train_register_and_embed(demo_store):
+    store = demo_store
+    assert extract_audio(store, workers=0, features=("mel",)).done == 20
+    config = TrainConfig(model="aud-mel", input_array="audio/mel", window_s=1.0, widths=(4, 8), head_units=16, epochs=2, batch_size=8)
+    entry = train_backbone(store, config)
+    assert entry["input"] == "audio/mel" and entry["fc1024_units"] == 16
+    metrics = entry["config"]["metrics"]
+    assert 1 <= metrics["best_epoch"] <= 2 and np.isfinite(metrics["val_loss"])
+    trained_on = json.loads(store.side.read("models/aud-mel.train_clips.json"))
+    clips = store.clips.set_index("clip_id")
+    assert set(clips.loc[trained_on, "split"]) == {"train"}
+    assert entry["config"]["n_train_clips"] == len(trained_on) and entry["config"]["n_val_clips"] > 0
+    model = load_keras(model_file(store, "aud-mel", entry["fingerprint"]))
+    assert model.input_shape == (None, 128, 72, 6)
+    report, _ = embed(store, "aud-mel")
+    assert report.done == 20
+    assert model_entry(store, "aud-mel")["fingerprint"] == entry["fingerprint"]
