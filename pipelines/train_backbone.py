@@ -82,13 +82,18 @@ class WindowReader:
     def __init__(self, store: Store, input_array: str, window_s: float):
         self.store, self.input_array = store, input_array
         self.visual = input_array.endswith("/rgb")
+        self.group = input_array.rsplit("/", 1)[0]
         self.labels = store.label_indices(store.clips["label"])
         self.n_classes = len(store.classes)
         if self.visual:
             self.units = store.array(input_array).shape[1]
         else:
             self.k = int(round(window_s / store.segment_s))
-            self.fps = int(store.provenance(input_array)["params"]["frames_per_segment"])
+            params = store.provenance(input_array)["params"]
+            if params["store_deltas"]:
+                raise ValueError(f"{input_array} stores deltas; train from an array of static channels")
+            self.fps = int(params["frames_per_segment"])
+            self.delta_width = int(params["audio"]["delta_width"])
             self.units = store.n_segments // self.k
 
     def index(self, rows: np.ndarray) -> np.ndarray:
@@ -96,21 +101,31 @@ class WindowReader:
         return np.array([(r, u) for r in rows for u in range(self.units)], dtype=np.int64).reshape(-1, 2)
 
     def read(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(x (batch, ...) float32, one-hot labels (batch, classes)); one chunk read per clip."""
-        from pipelines.embed import model_inputs
+        """(x (batch, ...) float32, one-hot labels (batch, classes)).
 
-        group = {}
-        for row in np.unique(pairs[:, 0]):
-            group[row] = model_inputs(self.store, self.input_array, str(self.store.clips["clip_id"].iloc[row]))
+        Each clip's chunk is read once per batch; audio deltas are derived only for the windows
+        the batch uses (deltas are per segment, so a window's deltas need nothing around it).
+        """
+        from featstore.audio import add_deltas
+
+        clip_ids = self.store.clips["clip_id"].to_numpy()
+        cache: dict[int, np.ndarray] = {}
         xs = []
         for row, unit in pairs:
-            data = group[row]
+            if row not in cache:
+                cache[row] = (
+                    self.store.frames(str(clip_ids[row]), group=self.group)[0]
+                    if self.visual
+                    else self.store.array(self.input_array)[row]
+                )
+            data = cache[row]
             if self.visual:
                 xs.append(data[unit])
-            else:  # k consecutive segment windows side by side along the frame axis
-                xs.append(np.concatenate(list(data[unit * self.k : (unit + 1) * self.k]), axis=1))
+            else:
+                static = data[..., unit * self.k * self.fps : (unit + 1) * self.k * self.fps].astype(np.float32)
+                xs.append(add_deltas(static, self.fps, self.delta_width).transpose(1, 2, 0))  # (bin, frame, 6)
         y = np.eye(self.n_classes, dtype=np.float32)[self.labels[pairs[:, 0]]]
-        return np.stack(xs).astype(np.float32), y
+        return np.stack(xs).astype(np.float32, copy=False), y
 
 
 def dataset(reader: WindowReader, pairs: np.ndarray, *, batch_size: int, shuffle: bool, alpha: float, seed: int):
