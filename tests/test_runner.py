@@ -130,21 +130,44 @@ def test_external_scheduler_and_worker_processes(demo_root, tmp_path):
     _arrays_equal(store, reference, ["audio/mel", "audio/cqt"])
 
 
+def _prepare_embed(store: featstore.Store, tmp_path) -> list[str]:
+    """Mel features and a small model file; returns the embed command's options."""
+    import keras
+
+    from featstore.models import build_model
+
+    extract_audio(store, workers=0, features=("mel",))
+    path = str(tmp_path / "aud-mel.keras")
+    if not os.path.exists(path):
+        keras.utils.set_random_seed(0)
+        build_model("aud-mel", input_shape=(128, 72, 6), widths=(32, 64), head_units=64).save(path)
+    return ["--model", "aud-mel", "--model-file", path]
+
+
+def _run_embed(store: featstore.Store, options: list[str]) -> None:
+    from pipelines.embed import embed
+
+    embed(store, "aud-mel", model_file_path=options[-1])
+
+
+# stage -> (prepare(store, tmp_path) -> CLI options, arrays, reference run(store, options))
 STAGE_RUNS = {
-    "extract-audio": (["--features", "mel,gam,cqt"], ["audio/mel", "audio/gam", "audio/cqt"], lambda s: extract_audio(s, workers=0)),
-    "extract-frames": (["--size", "96"], ["frames/rgb", "frames/time_s"], lambda s: extract_frames(s, workers=0, size=96)),
+    "extract-audio": (lambda s, t: ["--features", "mel,gam,cqt"], ["audio/mel", "audio/gam", "audio/cqt"], lambda s, o: extract_audio(s, workers=0)),
+    "extract-frames": (lambda s, t: ["--size", "96"], ["frames/rgb", "frames/time_s"], lambda s, o: extract_frames(s, workers=0, size=96)),
+    "embed": (_prepare_embed, ["embeddings/aud-mel/fc1024", "embeddings/aud-mel/fc10", "predictions/aud-mel"], _run_embed),
 }
 
 
 @pytest.mark.parametrize("stage", sorted(STAGE_RUNS))
 def test_sigkill_then_rerun_is_bitwise_equal(demo_root, tmp_path, stage):
     """Kill the client midway (SIGKILL), re-run: arrays bitwise equal to an uninterrupted run."""
-    options, paths, run_reference = STAGE_RUNS[stage]
+    prepare, paths, run_reference = STAGE_RUNS[stage]
     killed = _store_copy(demo_root, str(tmp_path / "killed.zarr"))
+    options = prepare(killed, tmp_path)
     chunk_dir = os.path.join(killed.url, *paths[0].split("/"), "c")
     args = [sys.executable, "-m", "cli.main", stage, killed.url, *options, "--workers", "0", "--quiet"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "FEATSTORE_FLUSH_S": "0.2"})
-    _wait_for(lambda: os.path.isdir(chunk_dir) and len(os.listdir(chunk_dir)) >= 6, 120, "some chunks written")
+    _wait_for(lambda: os.path.isdir(chunk_dir) and len(os.listdir(chunk_dir)) >= 4, 180, "some chunks written")
     assert proc.poll() is None, "the run must still be going when it is killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -158,7 +181,7 @@ def test_sigkill_then_rerun_is_bitwise_equal(demo_root, tmp_path, stage):
     rerun = json.loads(run_cli(stage, killed.url, *options, "--workers", "0", "--json", check=True).stdout)
     assert rerun["done"] + rerun["skipped"] == 20 and rerun["skipped"] == n_marked
     reference = _store_copy(demo_root, str(tmp_path / "ref.zarr"))
-    run_reference(reference)
+    run_reference(reference, prepare(reference, tmp_path))
     _arrays_equal(featstore.open_store(killed.url), reference, paths)
 
 
