@@ -58,7 +58,9 @@ def model_inputs(store: Store, input_array: str, clip_id: str) -> np.ndarray:
 
 def compute_embed(task: ClipTask, params: dict[str, Any], names: tuple[str, ...]) -> ClipResult:
     """Worker side: one forward pass over the clip's windows or frames."""
-    store = _STORES.get(task.store_url) or _STORES.setdefault(task.store_url, open_store(task.store_url))
+    store = _STORES.get(task.store_url)
+    if store is None or task.clip_index >= store.n_clips:  # opened before clips were appended
+        store = _STORES[task.store_url] = open_store(task.store_url)
     x = model_inputs(store, params["input"], task.clip_id)
     embedder = _embedder(model_file(store, params["model"], params["model_fingerprint"]), params["model_fingerprint"])
     fc1024, fc10, softmax = (np.asarray(v) for v in embedder(x, training=False))
