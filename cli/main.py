@@ -17,6 +17,8 @@ import featstore
 from featstore.info import format_info, store_info
 
 EXIT_PARTIAL = 3
+# TensorFlow's C++ info logs (oneDNN notices...) drown the CLI's output; a user's setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _fail(message: str) -> None:

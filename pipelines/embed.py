@@ -40,7 +40,7 @@ def _embedder(path: str, fingerprint: str):
         import keras
 
         model = load_keras(path)
-        _MODELS[key] = keras.Model(model.inputs, [model.get_layer(n).output for n in ("fc1024", "fc10", "softmax")])
+        _MODELS[key] = keras.Model(model.input, [model.get_layer(n).output for n in ("fc1024", "fc10", "softmax")])
     return _MODELS[key]
 
 

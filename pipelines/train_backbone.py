@@ -176,6 +176,7 @@ def train_backbone(store: Store, config: TrainConfig) -> dict[str, Any]:
             dataset(reader, train_pairs, batch_size=config.batch_size, shuffle=True, alpha=config.mixup_alpha, seed=config.seed),
             validation_data=dataset(reader, val_pairs, batch_size=config.batch_size, shuffle=False, alpha=0.0, seed=config.seed),
             epochs=config.epochs,
+            shuffle=False,  # the tf.data pipeline shuffles window indices itself
             verbose=0,
             callbacks=[keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True)],
         )
