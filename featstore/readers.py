@@ -142,3 +142,31 @@ def frame_segments(
         split=split,
         batch_size=batch_size,
     )
+
+
+def embeddings(store: Store, model: str, layer: str = "fc1024", *, per: str = "segment", split: str | None = None) -> SegmentBatch:
+    """Cached embeddings of ``model`` aligned to the segment grid, read whole (they are small).
+
+    ``layer``: ``fc1024``, ``fc10`` or ``predictions``. ``per="segment"``: one row per (clip,
+    segment), a visual model's frames of each segment averaged; ``per="clip"``: the mean over the
+    clip's segments (``segment`` is then 0). Only clips done in the array are returned.
+    """
+    if per not in ("segment", "clip"):
+        raise ValueError(f"per must be 'segment' or 'clip', got {per!r}")
+    path = f"predictions/{model}" if layer == "predictions" else f"embeddings/{model}/{layer}"
+    values = np.asarray(store.array(path)[:], dtype=np.float32)  # (clip, unit, dim)
+    per_segment_units = int(store.provenance(path)["params"]["frames_per_segment"])
+    n_clips, units, dim = values.shape
+    segments = values.reshape(n_clips, units // per_segment_units, per_segment_units, dim).mean(axis=2)
+    clips = store.clips
+    rows = clips["clip_id"].isin(list(store.ledger(path).entries)).to_numpy()
+    if split is not None:
+        rows = rows & (clips["split"].to_numpy() == split)
+    rows = np.flatnonzero(rows)
+    labels = store.label_indices(clips["label"])[rows]
+    if per == "clip":
+        return SegmentBatch(segments[rows].mean(axis=1), labels, rows, np.zeros(len(rows), np.int64))
+    n_seg = segments.shape[1]
+    return SegmentBatch(
+        segments[rows].reshape(-1, dim), np.repeat(labels, n_seg), np.repeat(rows, n_seg), np.tile(np.arange(n_seg), len(rows))
+    )

@@ -313,6 +313,12 @@ class Store:
 
         return frame_segments(self, **kwargs)
 
+    def embeddings(self, model: str, layer: str = "fc1024", **kwargs: Any):
+        """Cached embeddings aligned to the segment grid; see :func:`featstore.readers.embeddings`."""
+        from featstore.readers import embeddings
+
+        return embeddings(self, model, layer, **kwargs)
+
     def __repr__(self) -> str:
         return f"<featstore.Store {self.url} clips={self.n_clips} arrays={len(self.array_paths())}>"
 

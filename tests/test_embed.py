@@ -67,6 +67,9 @@ def test_embed_equals_direct_layer_output_and_caches(mel_store, tmp_path):
     direct10 = np.asarray(keras.Model(model.inputs, model.get_layer("fc10").output)(x, training=False))
     np.testing.assert_allclose(fc10.reshape(-1, 10), direct10, atol=1e-5)
     np.testing.assert_allclose(probs, np.exp(fc10) / np.exp(fc10).sum(-1, keepdims=True), atol=1e-5)
+    seg = store.embeddings("aud-mel", "fc10")
+    np.testing.assert_array_equal(seg.x, fc10.reshape(-1, 10))
+    np.testing.assert_array_equal(seg.clip_index, np.repeat(np.arange(20), 3))
 
     calls = embed_mod.INFERENCE_CALLS["count"]
     again, note = embed(store, "aud-mel", model_file_path=path)
@@ -111,4 +114,13 @@ def test_visual_model_file_embeds_frames(demo_store, tmp_path):
     direct = np.asarray(keras.Model(model.inputs, model.get_layer("fc1024").output)(frames, training=False))
     np.testing.assert_allclose(emb[4], direct, atol=1e-5)
     assert not store.has_array("embeddings/tiny-vis/fc10"), "--layer fc1024 writes only that layer"
+    # aligned to the segment grid: the 2 frames of each 1 s segment averaged
+    seg = store.embeddings("tiny-vis", "fc1024", per="segment")
+    assert seg.x.shape == (20 * 3, 12)
+    np.testing.assert_allclose(seg.x[4 * 3 + 1], emb[4, 2:4].mean(axis=0), atol=1e-6)
+    assert seg.clip_index[4 * 3 + 1] == 4 and seg.segment[4 * 3 + 1] == 1
+    assert seg.labels[4 * 3] == store.classes.index(store.clips.label[4])
+    per_clip = store.embeddings("tiny-vis", "fc1024", per="clip", split="train")
+    assert per_clip.x.shape == (10, 12)
+    np.testing.assert_allclose(per_clip.x[0], emb[per_clip.clip_index[0]].mean(axis=0), atol=1e-6)
     assert store.array("predictions/tiny-vis").shape == (20, 6, 10)
