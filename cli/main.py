@@ -341,6 +341,37 @@ def embed_cmd(store, model, model_file, input_array, layer, workers, scheduler, 
     _run_stage(run, as_json, quiet)
 
 
+@main.command()
+@click.argument("store")
+@click.option("--rule", type=click.Choice(["mean", "prod", "max"]), required=True)
+@click.option("--inputs", required=True, help="Comma-separated models or runs with stored predictions.")
+@click.option("--name", default=None, help="Run name (default: ensemble-RULE-A+B...).")
+@click.option("--split", default="evaluate", show_default=True, help="Split the metrics are computed on.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run record.")
+def ensemble(store, rule, inputs, name, split, as_json):
+    """Late fusion (MEAN / PROD / MAX) of stored predictions, each input's clip probability being the
+    mean over its segments or frames; saved as a run with its metrics.
+
+    \b
+    Example:
+      featstore ensemble store.zarr --rule prod --inputs aud-mel,aud-gam,aud-cqt
+    """
+    from pipelines.ensemble import ensemble as run_ensemble
+
+    s = _open(store)
+    try:
+        record = run_ensemble(s, [i.strip() for i in inputs.split(",")], rule=rule, name=name, split=split)
+    except (featstore.StoreError, KeyError, ValueError) as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(record))
+        return
+    m = record["metrics"]
+    click.echo(f"run {record['name']}: {record['clips']} clips combined with {rule.upper()}")
+    if m:
+        click.echo(f"  {split}: accuracy {m['accuracy']:.3f}  class-wise accuracy {m['class_wise_accuracy']:.3f}  log-loss {m['log_loss']:.3f}  ({m['n']} clips)")
+
+
 EXIT_DAMAGED = 4
 
 

@@ -21,7 +21,8 @@ def run_demo(workdir: str, *, clips_per_class: int = 4, workers: int | None = No
     """Generate the demo dataset and build a store from it with every stage; return the exit code.
 
     Stages: ingest, extract-audio, extract-frames, train-backbone (the three audio models, tiny
-    widths, 2 epochs) and embed (fc1024 + fc10 + predictions). Idempotent: a second run reuses the
+    widths, 2 epochs), embed (fc1024 + fc10 + predictions) and ensemble (MEAN / PROD / MAX of
+    the three). Idempotent: a second run reuses the
     dataset, does no work for clips already done and keeps already registered models.
     """
     from featstore.registry import model_entry
@@ -48,5 +49,11 @@ def run_demo(workdir: str, *, clips_per_class: int = 4, workers: int | None = No
     for report in reports:
         echo(f"[demo] {report.stage} {', '.join(report.arrays)}: {report.done} done, {report.skipped} already done, {report.failed} failed, {report.seconds:.1f} s")
         exit_code = exit_code or (0 if report.ok else 3)
+    from pipelines.ensemble import ensemble
+
+    for rule in ("mean", "prod", "max"):
+        record = ensemble(store, [name for name, _ in DEMO_MODELS], rule=rule, name=f"audio-{rule}")
+        m = record["metrics"]
+        echo(f"[demo] ensemble {rule.upper()} of the audio models on evaluate: accuracy {m['accuracy']:.2f}, log-loss {m['log_loss']:.2f}")
     echo(format_info(store_info(store)))
     return exit_code

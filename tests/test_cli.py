@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from cli.main import main
 from tests.conftest import CLIP_S, run_cli
 
-COMMANDS = ["init", "ingest", "demo-data", "info", "extract-audio", "extract-frames", "verify", "export", "import-h5", "train-backbone", "embed", "demo"]
+COMMANDS = ["init", "ingest", "demo-data", "info", "extract-audio", "extract-frames", "verify", "export", "import-h5", "train-backbone", "embed", "ensemble", "demo"]
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

@@ -1,0 +1,71 @@
+"""`featstore ensemble`: late fusion of stored predictions (MEAN / PROD / MAX), saved as a run.
+
+Each input (a model's or a run's ``predictions/{name}``, (clip, unit, class)) gives a clip
+probability: the mean over its segments or frames. The inputs are then combined per clip:
+
+- ``mean``: the average of the inputs' probabilities;
+- ``prod``: the product, computed in log space and renormalised to sum 1;
+- ``max``: the element-wise maximum, renormalised to sum 1.
+
+The argmax is the label. The combined probabilities are written to ``predictions/{run}`` as
+(clip, 1, class), and the run (rule, inputs, metrics on ``split``) to ``_featstore/runs/{run}.json``.
+Only clips done in every input are combined.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+from typing import Any
+
+import numpy as np
+
+from featstore.metrics import EPS, evaluate_predictions
+from featstore.store import Store
+
+RULES = ("mean", "prod", "max")
+
+
+def combine(clip_probs: np.ndarray, rule: str) -> np.ndarray:
+    """(input, clip, class) probabilities -> (clip, class), rows summing to 1."""
+    p = np.asarray(clip_probs, dtype=np.float64)
+    if rule == "mean":
+        out = p.mean(axis=0)
+    elif rule == "prod":
+        logs = np.log(np.clip(p, EPS, 1.0)).sum(axis=0)
+        out = np.exp(logs - logs.max(axis=-1, keepdims=True))
+    elif rule == "max":
+        out = p.max(axis=0)
+    else:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+    return out / out.sum(axis=-1, keepdims=True)
+
+
+def ensemble(store: Store, inputs: list[str], *, rule: str, name: str | None = None, split: str = "evaluate") -> dict[str, Any]:
+    """Combine the predictions of ``inputs``; write and register the run; return its record."""
+    if len(inputs) < 2:
+        raise ValueError("an ensemble needs at least two inputs")
+    name = name or f"ensemble-{rule}-{'+'.join(inputs)}"
+    paths = [f"predictions/{i}" for i in inputs]
+    done = set.intersection(*(set(store.ledger(p).entries) for p in paths))
+    clip_ids = store.clips["clip_id"].to_numpy()
+    rows = np.flatnonzero(np.isin(clip_ids, list(done)))
+    clip_probs = np.stack([np.asarray(store.array(p)[:], dtype=np.float64)[rows].mean(axis=1) for p in paths])
+    combined = combine(clip_probs, rule)
+    n_classes = combined.shape[1]
+    array = store.create_array(
+        f"predictions/{name}", per_clip_shape=(1, n_classes), dtype="float32", dims=("unit", "class"),
+        stage="ensemble", params={"rule": rule, "inputs": inputs}, overwrite=True,
+    )
+    ledger = store.ledger(f"predictions/{name}")
+    for row, probs in zip(rows, combined.astype(np.float32)):
+        array[row] = probs[None, :]
+        ledger.mark_done(str(clip_ids[row]), "ensemble", zlib.crc32(probs[None, :].tobytes()))
+    ledger.flush(store.side)
+    labels = store.label_indices(store.clips["label"])[rows]
+    in_split = (store.clips["split"].to_numpy()[rows] == split) & (labels >= 0)
+    metrics = evaluate_predictions(combined[in_split][:, None, :], labels[in_split], store.classes)["clip"] if in_split.any() else {}
+    record = {"name": name, "kind": "ensemble", "rule": rule, "inputs": inputs, "split": split, "clips": int(len(rows)), "metrics": metrics, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    store.side.write(f"runs/{name}.json", json.dumps(record, indent=1).encode())
+    return record
