@@ -16,22 +16,11 @@ import click
 import featstore
 from featstore.info import format_info, store_info
 
-EXIT_PARTIAL = 3
 # TensorFlow's C++ info logs (oneDNN notices...) drown the CLI's output; a user's setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-
-def _fail(message: str) -> None:
-    click.echo(f"featstore: error: {message}", err=True)
-    sys.exit(1)
-
-
-def _open(store_url: str) -> featstore.Store:
-    try:
-        return featstore.open_store(store_url)
-    except featstore.StoreError as exc:
-        _fail(str(exc))
-        raise  # unreachable
+from cli.common import EXIT_PARTIAL, fail, open_store  # noqa: E402
+from cli.phase2 import ensemble, fuse, report  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,7 +52,7 @@ def init(store: str, segment_s: float, clip_duration_s: float) -> None:
     try:
         s = featstore.init_store(store, segment_s=segment_s, clip_duration_s=clip_duration_s)
     except featstore.StoreError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     click.echo(f"store ready at {s.url}")
 
 
@@ -88,11 +77,11 @@ def ingest(store: str, source: str, fmt: str, fold: int, as_json: bool) -> None:
     from featstore.clips import ClipConflict
     from pipelines.ingest import ingest as run_ingest
 
-    s = _open(store)
+    s = open_store(store)
     try:
         summary = run_ingest(s, source, fmt=fmt, fold=fold)
     except (IngestError, ClipConflict, FileNotFoundError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         click.echo(json.dumps({"added": summary.added, "total": summary.total,
                                "missing": [{"clip_id": c, "error": m} for c, m in summary.missing]}))
@@ -144,7 +133,7 @@ def _run_stage(run, as_json: bool, quiet: bool) -> None:
     try:
         report = run(None if not quiet else False)
     except (featstore.StoreError, LockHeld, ValueError, KeyError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
@@ -179,7 +168,7 @@ def extract_audio_cmd(store, features, sr, n_bins, win_ms, hop_ms, dtype, store_
     """
     from pipelines.extract_audio import extract_audio
 
-    s = _open(store)
+    s = open_store(store)
     _run_stage(
         lambda progress: extract_audio(
             s, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress,
@@ -208,7 +197,7 @@ def extract_frames_cmd(store, fps, size, resize, name, workers, scheduler, clips
     """
     from pipelines.extract_frames import extract_frames
 
-    s = _open(store)
+    s = open_store(store)
     _run_stage(
         lambda progress: extract_frames(
             s, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress,
@@ -231,11 +220,11 @@ def export(store: str, target: str, arrays: str | None) -> None:
     """
     from featstore.hdf5 import export_h5
 
-    s = _open(store)
+    s = open_store(store)
     try:
         written = export_h5(s, target, [a.strip() for a in arrays.split(",")] if arrays else None)
     except KeyError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     click.echo(f"exported {', '.join(written)} and the clips table to {target}")
 
 
@@ -253,11 +242,11 @@ def import_h5_cmd(store: str, source: str) -> None:
     """
     from featstore.hdf5 import import_h5
 
-    s = _open(store)
+    s = open_store(store)
     try:
         imported = import_h5(s, source)
     except (featstore.StoreError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     click.echo(f"imported {', '.join(imported)}")
 
 
@@ -287,7 +276,7 @@ def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_u
     from featstore.models import MODELS
     from pipelines.train_backbone import TrainConfig, train_backbone
 
-    s = _open(store)
+    s = open_store(store)
     config = TrainConfig(
         model=model, input_array=input_array or MODELS[model][1], window_s=window_s or s.segment_s, arch=arch,
         widths=tuple(int(w) for w in widths.split(",")), head_units=head_units, epochs=epochs, batch_size=batch_size,
@@ -296,7 +285,7 @@ def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_u
     try:
         entry = train_backbone(s, config)
     except (featstore.StoreError, KeyError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     m = entry["config"]["metrics"]
     click.echo(f"{model}: best epoch {m['best_epoch']}, val_loss {m['val_loss']:.4f}, val_accuracy {m['val_accuracy']:.3f}; registered (fingerprint {entry['fingerprint'][:12]})")
 
@@ -326,7 +315,7 @@ def embed_cmd(store, model, model_file, input_array, layer, workers, scheduler, 
     """
     from pipelines.embed import embed
 
-    s = _open(store)
+    s = open_store(store)
     layers = ("fc1024", "fc10") if layer == "all" else (layer,)
 
     def run(progress):
@@ -339,37 +328,6 @@ def embed_cmd(store, model, model_file, input_array, layer, workers, scheduler, 
         return report
 
     _run_stage(run, as_json, quiet)
-
-
-@main.command()
-@click.argument("store")
-@click.option("--rule", type=click.Choice(["mean", "prod", "max"]), required=True)
-@click.option("--inputs", required=True, help="Comma-separated models or runs with stored predictions.")
-@click.option("--name", default=None, help="Run name (default: ensemble-RULE-A+B...).")
-@click.option("--split", default="evaluate", show_default=True, help="Split the metrics are computed on.")
-@click.option("--json", "as_json", is_flag=True, help="Print the run record.")
-def ensemble(store, rule, inputs, name, split, as_json):
-    """Late fusion (MEAN / PROD / MAX) of stored predictions, each input's clip probability being the
-    mean over its segments or frames; saved as a run with its metrics.
-
-    \b
-    Example:
-      featstore ensemble store.zarr --rule prod --inputs aud-mel,aud-gam,aud-cqt
-    """
-    from pipelines.ensemble import ensemble as run_ensemble
-
-    s = _open(store)
-    try:
-        record = run_ensemble(s, [i.strip() for i in inputs.split(",")], rule=rule, name=name, split=split)
-    except (featstore.StoreError, KeyError, ValueError) as exc:
-        _fail(str(exc))
-    if as_json:
-        click.echo(json.dumps(record))
-        return
-    m = record["metrics"]
-    click.echo(f"run {record['name']}: {record['clips']} clips combined with {rule.upper()}")
-    if m:
-        click.echo(f"  {split}: accuracy {m['accuracy']:.3f}  class-wise accuracy {m['class_wise_accuracy']:.3f}  log-loss {m['log_loss']:.3f}  ({m['n']} clips)")
 
 
 EXIT_DAMAGED = 4
@@ -394,7 +352,7 @@ def verify(store: str, arrays: str | None, repair: bool, workers: int, as_json: 
     from featstore.verify import verify_store
     from pipelines.verify import repair as run_repair
 
-    s = _open(store)
+    s = open_store(store)
     selected = [a.strip() for a in arrays.split(",")] if arrays else None
     try:
         report = verify_store(s, selected)
@@ -403,7 +361,7 @@ def verify(store: str, arrays: str | None, repair: bool, workers: int, as_json: 
                 click.echo(f"repaired {run.done} clip(s) of {', '.join(run.arrays)}", err=True)
             report = verify_store(s, selected)
     except (featstore.StoreError, KeyError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
@@ -444,8 +402,12 @@ def info(store: str, as_json: bool) -> None:
     Example:
       featstore info store.zarr --json
     """
-    summary = store_info(_open(store))
+    summary = store_info(open_store(store))
     click.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
+
+
+for command in (fuse, ensemble, report):
+    main.add_command(command)
 
 
 if __name__ == "__main__":  # pragma: no cover

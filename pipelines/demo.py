@@ -53,7 +53,7 @@ def run_demo(workdir: str, *, clips_per_class: int = 4, workers: int | None = No
 
     for rule in ("mean", "prod", "max"):
         record = ensemble(store, [name for name, _ in DEMO_MODELS], rule=rule, name=f"audio-{rule}")
-        m = record["metrics"]
+        m = record["metrics"].get("clip")
         echo(f"[demo] ensemble {rule.upper()} of the audio models on evaluate: accuracy {m['accuracy']:.2f}, log-loss {m['log_loss']:.2f}")
     echo(format_info(store_info(store)))
     return exit_code

@@ -8,20 +8,19 @@ probability: the mean over its segments or frames. The inputs are then combined 
 - ``max``: the element-wise maximum, renormalised to sum 1.
 
 The argmax is the label. The combined probabilities are written to ``predictions/{run}`` as
-(clip, 1, class), and the run (rule, inputs, metrics on ``split``) to ``_featstore/runs/{run}.json``.
+(clip, 1, class), and the run (rule, inputs, clip-level metrics on ``split``) to
+``_featstore/runs/{run}.json`` (see :mod:`featstore.runs`).
 Only clips done in every input are combined.
 """
 
 from __future__ import annotations
 
-import json
-import time
-import zlib
 from typing import Any
 
 import numpy as np
 
-from featstore.metrics import EPS, evaluate_predictions
+from featstore.metrics import EPS, classification_metrics
+from featstore.runs import save_run, utc_now, write_predictions
 from featstore.store import Store
 
 RULES = ("mean", "prod", "max")
@@ -48,24 +47,18 @@ def ensemble(store: Store, inputs: list[str], *, rule: str, name: str | None = N
         raise ValueError("an ensemble needs at least two inputs")
     name = name or f"ensemble-{rule}-{'+'.join(inputs)}"
     paths = [f"predictions/{i}" for i in inputs]
+    for path in paths:
+        if not store.has_array(path):
+            raise KeyError(f"no {path} in the store (embed a model, or fuse a run, first)")
     done = set.intersection(*(set(store.ledger(p).entries) for p in paths))
     clip_ids = store.clips["clip_id"].to_numpy()
     rows = np.flatnonzero(np.isin(clip_ids, list(done)))
     clip_probs = np.stack([np.asarray(store.array(p)[:], dtype=np.float64)[rows].mean(axis=1) for p in paths])
     combined = combine(clip_probs, rule)
-    n_classes = combined.shape[1]
-    array = store.create_array(
-        f"predictions/{name}", per_clip_shape=(1, n_classes), dtype="float32", dims=("unit", "class"),
-        stage="ensemble", params={"rule": rule, "inputs": inputs}, overwrite=True,
-    )
-    ledger = store.ledger(f"predictions/{name}")
-    for row, probs in zip(rows, combined.astype(np.float32)):
-        array[row] = probs[None, :]
-        ledger.mark_done(str(clip_ids[row]), "ensemble", zlib.crc32(probs[None, :].tobytes()))
-    ledger.flush(store.side)
+    write_predictions(store, name, rows, combined[:, None, :], stage="ensemble", params={"rule": rule, "inputs": inputs}, unit="clip")
     labels = store.label_indices(store.clips["label"])[rows]
     in_split = (store.clips["split"].to_numpy()[rows] == split) & (labels >= 0)
-    metrics = evaluate_predictions(combined[in_split][:, None, :], labels[in_split], store.classes)["clip"] if in_split.any() else {}
-    record = {"name": name, "kind": "ensemble", "rule": rule, "inputs": inputs, "split": split, "clips": int(len(rows)), "metrics": metrics, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    store.side.write(f"runs/{name}.json", json.dumps(record, indent=1).encode())
+    metrics = {"clip": classification_metrics(combined[in_split], labels[in_split], store.classes)} if in_split.any() else {}
+    record = {"name": name, "kind": "ensemble", "rule": rule, "inputs": inputs, "split": split, "clips": int(len(rows)), "metrics": metrics, "created": utc_now()}
+    save_run(store, record)
     return record

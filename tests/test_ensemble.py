@@ -86,7 +86,7 @@ def test_ensemble_command_writes_a_run(tmp_path):
     np.testing.assert_allclose(stored[:, 0], expected, rtol=1e-5)
     ev = slice(0, 8)
     assert record["clips"] == 12 and record["split"] == "evaluate"
-    assert record["metrics"]["n"] == 8
-    assert record["metrics"]["accuracy"] == pytest.approx(accuracy_score(labels[ev], expected[ev].argmax(axis=1)))
-    assert record["metrics"]["log_loss"] == pytest.approx(log_loss(labels[ev], expected[ev], labels=list(range(10))), rel=1e-5)
+    assert record["metrics"]["clip"]["n"] == 8
+    assert record["metrics"]["clip"]["accuracy"] == pytest.approx(accuracy_score(labels[ev], expected[ev].argmax(axis=1)))
+    assert record["metrics"]["clip"]["log_loss"] == pytest.approx(log_loss(labels[ev], expected[ev], labels=list(range(10))), rel=1e-5)
     assert json.loads(store.side.read("runs/late.json"))["rule"] == "prod"

@@ -1,0 +1,131 @@
+"""Phase II subcommands: `fuse` (fusion heads on cached embeddings), `ensemble` (late fusion), `report`."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+import featstore
+from cli.common import fail, open_store
+
+
+def _csv(value: str | None) -> tuple[str, ...] | None:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
+
+
+def _summary(record: dict) -> str:
+    m = record["metrics"]
+    if not m:
+        return f"{record['name']}: no labelled {record['split']!r} clips to measure"
+    seg, clip = m["segment"], m["clip"]
+    return (
+        f"{record['name']} ({record['method']} on {'+'.join(record['models'])}): {record['split']} "
+        f"segment accuracy {seg['accuracy']:.3f}, clip accuracy {clip['accuracy']:.3f}, "
+        f"class-wise {clip['class_wise_accuracy']:.3f}, log-loss {clip['log_loss']:.3f}  "
+        f"[best epoch {record['best_epoch']}, {record['trainable_params']} params, {record['seconds']['total']:.1f} s]"
+    )
+
+
+@click.command()
+@click.argument("store")
+@click.option("--method", required=True, type=click.Choice(["f1", "f2", "f3", "f4", "f5", "f6", "all"]), help="Fusion layer (f1-f3 on fc1024, f4-f6 on fc10); all = the six.")
+@click.option("--modalities", default="audio,visual", show_default=True, help="audio, visual or audio,visual.")
+@click.option("--models", default=None, help="Comma-separated models (default: every model of --modalities with embeddings of the layer).")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--mixup-alpha", type=float, default=0.4, show_default=True, help="0 turns mixup off.")
+@click.option("--joint-mixup", type=float, default=0.0, show_default=True, help="FRACTION of examples whose audio and visual embeddings are mixed with independent coefficients.")
+@click.option("--l2", type=float, default=1e-4, show_default=True)
+@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of train clips held out, by location.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--split", default="evaluate", show_default=True, help="Split the metrics are computed on.")
+@click.option("--name", default=None, help="Run name (default fuse-METHOD-av|audio|visual; with --method all, NAME-f1 ... NAME-f6).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run record(s).")
+def fuse(store, method, modalities, models, epochs, batch_size, lr, mixup_alpha, joint_mixup, l2, val_fraction, seed, split, name, as_json):
+    """Phase II: train a Fusion Layer and FC(10)-Softmax on cached embeddings, evaluate, save the run.
+
+    Backbones are not run: only embeddings/MODEL/fc1024 (f1-f3) or fc10 (f4-f6) are read, once,
+    into memory (the GPU's when there is one). --method all prints the paper's Table I layout.
+
+    \b
+    Examples:
+      featstore fuse store.zarr --method f4
+      featstore fuse store.zarr --method all --modalities audio --epochs 50 --joint-mixup 0.3
+    """
+    from pipelines.fuse import FuseConfig, fuse_methods
+    from featstore.runs import class_table, markdown_table
+
+    s = open_store(store)
+    config = FuseConfig(
+        method=method, modalities=_csv(modalities) or (), models=_csv(models), epochs=epochs, batch_size=batch_size, lr=lr,
+        mixup_alpha=mixup_alpha, joint_mixup=joint_mixup, l2=l2, val_fraction=val_fraction, seed=seed, name=name, split=split,
+    )
+    methods = ("f1", "f2", "f3", "f4", "f5", "f6") if method == "all" else (method,)
+    try:
+        records = fuse_methods(s, methods, config)
+    except (featstore.StoreError, KeyError, ValueError) as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(records if method == "all" else records[0]))
+        return
+    for record in records:
+        click.echo(_summary(record))
+    overlap = {m: f for m, f in records[0]["backbone_trained_on_fuse_train_clips"].items() if f}
+    if overlap:
+        shares = ", ".join(f"{m} {100 * f:.0f}%" for m, f in overlap.items())
+        click.echo(f"note: the backbones were trained on these shares of the fuse training clips: {shares} (as in the papers)")
+    if method == "all" and all(r["metrics"] for r in records):
+        table = class_table(records, s.classes).rename(columns={r["name"]: r["method"] for r in records})
+        click.echo(f"\nclip accuracy (%) on {split}, Table I layout:\n{markdown_table(table)}")
+
+
+@click.command()
+@click.argument("store")
+@click.option("--rule", type=click.Choice(["mean", "prod", "max"]), required=True)
+@click.option("--inputs", required=True, help="Comma-separated models or runs with stored predictions.")
+@click.option("--name", default=None, help="Run name (default: ensemble-RULE-A+B...).")
+@click.option("--split", default="evaluate", show_default=True, help="Split the metrics are computed on.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run record.")
+def ensemble(store, rule, inputs, name, split, as_json):
+    """Late fusion (MEAN / PROD / MAX) of stored predictions, each input's clip probability being the
+    mean over its segments or frames; saved as a run with its metrics.
+
+    \b
+    Example:
+      featstore ensemble store.zarr --rule prod --inputs aud-mel,aud-gam,aud-cqt
+    """
+    from pipelines.ensemble import ensemble as run_ensemble
+
+    s = open_store(store)
+    try:
+        record = run_ensemble(s, list(_csv(inputs) or ()), rule=rule, name=name, split=split)
+    except (featstore.StoreError, KeyError, ValueError) as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(record))
+        return
+    m = record["metrics"].get("clip")
+    click.echo(f"run {record['name']}: {record['clips']} clips combined with {rule.upper()}")
+    if m:
+        click.echo(f"  {split}: accuracy {m['accuracy']:.3f}  class-wise accuracy {m['class_wise_accuracy']:.3f}  log-loss {m['log_loss']:.3f}  ({m['n']} clips)")
+
+
+@click.command()
+@click.argument("store")
+@click.option("--out", "out_dir", required=True, help="Directory for report.html, report.md, the PNGs and submissions.")
+@click.option("--split", default="evaluate", show_default=True, help="Split the metrics are computed on.")
+@click.option("--submission-split", default="test", show_default=True, help="Clips written to the DCASE submission files.")
+def report(store, out_dir, split, submission_split):
+    """An HTML and Markdown report of every run and model: runs table, per-class (Table I) and
+    meta-class accuracy, confusion matrices, accuracy over seconds seen, DCASE submission files.
+
+    \b
+    Example:
+      featstore report store.zarr --out report/
+    """
+    from pipelines.report import build_report
+
+    paths = build_report(open_store(store), out_dir, split=split, submission_split=submission_split)
+    click.echo(f"report: {paths['html']} (and {paths['markdown']})")
