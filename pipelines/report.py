@@ -122,6 +122,8 @@ def plot_over_time(curves: dict[str, np.ndarray], segment_s: float, path: str) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    if len(curves) > 10:  # the default cycle has 10 colours
+        ax.set_prop_cycle(color=plt.cm.tab20(np.linspace(0, 1, 20)))
     for name, acc in curves.items():
         ax.plot(segment_s * np.arange(1, len(acc) + 1), 100 * acc, marker="o", markersize=3, label=name)
     ax.set_xlabel("seconds of the clip seen")
