@@ -266,7 +266,8 @@ def import_h5_cmd(store: str, source: str) -> None:
 @click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of train clips held out, by location.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--weights", "weights_file", default=None, help="Local ImageNet weights file for vis-inc / vis-conv (never downloaded).")
-def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_units, epochs, batch_size, lr, mixup_alpha, l2, val_fraction, seed, weights_file):
+@click.option("--units-per-clip", type=int, default=None, help="Windows (audio) or frames (visual) per clip and epoch, evenly spaced (default: all).")
+def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_units, epochs, batch_size, lr, mixup_alpha, l2, val_fraction, seed, weights_file, units_per_clip):
     """Train a Phase I backbone on the train split (validation carved by location), register it.
 
     \b
@@ -281,6 +282,7 @@ def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_u
         model=model, input_array=input_array or MODELS[model][1], window_s=window_s or s.segment_s, arch=arch,
         widths=tuple(int(w) for w in widths.split(",")), head_units=head_units, epochs=epochs, batch_size=batch_size,
         lr=lr, mixup_alpha=mixup_alpha, l2=l2, val_fraction=val_fraction, seed=seed, weights_file=weights_file,
+        units_per_clip=units_per_clip,
     )
     try:
         entry = train_backbone(s, config)

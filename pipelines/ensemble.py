@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from featstore.metrics import EPS, classification_metrics
+from featstore.readers import segment_embeddings
 from featstore.runs import save_run, utc_now, write_predictions
 from featstore.store import Store
 
@@ -50,10 +51,11 @@ def ensemble(store: Store, inputs: list[str], *, rule: str, name: str | None = N
     for path in paths:
         if not store.has_array(path):
             raise KeyError(f"no {path} in the store (embed a model, or fuse a run, first)")
-    done = set.intersection(*(set(store.ledger(p).entries) for p in paths))
-    clip_ids = store.clips["clip_id"].to_numpy()
-    rows = np.flatnonzero(np.isin(clip_ids, list(done)))
-    clip_probs = np.stack([np.asarray(store.array(p)[:], dtype=np.float64)[rows].mean(axis=1) for p in paths])
+    per_input = [segment_embeddings(store, p) for p in paths]  # (clip, segment, class), rows
+    rows = per_input[0][1]
+    for _, r in per_input[1:]:
+        rows = np.intersect1d(rows, r)
+    clip_probs = np.stack([v[np.searchsorted(r, rows)].astype(np.float64).mean(axis=1) for v, r in per_input])
     combined = combine(clip_probs, rule)
     write_predictions(store, name, rows, combined[:, None, :], stage="ensemble", params={"rule": rule, "inputs": inputs}, unit="clip")
     labels = store.label_indices(store.clips["label"])[rows]

@@ -45,6 +45,8 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     weights_file: str | None = None
+    #: windows (audio) or frames (visual) used per clip and epoch, evenly spaced; None = all
+    units_per_clip: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -96,9 +98,10 @@ class WindowReader:
             self.delta_width = int(params["audio"]["delta_width"])
             self.units = store.n_segments // self.k
 
-    def index(self, rows: np.ndarray) -> np.ndarray:
-        """All (row, unit) pairs of ``rows``: (n, 2) int64."""
-        return np.array([(r, u) for r in rows for u in range(self.units)], dtype=np.int64).reshape(-1, 2)
+    def index(self, rows: np.ndarray, units_per_clip: int | None = None) -> np.ndarray:
+        """(row, unit) pairs of ``rows``, (n, 2) int64: every unit, or ``units_per_clip`` evenly spaced ones."""
+        units = range(self.units) if not units_per_clip else np.unique(np.linspace(0, self.units - 1, units_per_clip).round().astype(int))
+        return np.array([(r, u) for r in rows for u in units], dtype=np.int64).reshape(-1, 2)
 
     def read(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(x (batch, ...) float32, one-hot labels (batch, classes)).
@@ -165,7 +168,7 @@ def train_backbone(store: Store, config: TrainConfig) -> dict[str, Any]:
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ValueError("need train clips from at least two recording locations (one goes to validation)")
     reader = WindowReader(store, config.input_array, config.window_s)
-    train_pairs, val_pairs = reader.index(train_rows), reader.index(val_rows)
+    train_pairs, val_pairs = reader.index(train_rows, config.units_per_clip), reader.index(val_rows, config.units_per_clip)
     input_shape = reader.read(train_pairs[:1])[0].shape[1:]
     backbone = {"weights_file": config.weights_file} if MODELS[config.model][0] == "visual" else {"arch": config.arch, "widths": tuple(config.widths)}
     model = build_model(config.model, input_shape=input_shape, n_classes=len(store.classes), head_units=config.head_units, l2=config.l2, **backbone)

@@ -10,7 +10,11 @@ from click.testing import CliRunner
 from cli.main import main
 from tests.conftest import CLIP_S, run_cli
 
-COMMANDS = ["init", "ingest", "demo-data", "info", "extract-audio", "extract-frames", "verify", "export", "import-h5", "train-backbone", "embed", "ensemble", "demo"]
+COMMANDS = ["init", "ingest", "demo-data", "info", "extract-audio", "extract-frames", "verify", "export", "import-h5", "train-backbone", "embed", "fuse", "ensemble", "report", "demo"]
+
+
+def test_every_command_is_listed():
+    assert set(main.commands) == set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", [None, *COMMANDS])

@@ -7,6 +7,7 @@ import json
 import keras
 import numpy as np
 import pandas as pd
+import pytest
 
 from featstore.registry import load_keras, model_entry, model_file
 from pipelines.embed import embed
@@ -62,3 +63,35 @@ def test_train_register_and_embed(demo_store):
     report, _ = embed(store, "aud-mel")
     assert report.done == 20
     assert model_entry(store, "aud-mel")["fingerprint"] == entry["fingerprint"]
+
+
+def test_train_visual_backbone_on_a_subset_of_frames(demo_store):
+    from pipelines.extract_frames import extract_frames
+    from pipelines.train_backbone import WindowReader
+
+    store = demo_store
+    assert extract_frames(store, workers=0, size=32, name="frames32").done == 20
+    reader = WindowReader(store, "frames32/rgb", 1.0)
+    pairs = reader.index(np.array([0, 1]), units_per_clip=3)
+    assert pairs.tolist() == [[0, 0], [0, 2], [0, 5], [1, 0], [1, 2], [1, 5]], "3 of 6 frames, evenly spaced"
+    config = TrainConfig(model="vis-conv", input_array="frames32/rgb", window_s=1.0, head_units=16, epochs=1, batch_size=16, units_per_clip=2)
+    entry = train_backbone(store, config)
+    assert entry["input"] == "frames32/rgb" and entry["input_shape"] == [32, 32, 3]
+    assert entry["config"]["units_per_clip"] == 2
+    assert load_keras(model_file(store, "vis-conv", entry["fingerprint"])).input_shape == (None, 32, 32, 3)
+
+
+def _batch_norms(layer):
+    if isinstance(layer, keras.layers.BatchNormalization):
+        yield layer
+    for inner in getattr(layer, "layers", []):
+        yield from _batch_norms(inner)
+
+
+@pytest.mark.parametrize("name, shape", [("aud-mel", (16, 8, 6)), ("vis-inc", (75, 75, 3))])
+def test_batch_norm_momentum_is_0_9(name, shape):
+    from featstore.models import build_model
+
+    model = build_model(name, input_shape=shape, widths=(4, 8)) if name.startswith("aud") else build_model(name, input_shape=shape)
+    momenta = [bn.momentum for bn in _batch_norms(model)]
+    assert len(momenta) > 3 and set(momenta) == {0.9}

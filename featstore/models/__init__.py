@@ -21,6 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
+#: Batch-norm momentum of every backbone: 0.9 (PyTorch's default, which the audio papers' code uses)
+#: instead of Keras' 0.99, whose moving statistics need thousands of steps to settle; with fewer, a
+#: model trained briefly or on a small set predicts from wrong statistics at inference.
+BATCHNORM_MOMENTUM = 0.9
+
 #: model name -> (modality, default input array)
 MODELS: dict[str, tuple[str, str]] = {
     "aud-mel": ("audio", "audio/mel"),

@@ -17,14 +17,18 @@ from collections.abc import Sequence
 def _conv(x, filters: int, kernel: int, name: str):
     import keras
 
+    from featstore.models import BATCHNORM_MOMENTUM
+
     x = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=BATCHNORM_MOMENTUM, name=f"{name}_bn")(x)
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
 
 def inception_block(x, width: int, name: str):
     """One residual-inception block with ``width`` output channels."""
     import keras
+
+    from featstore.models import BATCHNORM_MOMENTUM
 
     branch = max(1, width // 4)
     shortcut = x if x.shape[-1] == width else keras.layers.Conv2D(width, 1, name=f"{name}_proj")(x)
@@ -35,7 +39,7 @@ def inception_block(x, width: int, name: str):
     mixed = keras.layers.Concatenate(name=f"{name}_concat")([b1, b3, b33, bp])
     mixed = keras.layers.Conv2D(width, 1, use_bias=False, name=f"{name}_mix")(mixed)
     x = keras.layers.Add(name=f"{name}_add")([shortcut, mixed])
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=BATCHNORM_MOMENTUM, name=f"{name}_bn")(x)
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
 

@@ -20,9 +20,14 @@ def visual_backbone(name: str, inputs, *, weights_file: str | None = None):
     """(batch, size, size, 3) uint8 -> (batch, features)."""
     import keras
 
+    from featstore.models import BATCHNORM_MOMENTUM
+
     scale, offset = RESCALE[name]
     x = keras.layers.Rescaling(scale, offset=offset, name="preprocess")(inputs)
     base = getattr(keras.applications, APPLICATIONS[name])(include_top=False, weights=None, input_shape=tuple(inputs.shape[1:]), pooling="avg")
+    for layer in base.layers:  # InceptionV3's batch norms (ConvNeXt has layer norms)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = BATCHNORM_MOMENTUM
     if weights_file:
         base.load_weights(weights_file)
     else:
