@@ -172,7 +172,8 @@ def test_sigkill_then_rerun_is_bitwise_equal(demo_root, tmp_path, stage):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = featstore.open_store(killed.url)
-    n_marked = len(partial.ledger(paths[0]).entries)
+    # a clip is done once every output marks it (the kill may land between two ledgers' flushes)
+    n_marked = len(set.intersection(*(set(partial.ledger(p).entries) for p in paths)))
     assert n_marked < 20, "killed before the end"
     # every clip marked done has its chunk written whole and matching its checksum
     from featstore.verify import verify_store
