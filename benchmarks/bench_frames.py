@@ -4,9 +4,11 @@ measured in the same run on generated 1280x720 H.264 videos (30 fps, 10 s).
 Bare decode: open each file, threaded decoding (``thread_type = "AUTO"``, as the stage uses), decode
 every frame, convert nothing. featstore: the whole stage, in-process (``workers=0``, the same single
 process as the bare decode) and with one local dask worker (cluster start-up included), writing
-the Zarr store. Bare and in-process runs alternate for ``--rounds`` rounds; medians are reported.
+the Zarr store. Bare and in-process runs alternate for ``--rounds`` rounds; the times are medians
+and the in-process ratio is the median of each round's own ratio (a round's two runs are seconds
+apart, so they share the machine's load of the moment; shared machines drift by 10-30 %).
 
-    python benchmarks/bench_frames.py --clips 10 --rounds 3
+    python benchmarks/bench_frames.py --clips 10 --rounds 5
 
 Prints clips/s and the ratio of featstore's time to the bare decode's (target: within 1.1x).
 """
@@ -37,7 +39,7 @@ def bare_decode(paths: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3, help="Alternating rounds; medians are reported.")
+    parser.add_argument("--rounds", type=int, default=5, help="Alternating rounds; medians are reported.")
     args = parser.parse_args()
 
     import featstore
@@ -71,12 +73,19 @@ def main() -> None:
             bare.append(bare_decode(paths))
             inproc.append(featstore_run(f"in-{r}", 0))
         t_bare, t_in = float(np.median(bare)), float(np.median(inproc))
+        ratio_in = float(np.median(np.asarray(inproc) / np.asarray(bare)))
         t_worker = featstore_run("worker", 1)
     n = args.clips
     print(f"{n} clips of 10 s, 1280x720 H.264 30 fps; {os.cpu_count()} cores; medians of {args.rounds} alternating rounds")
     print(f"{'run':<48} {'seconds':>8} {'clips/s':>8} {'vs bare':>8}")
-    for name, t in (("bare PyAV decode (threaded), 1 process", t_bare), ("featstore extract-frames, in-process", t_in), ("featstore extract-frames, 1 dask worker", t_worker)):
-        print(f"{name:<48} {t:>8.2f} {n / t:>8.2f} {t / t_bare:>7.2f}x")
+    rows = (
+        ("bare PyAV decode (threaded), 1 process", t_bare, 1.0),
+        ("featstore extract-frames, in-process", t_in, ratio_in),
+        ("featstore extract-frames, 1 dask worker", t_worker, t_worker / t_bare),
+    )
+    for name, t, ratio in rows:
+        print(f"{name:<48} {t:>8.2f} {n / t:>8.2f} {ratio:>7.2f}x")
+    print(f"in-process ratio per round: {', '.join(f'{i / b:.2f}' for i, b in zip(inproc, bare))}")
     print("target: featstore time within 1.1x of the bare decode")
 
 

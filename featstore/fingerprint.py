@@ -6,6 +6,7 @@ JSON (sorted keys, no whitespace), so the same parameters give the same fingerpr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -48,10 +49,13 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 
 def library_versions(*names: str) -> dict[str, str]:
     """Installed versions of the named distributions (``"missing"`` for one not installed)."""
-    versions = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "missing"
-    return versions
+    return {name: _version(name) for name in names}
+
+
+@functools.lru_cache(maxsize=None)
+def _version(name: str) -> str:
+    """One distribution's version, looked up once per process (a lookup scans site-packages, ~1 ms)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "missing"

@@ -18,7 +18,7 @@ from featstore.media import load_audio
 from featstore.store import Store
 from pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
 
-#: Clips per dask task: a clip's write overlaps the next one's compute (pipelines.runner.run_clips).
+#: Clips per dask task: a clip's write overlaps the next one's compute (pipelines.runner.iter_clips).
 CLIPS_PER_TASK = 4
 STAGE = "extract-audio"
 #: Decoding stops this far past the clip's nominal length (a 2-hour file is never read whole).

@@ -24,14 +24,14 @@ import os
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from featstore.lock import WriterLock
-from featstore.store import Store, _zarr_store
+from featstore.store import WRITE_CONFIG, Store, _zarr_store
 
 #: Environment of local dask workers: one thread per BLAS / FFT / numba pool, since the cluster
 #: already runs one process per core; zarr settings reach workers only this way (DESIGN 7.7).
@@ -100,7 +100,7 @@ class Stage:
     compute: Callable[[ClipTask, dict[str, Any], tuple[str, ...]], ClipResult]
     input_fingerprint: Callable[[dict[str, Any]], str]
     #: Clips per dask task. Batching amortises the few milliseconds each task costs the scheduler and
-    #: the client, and lets a clip's write overlap the next clip's compute (see run_clips). A lost
+    #: the client, and lets a clip's write overlap the next clip's compute (see iter_clips). A lost
     #: worker's batch is simply recomputed (tasks are idempotent).
     clips_per_task: int = 1
 
@@ -156,7 +156,7 @@ def _open_array(url: str, path: str, fingerprint: str):
 
     key = (url, path, fingerprint)
     if key not in _OPEN_ARRAYS:
-        _OPEN_ARRAYS[key] = zarr.open_array(_zarr_store(url), path=path, mode="r+")
+        _OPEN_ARRAYS[key] = zarr.open_array(_zarr_store(url), path=path, mode="r+").with_config(WRITE_CONFIG)
     return _OPEN_ARRAYS[key]
 
 
@@ -193,41 +193,43 @@ def _write_clip(url: str, outputs, task: ClipTask, values: dict[str, np.ndarray]
     return {"ok": True, "clip_id": task.clip_id, "crc32": checksums, "info": info}
 
 
-def run_clips(url: str, compute, params: dict[str, Any], outputs, tasks: list[ClipTask]) -> list[dict[str, Any]]:
-    """Worker side, one dask task: compute each clip of the batch and write its whole chunks.
+def iter_clips(url: str, compute, params: dict[str, Any], outputs, tasks: Iterable[ClipTask]) -> Iterator[dict[str, Any]]:
+    """Compute each clip of ``tasks`` and write its whole chunks; yield each clip's result once written.
 
-    Returns one result per clip: checksums and notes, or the exception's type and message (a bad
-    clip never raises, it becomes a recorded failure). Writes are behind by one clip: clip k's
-    chunks are compressed and written on a background thread while clip k+1 is computed (decoders,
-    FFTs and zstd release the GIL), at most one write pending, so at most two clips are in memory.
-    The task returns only after every write finished, so the driver never marks an unwritten clip.
+    A result holds checksums and notes, or the exception's type and message (a bad clip never
+    raises, it becomes a recorded failure). Writes are behind by one clip: clip k's chunks are
+    compressed and written on a background thread while clip k+1 is computed (decoders, FFTs and
+    zstd release the GIL), at most one write pending, so at most two clips are in memory. A clip's
+    result is yielded only after its write finished, so the driver never marks an unwritten clip.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    results: list[Any] = []
     with ThreadPoolExecutor(max_workers=1) as writer:
-        pending = None
+        pending = None  # (task, future) of the write in flight
         for task in tasks:
             try:
                 values, info = _compute_clip(compute, params, outputs, task)
             except Exception as exc:  # noqa: BLE001 - every per-clip error becomes a recorded failure
-                results.append(_failure(task, exc))
+                yield _failure(task, exc)
                 continue
             if pending is not None:
-                pending.result()
-            pending = writer.submit(_write_clip, url, outputs, task, values, info)
-            results.append((task, pending))
-    out = []
-    for item in results:
-        if isinstance(item, dict):
-            out.append(item)
-            continue
-        task, future = item
-        try:
-            out.append(future.result())
-        except Exception as exc:  # noqa: BLE001 - a failed write is the clip's failure
-            out.append(_failure(task, exc))
-    return out
+                yield _written(*pending)
+            pending = (task, writer.submit(_write_clip, url, outputs, task, values, info))
+        if pending is not None:
+            yield _written(*pending)
+
+
+def _written(task: ClipTask, write) -> dict[str, Any]:
+    """The result of a clip's finished write (a failed write is the clip's failure)."""
+    try:
+        return write.result()
+    except Exception as exc:  # noqa: BLE001
+        return _failure(task, exc)
+
+
+def run_clips(url: str, compute, params: dict[str, Any], outputs, tasks: list[ClipTask]) -> list[dict[str, Any]]:
+    """Worker side, one dask task: :func:`iter_clips` over a batch, returning after every write."""
+    return list(iter_clips(url, compute, params, outputs, tasks))
 
 
 def _batches(items: Iterator[ClipTask], size: int) -> Iterator[list[ClipTask]]:
@@ -260,11 +262,16 @@ def select_clips(store: Store, clips: str | list[str] | None) -> list[int]:
 
 def _executor(
     workers: int | None, scheduler: str | None, in_process_only: bool
-) -> tuple[Callable[..., Iterator[dict]], Callable[[], None]]:
-    """(map function, close function). The map runs ``run_clips`` over batches, yielding results."""
+) -> tuple[Callable[[tuple, Iterator[ClipTask], int], Iterator[dict]], Callable[[], None]]:
+    """(run, close): ``run(job, tasks, clips_per_task)`` yields each clip's result as it lands.
+
+    ``job`` is ``(url, compute, params, outputs)``. In-process, all clips stream through one
+    :func:`iter_clips`, so writes overlap computes across the whole run. On dask, each task is
+    :func:`run_clips` over ``clips_per_task`` clips, a few tasks in flight per worker.
+    """
     scheduler = scheduler or os.environ.get("FEATSTORE_SCHEDULER")
     if workers == 0 and not scheduler:
-        return (lambda fn, args_list: (fn(*args) for args in args_list)), (lambda: None)
+        return (lambda job, tasks, clips_per_task: iter_clips(*job, tasks)), (lambda: None)
 
     from distributed import Client, LocalCluster, as_completed
 
@@ -277,27 +284,27 @@ def _executor(
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR, **options)
         client = Client(cluster)
 
-    def dask_map(fn, args_list):
+    def dask_run(job, tasks, clips_per_task):
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        pending = iter(args_list)
+        pending = _batches(tasks, clips_per_task)
         window = as_completed()
-        for args in pending:
-            window.add(client.submit(fn, *args, pure=False))
+        for batch in pending:
+            window.add(client.submit(run_clips, *job, batch, pure=False))
             if window.count() >= IN_FLIGHT_PER_WORKER * n_workers:
                 break
         for future in window:
-            yield future.result()
+            yield from future.result()
             future.release()
             nxt = next(pending, None)
             if nxt is not None:
-                window.add(client.submit(fn, *nxt, pure=False))
+                window.add(client.submit(run_clips, *job, nxt, pure=False))
 
     def close():
         client.close()
         if cluster is not None:
             cluster.close()
 
-    return dask_map, close
+    return dask_run, close
 
 
 def run_stage(
@@ -366,7 +373,7 @@ def _execute(store, stage, tasks, n_tasks, input_fps, outputs, ledgers, failures
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=n_tasks, desc=stage.name, unit="clip", disable=not show, file=sys.stderr)
     in_process_only = store.url.startswith("memory://")
-    mapper, close = _executor(workers, scheduler, in_process_only)
+    run, close = _executor(workers, scheduler, in_process_only)
     last_flush = time.monotonic()
 
     def flush():
@@ -375,8 +382,8 @@ def _execute(store, stage, tasks, n_tasks, input_fps, outputs, ledgers, failures
         failures.flush()
 
     try:
-        args = ((store.url, stage.compute, stage.params, outputs, batch) for batch in _batches(tasks, stage.clips_per_task))
-        for result in (r for results in mapper(run_clips, args) for r in results):
+        job = (store.url, stage.compute, stage.params, outputs)
+        for result in run(job, tasks, stage.clips_per_task):
             clip_id = result["clip_id"]
             if result["ok"]:
                 for path, crc in result["crc32"].items():

@@ -20,6 +20,7 @@ from featstore.lock import LockHeld, WriterLock
 from pipelines.extract_audio import extract_audio
 from pipelines.extract_frames import extract_frames
 from pipelines.ingest import ingest
+from pipelines.runner import ClipResult, OutputSpec, Stage, run_stage
 from tests.conftest import CLIP_S, run_cli
 
 
@@ -45,6 +46,21 @@ def test_skip_if_done_and_json_summary(demo_store):
     # a subset: only the evaluate split, all already done
     third = json.loads(run_cli("extract-audio", demo_store.url, "--features", "mel", "--workers", "0", "--clips", "evaluate", "--json", check=True).stdout)
     assert third["skipped"] == 10
+
+
+def _zeros(task, params, names):
+    """A stage's per-clip work whose values all equal the fill value (uint8 0), like a black video."""
+    return ClipResult({"value": np.zeros((4, 3), dtype=np.uint8)}, {})
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_fill_valued_clip_still_writes_its_chunk(demo_store, workers):
+    # zarr drops a chunk equal to the fill value unless write_empty_chunks is set on the handle
+    # that writes; the runner's own handles must carry it, in-process and on a worker process
+    stage = Stage("zeros", {}, (OutputSpec("value", "test/zeros", (4, 3), "uint8", ("row", "col")),), _zeros, lambda row: "v1")
+    report = run_stage(demo_store, stage, workers=workers, progress=False)
+    assert report.done == demo_store.n_clips
+    assert demo_store.array("test/zeros").nchunks_initialized == demo_store.n_clips
 
 
 def test_changed_parameters_are_refused(demo_store):
