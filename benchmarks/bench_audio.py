@@ -43,8 +43,8 @@ def baseline(store, out_dir: str) -> float:
 def featstore_run(demo_root: str, work: str, workers: int, n_clips: int) -> float:
     """Seconds for extract-audio over the first ``n_clips`` clips of a fresh store (start-up included)."""
     import featstore
-    from pipelines.extract_audio import extract_audio
-    from pipelines.ingest import ingest
+    from featstore.pipelines.extract_audio import extract_audio
+    from featstore.pipelines.ingest import ingest
 
     store = featstore.init_store(os.path.join(work, f"store-{workers}-{n_clips}.zarr"))
     ingest(store, demo_root)
@@ -60,7 +60,7 @@ def main() -> None:
 
     import featstore
     from featstore.demo import make_demo_dataset
-    from pipelines.ingest import ingest
+    from featstore.pipelines.ingest import ingest
 
     with tempfile.TemporaryDirectory() as work:
         demo_root = make_demo_dataset(os.path.join(work, "data"), clips_per_class=args.clips_per_class, seed=0)

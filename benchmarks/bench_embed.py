@@ -33,10 +33,10 @@ def main() -> None:
     import featstore
     from featstore.demo import make_demo_dataset
     from featstore.models import build_model
-    from pipelines.embed import embed
-    from pipelines.extract_audio import extract_audio
-    from pipelines.ingest import ingest
-    from pipelines.train_backbone import WindowReader, dataset
+    from featstore.pipelines.embed import embed
+    from featstore.pipelines.extract_audio import extract_audio
+    from featstore.pipelines.ingest import ingest
+    from featstore.pipelines.train_backbone import WindowReader, dataset
 
     with tempfile.TemporaryDirectory() as work:
         root = make_demo_dataset(os.path.join(work, "data"), clips_per_class=args.clips_per_class, seed=0)

@@ -44,8 +44,8 @@ def main() -> None:
 
     import featstore
     from featstore.demo import signature_frame, write_video
-    from pipelines.extract_frames import extract_frames
-    from pipelines.ingest import ingest
+    from featstore.pipelines.extract_frames import extract_frames
+    from featstore.pipelines.ingest import ingest
 
     with tempfile.TemporaryDirectory() as work:
         rng = np.random.default_rng(0)

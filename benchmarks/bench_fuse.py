@@ -10,7 +10,7 @@ Each timed run is *load the embeddings, then one f4 training epoch* (``train_hea
 validation pass included; the model build and graph tracing are in every variant alike):
 
 - ``memory``: the (clip, segment, model, dim) array is already in memory: the epoch alone;
-- ``store``: :func:`pipelines.fuse.load_fusion_data` from the store, as ``featstore fuse`` does; its
+- ``store``: :func:`featstore.pipelines.fuse.load_fusion_data` from the store, as ``featstore fuse`` does; its
   packed cache is warm (built by an earlier read), the case of every fuse run after the first;
 - ``store-cold``: the same with the packed cache deleted first (the very first fuse on a store);
 - ``npy-per-batch``: no loading step; the epoch reads its examples from the per-clip files batch by
@@ -118,8 +118,8 @@ def main() -> None:
 
     import tensorflow as tf
 
-    from pipelines.fuse import FuseConfig, FusionData, load_fusion_data, select_models, train_head
-    from pipelines.train_backbone import validation_split
+    from featstore.pipelines.fuse import FuseConfig, FusionData, load_fusion_data, select_models, train_head
+    from featstore.pipelines.train_backbone import validation_split
 
     rng = np.random.default_rng(0)
     config = FuseConfig(method="f4", epochs=1, batch_size=args.batch_size)

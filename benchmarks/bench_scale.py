@@ -25,7 +25,7 @@ import pandas as pd
 import psutil
 
 import featstore
-from pipelines.runner import ClipResult, OutputSpec, Stage, run_stage
+from featstore.pipelines.runner import ClipResult, OutputSpec, Stage, run_stage
 
 VALUES = 256  # float32 values per clip (1 KiB), a stand-in for an embedding
 

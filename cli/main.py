@@ -19,8 +19,8 @@ from featstore.info import format_info, store_info
 # TensorFlow's C++ info logs (oneDNN notices...) drown the CLI's output; a user's setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from cli.common import EXIT_PARTIAL, fail, open_store  # noqa: E402
-from cli.phase2 import ensemble, fuse, report  # noqa: E402
+from featstore.cli.common import EXIT_PARTIAL, fail, open_store  # noqa: E402
+from featstore.cli.phase2 import ensemble, fuse, report  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,7 +75,7 @@ def ingest(store: str, source: str, fmt: str, fold: int, as_json: bool) -> None:
     """
     from featstore.ingest import IngestError
     from featstore.clips import ClipConflict
-    from pipelines.ingest import ingest as run_ingest
+    from featstore.pipelines.ingest import ingest as run_ingest
 
     s = open_store(store)
     try:
@@ -166,7 +166,7 @@ def extract_audio_cmd(store, features, sr, n_bins, win_ms, hop_ms, dtype, store_
     Example:
       featstore extract-audio store.zarr --features mel,gam,cqt --workers 2
     """
-    from pipelines.extract_audio import extract_audio
+    from featstore.pipelines.extract_audio import extract_audio
 
     s = open_store(store)
     _run_stage(
@@ -195,7 +195,7 @@ def extract_frames_cmd(store, fps, size, resize, name, workers, scheduler, clips
     Example:
       featstore extract-frames store.zarr --fps 2 --size 224 --workers 2
     """
-    from pipelines.extract_frames import extract_frames
+    from featstore.pipelines.extract_frames import extract_frames
 
     s = open_store(store)
     _run_stage(
@@ -275,7 +275,7 @@ def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_u
       featstore train-backbone store.zarr --model aud-mel --epochs 20 --batch-size 64
     """
     from featstore.models import MODELS
-    from pipelines.train_backbone import TrainConfig, train_backbone
+    from featstore.pipelines.train_backbone import TrainConfig, train_backbone
 
     s = open_store(store)
     config = TrainConfig(
@@ -315,7 +315,7 @@ def embed_cmd(store, model, model_file, input_array, layer, workers, scheduler, 
     Example:
       featstore embed store.zarr --model aud-mel --model-file aud-mel.keras --layer all
     """
-    from pipelines.embed import embed
+    from featstore.pipelines.embed import embed
 
     s = open_store(store)
     layers = ("fc1024", "fc10") if layer == "all" else (layer,)
@@ -352,7 +352,7 @@ def verify(store: str, arrays: str | None, repair: bool, workers: int, as_json: 
       featstore verify store.zarr --arrays audio/mel --repair
     """
     from featstore.verify import verify_store
-    from pipelines.verify import repair as run_repair
+    from featstore.pipelines.verify import repair as run_repair
 
     s = open_store(store)
     selected = [a.strip() for a in arrays.split(",")] if arrays else None
@@ -389,7 +389,7 @@ def demo(workdir: str, clips_per_class: int, workers: int | None) -> None:
     Example:
       featstore demo demo-out
     """
-    from pipelines.demo import run_demo
+    from featstore.pipelines.demo import run_demo
 
     sys.exit(run_demo(workdir, clips_per_class=clips_per_class, workers=workers, echo=click.echo))
 

@@ -7,7 +7,7 @@ import json
 import click
 
 import featstore
-from cli.common import fail, open_store
+from featstore.cli.common import fail, open_store
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
@@ -54,7 +54,7 @@ def fuse(store, method, modalities, models, epochs, batch_size, lr, mixup_alpha,
       featstore fuse store.zarr --method f4
       featstore fuse store.zarr --method all --modalities audio --epochs 50 --joint-mixup 0.3
     """
-    from pipelines.fuse import FuseConfig, fuse_methods
+    from featstore.pipelines.fuse import FuseConfig, fuse_methods
     from featstore.runs import class_table, markdown_table
 
     s = open_store(store)
@@ -96,7 +96,7 @@ def ensemble(store, rule, inputs, name, split, as_json):
     Example:
       featstore ensemble store.zarr --rule prod --inputs aud-mel,aud-gam,aud-cqt
     """
-    from pipelines.ensemble import ensemble as run_ensemble
+    from featstore.pipelines.ensemble import ensemble as run_ensemble
 
     s = open_store(store)
     try:
@@ -125,7 +125,7 @@ def report(store, out_dir, split, submission_split):
     Example:
       featstore report store.zarr --out report/
     """
-    from pipelines.report import build_report
+    from featstore.pipelines.report import build_report
 
     paths = build_report(open_store(store), out_dir, split=split, submission_split=submission_split)
     click.echo(f"report: {paths['html']} (and {paths['markdown']})")

@@ -9,7 +9,22 @@ featstore does not import TensorFlow (nor librosa or dask: those load where a st
 """
 
 from featstore.constants import CLASSES, META_CLASSES
-from featstore.store import ParamsMismatch, Store, StoreError, init_store, open_store
+from featstore.errors import ClipConflict, ConfigError, FeatstoreError, IngestError, LockHeld, MediaError, ParamsMismatch, StoreError
+from featstore.store import Store, init_store, open_store
 
 __version__ = "0.1.0"
-__all__ = ["CLASSES", "META_CLASSES", "ParamsMismatch", "Store", "StoreError", "init_store", "open_store"]
+__all__ = [
+    "CLASSES",
+    "META_CLASSES",
+    "ClipConflict",
+    "ConfigError",
+    "FeatstoreError",
+    "IngestError",
+    "LockHeld",
+    "MediaError",
+    "ParamsMismatch",
+    "Store",
+    "StoreError",
+    "init_store",
+    "open_store",
+]

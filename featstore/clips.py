@@ -24,6 +24,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from featstore.errors import ClipConflict
+
 CLIP_COLUMNS: dict[str, str] = {
     "clip_id": "string",
     "label": "string",
@@ -59,10 +61,6 @@ def normalise_clips(df: pd.DataFrame) -> pd.DataFrame:
             values = [0] * len(df)
         out[col] = pd.Series(values, dtype=dtype).fillna("" if dtype == "string" else np.nan)
     return out
-
-
-class ClipConflict(ValueError):
-    """A clip_id already in the store is given again with different metadata."""
 
 
 def merge_clips(existing: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, int]:

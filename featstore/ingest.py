@@ -27,12 +27,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from featstore.errors import IngestError
 from featstore.fingerprint import file_fingerprint
 from featstore.media import probe_duration_s
-
-
-class IngestError(ValueError):
-    """Metadata that cannot be ingested; the message names file and line."""
 
 
 @dataclass

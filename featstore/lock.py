@@ -15,11 +15,8 @@ import time
 import warnings
 from dataclasses import dataclass
 
+from featstore.errors import LockHeld
 from featstore.sidefiles import SideFiles
-
-
-class LockHeld(RuntimeError):
-    """Another live process is writing the array."""
 
 
 def _lock_name(array_path: str) -> str:

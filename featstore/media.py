@@ -10,9 +10,7 @@ import math
 
 import numpy as np
 
-
-class MediaError(ValueError):
-    """A media file cannot be decoded; the message says why."""
+from featstore.errors import MediaError
 
 
 def probe_duration_s(path: str) -> float:

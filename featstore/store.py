@@ -33,6 +33,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from featstore import clips as clips_mod
 from featstore.constants import CLASSES, CLIP_DURATION_S, SEGMENT_S
+from featstore.errors import ParamsMismatch, StoreError
 from featstore.fingerprint import library_versions, stable_hash
 from featstore.ledger import Failures, Ledger, ledger_name
 from featstore.sidefiles import SideFiles
@@ -46,22 +47,6 @@ RECORDED_LIBRARIES = ("featstore", "numpy", "zarr", "librosa", "soxr", "soundfil
 #: clip whose values all equal the fill value (a black video's frames) would leave no chunk behind,
 #: and the check itself costs ~18 ms per 3 MB chunk, as much as compressing it.
 WRITE_CONFIG = {"write_empty_chunks": True}
-
-
-class StoreError(RuntimeError):
-    """A store cannot be opened or used as asked."""
-
-
-class ParamsMismatch(StoreError):
-    """An array exists with a different fingerprint than the one a stage would write."""
-
-    def __init__(self, path: str, diffs: dict[str, tuple[Any, Any]]):
-        self.path, self.diffs = path, diffs
-        listed = "; ".join(f"{k}: stored {a!r}, asked {b!r}" for k, a, b in ((k, *v) for k, v in diffs.items()))
-        super().__init__(
-            f"array {path!r} exists with other parameters ({listed}). "
-            "Use --overwrite to recompute it, or --name NEW to write a new array."
-        )
 
 
 def _is_url(path_or_url: str) -> bool:

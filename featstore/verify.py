@@ -4,7 +4,7 @@ tables and array shapes agree; temp files of interrupted writes are cleaned.
 Damage is found two ways: the chunk's crc32c codec refuses bytes that changed on disk, and the
 CRC-32 of the decoded values must equal the one the ledger recorded when the clip was written. A
 done float clip holding NaN is damage too. ``featstore verify --repair`` recomputes exactly the
-damaged clips (see :mod:`pipelines.verify`).
+damaged clips (see :mod:`featstore.pipelines.verify`).
 """
 
 from __future__ import annotations

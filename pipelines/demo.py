@@ -11,9 +11,9 @@ from featstore.demo import make_demo_dataset
 from featstore.info import format_info, store_info
 from featstore.runs import class_table, markdown_table
 from featstore.store import StoreError
-from pipelines.extract_audio import extract_audio
-from pipelines.extract_frames import extract_frames
-from pipelines.ingest import ingest
+from featstore.pipelines.extract_audio import extract_audio
+from featstore.pipelines.extract_frames import extract_frames
+from featstore.pipelines.ingest import ingest
 
 #: The five backbones and their inputs, trained at tiny settings (CPU, seconds to a minute each).
 DEMO_MODELS = (
@@ -32,8 +32,8 @@ DEMO_FUSE = {"epochs": 40, "batch_size": 64, "lr": 3e-3}
 def _train_and_embed(store, workers, echo) -> list:
     """Train (unless registered already) and embed the five backbones; return the embed reports."""
     from featstore.registry import model_entry
-    from pipelines.embed import embed
-    from pipelines.train_backbone import TrainConfig, train_backbone
+    from featstore.pipelines.embed import embed
+    from featstore.pipelines.train_backbone import TrainConfig, train_backbone
 
     reports = []
     for name, input_array in DEMO_MODELS:
@@ -52,9 +52,9 @@ def _train_and_embed(store, workers, echo) -> list:
 
 def _phase_two(store, workdir: str, echo) -> None:
     """fuse f1..f6 for audio, visual and both; MEAN / PROD / MAX of the five backbones; the report."""
-    from pipelines.ensemble import ensemble
-    from pipelines.fuse import FuseConfig, fuse_methods
-    from pipelines.report import build_report
+    from featstore.pipelines.ensemble import ensemble
+    from featstore.pipelines.fuse import FuseConfig, fuse_methods
+    from featstore.pipelines.report import build_report
 
     methods = ("f1", "f2", "f3", "f4", "f5", "f6")
     for modalities, tag in ((("audio",), "audio"), (("visual",), "visual"), (("audio", "visual"), "av")):

@@ -20,7 +20,7 @@ import numpy as np
 
 from featstore.registry import load_keras, model_entry, model_file, register_model
 from featstore.store import ParamsMismatch, Store, open_store
-from pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
+from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
 
 STAGE = "embed"
 LAYERS = ("fc1024", "fc10")

@@ -5,7 +5,7 @@ Writes ``{name}/{feature}`` (default ``audio/mel``, ``audio/gam``, ``audio/cqt``
 :mod:`featstore.audio` for the framing rule). With ``store_deltas`` the arrays hold 6 channels
 (static, delta, delta-delta); otherwise deltas are derived at read time.
 
->>> from pipelines.extract_audio import extract_audio            # doctest: +SKIP
+>>> from featstore.pipelines.extract_audio import extract_audio            # doctest: +SKIP
 >>> report = extract_audio(store, features=("mel",), workers=2)   # doctest: +SKIP
 """
 
@@ -16,9 +16,9 @@ from typing import Any
 from featstore.audio import FEATURES, AudioParams, add_deltas, prepare_waveform, spectrograms
 from featstore.media import load_audio
 from featstore.store import Store
-from pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
+from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
 
-#: Clips per dask task: a clip's write overlaps the next one's compute (pipelines.runner.iter_clips).
+#: Clips per dask task: a clip's write overlaps the next one's compute (featstore.pipelines.runner.iter_clips).
 CLIPS_PER_TASK = 4
 STAGE = "extract-audio"
 #: Decoding stops this far past the clip's nominal length (a 2-hour file is never read whole).

@@ -12,9 +12,9 @@ from typing import Any
 
 from featstore.store import Store
 from featstore.video import RESIZE_MODES, decode_frames
-from pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
+from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
 
-#: Clips per dask task: a clip's write overlaps the next one's compute (pipelines.runner.iter_clips).
+#: Clips per dask task: a clip's write overlaps the next one's compute (featstore.pipelines.runner.iter_clips).
 CLIPS_PER_TASK = 4
 STAGE = "extract-frames"
 

@@ -6,8 +6,8 @@ from collections import defaultdict
 
 from featstore.store import Store, StoreError
 from featstore.verify import VerifyReport
-from pipelines import extract_audio, extract_frames
-from pipelines.runner import StageReport, run_stage
+from featstore.pipelines import extract_audio, extract_frames
+from featstore.pipelines.runner import StageReport, run_stage
 
 #: Stage name (as recorded in provenance) -> module with ``stage_for_array(store, path)``.
 STAGE_MODULES = {extract_audio.STAGE: extract_audio, extract_frames.STAGE: extract_frames}

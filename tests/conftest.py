@@ -13,14 +13,14 @@ import pytest
 
 import featstore
 from featstore.demo import make_demo_dataset
-from pipelines.ingest import ingest
+from featstore.pipelines.ingest import ingest
 
 CLIP_S = 3.0
 
 
 def run_cli(*args: str, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
     """Run ``featstore ARGS`` in a subprocess (the real console entry point's module)."""
-    proc = subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, **kwargs)
+    proc = subprocess.run([sys.executable, "-m", "featstore.cli.main", *args], capture_output=True, text=True, **kwargs)
     if check and proc.returncode != 0:
         raise AssertionError(f"featstore {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

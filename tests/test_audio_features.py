@@ -12,8 +12,8 @@ from gammatone.fftweight import fft_weights
 
 import featstore
 from featstore.gammatone_fb import gammatone_weights
-from pipelines.extract_audio import extract_audio
-from pipelines.ingest import ingest
+from featstore.pipelines.extract_audio import extract_audio
+from featstore.pipelines.ingest import ingest
 from tests.conftest import CLIP_S
 
 F16_ATOL_DB = 0.1  # float16 spacing is 0.0625 for |values| in [64, 128) dB

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
+from featstore.cli.main import main
 from tests.conftest import CLIP_S, run_cli
 
 COMMANDS = ["init", "ingest", "demo-data", "info", "extract-audio", "extract-frames", "verify", "export", "import-h5", "train-backbone", "embed", "fuse", "ensemble", "report", "demo"]

@@ -8,10 +8,10 @@ import pytest
 
 from featstore.models import build_model
 from featstore.models.head import add_head
-from pipelines import embed as embed_mod
-from pipelines.embed import embed
-from pipelines.extract_audio import extract_audio
-from pipelines.extract_frames import extract_frames
+from featstore.pipelines import embed as embed_mod
+from featstore.pipelines.embed import embed
+from featstore.pipelines.extract_audio import extract_audio
+from featstore.pipelines.extract_frames import extract_frames
 from tests.conftest import run_cli
 
 

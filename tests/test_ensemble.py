@@ -12,7 +12,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_m
 
 import featstore
 from featstore.metrics import classification_metrics, evaluate_predictions
-from pipelines.ensemble import combine
+from featstore.pipelines.ensemble import combine
 from tests.conftest import run_cli
 
 

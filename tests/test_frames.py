@@ -10,8 +10,8 @@ import pytest
 
 import featstore
 from featstore.demo import write_video
-from pipelines.extract_frames import extract_frames
-from pipelines.ingest import ingest
+from featstore.pipelines.extract_frames import extract_frames
+from featstore.pipelines.ingest import ingest
 
 CLIP_S = 3.0
 

@@ -144,7 +144,7 @@ def test_head_saves_and_loads_in_safe_mode(tmp_path):
 
 
 def test_audio_visual_fusion_beats_each_modality(embedding_store):
-    from pipelines.fuse import FuseConfig, fuse
+    from featstore.pipelines.fuse import FuseConfig, fuse
 
     accuracy = {}
     for modalities in (("audio",), ("visual",), ("audio", "visual")):
@@ -157,7 +157,7 @@ def test_audio_visual_fusion_beats_each_modality(embedding_store):
 
 
 def test_joint_mixup_mixes_modalities_independently():
-    from pipelines.fuse import FuseConfig, _mixing
+    from featstore.pipelines.fuse import FuseConfig, _mixing
 
     rng = np.random.default_rng(0)
     modalities = ("audio", "audio", "visual")

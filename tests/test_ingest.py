@@ -12,7 +12,7 @@ import soundfile
 import featstore
 from featstore.ingest import IngestError
 from featstore.clips import ClipConflict
-from pipelines.ingest import ingest
+from featstore.pipelines.ingest import ingest
 from tests.conftest import CLIP_S, run_cli
 
 

@@ -12,8 +12,8 @@ import xarray as xr
 import zarr
 
 import featstore
-from pipelines.extract_audio import extract_audio
-from pipelines.extract_frames import extract_frames
+from featstore.pipelines.extract_audio import extract_audio
+from featstore.pipelines.extract_frames import extract_frames
 from tests.conftest import CLIP_S, run_cli
 
 

@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 import featstore
 from featstore.demo import synth_audio, write_video
 from featstore.ingest import IngestError, read_csv_manifest
-from pipelines.extract_audio import extract_audio
-from pipelines.extract_frames import extract_frames
-from pipelines.ingest import ingest
+from featstore.pipelines.extract_audio import extract_audio
+from featstore.pipelines.extract_frames import extract_frames
+from featstore.pipelines.ingest import ingest
 from tests.conftest import CLIP_S, run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,7 +69,7 @@ def test_worker_lost_mid_job(demo_root, tmp_path):
 
         with Client(address) as c:
             c.wait_for_workers(2, timeout=60)
-        client = subprocess.Popen([sys.executable, "-m", "cli.main", "extract-audio", store.url, "--scheduler", address, "--json", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        client = subprocess.Popen([sys.executable, "-m", "featstore.cli.main", "extract-audio", store.url, "--scheduler", address, "--json", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         chunks = os.path.join(store.url, "audio", "cqt", "c")
         _wait_for(lambda: os.path.isdir(chunks) and len(os.listdir(chunks)) >= 2, 120, "first chunks")
         assert client.poll() is None, "the job must still be running when the worker dies"

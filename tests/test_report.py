@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score
 
 import featstore
 from featstore.constants import META_CLASSES
-from pipelines.report import accuracy_over_time, build_report, meta_class_accuracy
+from featstore.pipelines.report import accuracy_over_time, build_report, meta_class_accuracy
 from tests.conftest import run_cli
 
 

@@ -17,10 +17,10 @@ import pytest
 
 import featstore
 from featstore.lock import LockHeld, WriterLock
-from pipelines.extract_audio import extract_audio
-from pipelines.extract_frames import extract_frames
-from pipelines.ingest import ingest
-from pipelines.runner import ClipResult, OutputSpec, Stage, run_stage
+from featstore.pipelines.extract_audio import extract_audio
+from featstore.pipelines.extract_frames import extract_frames
+from featstore.pipelines.ingest import ingest
+from featstore.pipelines.runner import ClipResult, OutputSpec, Stage, run_stage
 from tests.conftest import CLIP_S, run_cli
 
 
@@ -161,7 +161,7 @@ def _prepare_embed(store: featstore.Store, tmp_path) -> list[str]:
 
 
 def _run_embed(store: featstore.Store, options: list[str]) -> None:
-    from pipelines.embed import embed
+    from featstore.pipelines.embed import embed
 
     embed(store, "aud-mel", model_file_path=options[-1])
 
@@ -181,7 +181,7 @@ def test_sigkill_then_rerun_is_bitwise_equal(demo_root, tmp_path, stage):
     killed = _store_copy(demo_root, str(tmp_path / "killed.zarr"))
     options = prepare(killed, tmp_path)
     chunk_dir = os.path.join(killed.url, *paths[0].split("/"), "c")
-    args = [sys.executable, "-m", "cli.main", stage, killed.url, *options, "--workers", "0", "--quiet"]
+    args = [sys.executable, "-m", "featstore.cli.main", stage, killed.url, *options, "--workers", "0", "--quiet"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "FEATSTORE_FLUSH_S": "0.2"})
     _wait_for(lambda: os.path.isdir(chunk_dir) and len(os.listdir(chunk_dir)) >= 4, 180, "some chunks written")
     assert proc.poll() is None, "the run must still be going when it is killed"

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from featstore.registry import load_keras, model_entry, model_file
-from pipelines.embed import embed
-from pipelines.extract_audio import extract_audio
-from pipelines.train_backbone import TrainConfig, mixup, train_backbone, validation_split
+from featstore.pipelines.embed import embed
+from featstore.pipelines.extract_audio import extract_audio
+from featstore.pipelines.train_backbone import TrainConfig, mixup, train_backbone, validation_split
 
 
 def test_validation_split_keeps_locations_apart():
@@ -66,8 +66,8 @@ def test_train_register_and_embed(demo_store):
 
 
 def test_train_visual_backbone_on_a_subset_of_frames(demo_store):
-    from pipelines.extract_frames import extract_frames
-    from pipelines.train_backbone import WindowReader
+    from featstore.pipelines.extract_frames import extract_frames
+    from featstore.pipelines.train_backbone import WindowReader
 
     store = demo_store
     assert extract_frames(store, workers=0, size=32, name="frames32").done == 20

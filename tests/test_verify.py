@@ -9,8 +9,8 @@ import os
 import numpy as np
 
 import featstore
-from pipelines.extract_audio import extract_audio
-from pipelines.extract_frames import extract_frames
+from featstore.pipelines.extract_audio import extract_audio
+from featstore.pipelines.extract_frames import extract_frames
 from tests.conftest import run_cli
 
 

@@ -1,0 +1,58 @@
+"""The one error tree of featstore: every error a user can cause derives from :class:`FeatstoreError`.
+
+The CLI catches :class:`FeatstoreError` (and click's usage errors) and prints its message on one
+line, exit status 1; any other exception is a bug and shows its traceback. Where callers rely on a
+builtin base, an error keeps it beside the root, as zarr's ``NodeNotFoundError(BaseZarrError,
+FileNotFoundError)`` does: an :class:`IngestError` is still a ``ValueError``.
+
+>>> from featstore.errors import FeatstoreError, IngestError
+>>> issubclass(IngestError, FeatstoreError) and issubclass(IngestError, ValueError)
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FeatstoreError(Exception):
+    """Root of every error featstore raises on purpose (bad input, a refused operation)."""
+
+
+class StoreError(FeatstoreError, RuntimeError):
+    """A store cannot be opened or used as asked."""
+
+
+class ParamsMismatch(StoreError):
+    """An array exists with a different fingerprint than the one a stage would write.
+
+    ``diffs`` maps each differing parameter to ``(stored, asked)``.
+    """
+
+    def __init__(self, path: str, diffs: dict[str, tuple[Any, Any]]):
+        self.path, self.diffs = path, diffs
+        listed = "; ".join(f"{k}: stored {a!r}, asked {b!r}" for k, a, b in ((k, *v) for k, v in diffs.items()))
+        super().__init__(
+            f"array {path!r} exists with other parameters ({listed}). "
+            "Use --overwrite to recompute it, or --name NEW to write a new array."
+        )
+
+
+class LockHeld(FeatstoreError, RuntimeError):
+    """Another live process is writing the array."""
+
+
+class IngestError(FeatstoreError, ValueError):
+    """Metadata that cannot be ingested; the message names file and line."""
+
+
+class ClipConflict(FeatstoreError, ValueError):
+    """A clip_id already in the store is given again with different metadata."""
+
+
+class MediaError(FeatstoreError, ValueError):
+    """A media file cannot be decoded; the message says why."""
+
+
+class ConfigError(FeatstoreError, ValueError):
+    """A stage, model or run was asked for with invalid options (an unknown name, a bad value)."""
