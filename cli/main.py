@@ -19,11 +19,15 @@ from featstore.info import format_info, store_info
 # TensorFlow's C++ info logs (oneDNN notices...) drown the CLI's output; a user's setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from featstore.cli.common import EXIT_PARTIAL, fail, open_store  # noqa: E402
+from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, config_options, open_store  # noqa: E402
 from featstore.cli.phase2 import ensemble, fuse, report  # noqa: E402
+from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
+from featstore.pipelines.embed import LAYERS  # noqa: E402
+from featstore.pipelines.extract_frames import FramesConfig  # noqa: E402
+from featstore.models import MODELS  # noqa: E402
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=FeatstoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(featstore.__version__, prog_name="featstore")
 def main() -> None:
     """featstore: cache audio-visual features (spectrograms, frames, embeddings) in a Zarr store.
@@ -49,10 +53,7 @@ def init(store: str, segment_s: float, clip_duration_s: float) -> None:
     Example:
       featstore init store.zarr --segment-s 1.0
     """
-    try:
-        s = featstore.init_store(store, segment_s=segment_s, clip_duration_s=clip_duration_s)
-    except featstore.StoreError as exc:
-        fail(str(exc))
+    s = featstore.init_store(store, segment_s=segment_s, clip_duration_s=clip_duration_s)
     click.echo(f"store ready at {s.url}")
 
 
@@ -73,15 +74,10 @@ def ingest(store: str, source: str, fmt: str, fold: int, as_json: bool) -> None:
       featstore ingest store.zarr TAU-urban-audio-visual-scenes-2021-development/
       featstore ingest store.zarr --format csv clips.csv
     """
-    from featstore.ingest import IngestError
-    from featstore.clips import ClipConflict
     from featstore.pipelines.ingest import ingest as run_ingest
 
     s = open_store(store)
-    try:
-        summary = run_ingest(s, source, fmt=fmt, fold=fold)
-    except (IngestError, ClipConflict, FileNotFoundError) as exc:
-        fail(str(exc))
+    summary = run_ingest(s, source, fmt=fmt, fold=fold)
     if as_json:
         click.echo(json.dumps({"added": summary.added, "total": summary.total,
                                "missing": [{"clip_id": c, "error": m} for c, m in summary.missing]}))
@@ -128,12 +124,7 @@ def stage_options(func):
 
 def _run_stage(run, as_json: bool, quiet: bool) -> None:
     """Call ``run(progress)``, print its StageReport, exit 0 (all done) or 3 (some clips failed)."""
-    from featstore.lock import LockHeld
-
-    try:
-        report = run(None if not quiet else False)
-    except (featstore.StoreError, LockHeld, ValueError, KeyError, OSError) as exc:
-        fail(str(exc))
+    report = run(None if not quiet else False)
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
@@ -147,16 +138,9 @@ def _run_stage(run, as_json: bool, quiet: bool) -> None:
 
 @main.command("extract-audio")
 @click.argument("store")
-@click.option("--features", default="mel,gam,cqt", show_default=True, help="Comma-separated subset of mel,gam,cqt.")
-@click.option("--sr", type=int, default=32000, show_default=True, help="Sample rate after resampling (Hz).")
-@click.option("--n-bins", type=int, default=128, show_default=True, help="Frequency bins of each feature.")
-@click.option("--win-ms", type=float, default=80.0, show_default=True, help="STFT window (ms).")
-@click.option("--hop-ms", type=float, default=14.0, show_default=True, help="Hop (ms).")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
-@click.option("--store-deltas", is_flag=True, help="Store 6 channels (static, delta, delta-delta) instead of deriving deltas at read time.")
-@click.option("--name", default="audio", show_default=True, help="Array group: writes NAME/mel, NAME/gam, NAME/cqt.")
+@config_options(AudioConfig)
 @stage_options
-def extract_audio_cmd(store, features, sr, n_bins, win_ms, hop_ms, dtype, store_deltas, name, workers, scheduler, clips, overwrite, as_json, quiet):
+def extract_audio_cmd(store, workers, scheduler, clips, overwrite, as_json, quiet, **config_fields):
     """Log MEL / Gammatone / CQT spectrograms of every clip, (clip, 2, bins, frames), on dask.
 
     Resumable: a re-run does no work for clips already done; changed parameters are refused
@@ -168,25 +152,15 @@ def extract_audio_cmd(store, features, sr, n_bins, win_ms, hop_ms, dtype, store_
     """
     from featstore.pipelines.extract_audio import extract_audio
 
-    s = open_store(store)
-    _run_stage(
-        lambda progress: extract_audio(
-            s, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress,
-            features=tuple(f.strip() for f in features.split(",") if f.strip()), sr=sr, n_bins=n_bins,
-            win_ms=win_ms, hop_ms=hop_ms, dtype=dtype, store_deltas=store_deltas, name=name,
-        ),
-        as_json, quiet,
-    )
+    s, config = open_store(store), AudioConfig(**config_fields)
+    _run_stage(lambda progress: extract_audio(s, config, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress), as_json, quiet)
 
 
 @main.command("extract-frames")
 @click.argument("store")
-@click.option("--fps", type=float, default=2.0, show_default=True, help="Frames kept per second of video.")
-@click.option("--size", type=int, default=224, show_default=True, help="Output frames are SIZE x SIZE RGB.")
-@click.option("--resize", type=click.Choice(["squash", "crop"]), default="squash", show_default=True, help="squash: scale the whole frame (the papers); crop: centre-crop to square first.")
-@click.option("--name", default="frames", show_default=True, help="Array group: writes NAME/rgb and NAME/time_s.")
+@config_options(FramesConfig)
 @stage_options
-def extract_frames_cmd(store, fps, size, resize, name, workers, scheduler, clips, overwrite, as_json, quiet):
+def extract_frames_cmd(store, workers, scheduler, clips, overwrite, as_json, quiet, **config_fields):
     """Video frames nearest to k/FPS seconds, SIZE x SIZE RGB uint8, (clip, frame, SIZE, SIZE, 3), on dask.
 
     Resumable and failure-tolerant like extract-audio; frame times go to NAME/time_s.
@@ -197,14 +171,8 @@ def extract_frames_cmd(store, fps, size, resize, name, workers, scheduler, clips
     """
     from featstore.pipelines.extract_frames import extract_frames
 
-    s = open_store(store)
-    _run_stage(
-        lambda progress: extract_frames(
-            s, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress,
-            fps=fps, size=size, resize=resize, name=name,
-        ),
-        as_json, quiet,
-    )
+    s, config = open_store(store), FramesConfig(**config_fields)
+    _run_stage(lambda progress: extract_frames(s, config, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress), as_json, quiet)
 
 
 @main.command()
@@ -221,10 +189,7 @@ def export(store: str, target: str, arrays: str | None) -> None:
     from featstore.hdf5 import export_h5
 
     s = open_store(store)
-    try:
-        written = export_h5(s, target, [a.strip() for a in arrays.split(",")] if arrays else None)
-    except KeyError as exc:
-        fail(str(exc))
+    written = export_h5(s, target, [a.strip() for a in arrays.split(",")] if arrays else None)
     click.echo(f"exported {', '.join(written)} and the clips table to {target}")
 
 
@@ -243,16 +208,13 @@ def import_h5_cmd(store: str, source: str) -> None:
     from featstore.hdf5 import import_h5
 
     s = open_store(store)
-    try:
-        imported = import_h5(s, source)
-    except (featstore.StoreError, OSError) as exc:
-        fail(str(exc))
+    imported = import_h5(s, source)
     click.echo(f"imported {', '.join(imported)}")
 
 
 @main.command("train-backbone")
 @click.argument("store")
-@click.option("--model", "model", required=True, type=click.Choice(["aud-mel", "aud-gam", "aud-cqt", "vis-inc", "vis-conv"]))
+@click.option("--model", "model", required=True, type=click.Choice(list(MODELS)))
 @click.option("--input", "input_array", default=None, help="Input array (default: audio/mel, audio/gam, audio/cqt or frames/rgb by model).")
 @click.option("--window-s", type=float, default=None, help="Audio window in seconds, a whole number of segments (default: the segment).")
 @click.option("--arch", type=click.Choice(["inception", "vgg14"]), default="inception", show_default=True, help="Audio backbone.")
@@ -274,7 +236,6 @@ def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_u
     Example:
       featstore train-backbone store.zarr --model aud-mel --epochs 20 --batch-size 64
     """
-    from featstore.models import MODELS
     from featstore.pipelines.train_backbone import TrainConfig, train_backbone
 
     s = open_store(store)
@@ -284,10 +245,7 @@ def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_u
         lr=lr, mixup_alpha=mixup_alpha, l2=l2, val_fraction=val_fraction, seed=seed, weights_file=weights_file,
         units_per_clip=units_per_clip,
     )
-    try:
-        entry = train_backbone(s, config)
-    except (featstore.StoreError, KeyError, ValueError) as exc:
-        fail(str(exc))
+    entry = train_backbone(s, config)
     m = entry["config"]["metrics"]
     click.echo(f"{model}: best epoch {m['best_epoch']}, val_loss {m['val_loss']:.4f}, val_accuracy {m['val_accuracy']:.3f}; registered (fingerprint {entry['fingerprint'][:12]})")
 
@@ -297,7 +255,7 @@ def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_u
 @click.option("--model", "model", required=True, help="Registered model name (aud-mel, aud-gam, aud-cqt, vis-inc, vis-conv, or your own).")
 @click.option("--model-file", default=None, help="Register this .keras file under --model first (layers fc1024, fc10, softmax).")
 @click.option("--input", "input_array", default=None, help="Input array of a --model-file (default: by model name, e.g. audio/mel).")
-@click.option("--layer", type=click.Choice(["fc1024", "fc10", "all"]), default="all", show_default=True)
+@click.option("--layer", type=click.Choice([*LAYERS, "all"]), default="all", show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True, help="Dask workers (0 = in-process; TensorFlow uses every core itself).")
 @click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
 @click.option("--clips", default=None, help="Only these clips: a split name or a file of clip_ids.")
@@ -318,7 +276,7 @@ def embed_cmd(store, model, model_file, input_array, layer, workers, scheduler, 
     from featstore.pipelines.embed import embed
 
     s = open_store(store)
-    layers = ("fc1024", "fc10") if layer == "all" else (layer,)
+    layers = LAYERS if layer == "all" else (layer,)
 
     def run(progress):
         report, note = embed(
@@ -330,9 +288,6 @@ def embed_cmd(store, model, model_file, input_array, layer, workers, scheduler, 
         return report
 
     _run_stage(run, as_json, quiet)
-
-
-EXIT_DAMAGED = 4
 
 
 @main.command()
@@ -356,14 +311,11 @@ def verify(store: str, arrays: str | None, repair: bool, workers: int, as_json: 
 
     s = open_store(store)
     selected = [a.strip() for a in arrays.split(",")] if arrays else None
-    try:
+    report = verify_store(s, selected)
+    if repair and report.damaged:
+        for run in run_repair(s, report, workers=workers):
+            click.echo(f"repaired {run.done} clip(s) of {', '.join(run.arrays)}", err=True)
         report = verify_store(s, selected)
-        if repair and report.damaged:
-            for run in run_repair(s, report, workers=workers):
-                click.echo(f"repaired {run.done} clip(s) of {', '.join(run.arrays)}", err=True)
-            report = verify_store(s, selected)
-    except (featstore.StoreError, KeyError) as exc:
-        fail(str(exc))
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:

@@ -6,8 +6,8 @@ import json
 
 import click
 
-import featstore
-from featstore.cli.common import fail, open_store
+from featstore.cli.common import open_store
+from featstore.pipelines.ensemble import RULES
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
@@ -63,10 +63,7 @@ def fuse(store, method, modalities, models, epochs, batch_size, lr, mixup_alpha,
         mixup_alpha=mixup_alpha, joint_mixup=joint_mixup, l2=l2, val_fraction=val_fraction, seed=seed, name=name, split=split,
     )
     methods = ("f1", "f2", "f3", "f4", "f5", "f6") if method == "all" else (method,)
-    try:
-        records = fuse_methods(s, methods, config)
-    except (featstore.StoreError, KeyError, ValueError) as exc:
-        fail(str(exc))
+    records = fuse_methods(s, methods, config)
     if as_json:
         click.echo(json.dumps(records if method == "all" else records[0]))
         return
@@ -83,7 +80,7 @@ def fuse(store, method, modalities, models, epochs, batch_size, lr, mixup_alpha,
 
 @click.command()
 @click.argument("store")
-@click.option("--rule", type=click.Choice(["mean", "prod", "max"]), required=True)
+@click.option("--rule", type=click.Choice(list(RULES)), required=True)
 @click.option("--inputs", required=True, help="Comma-separated models or runs with stored predictions.")
 @click.option("--name", default=None, help="Run name (default: ensemble-RULE-A+B...).")
 @click.option("--split", default="evaluate", show_default=True, help="Split the metrics are computed on.")
@@ -99,10 +96,7 @@ def ensemble(store, rule, inputs, name, split, as_json):
     from featstore.pipelines.ensemble import ensemble as run_ensemble
 
     s = open_store(store)
-    try:
-        record = run_ensemble(s, list(_csv(inputs) or ()), rule=rule, name=name, split=split)
-    except (featstore.StoreError, KeyError, ValueError) as exc:
-        fail(str(exc))
+    record = run_ensemble(s, list(_csv(inputs) or ()), rule=rule, name=name, split=split)
     if as_json:
         click.echo(json.dumps(record))
         return

@@ -9,7 +9,7 @@ featstore does not import TensorFlow (nor librosa or dask: those load where a st
 """
 
 from featstore.constants import CLASSES, META_CLASSES
-from featstore.errors import ClipConflict, ConfigError, FeatstoreError, IngestError, LockHeld, MediaError, ParamsMismatch, StoreError
+from featstore.errors import ClipConflict, ConfigError, FeatstoreError, IngestError, LockHeld, MediaError, NotFoundError, ParamsMismatch, StoreError
 from featstore.store import Store, init_store, open_store
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "IngestError",
     "LockHeld",
     "MediaError",
+    "NotFoundError",
     "ParamsMismatch",
     "Store",
     "StoreError",

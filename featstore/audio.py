@@ -40,14 +40,19 @@ SILENCE_RMS = 1e-5
 
 @dataclass(frozen=True)
 class AudioParams:
-    """Every parameter of the audio front end (recorded in each array's provenance)."""
+    """Every parameter of the audio front end (recorded in each array's provenance).
 
-    sr: int = 32_000
-    n_bins: int = 128
-    win_ms: float = 80.0
-    hop_ms: float = 14.0
-    segment_s: float = 1.0
-    n_segments: int = 10
+    The user-facing ones (``sr`` in Hz, ``n_bins``, ``win_ms``, ``hop_ms``) come from
+    :class:`featstore.pipelines.extract_audio.AudioConfig`, which holds their defaults; the grid
+    (``segment_s`` seconds, ``n_segments``) from the store; the rest are fixed by the papers.
+    """
+
+    sr: int
+    n_bins: int
+    win_ms: float
+    hop_ms: float
+    segment_s: float
+    n_segments: int
     channels: int = 2
     mel_fmin_hz: float = 0.0
     gam_fmin_hz: float = 50.0

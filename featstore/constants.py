@@ -1,4 +1,6 @@
-"""Constants from the papers (DESIGN.md section 5) and featstore's defaults.
+"""Constants from the papers (DESIGN.md section 5): the label map, meta-classes, splits, the grid.
+
+Each stage's defaults live in its config (e.g. ``featstore.pipelines.extract_audio.AudioConfig``).
 
 Units are in the names: ``_s`` seconds, ``_hz`` hertz, ``_ms`` milliseconds.
 """
@@ -32,13 +34,3 @@ SPLITS: tuple[str, ...] = ("train", "evaluate", "test")
 CLIP_DURATION_S = 10.0
 SEGMENT_S = 1.0
 
-#: Audio front end of the papers: 32 kHz, 2 channels, 128 bins, 80 ms window, 14 ms hop.
-AUDIO_SR_HZ = 32_000
-AUDIO_CHANNELS = 2
-AUDIO_N_BINS = 128
-AUDIO_WIN_MS = 80.0
-AUDIO_HOP_MS = 14.0
-
-#: Video front end: 2 frames per second, 224 x 224 RGB.
-FRAMES_FPS = 2.0
-FRAMES_SIZE = 224

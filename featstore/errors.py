@@ -56,3 +56,10 @@ class MediaError(FeatstoreError, ValueError):
 
 class ConfigError(FeatstoreError, ValueError):
     """A stage, model or run was asked for with invalid options (an unknown name, a bad value)."""
+
+
+class NotFoundError(FeatstoreError, KeyError):
+    """A named thing (an array, a clip, a model, a run) is not in the store."""
+
+    def __str__(self) -> str:  # KeyError's str() would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -55,7 +55,7 @@ def export_h5(store: Store, path: str, arrays: Iterable[str] | None = None) -> l
             )
             for i in range(array.shape[0]):
                 ds[i] = np.asarray(array[i])
-            ds.attrs["featstore"] = json.dumps(prov)
+            ds.attrs["featstore"] = json.dumps(dict(prov))
             ds.attrs["featstore_done"] = json.dumps(sorted(store.ledger(name).entries))
             ds.attrs["dims"] = json.dumps(prov.get("dims", []))
     return chosen

@@ -7,17 +7,12 @@ refuse it rather than hand NaN to a model.
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import zarr
 
-from featstore.fingerprint import stable_hash
-from featstore.ledger import ledger_name
+from featstore.packed import packed_segment_embeddings
 from featstore.store import Store
 
 
@@ -150,67 +145,18 @@ def frame_segments(
     )
 
 
-def segment_embeddings(store: Store, path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(values (clip, segment, dim) float32, rows (clip,) int64) of embedding or prediction array ``path``.
-
-    Only clips done in ``path`` are returned (``rows`` are their rows in the clips table); a visual
-    model's frames of each segment are averaged. Reading an embedding array costs one store request
-    per clip (one chunk per clip, DESIGN 7.4), about a millisecond each; so the result is also kept
-    packed, as one ``.npz`` side file per array (``_featstore/packed/...``), keyed by the array's
-    fingerprint and the bytes of its ledger (every done clip and its checksum). A re-embedded clip,
-    a new clip or a new model changes the key, and the packed copy is rebuilt on the next read: it
-    can never be stale.
-    """
-    prov = store.provenance(path)
-    # the key: the array's fingerprint and the ledger file's bytes (every done clip and its checksum);
-    # hashing the bytes is ~50x cheaper than parsing them, and any change of a mark changes them
-    ledger_bytes = store.side.read(ledger_name(path)) or b""
-    key = stable_hash({"fingerprint": prov["fingerprint"], "ledger": hashlib.blake2b(ledger_bytes, digest_size=16).hexdigest()})
-    name = "packed/" + path.replace("/", "--") + ".npz"
-    packed = _read_packed(store, name, key)
-    if packed is not None:
-        return packed
-    doc = json.loads(ledger_bytes) if ledger_bytes else {}
-    done = doc.get("clips", {}) if doc.get("fingerprint") == prov["fingerprint"] else {}  # the bytes hashed
-    with zarr.config.set({"codec_pipeline.batch_size": 64}):  # halves the per-chunk cost of a whole read
-        values = np.asarray(store.array(path)[:], dtype=np.float32)  # (clip, unit, dim)
-    per_segment_units = int(prov["params"].get("frames_per_segment", 1))  # units per grid segment
-    n_clips, units, dim = values.shape
-    segments = values.reshape(n_clips, units // per_segment_units, per_segment_units, dim).mean(axis=2)
-    rows = np.flatnonzero(store.clips["clip_id"].isin(list(done)).to_numpy())
-    segments = np.ascontiguousarray(segments[rows])
-    buffer = io.BytesIO()
-    np.savez(buffer, key=np.array(key), values=segments, rows=rows)
-    store.side.write(name, buffer.getvalue())
-    return segments, rows
-
-
-def _read_packed(store: Store, name: str, key: str) -> tuple[np.ndarray, np.ndarray] | None:
-    if store.side.is_local:
-        source = store.side.path(name) if store.side.exists(name) else None
-    else:
-        raw = store.side.read(name)
-        source = io.BytesIO(raw) if raw is not None else None
-    if source is None:
-        return None
-    with np.load(source) as packed:
-        if str(packed["key"]) != key:
-            return None
-        return packed["values"], packed["rows"]
-
-
 def embeddings(store: Store, model: str, layer: str = "fc1024", *, per: str = "segment", split: str | None = None) -> SegmentBatch:
     """Cached embeddings of ``model`` aligned to the segment grid, read whole (they are small).
 
     ``layer``: ``fc1024``, ``fc10`` or ``predictions``. ``per="segment"``: one row per (clip,
     segment), a visual model's frames of each segment averaged; ``per="clip"``: the mean over the
-    clip's segments (``segment`` is then 0). Only clips done in the array are returned; see
-    :func:`segment_embeddings` for how repeated reads are kept cheap.
+    clip's segments (``segment`` is then 0). Only clips done in the array are returned, read through
+    the packed cache (:func:`featstore.packed.packed_segment_embeddings`).
     """
     if per not in ("segment", "clip"):
         raise ValueError(f"per must be 'segment' or 'clip', got {per!r}")
     path = f"predictions/{model}" if layer == "predictions" else f"embeddings/{model}/{layer}"
-    segments, rows = segment_embeddings(store, path)
+    segments, rows = packed_segment_embeddings(store, path)
     labels = store.label_indices(store.clips["label"])[rows]
     if split is not None:
         keep = store.clips["split"].to_numpy()[rows] == split

@@ -14,7 +14,8 @@ import tempfile
 import time
 from typing import Any
 
-from featstore.store import Store, StoreError
+from featstore.errors import NotFoundError, StoreError
+from featstore.store import Store
 
 REGISTRY = "models.json"
 
@@ -62,8 +63,28 @@ def register_model(store: Store, name: str, model_file: str, *, input_array: str
 def model_entry(store: Store, name: str) -> dict[str, Any]:
     entries = _entries(store)
     if name not in entries:
-        raise StoreError(f"no model {name!r} registered in the store (train-backbone, or embed --model-file)")
+        raise NotFoundError(f"no model {name!r} registered in the store (train-backbone, or embed --model-file)")
     return entries[name]
+
+
+def model_bytes(store: Store, name: str) -> bytes:
+    """The registered model's ``.keras`` bytes."""
+    data = store.side.read(f"models/{name}.keras")
+    if data is None:
+        raise NotFoundError(f"model {name!r} is registered but its file models/{name}.keras is missing")
+    return data
+
+
+def save_training_clips(store: Store, name: str, clip_ids: list[str]) -> None:
+    """Record the clips model ``name`` was trained on (``models/{name}.train_clips.json``)."""
+    store.side.write(f"models/{name}.train_clips.json", json.dumps(list(clip_ids)).encode())
+
+
+def training_clips(store: Store, name: str) -> list[str] | None:
+    """The clips model ``name`` was trained on, or None when not recorded (a model file registered
+    from outside)."""
+    raw = store.side.read(f"models/{name}.train_clips.json")
+    return None if raw is None else list(json.loads(raw))
 
 
 def model_file(store: Store, name: str, fingerprint: str) -> str:

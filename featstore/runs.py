@@ -1,6 +1,7 @@
 """Runs: the results of Phase II (``fuse``) and late fusion (``ensemble``) kept in the store.
 
-A run is a record ``_featstore/runs/{name}.json`` (kind, config, inputs, metrics, timings) and its
+A run is a record ``_featstore/runs/{name}.json`` (kind, config, inputs, metrics, timings), for a
+fusion run its trained head ``_featstore/runs/{name}.keras`` (this module owns both names), and its
 class probabilities ``predictions/{name}``, (clip, unit, class) float32, where a unit is a segment of
 the grid (``fuse``: unit = segment) or the whole clip (``ensemble``: one unit). A backbone's own
 ``predictions/{model}`` (written by ``embed``, one unit per segment or frame) reads the same way, so
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from featstore.errors import NotFoundError
 from featstore.store import Store
 
 
@@ -60,8 +62,27 @@ def save_run(store: Store, record: dict[str, Any]) -> None:
 def load_run(store: Store, name: str) -> dict[str, Any]:
     raw = store.side.read(f"runs/{name}.json")
     if raw is None:
-        raise KeyError(f"no run {name!r} in the store (featstore fuse or ensemble make runs)")
+        raise NotFoundError(f"no run {name!r} in the store (featstore fuse or ensemble make runs)")
     return json.loads(raw)
+
+
+def save_run_head(store: Store, name: str, model: Any) -> None:
+    """Save a fusion run's trained Keras head as ``runs/{name}.keras``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        path = f"{work}/head.keras"
+        model.save(path)
+        with open(path, "rb") as f:
+            store.side.write(f"runs/{name}.keras", f.read())
+
+
+def run_head_bytes(store: Store, name: str) -> bytes:
+    """The bytes of fusion run ``name``'s head (``.keras``); refused for a run without one."""
+    data = store.side.read(f"runs/{name}.keras")
+    if data is None:
+        raise NotFoundError(f"run {name!r} has no trained head in the store (only fusion runs have one)")
+    return data
 
 
 def load_runs(store: Store) -> list[dict[str, Any]]:

@@ -19,8 +19,8 @@ SIDE_DIR = "_featstore"
 class SideFiles:
     """Atomic byte files under ``<root>/_featstore`` of a store at ``url``."""
 
-    def __init__(self, url: str):
-        self.fs, root = fsspec.core.url_to_fs(url)
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         self.root = root.rstrip("/") + "/" + SIDE_DIR
         self.is_local = isinstance(self.fs, LocalFileSystem)
 

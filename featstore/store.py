@@ -33,9 +33,10 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from featstore import clips as clips_mod
 from featstore.constants import CLASSES, CLIP_DURATION_S, SEGMENT_S
-from featstore.errors import ParamsMismatch, StoreError
+from featstore.errors import NotFoundError, ParamsMismatch, StoreError
 from featstore.fingerprint import library_versions, stable_hash
 from featstore.ledger import Failures, Ledger, ledger_name
+from featstore.provenance import Provenance
 from featstore.sidefiles import SideFiles
 
 CLIPS_NAME = "clips.parquet"
@@ -53,10 +54,22 @@ def _is_url(path_or_url: str) -> bool:
     return "://" in str(path_or_url)
 
 
-def _zarr_store(url: str) -> zarr.abc.store.Store:
+def zarr_store(url: str, storage_options: dict[str, Any] | None = None) -> zarr.abc.store.Store:
+    """The one resolver from a store URL to a zarr store: a local directory (a path or
+    ``file://``) is a ``LocalStore``, anything else an ``FsspecStore``, which takes
+    ``storage_options`` (credentials, ``endpoint_url``...) as fsspec does."""
     if _is_url(url) and not url.startswith("file://"):
-        return zarr.storage.FsspecStore.from_url(url)
+        return zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or None)
     return zarr.storage.LocalStore(url.removeprefix("file://"))
+
+
+def open_array(url: str, path: str, storage_options: dict[str, Any] | None = None) -> zarr.Array:
+    """A writing handle on array ``path`` of the store at ``url``, with :data:`WRITE_CONFIG`.
+
+    The only way featstore opens an array for writing (the driver through :meth:`Store.array`, the
+    workers through this function): every handle carries ``write_empty_chunks``.
+    """
+    return zarr.open_array(zarr_store(url, storage_options), path=path, mode="r+").with_config(WRITE_CONFIG)
 
 
 def normalise_url(path_or_url: str | os.PathLike) -> str:
@@ -68,11 +81,13 @@ def normalise_url(path_or_url: str | os.PathLike) -> str:
 class Store:
     """A featstore store. Open with :func:`open_store`, create with :func:`init_store`."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
         self.url = normalise_url(url)
-        self.side = SideFiles(self.url)
+        #: fsspec options of a remote store (credentials, endpoint), passed to every handle and worker.
+        self.storage_options = dict(storage_options or {})
+        self.side = SideFiles(self.url, self.storage_options)
         try:
-            self.group = zarr.open_group(_zarr_store(self.url), mode="r+")
+            self.group = zarr.open_group(zarr_store(self.url, self.storage_options), mode="r+")
         except FileNotFoundError:
             raise StoreError(f"no featstore store at {self.url} (create one with `featstore init`)") from None
         if ATTRS_KEY not in self.group.attrs:
@@ -154,7 +169,7 @@ class Store:
         """Row of ``clip_id`` in the clips table (= its index along every array's first axis)."""
         hits = np.flatnonzero(self.clips["clip_id"].to_numpy() == clip_id)
         if len(hits) == 0:
-            raise KeyError(f"no clip {clip_id!r} in the store")
+            raise NotFoundError(f"no clip {clip_id!r} in the store")
         return int(hits[0])
 
     @property
@@ -179,9 +194,9 @@ class Store:
         try:
             node = self.group[path]
         except KeyError:
-            raise KeyError(f"no array {path!r} in the store (run the stage that makes it)") from None
+            raise NotFoundError(f"no array {path!r} in the store (run the stage that makes it)") from None
         if not isinstance(node, zarr.Array):
-            raise KeyError(f"{path!r} is a group, not an array")
+            raise NotFoundError(f"{path!r} is a group, not an array")
         return node.with_config(WRITE_CONFIG)
 
     def array_paths(self) -> list[str]:
@@ -191,9 +206,10 @@ class Store:
             members = list(self.group.members(max_depth=None))
         return sorted(p for p, node in members if isinstance(node, zarr.Array))
 
-    def provenance(self, path: str) -> dict[str, Any]:
-        """How the array was made: stage, params, fingerprint, library_versions, dims, created."""
-        return dict(self.array(path).attrs[ATTRS_KEY])
+    def provenance(self, path: str) -> Provenance:
+        """How the array was made: stage, params, config, fingerprint, modality, library_versions,
+        dims, created; a typed view (:class:`~featstore.provenance.Provenance`) that reads as a dict."""
+        return Provenance(path, dict(self.array(path).attrs[ATTRS_KEY]))
 
     def create_array(
         self,
@@ -204,6 +220,8 @@ class Store:
         dims: tuple[str, ...],
         stage: str,
         params: dict[str, Any],
+        config: dict[str, Any] | None = None,
+        modality: str | None = None,
         overwrite: bool = False,
     ) -> zarr.Array:
         """Create (or reuse) the per-clip array ``path`` of shape ``(n_clips, *per_clip_shape)``.
@@ -215,6 +233,8 @@ class Store:
         fingerprint is reused (grown along the clip axis when clips were added); with another one,
         :class:`ParamsMismatch` names the differing parameters. ``overwrite`` deletes an existing
         array and its ledger first, whatever its fingerprint, so that every clip is recomputed.
+        ``config`` (the stage config that makes exactly this array) and ``modality`` ("audio" or
+        "visual") are recorded beside the parameters, outside the fingerprint.
         """
         fingerprint = stable_hash(
             {"stage": stage, "params": params, "per_clip_shape": list(per_clip_shape), "dtype": dtype}
@@ -251,6 +271,8 @@ class Store:
         array.attrs[ATTRS_KEY] = {
             "stage": stage,
             "params": params,
+            **({"config": config} if config is not None else {}),
+            **({"modality": modality} if modality else {}),
             "fingerprint": fingerprint,
             "per_clip_shape": list(per_clip_shape),
             "dtype": dtype,
@@ -319,20 +341,22 @@ def init_store(
     segment_s: float = SEGMENT_S,
     clip_duration_s: float = CLIP_DURATION_S,
     classes: list[str] | tuple[str, ...] = CLASSES,
+    storage_options: dict[str, Any] | None = None,
 ) -> Store:
     """Create a store (or open an existing one with the same settings).
 
     ``segment_s`` is the segment grid step and ``clip_duration_s`` the nominal clip length, both in
-    seconds; ``classes`` is the label map. Reopening with other settings raises :class:`StoreError`.
+    seconds; ``classes`` is the label map; ``storage_options`` go to fsspec for a remote URL.
+    Reopening with other settings raises :class:`StoreError`.
     """
     url = normalise_url(url)
     wanted = {"segment_s": float(segment_s), "clip_duration_s": float(clip_duration_s), "classes": list(classes)}
     if segment_s <= 0 or clip_duration_s < segment_s:
         raise StoreError(f"need 0 < segment_s <= clip_duration_s, got {segment_s} and {clip_duration_s}")
     try:
-        group = zarr.open_group(_zarr_store(url), mode="r+")
+        group = zarr.open_group(zarr_store(url, storage_options), mode="r+")
     except FileNotFoundError:
-        group = zarr.create_group(_zarr_store(url))
+        group = zarr.create_group(zarr_store(url, storage_options))
     current = group.attrs.get(ATTRS_KEY)
     if current is None:
         group.attrs[ATTRS_KEY] = {**wanted, "format_version": 1, "dataset_root": None}
@@ -340,9 +364,9 @@ def init_store(
         differing = {k: (current.get(k), v) for k, v in wanted.items() if current.get(k) != v}
         if differing:
             raise StoreError(f"store {url} exists with other settings: {differing}")
-    return Store(url)
+    return Store(url, storage_options)
 
 
-def open_store(url: str | os.PathLike) -> Store:
-    """Open an existing store at a local path or fsspec URL."""
-    return Store(normalise_url(url))
+def open_store(url: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Store:
+    """Open an existing store at a local path or fsspec URL (``storage_options`` go to fsspec)."""
+    return Store(normalise_url(url), storage_options)

@@ -14,23 +14,23 @@ the embeddings: they are recomputed, and the report says so.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
 
-from featstore.registry import load_keras, model_entry, model_file, register_model
-from featstore.store import ParamsMismatch, Store, open_store
+from featstore.errors import ConfigError, ParamsMismatch
+from featstore.pipelines.config import StageConfig, option
 from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
+from featstore.provenance import Provenance
+from featstore.registry import load_keras, model_entry, model_file, register_model
+from featstore.store import Store
 
-STAGE = "embed"
 LAYERS = ("fc1024", "fc10")
 #: Parameters whose change means "new model or new input": recompute instead of refusing.
 INVALIDATING = {"model_fingerprint", "input_fingerprint"}
-#: Forward passes made in this process (lets tests check that a cache hit does no inference).
-INFERENCE_CALLS = {"count": 0}
 
 _MODELS: dict[tuple[str, str], Any] = {}
-_STORES: dict[str, Store] = {}
 
 
 def _embedder(path: str, fingerprint: str):
@@ -47,51 +47,71 @@ def _embedder(path: str, fingerprint: str):
 def model_inputs(store: Store, input_array: str, clip_id: str) -> np.ndarray:
     """The batch a model sees for one clip: audio (segment, bin, frame, 6) windows with deltas, or
     visual (frame, size, size, 3) uint8 frames."""
-    group, name = input_array.rsplit("/", 1)
-    if group.startswith("frames") or name == "rgb":
-        return store.frames(clip_id, group=group)[0]
-    spec = store.audio(name, clip_id, deltas=True, group=group)
-    fps = int(store.provenance(input_array)["params"]["frames_per_segment"])
+    prov = store.provenance(input_array)
+    if prov.modality == "visual":
+        return store.frames(clip_id, group=prov.group)[0]
+    spec = store.audio(prov.leaf, clip_id, deltas=True, group=prov.group)
+    fps = prov.frames_per_segment
     c, b, f = spec.shape
     return np.ascontiguousarray(spec.reshape(c, b, f // fps, fps).transpose(2, 1, 3, 0))
 
 
 def compute_embed(task: ClipTask, params: dict[str, Any], names: tuple[str, ...]) -> ClipResult:
     """Worker side: one forward pass over the clip's windows or frames."""
-    store = _STORES.get(task.store_url)
-    if store is None or task.clip_index >= store.n_clips:  # opened before clips were appended
-        store = _STORES[task.store_url] = open_store(task.store_url)
+    store = task.open_store()
     x = model_inputs(store, params["input"], task.clip_id)
     embedder = _embedder(model_file(store, params["model"], params["model_fingerprint"]), params["model_fingerprint"])
     fc1024, fc10, softmax = (np.asarray(v) for v in embedder(x, training=False))
-    INFERENCE_CALLS["count"] += 1
     outputs = {"fc1024": fc1024, "fc10": fc10, "predictions": softmax}
     return ClipResult({n: outputs[n].astype(np.float32) for n in names})
 
 
-def embed_stage(store: Store, model: str, *, layers: tuple[str, ...] = LAYERS) -> Stage:
-    """The embed :class:`Stage` for registered model ``model``."""
-    if not set(layers) <= set(LAYERS) or not layers:
-        raise ValueError(f"--layer must be fc1024, fc10 or all, got {', '.join(layers)}")
-    entry = model_entry(store, model)
-    input_array = entry["input"]
-    input_prov = store.provenance(input_array)
-    visual = input_array.rsplit("/", 1)[1] == "rgb"
-    units = store.array(input_array).shape[1] if visual else store.n_segments
-    unit_dim = "frame" if visual else "segment"
-    dims = {"fc1024": entry["fc1024_units"], "fc10": entry["n_classes"]}
-    outputs = [OutputSpec(layer, f"embeddings/{model}/{layer}", (units, dims[layer]), "float32", (unit_dim, "dim"), {"layer": layer}) for layer in layers]
-    outputs.append(OutputSpec("predictions", f"predictions/{model}", (units, entry["n_classes"]), "float32", (unit_dim, "class"), {"layer": "softmax"}))
-    params = {
-        "model": model,
-        "model_fingerprint": entry["fingerprint"],
-        "input": input_array,
-        "input_fingerprint": input_prov["fingerprint"],
-        "window_s": store.segment_s,
-        "frames_per_segment": 1 if not visual else int(input_prov["params"]["frames_per_segment"]),
-    }
-    upstream = store.ledger(input_array).entries
-    return Stage(STAGE, params, tuple(outputs), compute_embed, lambda row: str(upstream.get(row["clip_id"], {}).get("crc32", "missing")), clips_per_task=8)
+@dataclass(frozen=True)
+class EmbedConfig(StageConfig):
+    """Options of embed: the registered ``model`` and the embedding ``layers`` to cache.
+
+    ``predictions/{model}`` (the softmax) is always written; ``layers=()`` writes only it.
+    """
+
+    stage: ClassVar[str] = "embed"
+
+    model: str = option("", "Registered model name.", cli=False)
+    layers: tuple[str, ...] = option(LAYERS, "Embedding layers to cache.", choices=LAYERS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.model:
+            raise ConfigError("embed needs a registered model name (--model)")
+
+    def for_output(self, leaf: str) -> EmbedConfig:
+        return replace(self, layers=(leaf,) if leaf in LAYERS else ())
+
+    def build(self, store: Store) -> Stage:
+        entry = model_entry(store, self.model)
+        input_prov = store.provenance(entry["input"])
+        visual = input_prov.modality == "visual"
+        units = store.array(entry["input"]).shape[1] if visual else store.n_segments
+        unit_dim = "frame" if visual else "segment"
+        dims = {"fc1024": entry["fc1024_units"], "fc10": entry["n_classes"]}
+        outputs = [
+            OutputSpec(layer, f"embeddings/{self.model}/{layer}", (units, dims[layer]), "float32", (unit_dim, "dim"), {"layer": layer}, self.for_output(layer).to_dict())
+            for layer in self.layers
+        ]
+        outputs.append(OutputSpec("predictions", f"predictions/{self.model}", (units, entry["n_classes"]), "float32", (unit_dim, "class"), {"layer": "softmax"}, self.for_output("predictions").to_dict()))
+        params = {
+            "model": self.model,
+            "model_fingerprint": entry["fingerprint"],
+            "input": entry["input"],
+            "input_fingerprint": input_prov.fingerprint,
+            "window_s": store.segment_s,
+            "frames_per_segment": input_prov.frames_per_segment if visual else 1,
+        }
+        upstream = store.ledger(entry["input"]).entries
+        return Stage(self.stage, params, tuple(outputs), compute_embed, lambda row: str(upstream.get(row["clip_id"], {}).get("crc32", "missing")), modality=input_prov.modality, clips_per_task=8)
+
+    @classmethod
+    def from_legacy(cls, prov: Provenance) -> EmbedConfig:
+        return cls(model=prov.params["model"], layers=LAYERS)
 
 
 def embed(
@@ -117,9 +137,9 @@ def embed(
     if model_file_path:
         source = input_array or MODELS.get(model, (None, None))[1]
         if source is None:
-            raise ValueError(f"--input is needed for a model file named {model!r} (not one of {', '.join(MODELS)})")
+            raise ConfigError(f"--input is needed for a model file named {model!r} (not one of {', '.join(MODELS)})")
         register_model(store, model, model_file_path, input_array=source, config={"source": "model file"})
-    stage = embed_stage(store, model, layers=layers)
+    stage = EmbedConfig(model=model, layers=layers).build(store)
     note = None
     try:
         report = run_stage(store, stage, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from featstore.metrics import EPS, classification_metrics
-from featstore.readers import segment_embeddings
+from featstore.packed import packed_segment_embeddings
 from featstore.runs import save_run, utc_now, write_predictions
 from featstore.store import Store
 
@@ -51,7 +51,7 @@ def ensemble(store: Store, inputs: list[str], *, rule: str, name: str | None = N
     for path in paths:
         if not store.has_array(path):
             raise KeyError(f"no {path} in the store (embed a model, or fuse a run, first)")
-    per_input = [segment_embeddings(store, p) for p in paths]  # (clip, segment, class), rows
+    per_input = [packed_segment_embeddings(store, p) for p in paths]  # (clip, segment, class), rows
     rows = per_input[0][1]
     for _, r in per_input[1:]:
         rows = np.intersect1d(rows, r)

@@ -5,22 +5,25 @@ Writes ``{name}/{feature}`` (default ``audio/mel``, ``audio/gam``, ``audio/cqt``
 :mod:`featstore.audio` for the framing rule). With ``store_deltas`` the arrays hold 6 channels
 (static, delta, delta-delta); otherwise deltas are derived at read time.
 
->>> from featstore.pipelines.extract_audio import extract_audio            # doctest: +SKIP
->>> report = extract_audio(store, features=("mel",), workers=2)   # doctest: +SKIP
+>>> from featstore.pipelines.extract_audio import AudioConfig, extract_audio   # doctest: +SKIP
+>>> report = extract_audio(store, AudioConfig(features=("mel",)), workers=2)   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 from featstore.audio import FEATURES, AudioParams, add_deltas, prepare_waveform, spectrograms
+from featstore.errors import ConfigError, MediaError
 from featstore.media import load_audio
-from featstore.store import Store
+from featstore.pipelines.config import StageConfig, option
 from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
+from featstore.provenance import Provenance
+from featstore.store import Store
 
 #: Clips per dask task: a clip's write overlaps the next one's compute (featstore.pipelines.runner.iter_clips).
 CLIPS_PER_TASK = 4
-STAGE = "extract-audio"
 #: Decoding stops this far past the clip's nominal length (a 2-hour file is never read whole).
 READ_MARGIN_S = 1.0
 
@@ -29,7 +32,7 @@ def compute_audio(task: ClipTask, params: dict[str, Any], names: tuple[str, ...]
     """Worker side: decode, resample, frame and transform one clip into the requested features."""
     path = task.source("audio_path")
     if not path:
-        raise ValueError(f"clip {task.clip_id} has no audio file")
+        raise MediaError(f"clip {task.clip_id} has no audio file")
     p = AudioParams(**params["audio"])
     samples, sr = load_audio(path, max_duration_s=p.n_segments * p.segment_s + READ_MARGIN_S)
     windows, notes = prepare_waveform(samples, sr, p)
@@ -40,61 +43,73 @@ def compute_audio(task: ClipTask, params: dict[str, Any], names: tuple[str, ...]
     return ClipResult({k: v.astype(dtype) for k, v in specs.items()}, notes)
 
 
-def audio_stage(
-    store: Store,
-    *,
-    features: tuple[str, ...] = FEATURES,
-    sr: int = 32_000,
-    n_bins: int = 128,
-    win_ms: float = 80.0,
-    hop_ms: float = 14.0,
-    dtype: str = "float16",
-    store_deltas: bool = False,
-    name: str = "audio",
-) -> Stage:
-    """The extract-audio :class:`Stage` for ``store`` (arrays ``{name}/{feature}``)."""
-    unknown = set(features) - set(FEATURES)
-    if unknown or not features:
-        raise ValueError(f"--features must be a subset of {', '.join(FEATURES)}, got {', '.join(features)}")
-    if dtype not in ("float16", "float32"):
-        raise ValueError(f"--dtype must be float16 or float32, got {dtype}")
-    p = AudioParams(sr=sr, n_bins=n_bins, win_ms=win_ms, hop_ms=hop_ms, segment_s=store.segment_s, n_segments=store.n_segments)
-    channels = 3 * p.channels if store_deltas else p.channels
-    outputs = tuple(
-        OutputSpec(
-            name=f,
-            path=f"{name}/{f}",
-            per_clip_shape=(channels, p.n_bins, p.n_frames),
-            dtype=dtype,
-            dims=("channel", "bin", "frame"),
-            params={"feature": f},
+@dataclass(frozen=True)
+class AudioConfig(StageConfig):
+    """Options of extract-audio, with their only defaults (the papers': 32 kHz, 128 bins, 80 ms
+    window, 14 ms hop). Writes ``{name}/{feature}`` for each of ``features``."""
+
+    stage: ClassVar[str] = "extract-audio"
+
+    features: tuple[str, ...] = option(FEATURES, "Features to compute (comma-separated).", choices=FEATURES)
+    sr: int = option(32_000, "Sample rate after resampling (Hz).")
+    n_bins: int = option(128, "Frequency bins of each feature.")
+    win_ms: float = option(80.0, "STFT window (ms).")
+    hop_ms: float = option(14.0, "Hop (ms).")
+    dtype: str = option("float16", "Stored dtype.", choices=("float16", "float32"))
+    store_deltas: bool = option(False, "Store 6 channels (static, delta, delta-delta) instead of deriving deltas at read time.")
+    name: str = option("audio", "Array group: writes NAME/mel, NAME/gam, NAME/cqt.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.features:
+            raise ConfigError(f"--features must name at least one of {', '.join(FEATURES)}")
+
+    def audio_params(self, store: Store) -> AudioParams:
+        """The front end's parameters on ``store``'s segment grid."""
+        return AudioParams(sr=self.sr, n_bins=self.n_bins, win_ms=self.win_ms, hop_ms=self.hop_ms, segment_s=store.segment_s, n_segments=store.n_segments)
+
+    def for_output(self, leaf: str) -> AudioConfig:
+        return replace(self, features=(leaf,))
+
+    def build(self, store: Store) -> Stage:
+        p = self.audio_params(store)
+        channels = 3 * p.channels if self.store_deltas else p.channels
+        outputs = tuple(
+            OutputSpec(
+                name=f,
+                path=f"{self.name}/{f}",
+                per_clip_shape=(channels, p.n_bins, p.n_frames),
+                dtype=self.dtype,
+                dims=("channel", "bin", "frame"),
+                params={"feature": f},
+                config=self.for_output(f).to_dict(),
+            )
+            for f in self.features
         )
-        for f in features
-    )
-    params = {"audio": p.to_dict(), "dtype": dtype, "store_deltas": store_deltas, "frames_per_segment": p.frames_per_segment}
-    return Stage(STAGE, params, outputs, compute_audio, input_fingerprint=lambda row: row["audio_fingerprint"], clips_per_task=CLIPS_PER_TASK)
+        params = {"audio": p.to_dict(), "dtype": self.dtype, "store_deltas": self.store_deltas, "frames_per_segment": p.frames_per_segment}
+        return Stage(self.stage, params, outputs, compute_audio, input_fingerprint=_audio_fingerprint, modality="audio", clips_per_task=CLIPS_PER_TASK)
+
+    @classmethod
+    def from_legacy(cls, prov: Provenance) -> AudioConfig:
+        p, a = prov.params, prov.params["audio"]
+        return cls(features=(p["feature"],), sr=a["sr"], n_bins=a["n_bins"], win_ms=a["win_ms"], hop_ms=a["hop_ms"], dtype=p["dtype"], store_deltas=p["store_deltas"], name=prov.group)
+
+
+def _audio_fingerprint(row: dict[str, Any]) -> str:
+    return row["audio_fingerprint"]
 
 
 def extract_audio(
     store: Store,
+    config: AudioConfig | None = None,
     *,
     clips: str | list[str] | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
-    **stage_options: Any,
+    **config_fields: Any,
 ) -> StageReport:
-    """Run extract-audio over ``store``; ``stage_options`` are :func:`audio_stage`'s keywords."""
-    stage = audio_stage(store, **stage_options)
+    """Run extract-audio over ``store`` with ``config`` (or an :class:`AudioConfig` of ``config_fields``)."""
+    stage = (config or AudioConfig(**config_fields)).build(store)
     return run_stage(store, stage, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress)
-
-
-def stage_for_array(store: Store, path: str) -> Stage:
-    """The stage that made array ``path``, rebuilt from its provenance (used by ``verify --repair``)."""
-    p = store.provenance(path)["params"]
-    a = p["audio"]
-    return audio_stage(
-        store, features=(p["feature"],), sr=a["sr"], n_bins=a["n_bins"], win_ms=a["win_ms"], hop_ms=a["hop_ms"],
-        dtype=p["dtype"], store_deltas=p["store_deltas"], name=path.rsplit("/", 1)[0],
-    )

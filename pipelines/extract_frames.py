@@ -8,65 +8,82 @@ are recorded in the ledger notes (``store.ledger("frames/rgb").info_table()``).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from featstore.errors import ConfigError, MediaError
+from featstore.pipelines.config import StageConfig, option
+from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
+from featstore.provenance import Provenance
 from featstore.store import Store
 from featstore.video import RESIZE_MODES, decode_frames
-from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
 
 #: Clips per dask task: a clip's write overlaps the next one's compute (featstore.pipelines.runner.iter_clips).
 CLIPS_PER_TASK = 4
-STAGE = "extract-frames"
 
 
 def compute_frames(task: ClipTask, params: dict[str, Any], names: tuple[str, ...]) -> ClipResult:
     """Worker side: decode one clip's video into its kept frames and their times."""
     path = task.source("video_path")
     if not path:
-        raise ValueError(f"clip {task.clip_id} has no video file")
+        raise MediaError(f"clip {task.clip_id} has no video file")
     decoded = decode_frames(path, fps=params["fps"], duration_s=params["clip_duration_s"], size=params["size"], resize=params["resize"])
     return ClipResult({"rgb": decoded.rgb, "time_s": decoded.times_s}, decoded.notes)
 
 
-def frames_stage(store: Store, *, fps: float = 2.0, size: int = 224, resize: str = "squash", name: str = "frames") -> Stage:
-    """The extract-frames :class:`Stage` for ``store`` (arrays ``{name}/rgb`` and ``{name}/time_s``)."""
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {resize}")
-    n_frames = int(round(fps * store.clip_duration_s))
-    frames_per_segment = fps * store.segment_s
-    if n_frames < 1 or abs(frames_per_segment - round(frames_per_segment)) > 1e-9:
-        raise ValueError(f"--fps {fps} must give a whole number of frames per {store.segment_s} s segment")
-    params = {
-        "fps": fps,
-        "size": size,
-        "resize": resize,
-        "clip_duration_s": store.clip_duration_s,
-        "segment_s": store.segment_s,
-        "frames_per_segment": int(round(frames_per_segment)),
-    }
-    outputs = (
-        OutputSpec("rgb", f"{name}/rgb", (n_frames, size, size, 3), "uint8", ("frame", "height", "width", "rgb")),
-        OutputSpec("time_s", f"{name}/time_s", (n_frames,), "float32", ("frame",)),
-    )
-    return Stage(STAGE, params, outputs, compute_frames, input_fingerprint=lambda row: row["video_fingerprint"], clips_per_task=CLIPS_PER_TASK)
+@dataclass(frozen=True)
+class FramesConfig(StageConfig):
+    """Options of extract-frames, with their only defaults (the papers': 2 frames per second,
+    224 x 224). Writes ``{name}/rgb`` and ``{name}/time_s``."""
+
+    stage: ClassVar[str] = "extract-frames"
+
+    fps: float = option(2.0, "Frames kept per second of video.")
+    size: int = option(224, "Output frames are SIZE x SIZE RGB.")
+    resize: str = option("squash", "squash: scale the whole frame (the papers); crop: centre-crop to square first.", choices=RESIZE_MODES)
+    name: str = option("frames", "Array group: writes NAME/rgb and NAME/time_s.")
+
+    def build(self, store: Store) -> Stage:
+        n_frames = int(round(self.fps * store.clip_duration_s))
+        frames_per_segment = self.fps * store.segment_s
+        if n_frames < 1 or abs(frames_per_segment - round(frames_per_segment)) > 1e-9:
+            raise ConfigError(f"--fps {self.fps} must give a whole number of frames per {store.segment_s} s segment")
+        params = {
+            "fps": self.fps,
+            "size": self.size,
+            "resize": self.resize,
+            "clip_duration_s": store.clip_duration_s,
+            "segment_s": store.segment_s,
+            "frames_per_segment": int(round(frames_per_segment)),
+        }
+        config = self.to_dict()
+        outputs = (
+            OutputSpec("rgb", f"{self.name}/rgb", (n_frames, self.size, self.size, 3), "uint8", ("frame", "height", "width", "rgb"), config=config),
+            OutputSpec("time_s", f"{self.name}/time_s", (n_frames,), "float32", ("frame",), config=config),
+        )
+        return Stage(self.stage, params, outputs, compute_frames, input_fingerprint=_video_fingerprint, modality="visual", clips_per_task=CLIPS_PER_TASK)
+
+    @classmethod
+    def from_legacy(cls, prov: Provenance) -> FramesConfig:
+        p = prov.params
+        return cls(fps=p["fps"], size=p["size"], resize=p["resize"], name=prov.group)
+
+
+def _video_fingerprint(row: dict[str, Any]) -> str:
+    return row["video_fingerprint"]
 
 
 def extract_frames(
     store: Store,
+    config: FramesConfig | None = None,
     *,
     clips: str | list[str] | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
-    **stage_options: Any,
+    **config_fields: Any,
 ) -> StageReport:
-    """Run extract-frames over ``store``; ``stage_options`` are :func:`frames_stage`'s keywords."""
-    stage = frames_stage(store, **stage_options)
+    """Run extract-frames over ``store`` with ``config`` (or a :class:`FramesConfig` of ``config_fields``)."""
+    stage = (config or FramesConfig(**config_fields)).build(store)
     return run_stage(store, stage, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress)
-
-
-def stage_for_array(store: Store, path: str) -> Stage:
-    """The stage that made array ``path``, rebuilt from its provenance (used by ``verify --repair``)."""
-    p = store.provenance(path)["params"]
-    return frames_stage(store, fps=p["fps"], size=p["size"], resize=p["resize"], name=path.rsplit("/", 1)[0])

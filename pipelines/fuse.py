@@ -1,7 +1,7 @@
 """`featstore fuse`: Phase II, a Fusion Layer (f1..f6) and FC(10)-Softmax trained on cached embeddings.
 
 The backbones are never run: only ``embeddings/{model}/{layer}`` arrays are read, once, whole
-(:func:`featstore.readers.segment_embeddings`, packed and cached), into one (clip, segment, model,
+(:func:`featstore.packed.packed_segment_embeddings`, packed and cached), into one (clip, segment, model,
 dim) float32 array. Visual models' frames are averaged per segment, so every example is one segment
 of the grid with all the selected models' embeddings of the same second.
 
@@ -31,9 +31,6 @@ confident than evaluation ones.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -41,8 +38,9 @@ from typing import Any
 import numpy as np
 
 from featstore.metrics import classification_metrics, evaluate_predictions
-from featstore.readers import segment_embeddings
-from featstore.runs import save_run, utc_now, write_predictions
+from featstore.packed import packed_segment_embeddings
+from featstore.registry import training_clips
+from featstore.runs import save_run, save_run_head, utc_now, write_predictions
 from featstore.store import Store, StoreError
 from featstore.pipelines.train_backbone import validation_split
 
@@ -117,7 +115,7 @@ def select_models(store: Store, modalities: tuple[str, ...], models: tuple[str, 
 
 def load_fusion_data(store: Store, models: tuple[str, ...], layer: str) -> FusionData:
     """Read each model's embeddings once and align them on the clips every model has."""
-    per_model = [segment_embeddings(store, f"embeddings/{m}/{layer}") for m in models]
+    per_model = [packed_segment_embeddings(store, f"embeddings/{m}/{layer}") for m in models]
     dims = {m: v.shape[-1] for m, (v, _) in zip(models, per_model)}
     if len(set(dims.values())) != 1:
         raise ValueError(f"the fusion layer adds embeddings element-wise, so they need one width; got {dims}")
@@ -233,8 +231,8 @@ def _backbone_overlap(store: Store, models: tuple[str, ...], train_clip_ids: lis
     """Share of ``train_clip_ids`` that each backbone was trained on (None when not recorded)."""
     overlap = {}
     for m in models:
-        raw = store.side.read(f"models/{m}.train_clips.json")
-        overlap[m] = None if raw is None else float(np.isin(train_clip_ids, json.loads(raw)).mean())
+        trained_on = training_clips(store, m)
+        overlap[m] = None if trained_on is None else float(np.isin(train_clip_ids, trained_on).mean())
     return overlap
 
 
@@ -278,10 +276,7 @@ def fuse(store: Store, config: FuseConfig, *, data: FusionData | None = None) ->
         "seconds": {"load": loaded - start, "train": trained - loaded, "total": time.perf_counter() - start},
         "metrics": metrics, "created": utc_now(),
     }
-    with tempfile.TemporaryDirectory() as work:
-        path = os.path.join(work, "head.keras")
-        model.save(path)
-        store.side.write(f"runs/{name}.keras", open(path, "rb").read())
+    save_run_head(store, name, model)
     save_run(store, record)
     return record
 

@@ -29,7 +29,7 @@ import pandas as pd
 
 from featstore.constants import META_CLASSES
 from featstore.metrics import classification_metrics
-from featstore.readers import segment_embeddings
+from featstore.packed import packed_segment_embeddings
 from featstore.runs import class_table, load_runs, markdown_table
 from featstore.store import Store
 
@@ -52,7 +52,7 @@ def prediction_sources(store: Store) -> list[Source]:
     sources = []
     for name, kind in [*models, *runs]:
         if store.has_array(f"predictions/{name}"):
-            probs, rows = segment_embeddings(store, f"predictions/{name}")
+            probs, rows = packed_segment_embeddings(store, f"predictions/{name}")
             sources.append(Source(name, kind, probs.astype(np.float64), rows))
     return sources
 

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from featstore.errors import ConfigError
 from featstore.lock import WriterLock
-from featstore.store import WRITE_CONFIG, Store, _zarr_store
+from featstore.store import Store, open_array
 
 #: Environment of local dask workers: one thread per BLAS / FFT / numba pool, since the cluster
 #: already runs one process per core; zarr settings reach workers only this way (DESIGN 7.7).
@@ -59,18 +60,29 @@ class OutputSpec:
     dims: tuple[str, ...]
     #: Parameters of this array only (e.g. which feature); fingerprinted with the stage's params.
     params: dict[str, Any] = field(default_factory=dict)
+    #: The stage config that makes exactly this array (``StageConfig.to_dict``), recorded in its
+    #: provenance outside the fingerprint, so the array can be rebuilt.
+    config: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class ClipTask:
-    """What a worker gets for one clip: its index, id, clips-table row, the dataset root and the
-    store's URL (for stages that read upstream arrays; not part of any fingerprint)."""
+    """What a worker gets for one clip: its index, id, clips-table row, the dataset root, and the
+    store's URL and fsspec options (where the worker writes, and reads upstream arrays)."""
 
     clip_index: int
     clip_id: str
     row: dict[str, Any]
     dataset_root: str
-    store_url: str = ""
+    store_url: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def open_store(self) -> Store:
+        """The task's store, opened once per worker process (again when clips were appended since)."""
+        store = _OPEN_STORES.get(self.store_url)
+        if store is None or self.clip_index >= store.n_clips:
+            store = _OPEN_STORES[self.store_url] = Store(self.store_url, self.storage_options)
+        return store
 
     def source(self, column: str) -> str:
         """Absolute path of the clip's ``audio_path`` or ``video_path`` ("" when it has none)."""
@@ -103,6 +115,8 @@ class Stage:
     #: the client, and lets a clip's write overlap the next clip's compute (see iter_clips). A lost
     #: worker's batch is simply recomputed (tasks are idempotent).
     clips_per_task: int = 1
+    #: "audio" or "visual": what the outputs' values come from (recorded in their provenance).
+    modality: str = ""
 
 
 @dataclass
@@ -135,6 +149,7 @@ class StageReport:
 
 # ------------------------------------------------------------------------------------------ worker
 _OPEN_ARRAYS: dict[tuple[str, str, str], Any] = {}
+_OPEN_STORES: dict[str, Store] = {}
 _THREADPOOLS: dict[int, Any] = {}  # threadpoolctl controller by len(sys.modules) when it was made
 
 
@@ -150,13 +165,11 @@ def _single_threaded_blas():
     return _THREADPOOLS[n_modules].limit(limits=1, user_api="blas")
 
 
-def _open_array(url: str, path: str, fingerprint: str):
-    """The array, opened once per worker process and array version."""
-    import zarr
-
-    key = (url, path, fingerprint)
+def _open_array(task: ClipTask, path: str, fingerprint: str):
+    """The array's writing handle, opened once per worker process and array version."""
+    key = (task.store_url, path, fingerprint)
     if key not in _OPEN_ARRAYS:
-        _OPEN_ARRAYS[key] = zarr.open_array(_zarr_store(url), path=path, mode="r+").with_config(WRITE_CONFIG)
+        _OPEN_ARRAYS[key] = open_array(task.store_url, path, task.storage_options)
     return _OPEN_ARRAYS[key]
 
 
@@ -184,16 +197,16 @@ def _compute_clip(compute, params, outputs, task: ClipTask) -> tuple[dict[str, n
     return values, result.info
 
 
-def _write_clip(url: str, outputs, task: ClipTask, values: dict[str, np.ndarray], info: dict[str, Any]) -> dict[str, Any]:
+def _write_clip(outputs, task: ClipTask, values: dict[str, np.ndarray], info: dict[str, Any]) -> dict[str, Any]:
     """Write each output's whole chunk; return the clip's result (checksums of what was written)."""
     checksums = {}
     for spec, fingerprint in outputs:
-        _open_array(url, spec.path, fingerprint)[task.clip_index] = values[spec.path]
+        _open_array(task, spec.path, fingerprint)[task.clip_index] = values[spec.path]
         checksums[spec.path] = zlib.crc32(values[spec.path].tobytes())
     return {"ok": True, "clip_id": task.clip_id, "crc32": checksums, "info": info}
 
 
-def iter_clips(url: str, compute, params: dict[str, Any], outputs, tasks: Iterable[ClipTask]) -> Iterator[dict[str, Any]]:
+def iter_clips(compute, params: dict[str, Any], outputs, tasks: Iterable[ClipTask]) -> Iterator[dict[str, Any]]:
     """Compute each clip of ``tasks`` and write its whole chunks; yield each clip's result once written.
 
     A result holds checksums and notes, or the exception's type and message (a bad clip never
@@ -214,7 +227,7 @@ def iter_clips(url: str, compute, params: dict[str, Any], outputs, tasks: Iterab
                 continue
             if pending is not None:
                 yield _written(*pending)
-            pending = (task, writer.submit(_write_clip, url, outputs, task, values, info))
+            pending = (task, writer.submit(_write_clip, outputs, task, values, info))
         if pending is not None:
             yield _written(*pending)
 
@@ -227,9 +240,9 @@ def _written(task: ClipTask, write) -> dict[str, Any]:
         return _failure(task, exc)
 
 
-def run_clips(url: str, compute, params: dict[str, Any], outputs, tasks: list[ClipTask]) -> list[dict[str, Any]]:
+def run_clips(compute, params: dict[str, Any], outputs, tasks: list[ClipTask]) -> list[dict[str, Any]]:
     """Worker side, one dask task: :func:`iter_clips` over a batch, returning after every write."""
-    return list(iter_clips(url, compute, params, outputs, tasks))
+    return list(iter_clips(compute, params, outputs, tasks))
 
 
 def _batches(items: Iterator[ClipTask], size: int) -> Iterator[list[ClipTask]]:
@@ -256,7 +269,7 @@ def select_clips(store: Store, clips: str | list[str] | None) -> list[int]:
             with open(clips) as f:
                 clips = [line.strip() for line in f if line.strip()]
         else:
-            raise ValueError(f"--clips {clips!r} is neither a split name nor a file of clip_ids")
+            raise ConfigError(f"--clips {clips!r} is neither a split name nor a file of clip_ids")
     return [store.clip_index(cid) for cid in clips]
 
 
@@ -265,7 +278,7 @@ def _executor(
 ) -> tuple[Callable[[tuple, Iterator[ClipTask], int], Iterator[dict]], Callable[[], None]]:
     """(run, close): ``run(job, tasks, clips_per_task)`` yields each clip's result as it lands.
 
-    ``job`` is ``(url, compute, params, outputs)``. In-process, all clips stream through one
+    ``job`` is ``(compute, params, outputs)``. In-process, all clips stream through one
     :func:`iter_clips`, so writes overlap computes across the whole run. On dask, each task is
     :func:`run_clips` over ``clips_per_task`` clips, a few tasks in flight per worker.
     """
@@ -315,6 +328,7 @@ def run_stage(
     workers: int | None = None,
     scheduler: str | None = None,
     overwrite: bool = False,
+    redo: bool = False,
     progress: bool | None = None,
 ) -> StageReport:
     """Run ``stage`` over the selected clips of ``store`` that are not done yet.
@@ -322,6 +336,9 @@ def run_stage(
     ``workers``: local dask worker processes (default: the machine's cores; 0 = in-process, serial);
     ``scheduler``: address of an existing dask scheduler (default: ``$FEATSTORE_SCHEDULER``);
     ``overwrite``: recompute every clip, replacing arrays made with other parameters;
+    ``redo``: recompute the selected clips even when they are done (``verify --repair``): their
+    done-marks stay, with the old checksums, until the new values are written, so a run killed
+    half-way leaves every clip it did not reach still visible to ``verify`` as damaged;
     ``progress``: show a progress bar (default: when stderr is a terminal).
     """
     started = time.perf_counter()
@@ -337,6 +354,8 @@ def run_stage(
                 dims=spec.dims,
                 stage=stage.name,
                 params={**stage.params, **spec.params},
+                config=spec.config,
+                modality=stage.modality,
                 overwrite=overwrite,
             )
             for spec in stage.outputs
@@ -348,7 +367,7 @@ def run_stage(
         for i in select_clips(store, clips):
             clip_id = str(columns["clip_id"][i])
             fp = stage.input_fingerprint(_row(columns, i))
-            if all(ledger.is_done(clip_id, fp) for ledger in ledgers.values()):
+            if not redo and all(ledger.is_done(clip_id, fp) for ledger in ledgers.values()):
                 report.skipped += 1
                 continue
             input_fps[clip_id] = fp
@@ -356,7 +375,7 @@ def run_stage(
         if todo:
             outputs = tuple((spec, arrays[spec.path].attrs["featstore"]["fingerprint"]) for spec in stage.outputs)
             root = store.dataset_root or ""
-            tasks = (ClipTask(i, str(columns["clip_id"][i]), _row(columns, i), root, store.url) for i in todo)
+            tasks = (ClipTask(i, str(columns["clip_id"][i]), _row(columns, i), root, store.url, store.storage_options) for i in todo)
             _execute(store, stage, tasks, len(todo), input_fps, outputs, ledgers, failures, report, workers, scheduler, progress)
     report.seconds = time.perf_counter() - started
     return report
@@ -382,7 +401,7 @@ def _execute(store, stage, tasks, n_tasks, input_fps, outputs, ledgers, failures
         failures.flush()
 
     try:
-        job = (store.url, stage.compute, stage.params, outputs)
+        job = (stage.compute, stage.params, outputs)
         for result in run(job, tasks, stage.clips_per_task):
             clip_id = result["clip_id"]
             if result["ok"]:

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from featstore.registry import register_model
+from featstore.registry import register_model, save_training_clips
 from featstore.store import Store
 
 
@@ -189,5 +188,5 @@ def train_backbone(store: Store, config: TrainConfig) -> dict[str, Any]:
         metrics = {"best_epoch": best_epoch + 1, "val_loss": float(losses[best_epoch]), "val_accuracy": float(history.history["val_categorical_accuracy"][best_epoch])}
         cfg = {**asdict(config), "metrics": metrics, "n_train_clips": len(train_rows), "n_val_clips": len(val_rows)}
         entry = register_model(store, config.model, best, input_array=config.input_array, config=cfg)
-    store.side.write(f"models/{config.model}.train_clips.json", json.dumps(trained_on).encode())
+    save_training_clips(store, config.model, trained_on)
     return entry

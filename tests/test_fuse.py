@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import accuracy_score, log_loss
 
 import featstore
-from featstore.readers import segment_embeddings
+from featstore.packed import packed_segment_embeddings
 from tests.conftest import run_cli
 
 AUDIO, VISUAL = ("aud-a1", "aud-a2"), ("vis-v1",)
@@ -206,7 +206,7 @@ def test_fuse_refuses_missing_modality(embedding_store, tmp_path):
 def test_packed_embeddings_are_rebuilt_when_a_clip_changes(tmp_path):
     store = make_embedding_store(tmp_path / "p.zarr", clips_per_class=2)
     path = "embeddings/vis-v1/fc10"
-    values, rows = segment_embeddings(store, path)
+    values, rows = packed_segment_embeddings(store, path)
     raw = store.array(path)[:]
     np.testing.assert_allclose(values, raw.reshape(len(raw), N_SEG, 2, 10).mean(axis=2), rtol=1e-6)
     assert store.side.exists("packed/embeddings--vis-v1--fc10.npz")
@@ -216,10 +216,10 @@ def test_packed_embeddings_are_rebuilt_when_a_clip_changes(tmp_path):
     ledger = store.ledger(path)
     ledger.mark_done(store.clips["clip_id"][5], "synthetic", zlib.crc32(new.tobytes()))
     ledger.flush(store.side)
-    again, _ = segment_embeddings(featstore.open_store(store.url), path)
+    again, _ = packed_segment_embeddings(featstore.open_store(store.url), path)
     np.testing.assert_array_equal(again[5], np.full((N_SEG, 10), 7.0, np.float32))
     # a clip no longer done leaves the result
     ledger.unmark(store.clips["clip_id"][0])
     ledger.flush(store.side)
-    _, rows_after = segment_embeddings(featstore.open_store(store.url), path)
+    _, rows_after = packed_segment_embeddings(featstore.open_store(store.url), path)
     assert list(rows_after) == list(rows[1:])

@@ -1,0 +1,94 @@
+"""Stage configs: each batch stage is one frozen dataclass of its options, with their only defaults.
+
+A config is what a user chooses (``AudioConfig(features=("mel",), sr=32000, ...)``); it does not
+depend on the store. :meth:`StageConfig.build` resolves it against a store (clip duration, segment
+grid, registered models) into the runner's :class:`~featstore.pipelines.runner.Stage`. Each array a
+stage writes records, beside its fingerprinted parameters, the config that makes exactly that array
+(:meth:`StageConfig.for_output`), so that anything made can be rebuilt from what the store records:
+``verify --repair``, ``predict`` and a system export all call
+:func:`featstore.pipelines.stages.config_for_array`.
+
+The CLI's options are generated from these dataclasses (``featstore.cli.common.config_options``):
+each field's ``metadata`` holds its help text and, where the values are a closed set, its choices.
+
+>>> from featstore.pipelines.extract_audio import AudioConfig
+>>> AudioConfig().sr, AudioConfig.from_dict(AudioConfig(features=("mel",)).to_dict()).features
+(32000, ('mel',))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from featstore.errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    from featstore.provenance import Provenance
+    from featstore.store import Store
+    from featstore.pipelines.runner import Stage
+
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, cli: bool = True) -> Any:
+    """A config field with its default, help text and (optional) closed set of choices.
+
+    A tuple-valued field with choices is a comma-separated subset on the command line.
+    ``cli=False`` keeps a field out of the generated command-line options.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "cli": cli})
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """Base of the batch stages' configs (see the module docstring)."""
+
+    #: The stage's name as users type it and as provenance records it.
+    stage: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value, choices = getattr(self, f.name), f.metadata.get("choices")
+            if choices is None:
+                continue
+            values = value if isinstance(value, tuple) else (value,)
+            unknown = [v for v in values if v not in choices]
+            if unknown:
+                flag = "--" + f.name.replace("_", "-")
+                raise ConfigError(f"{flag} must be {'a subset' if isinstance(value, tuple) else 'one'} of {', '.join(choices)}, got {', '.join(map(str, values))}")
+
+    # ------------------------------------------------------------------ what subclasses provide
+    def build(self, store: Store) -> Stage:
+        """The runner's stage for ``store``: outputs, per-clip function, fingerprinted parameters."""
+        raise NotImplementedError
+
+    def for_output(self, leaf: str) -> StageConfig:
+        """The config that makes the output named ``leaf`` (e.g. only ``mel`` of several features)."""
+        return self
+
+    @classmethod
+    def from_legacy(cls, prov: Provenance) -> StageConfig:
+        """The config of an array written before configs were recorded, from its parameters."""
+        raise StoreError(f"{prov.path}: made by {prov.stage!r} before stage configs were recorded; recompute it")
+
+    # ------------------------------------------------------------------ shared
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (tuples as lists), as recorded in provenance."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StageConfig:
+        """The config recorded by :meth:`to_dict` (unknown keys refused, missing ones defaulted)."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(names)
+        if unknown:
+            raise StoreError(f"{cls.stage} config has unknown fields {sorted(unknown)} (written by a newer featstore?)")
+        return cls(**{k: tuple(v) if isinstance(names[k].default, tuple) else v for k, v in data.items()})
+
+    @classmethod
+    def from_provenance(cls, prov: Provenance) -> StageConfig:
+        """The config that made the array whose provenance is ``prov``."""
+        return cls.from_dict(prov.config) if prov.config is not None else cls.from_legacy(prov)
+
+    def differences(self, other: StageConfig) -> dict[str, tuple[Any, Any]]:
+        """``{field: (self's, other's)}`` for every field that differs."""
+        return {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)}

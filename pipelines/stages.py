@@ -1,0 +1,32 @@
+"""The registry of batch stages: ``STAGES = {name: config class}``, and rebuilding any array's stage.
+
+A stage is added here once; the CLI, ``verify --repair``, ``predict`` and system export find it
+through this registry. To add a stage: write its module (a :class:`~featstore.pipelines.config.StageConfig`
+subclass whose ``build`` returns the runner's stage, and a module-level per-clip function), then
+list its config class below.
+"""
+
+from __future__ import annotations
+
+from featstore.errors import StoreError
+from featstore.pipelines.config import StageConfig
+from featstore.pipelines.embed import EmbedConfig
+from featstore.pipelines.extract_audio import AudioConfig
+from featstore.pipelines.extract_frames import FramesConfig
+from featstore.store import Store
+
+#: Stage name (as users type it and provenance records it) -> its config class.
+STAGES: dict[str, type[StageConfig]] = {c.stage: c for c in (AudioConfig, FramesConfig, EmbedConfig)}
+
+
+def config_for_array(store: Store, path: str) -> StageConfig:
+    """The config of the stage that made array ``path``, rebuilt from its provenance.
+
+    Raises :class:`~featstore.errors.StoreError` for an array no batch stage made (an HDF5 import,
+    a fusion run's predictions: those are rebuilt by their own commands).
+    """
+    prov = store.provenance(path)
+    config_class = STAGES.get(prov.stage)
+    if config_class is None:
+        raise StoreError(f"{path}: made by {prov.stage!r}, which is not a batch stage featstore can re-run; re-import or recompute it")
+    return config_class.from_provenance(prov).for_output(prov.leaf)
