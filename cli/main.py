@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, config_options, open_store  # noqa: E402
 from featstore.cli.phase2 import ensemble, fuse, report  # noqa: E402
+from featstore.cli.system import export_system, predict_cmd  # noqa: E402
 from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
 from featstore.pipelines.embed import LAYERS  # noqa: E402
 from featstore.pipelines.extract_frames import FramesConfig  # noqa: E402
@@ -360,7 +361,7 @@ def info(store: str, as_json: bool) -> None:
     click.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
 
 
-for command in (fuse, ensemble, report):
+for command in (fuse, ensemble, report, export_system, predict_cmd):
     main.add_command(command)
 
 

@@ -60,6 +60,11 @@ def register_model(store: Store, name: str, model_file: str, *, input_array: str
     return entry
 
 
+def registered_models(store: Store) -> list[str]:
+    """Names of the models registered in ``store``."""
+    return sorted(_entries(store))
+
+
 def model_entry(store: Store, name: str) -> dict[str, Any]:
     entries = _entries(store)
     if name not in entries:

@@ -135,10 +135,15 @@ def plot_over_time(curves: dict[str, np.ndarray], segment_s: float, path: str) -
     plt.close(fig)
 
 
-def write_submission(store: Store, source: Source, split: str, path: str) -> int:
-    """The DCASE 2021 Task 1B submission file of ``source`` for ``split``'s clips; returns its row count."""
+def write_submission(store: Store, source: Source, split: str | None, path: str) -> int:
+    """The DCASE 2021 Task 1B submission file of ``source`` for ``split``'s clips (``None``: all of
+    the source's clips); returns its row count.
+
+    Tab-separated, a header ``filename_audio scene_label`` then the 10 classes in label order; one
+    row per clip, its probabilities the mean over the clip's units (they sum to 1).
+    """
     clips = store.clips.iloc[source.rows]
-    keep = (clips["split"] == split).to_numpy()
+    keep = np.ones(len(clips), bool) if split is None else (clips["split"] == split).to_numpy()
     probs = source.probs[keep].mean(axis=1)
     if not keep.any():
         return 0

@@ -1,0 +1,94 @@
+"""Applying a trained system: `export-system` (freeze a run into a checksummed directory) and
+`predict` (a system, or a run of the same store, on a store's clips or on one video file)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from featstore.cli.common import EXIT_PARTIAL, open_store
+
+
+@click.command("export-system")
+@click.argument("store")
+@click.option("--run", "run", required=True, help="A fusion run, or an ensemble of backbones and fusion runs.")
+@click.option("--to", "target", required=True, help="New directory to write the system to.")
+def export_system(store: str, run: str, target: str) -> None:
+    """Freeze RUN of STORE into a directory: manifest.json, the .keras files, SHA256SUMS.
+
+    \b
+    Example:
+      featstore export-system store.zarr --run fuse-f4-av --to systems/f4
+    """
+    from featstore.system import System
+
+    system = System.from_run(open_store(store), run)
+    system.export(target)
+    click.echo(f"exported system {system.name} ({len(system.backbones)} backbones, {system.decision['kind']}) to {target} (digest {system.digest[:12]})")
+
+
+@click.command("predict")
+@click.argument("store", required=False)
+@click.option("--system", "system_dir", default=None, help="An exported system directory (featstore export-system).")
+@click.option("--run", "run", default=None, help="Instead of --system: a run of STORE itself, applied to its clips that lack its predictions.")
+@click.option("--name", default=None, help="Predictions are written to predictions/NAME (default: the system's run name).")
+@click.option("--clips", default=None, help="Only these clips: a split name (train, evaluate, test) or a file of clip_ids.")
+@click.option("--workers", type=int, default=None, help="Local dask worker processes for extraction (default: cores; 0 = in-process).")
+@click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
+@click.option("--submission", default=None, help="Also write the DCASE 2021 Task 1B submission file (TSV) of the predicted clips.")
+@click.option("--file", "video", default=None, help="Classify one video file (a temporary store) and print its probabilities.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submission, video, as_json):
+    """Apply a trained system to the clips of STORE, recomputing only what is missing.
+
+    Extraction with the system's parameters, embedding with its backbones (same cache keys as
+    embed), then its fusion head or ensemble rule. Nothing is retrained; a re-run is a no-op.
+    Exit code 3 when some clips failed (named on stderr).
+
+    \b
+    Examples:
+      featstore predict eval.zarr --system systems/f4 --submission submission.tsv
+      featstore predict store.zarr --run fuse-f4-av
+      featstore predict --system systems/f4 --file my_video.mp4
+    """
+    from featstore.errors import ConfigError
+    from featstore.pipelines.predict import predict, predict_file, write_predict_submission
+    from featstore.system import System
+
+    if (system_dir is None) == (run is None):
+        raise ConfigError("give exactly one of --system DIR and --run RUN")
+    if video is not None:
+        if system_dir is None:
+            raise ConfigError("--file needs --system")
+        result = predict_file(System.load(system_dir), video)
+        click.echo(json.dumps(result) if as_json else _format_file_result(result))
+        return
+    if store is None:
+        raise ConfigError("STORE is required (or --file VIDEO)")
+    s = open_store(store)
+    system = System.load(system_dir) if system_dir else System.from_run(s, run)
+    report = predict(s, system, name=name, clips=clips, workers=workers, scheduler=scheduler, progress=None)
+    for failure in report.failures:
+        click.echo(f"featstore: clip {failure['clip_id']} failed: {failure['error']}", err=True)
+    if submission:
+        rows = write_predict_submission(s, report.name, clips, submission)
+        if not as_json:
+            click.echo(f"submission: {submission} ({rows} clips)")
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        click.echo(f"predict {report.name}: {report.done} predicted, {report.skipped} already predicted, {report.failed} failed in {report.seconds:.1f} s -> predictions/{report.name}")
+    if not report.ok:
+        sys.exit(EXIT_PARTIAL)
+
+
+def _format_file_result(result: dict) -> str:
+    lines = [f"{result['file']}: {result['label']} ({result['probability']:.3f})"]
+    classes = result["classes"]
+    lines.append("second  " + "  ".join(f"{c[:8]:>8}" for c in classes))
+    for k, probs in enumerate(result["per_segment"]):
+        lines.append(f"{k:>6}  " + "  ".join(f"{p:8.3f}" for p in probs))
+    lines.append("clip    " + "  ".join(f"{p:8.3f}" for p in result["clip"]))
+    return "\n".join(lines)

@@ -1,0 +1,204 @@
+"""A system: everything needed to classify new clips, frozen, and its export as a checksummed directory.
+
+A :class:`System` holds
+
+* the extraction config of every input array (``audio/mel``, ``frames/rgb``...), rebuilt from the
+  arrays' provenance (:func:`featstore.pipelines.stages.config_for_array`);
+* the segment grid step and the label map;
+* each backbone: its ``.keras`` file, fingerprint and input array;
+* the decision part: a fusion run (its head ``.keras``, method, layer and model order) or an
+  ensemble (its rule and inputs, each a backbone or a fusion run).
+
+Exported (``featstore export-system``), it is a directory::
+
+    manifest.json           the above, as JSON (format "featstore-system/1")
+    backbones/NAME.keras    one per backbone
+    heads/RUN.keras         one per fusion run
+    SHA256SUMS              the SHA-256 of every other file (``sha256sum -c`` reads it)
+
+:meth:`System.load` checks every checksum first and refuses a file whose bytes differ, naming it;
+Keras files load in safe mode only (no pickle, no arbitrary code). :attr:`System.digest` (the
+SHA-256 of the manifest) names the system in the predictions it makes.
+
+>>> system = System.from_run(store, "fuse-f4-av")          # doctest: +SKIP
+>>> system.export("systems/f4")                             # doctest: +SKIP
+>>> System.load("systems/f4").decision["method"]            # doctest: +SKIP
+'f4'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from featstore.errors import ConfigError, StoreError
+from featstore.registry import model_bytes, model_entry
+from featstore.runs import load_run, run_head_bytes
+from featstore.store import Store
+
+FORMAT = "featstore-system/1"
+MANIFEST = "manifest.json"
+CHECKSUMS = "SHA256SUMS"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class System:
+    """A frozen system: ``manifest`` (JSON-ready) and ``files`` (relative path -> bytes)."""
+
+    manifest: dict[str, Any]
+    files: dict[str, bytes]
+
+    # ------------------------------------------------------------------ what it holds
+    @property
+    def name(self) -> str:
+        """The run the system was made from (the default name of its predictions)."""
+        return str(self.manifest["name"])
+
+    @property
+    def segment_s(self) -> float:
+        return float(self.manifest["segment_s"])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def inputs(self) -> dict[str, dict[str, Any]]:
+        """``{array path: {"stage": name, "config": StageConfig dict}}`` of every extracted input."""
+        return dict(self.manifest["inputs"])
+
+    @property
+    def backbones(self) -> dict[str, dict[str, Any]]:
+        """``{model: {"file", "fingerprint", "input", ...}}``."""
+        return dict(self.manifest["backbones"])
+
+    @property
+    def decision(self) -> dict[str, Any]:
+        """``{"kind": "fusion", "run", "method", "layer", "models", "head"}`` or
+        ``{"kind": "ensemble", "run", "rule", "inputs": [decision or {"kind": "backbone", "model"}]}``."""
+        return dict(self.manifest["decision"])
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the manifest's canonical JSON: the system's identity."""
+        return _sha256(json.dumps(self.manifest, sort_keys=True).encode())
+
+    def load_keras(self, relative: str):
+        """The Keras model stored at ``relative`` (e.g. ``heads/RUN.keras``), loaded in safe mode."""
+        import featstore.models.fusion  # noqa: F401 - registers FusionLayer for safe-mode loading
+        from featstore.registry import load_keras
+
+        with tempfile.TemporaryDirectory() as work:
+            path = os.path.join(work, os.path.basename(relative))
+            with open(path, "wb") as f:
+                f.write(self.files[relative])
+            return load_keras(path)
+
+    # ------------------------------------------------------------------ making one
+    @classmethod
+    def from_run(cls, store: Store, run: str) -> System:
+        """The system that run ``run`` of ``store`` (a fusion run, or an ensemble of backbones and
+        fusion runs) applies; refused when a run was trained on embeddings of another version of a
+        registered model (re-embed and re-fuse first)."""
+        from featstore.pipelines.stages import config_for_array
+
+        files: dict[str, bytes] = {}
+        backbones: dict[str, dict[str, Any]] = {}
+
+        def add_backbone(model: str, layer: str) -> None:
+            entry = model_entry(store, model)
+            made_with = store.provenance(f"embeddings/{model}/{layer}" if layer != "softmax" else f"predictions/{model}").params["model_fingerprint"]
+            if made_with != entry["fingerprint"]:
+                raise StoreError(f"run {run!r} used embeddings of another version of model {model!r} than the registered one; re-embed and re-run it")
+            files[f"backbones/{model}.keras"] = model_bytes(store, model)
+            backbones[model] = {k: entry[k] for k in ("fingerprint", "input", "input_shape", "fc1024_units", "n_classes")} | {"file": f"backbones/{model}.keras"}
+
+        def decision_of(name: str, *, nested: bool) -> dict[str, Any]:
+            record = load_run(store, name)
+            if record["kind"] == "fuse":
+                for model in record["models"]:
+                    add_backbone(model, record["layer"])
+                files[f"heads/{name}.keras"] = run_head_bytes(store, name)
+                return {"kind": "fusion", "run": name, "method": record["method"], "layer": record["layer"], "models": list(record["models"]), "head": f"heads/{name}.keras",
+                        "predictions_fingerprint": store.provenance(f"predictions/{name}").fingerprint}
+            if record["kind"] == "ensemble" and not nested:
+                inputs = []
+                for item in record["inputs"]:
+                    if store.side.exists(f"runs/{item}.json"):
+                        inputs.append(decision_of(item, nested=True))
+                    else:
+                        add_backbone(item, "softmax")
+                        inputs.append({"kind": "backbone", "model": item})
+                return {"kind": "ensemble", "run": name, "rule": record["rule"], "inputs": inputs,
+                        "predictions_fingerprint": store.provenance(f"predictions/{name}").fingerprint}
+            raise ConfigError(f"run {name!r} ({record['kind']}) cannot be exported: a system is a fusion run or an ensemble of backbones and fusion runs")
+
+        decision = decision_of(run, nested=False)
+        inputs = {}
+        for spec in backbones.values():
+            config = config_for_array(store, spec["input"])
+            inputs[spec["input"]] = {"stage": config.stage, "config": config.to_dict()}
+        manifest = {
+            "format": FORMAT,
+            "name": run,
+            "segment_s": store.segment_s,
+            "classes": store.classes,
+            "inputs": inputs,
+            "backbones": backbones,
+            "decision": decision,
+            "source_store": store.url,
+        }
+        return cls(manifest, files)
+
+    # ------------------------------------------------------------------ on disk
+    def export(self, directory: str | os.PathLike) -> str:
+        """Write the system to ``directory`` (created; an existing non-empty one is refused)."""
+        directory = os.fspath(directory)
+        if os.path.isdir(directory) and os.listdir(directory):
+            raise ConfigError(f"{directory}: exists and is not empty; export a system to a new directory")
+        payload = {MANIFEST: json.dumps(self.manifest, indent=1, sort_keys=True).encode(), **self.files}
+        for relative, data in payload.items():
+            path = os.path.join(directory, relative)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+        sums = "".join(f"{_sha256(data)}  {relative}\n" for relative, data in sorted(payload.items()))
+        with open(os.path.join(directory, CHECKSUMS), "w") as f:
+            f.write(sums)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> System:
+        """Read an exported system, refusing any file whose SHA-256 differs from ``SHA256SUMS``."""
+        directory = os.fspath(directory)
+        sums_path = os.path.join(directory, CHECKSUMS)
+        if not os.path.isfile(sums_path):
+            raise ConfigError(f"{directory}: not a featstore system (no {CHECKSUMS}; make one with featstore export-system)")
+        files = {}
+        with open(sums_path) as f:
+            for line in f:
+                digest, _, relative = line.rstrip("\n").partition("  ")
+                if not relative or os.path.isabs(relative) or ".." in relative.split("/"):
+                    raise ConfigError(f"{sums_path}: malformed line {line.strip()!r}")
+                path = os.path.join(directory, relative)
+                if not os.path.isfile(path):
+                    raise ConfigError(f"{path}: listed in {CHECKSUMS} but missing")
+                with open(path, "rb") as g:
+                    data = g.read()
+                if _sha256(data) != digest:
+                    raise ConfigError(f"{path}: checksum differs from {CHECKSUMS} (the file was changed or damaged); refusing to load the system")
+                files[relative] = data
+        if MANIFEST not in files:
+            raise ConfigError(f"{directory}: {CHECKSUMS} does not list {MANIFEST}")
+        manifest = json.loads(files.pop(MANIFEST))
+        if manifest.get("format") != FORMAT:
+            raise ConfigError(f"{directory}: system format {manifest.get('format')!r}, this featstore reads {FORMAT!r}")
+        return cls(manifest, files)

@@ -1,0 +1,306 @@
+"""`featstore predict`: apply a frozen system to the clips of a store, recomputing only what is missing.
+
+For the selected clips of any store (the training store, a store of new 10 s clips, the challenge's
+1 s evaluation clips), in order:
+
+1. each input array (``audio/mel``, ``frames/rgb``...) is extracted with the system's exact config,
+   on the stage runner. An array that exists with another config is refused, naming the differing
+   options; clips already done are skipped;
+2. each backbone is registered under its name (refused when the store holds another model of that
+   name) and run by ``embed``, with the same cache keys: a clip already embedded by the same model
+   is not recomputed;
+3. the decision, in one batched pass over the clips that lack predictions: a fusion head on the
+   clips' segment embeddings (visual frames averaged per segment, as in training), giving
+   (clip, segment, class); or an ensemble rule over its inputs' clip probabilities (the mean of
+   each input's segments), giving (clip, 1, class), exactly as ``fuse`` and ``ensemble`` compute them.
+
+It writes ``predictions/NAME`` (one chunk per clip, done-marked with checksums, so ``verify``
+checks it) and a run record ``runs/NAME.json`` (kind ``predict``: system digest, clips, timings,
+metrics when the clips have labels). Nothing is retrained. A re-run is a no-op. Clips that fail
+upstream are reported, and the others are predicted.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from featstore.errors import ConfigError, StoreError
+from featstore.lock import WriterLock
+from featstore.metrics import evaluate_predictions
+from featstore.packed import packed_segment_embeddings
+from featstore.pipelines.embed import LAYERS, embed
+from featstore.pipelines.ensemble import combine
+from featstore.pipelines.runner import StageReport, run_stage, select_clips
+from featstore.pipelines.stages import STAGES, config_for_array
+from featstore.registry import model_entry, register_model, registered_models
+from featstore.runs import load_run, save_run, utc_now
+from featstore.store import Store
+from featstore.system import System
+
+
+@dataclass
+class PredictReport:
+    """What a predict run did: clips predicted now, already predicted, failed (with reasons)."""
+
+    name: str
+    system: str
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "system": self.system, "done": self.done, "skipped": self.skipped, "failed": self.failed,
+                "failures": self.failures, "stages": self.stages, "seconds": round(self.seconds, 3)}
+
+
+def check_compatible(store: Store, system: System) -> None:
+    """Refuse a store whose grid, label map or existing input arrays differ from the system's."""
+    if store.segment_s != system.segment_s:
+        raise ConfigError(f"the system uses {system.segment_s} s segments, the store {store.segment_s} s")
+    if store.classes != system.classes:
+        raise ConfigError("the system's label map differs from the store's")
+    for path, spec in system.inputs.items():
+        wanted = STAGES[spec["stage"]].from_dict(spec["config"])
+        if store.has_array(path):
+            stored = config_for_array(store, path)
+            diffs = stored.differences(wanted)
+            if diffs:
+                listed = "; ".join(f"{k}: stored {a!r}, system {b!r}" for k, (a, b) in diffs.items())
+                raise ConfigError(f"{path} exists in the store with other parameters than the system's ({listed}); predict into another store, or re-extract it with the system's parameters")
+    registered = _registered(store)
+    for model, spec in system.backbones.items():
+        if model in registered and model_entry(store, model)["fingerprint"] != spec["fingerprint"]:
+            raise ConfigError(f"the store has another model named {model!r} than the system's (fingerprint {model_entry(store, model)['fingerprint'][:12]}, system {spec['fingerprint'][:12]}); predict into another store")
+
+
+def _upstream(store: Store, system: System, clip_ids: list[str], report: PredictReport, workers, scheduler, progress) -> None:
+    """Steps 1 and 2: extract the inputs and embed with every backbone, skipping what is done."""
+    import tempfile
+
+    def note(stage_report: StageReport) -> None:
+        report.stages.append(stage_report.to_json())
+
+    for path, spec in system.inputs.items():
+        config = STAGES[spec["stage"]].from_dict(spec["config"])
+        note(run_stage(store, config.build(store), clips=clip_ids, workers=workers, scheduler=scheduler, progress=progress))
+    for model, spec in system.backbones.items():
+        if model not in _registered(store):
+            with tempfile.TemporaryDirectory() as work:
+                path = f"{work}/{model}.keras"
+                with open(path, "wb") as f:
+                    f.write(system.files[spec["file"]])
+                register_model(store, model, path, input_array=spec["input"], config={"source": "system", "system": system.digest})
+        stage_report, _ = embed(store, model, layers=LAYERS, clips=clip_ids, workers=0 if workers is None else workers, scheduler=scheduler, progress=progress)
+        note(stage_report)
+
+
+def _registered(store: Store) -> set[str]:
+    return set(registered_models(store))
+
+
+def _segment_values(store: Store, path: str, rows: np.ndarray) -> np.ndarray:
+    """(clip, segment, dim) float32 of array ``path`` for store ``rows`` (all must be done)."""
+    values, done_rows = packed_segment_embeddings(store, path)
+    return values[np.searchsorted(done_rows, rows)]
+
+
+def _done_rows(store: Store, path: str) -> np.ndarray:
+    return packed_segment_embeddings(store, path)[1]
+
+
+def decision_inputs(decision: dict[str, Any]) -> list[str]:
+    """The arrays a decision reads (embeddings of a fusion head, predictions of backbones)."""
+    if decision["kind"] == "fusion":
+        return [f"embeddings/{m}/{decision['layer']}" for m in decision["models"]]
+    paths = []
+    for item in decision["inputs"]:
+        paths += [f"predictions/{item['model']}"] if item["kind"] == "backbone" else decision_inputs(item)
+    return paths
+
+
+def apply_decision(store: Store, system: System, decision: dict[str, Any], rows: np.ndarray) -> np.ndarray:
+    """Class probabilities of store ``rows``: (clip, segment, class) for a fusion head, (clip, 1,
+    class) for an ensemble, computed as ``fuse`` and ``ensemble`` compute them."""
+    if decision["kind"] == "fusion":
+        x = np.stack([_segment_values(store, p, rows) for p in decision_inputs(decision)], axis=2)  # (clip, seg, model, dim)
+        head = system.load_keras(decision["head"])
+        n_clips, n_seg, n_models, dim = x.shape
+        flat = x.reshape(-1, n_models, dim)
+        probs = np.concatenate([np.asarray(head(flat[s : s + 65536], training=False)) for s in range(0, len(flat), 65536)])
+        return probs.reshape(n_clips, n_seg, -1).astype(np.float32)
+    clip_probs = []
+    for item in decision["inputs"]:
+        if item["kind"] == "backbone":
+            probs = _segment_values(store, f"predictions/{item['model']}", rows)
+        else:
+            probs = apply_decision(store, system, item, rows)
+        clip_probs.append(probs.astype(np.float64).mean(axis=1))
+    return combine(np.stack(clip_probs), decision["rule"])[:, None, :].astype(np.float32)
+
+
+def _predictions_array(store: Store, system: System, path: str, per_clip_shape: tuple[int, ...]):
+    """The array predictions go to: the run's own (when predicting on the store it was trained in, or
+    re-running), or a new one; another system's is refused."""
+    if store.has_array(path):
+        prov = store.provenance(path)
+        ours = prov.fingerprint == system.decision.get("predictions_fingerprint") or prov.params.get("system") == system.digest
+        if not ours:
+            raise ConfigError(f"{path} exists and was made by another run or system; choose another --name")
+        array = store.array(path)
+        if tuple(array.shape[1:]) != per_clip_shape:
+            raise StoreError(f"{path}: shape {array.shape[1:]} differs from the system's {per_clip_shape}")
+        if array.shape[0] < store.n_clips:
+            array.resize((store.n_clips, *per_clip_shape))
+        return array
+    unit = "segment" if system.decision["kind"] == "fusion" else "clip"
+    return store.create_array(path, per_clip_shape=per_clip_shape, dtype="float32", dims=(unit, "class"), stage="predict",
+                              params={"system": system.digest, "frames_per_segment": 1 if unit == "segment" else per_clip_shape[0]})
+
+
+def predict(store: Store, system: System, *, name: str | None = None, clips: str | list[str] | None = None,
+            workers: int | None = None, scheduler: str | None = None, progress: bool | None = False) -> PredictReport:
+    """Apply ``system`` to the selected ``clips`` of ``store`` (see the module docstring).
+
+    ``name``: the predictions' name (default: the system's run name); ``workers`` / ``scheduler``:
+    as for every batch stage (extraction runs on dask; embedding defaults to in-process).
+    """
+    start = time.perf_counter()
+    check_compatible(store, system)
+    name = name or system.name
+    report = PredictReport(name=name, system=system.digest)
+    selected = np.array(sorted(select_clips(store, clips)), dtype=np.int64)
+    clip_ids = [str(c) for c in store.clips["clip_id"].to_numpy()[selected]]
+    path = f"predictions/{name}"
+    already = set(store.ledger(path).entries) if store.has_array(path) else set()
+    todo_ids = [c for c in clip_ids if c not in already]
+    report.skipped = len(clip_ids) - len(todo_ids)
+    if todo_ids:
+        _upstream(store, system, todo_ids, report, workers, scheduler, progress)
+        todo = selected[np.isin(clip_ids, todo_ids)]
+        ready = todo
+        for p in decision_inputs(system.decision):
+            ready = np.intersect1d(ready, _done_rows(store, p))
+        for row in np.setdiff1d(todo, ready):
+            clip_id = str(store.clips["clip_id"].iloc[row])
+            report.failures.append({"clip_id": clip_id, "error": _upstream_failure(store, clip_id)})
+        report.failed = len(todo) - len(ready)
+        if len(ready):
+            probs = apply_decision(store, system, system.decision, ready)
+            with WriterLock(store.side, [path], "predict"):
+                array = _predictions_array(store, system, path, tuple(probs.shape[1:]))
+                ledger = store.ledger(path)
+                for row, values in zip(ready, probs):
+                    array[int(row)] = values
+                    ledger.mark_done(str(store.clips["clip_id"].iloc[row]), system.digest, zlib.crc32(values.tobytes()))
+                ledger.flush(store.side)
+            report.done = len(ready)
+    report.seconds = time.perf_counter() - start
+    if report.done:
+        _record(store, system, report, selected)
+    return report
+
+
+def _upstream_failure(store: Store, clip_id: str) -> str:
+    failures = store.failures
+    mine = failures[failures["clip_id"] == clip_id]
+    if len(mine):
+        last = mine.iloc[-1]
+        return f"{last['stage']} failed: {last['error_type']}: {last['message']}"
+    return "its inputs are not all computed"
+
+
+def _record(store: Store, system: System, report: PredictReport, selected: np.ndarray) -> None:
+    """Save the run record: a new ``predict`` run, or a note on the fusion/ensemble run predicted for."""
+    path = f"predictions/{report.name}"
+    probs, rows = packed_segment_embeddings(store, path)
+    keep = np.isin(rows, selected)
+    labels = store.label_indices(store.clips["label"])[rows[keep]]
+    labelled = labels >= 0
+    metrics = evaluate_predictions(probs[keep][labelled], labels[labelled], store.classes) if labelled.any() else {}
+    entry = {"system": system.digest, "clips": int(keep.sum()), "predicted_now": report.done, "seconds": round(report.seconds, 3), "metrics": metrics, "created": utc_now()}
+    if store.provenance(path).stage == "predict":
+        save_run(store, {"name": report.name, "kind": "predict", "system_name": system.name, **entry, "split": "", "decision": system.decision["kind"]})
+    else:
+        record = load_run(store, report.name)
+        save_run(store, {**record, "last_predict": entry})
+
+
+def write_predict_submission(store: Store, name: str, clips: str | list[str] | None, path: str) -> int:
+    """Write the DCASE 2021 Task 1B submission file of ``predictions/NAME`` for the selected clips
+    (see :func:`featstore.pipelines.report.write_submission`); returns its row count."""
+    from featstore.pipelines.report import Source, write_submission
+
+    probs, rows = packed_segment_embeddings(store, f"predictions/{name}")
+    keep = np.isin(rows, select_clips(store, clips))
+    return write_submission(store, Source(name, "predict", probs[keep].astype(np.float64), rows[keep]), None, path)
+
+
+def segment_probabilities(store: Store, system: System, rows: np.ndarray) -> np.ndarray:
+    """(clip, segment, class) probabilities of store ``rows``: a fusion head's own segments, or the
+    ensemble rule applied to each segment of its inputs (for per-second display)."""
+    decision = system.decision
+    if decision["kind"] == "fusion":
+        return apply_decision(store, system, decision, rows)
+    per_input = [
+        _segment_values(store, f"predictions/{item['model']}", rows) if item["kind"] == "backbone" else apply_decision(store, system, item, rows)
+        for item in decision["inputs"]
+    ]
+    stacked = np.stack(per_input).astype(np.float64)  # (input, clip, segment, class)
+    n_in, n_clips, n_seg, n_classes = stacked.shape
+    return combine(stacked.reshape(n_in, -1, n_classes), decision["rule"]).reshape(n_clips, n_seg, n_classes)
+
+
+def predict_file(system: System, video_path: str) -> dict[str, Any]:
+    """Classify one video file (audio from its own audio track) in a temporary store.
+
+    The clip is cut to whole segments of the system's grid (at least one). Returns ``{"file",
+    "label", "probability", "classes", "clip": [class probabilities], "per_segment": [[...], ...]}``;
+    a file that cannot be decoded raises :class:`~featstore.errors.MediaError` naming it.
+    """
+    import os
+    import tempfile
+
+    import pandas as pd
+
+    from featstore.clips import normalise_clips
+    from featstore.errors import MediaError
+    from featstore.fingerprint import file_fingerprint
+    from featstore.media import probe_duration_s
+    from featstore.store import init_store
+
+    video_path = os.path.abspath(video_path)
+    if not os.path.isfile(video_path):
+        raise MediaError(f"{video_path}: no such file")
+    duration_s = probe_duration_s(video_path)
+    if not np.isfinite(duration_s) or duration_s < system.segment_s * 0.5:
+        raise MediaError(f"{video_path}: cannot read its duration, or shorter than one {system.segment_s} s segment")
+    n_segments = max(1, int(duration_s / system.segment_s + 1e-3))  # whole segments; a tail shorter than one is dropped
+    with tempfile.TemporaryDirectory() as work:
+        store = init_store(os.path.join(work, "file.zarr"), segment_s=system.segment_s, clip_duration_s=n_segments * system.segment_s, classes=system.classes)
+        store.set_dataset_root(os.path.dirname(video_path))
+        name, fingerprint = os.path.basename(video_path), file_fingerprint(video_path)
+        store.add_clips(normalise_clips(pd.DataFrame({
+            "clip_id": [os.path.splitext(name)[0]], "split": ["test"], "audio_path": [name], "video_path": [name],
+            "duration_s": [duration_s], "audio_fingerprint": [fingerprint], "video_fingerprint": [fingerprint],
+        })))
+        report = predict(store, system, workers=0)
+        if not report.ok:
+            raise MediaError(f"{video_path}: {report.failures[0]['error']}")
+        rows = np.array([0])
+        clip = packed_segment_embeddings(store, f"predictions/{report.name}")[0][0].astype(np.float64).mean(axis=0)
+        per_segment = segment_probabilities(store, system, rows)[0]
+    best = int(np.argmax(clip))
+    return {"file": video_path, "label": system.classes[best], "probability": float(clip[best]), "classes": system.classes,
+            "clip": clip.round(6).tolist(), "per_segment": per_segment.round(6).tolist()}

@@ -1,0 +1,252 @@
+"""From development to submission: export a system, apply it to a store of 1 s clips cut from the
+training clips, `--run` on appended clips, refusals, re-runs, the submission file, one video.
+
+Store A holds the demo clips (3 s, to keep the suite fast; the framing rule is per segment, so the
+clip length does not matter) with their audio resampled once to 32 kHz float wavs. Store B holds 1 s
+files cut from some of them: audio cut sample-exactly with soundfile, video re-encoded per second
+with PyAV (H.264, lossy).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+
+import av
+import keras
+import numpy as np
+import pytest
+import soundfile
+import soxr
+
+import featstore
+from featstore.demo import write_video
+from featstore.models import build_model
+from featstore.models.head import add_head
+from featstore.packed import packed_segment_embeddings
+from featstore.pipelines.embed import embed
+from featstore.pipelines.extract_audio import AudioConfig, extract_audio
+from featstore.pipelines.extract_frames import FramesConfig, extract_frames
+from featstore.pipelines.fuse import FuseConfig, fuse
+from featstore.pipelines.ingest import ingest
+from featstore.pipelines.predict import predict, predict_file
+from featstore.system import System
+from tests.conftest import CLIP_S, run_cli
+
+FRAMES = FramesConfig(size=32)
+CUT_CLIPS = (0, 1, 10, 11)  # rows of store A cut into 1 s files (train and evaluate clips)
+#: Visual predictions of a 1 s file re-encoded from the clip vs the clip's own: H.264 at crf 18 moves
+#: pixel values by a few levels, which moves a random-init backbone's softmax by well under this.
+VISUAL_ATOL = 0.02
+
+
+def _resample_to_32k(root: str) -> None:
+    for name in os.listdir(os.path.join(root, "audio")):
+        path = os.path.join(root, "audio", name)
+        samples, sr = soundfile.read(path, dtype="float32", always_2d=True)
+        soundfile.write(path, soxr.resample(samples, sr, 32_000, quality="HQ"), 32_000, subtype="FLOAT")
+
+
+def _decoded_frames(path: str) -> list[tuple[float, np.ndarray]]:
+    with av.open(path) as container:
+        return [(float(f.time), f.to_ndarray(format="rgb24")) for f in container.decode(video=0)]
+
+
+def _cut_one_second_files(store: featstore.Store, out: str, *, audio_from: str | None = None) -> str:
+    """1 s wav + mp4 files of every second of the CUT_CLIPS, and a CSV manifest; returns the CSV."""
+    os.makedirs(out, exist_ok=True)
+    rows = []
+    for i in CUT_CLIPS:
+        clip = store.clips.iloc[i]
+        audio_path = os.path.join(audio_from or store.dataset_root, clip.audio_path)
+        samples, sr = soundfile.read(audio_path, dtype="float32", always_2d=True)
+        frames = _decoded_frames(os.path.join(store.dataset_root, clip.video_path))
+        for k in range(int(CLIP_S)):
+            stem = f"{clip.clip_id}-s{k}"
+            soundfile.write(os.path.join(out, stem + ".wav"), samples[k * sr : (k + 1) * sr], sr, subtype="FLOAT")
+            second = [img for t, img in frames if k - 1e-6 <= t < k + 1 - 1e-6]
+            write_video(os.path.join(out, stem + ".mp4"), lambda j: second[j], n_frames=len(second), fps=30)
+            rows.append({"audio": stem + ".wav", "video": stem + ".mp4", "label": clip.label, "split": "test", "clip_id": stem})
+    manifest = os.path.join(out, "clips.csv")
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
+
+
+def _tiny_visual_model(path: str) -> None:
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, add_head(x, units=12)).save(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_root):
+    """Store A with two backbones and audio-only, visual-only and audio-visual f4 runs, exported."""
+    work = tmp_path_factory.mktemp("predict")
+    root = str(work / "data-32k")
+    shutil.copytree(demo_root, root)
+    _resample_to_32k(root)
+    store = featstore.init_store(str(work / "a.zarr"), clip_duration_s=CLIP_S)
+    ingest(store, root)
+    assert extract_audio(store, AudioConfig(features=("mel",)), workers=0).done == 20
+    assert extract_frames(store, FRAMES, workers=0).done == 20
+    keras.utils.set_random_seed(0)
+    build_model("aud-mel", input_shape=(128, 72, 6), widths=(4, 8), head_units=16).save(str(work / "aud.keras"))
+    _tiny_visual_model(str(work / "vis.keras"))
+    assert embed(store, "aud-mel", model_file_path=str(work / "aud.keras"))[0].done == 20
+    assert embed(store, "tiny-vis", model_file_path=str(work / "vis.keras"), input_array="frames/rgb")[0].done == 20
+    fuse(store, FuseConfig(method="f4", modalities=("audio",), epochs=2))
+    fuse(store, FuseConfig(method="f4", modalities=("visual",), epochs=2))
+    fuse(store, FuseConfig(method="f4", epochs=2))
+    systems = {}
+    for run in ("fuse-f4-audio", "fuse-f4-visual", "fuse-f4-av"):
+        systems[run] = System.from_run(store, run).export(str(work / "systems" / run))
+    return store, systems, work
+
+
+@pytest.fixture(scope="module")
+def cut_store(trained):
+    store, systems, work = trained
+    manifest = _cut_one_second_files(store, str(work / "cut"))
+    cut = featstore.init_store(str(work / "b.zarr"), clip_duration_s=1.0)
+    ingest(cut, manifest, fmt="csv")
+    for run in ("fuse-f4-audio", "fuse-f4-av"):
+        report = predict(cut, System.load(systems[run]), workers=0)
+        assert report.ok and report.done == len(CUT_CLIPS) * int(CLIP_S), report.to_json()
+    return cut
+
+
+def _pairs(store: featstore.Store, cut: featstore.Store):
+    """(row in A, second, row in B) for every cut file."""
+    for b_row, clip_id in enumerate(cut.clips.clip_id):
+        source, second = clip_id.rsplit("-s", 1)
+        yield store.clip_index(source), int(second), b_row
+
+
+def test_one_second_files_give_the_clips_segment_predictions(trained, cut_store):
+    store, _, _ = trained
+    a = {p: packed_segment_embeddings(store, f"predictions/{p}") for p in ("aud-mel", "fuse-f4-audio", "tiny-vis", "fuse-f4-av")}
+    b = {p: packed_segment_embeddings(cut_store, f"predictions/{p}") for p in a}
+    visual_diffs = []
+    for a_row, k, b_row in _pairs(store, cut_store):
+        for name, exact in (("aud-mel", True), ("fuse-f4-audio", True), ("tiny-vis", False), ("fuse-f4-av", False)):
+            va = a[name][0][np.searchsorted(a[name][1], a_row), k]
+            vb = b[name][0][np.searchsorted(b[name][1], b_row), 0]
+            if exact:  # the same samples, framed the same way: the same numbers
+                np.testing.assert_allclose(vb, va, atol=1e-5, err_msg=f"{name} segment {k} of row {a_row}")
+            else:
+                visual_diffs.append(float(np.abs(vb - va).max()))
+    assert max(visual_diffs) < VISUAL_ATOL, f"visual predictions differ by up to {max(visual_diffs):.4f}"
+
+
+def test_source_rate_cuts_are_close_not_equal(trained, demo_root, tmp_path):
+    """Cut at 48 kHz (as the challenge ships its clips), each 1 s file is resampled on its own: the
+    resampler's filter sees zeros past the file's edges where the clip had audio, so the first and
+    last milliseconds differ and the audio predictions are close, not equal."""
+    store, systems, _ = trained
+    cut = featstore.init_store(str(tmp_path / "b48.zarr"), clip_duration_s=1.0)
+    ingest(cut, _cut_one_second_files(store, str(tmp_path / "cut48"), audio_from=demo_root), fmt="csv")
+    assert predict(cut, System.load(systems["fuse-f4-audio"]), workers=0).ok
+    a, b = (packed_segment_embeddings(s, "predictions/aud-mel") for s in (store, cut))
+    diffs = [float(np.abs(b[0][np.searchsorted(b[1], br), 0] - a[0][np.searchsorted(a[1], ar), k]).max()) for ar, k, br in _pairs(store, cut)]
+    assert 0 < max(diffs) < 0.02, diffs
+
+
+def test_rerun_is_a_noop_and_the_submission_file(trained, cut_store, tmp_path):
+    _, systems, _ = trained
+    again = predict(cut_store, System.load(systems["fuse-f4-av"]), workers=0)
+    assert again.done == 0 and again.skipped == cut_store.n_clips and again.stages == []
+    path = str(tmp_path / "submission.tsv")
+    proc = run_cli("predict", cut_store.url, "--system", systems["fuse-f4-av"], "--submission", path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1])["done"] == 0
+    with open(path) as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["filename_audio", "scene_label", *featstore.CLASSES]
+    assert len(rows) == 1 + cut_store.n_clips
+    probs = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    assert [r[1] for r in rows[1:]] == [featstore.CLASSES[i] for i in probs.argmax(axis=1)]
+    record = json.loads(cut_store.side.read("runs/fuse-f4-av.json"))
+    assert record["kind"] == "predict" and record["clips"] == cut_store.n_clips and "clip" in record["metrics"]
+
+
+def test_system_with_other_parameters_than_the_store_is_refused(trained, tmp_path):
+    store, systems, _ = trained
+    other = featstore.init_store(str(tmp_path / "o.zarr"), clip_duration_s=CLIP_S)
+    ingest(other, store.dataset_root)
+    extract_audio(other, AudioConfig(features=("mel",), n_bins=64), workers=0, clips=[other.clips.clip_id[0]])
+    with pytest.raises(featstore.ConfigError, match=r"audio/mel exists .*n_bins: stored 64, system 128"):
+        predict(other, System.load(systems["fuse-f4-audio"]), workers=0)
+    proc = run_cli("predict", other.url, "--system", systems["fuse-f4-audio"])
+    assert proc.returncode == 1 and "n_bins: stored 64, system 128" in proc.stderr
+
+
+def test_tampered_system_file_is_refused(trained, tmp_path):
+    _, systems, _ = trained
+    copy = shutil.copytree(systems["fuse-f4-av"], str(tmp_path / "sys"))
+    head = os.path.join(copy, "heads", "fuse-f4-av.keras")
+    raw = bytearray(open(head, "rb").read())
+    raw[len(raw) // 2] ^= 0x01
+    open(head, "wb").write(bytes(raw))
+    with pytest.raises(featstore.ConfigError, match="heads/fuse-f4-av.keras: checksum differs"):
+        System.load(copy)
+
+
+def test_run_on_appended_clips_equals_the_head_in_memory(trained, tmp_path):
+    store, _, work = trained
+    # two more clips: copies of existing files under new names, appended with a CSV
+    extra = []
+    for i in (2, 12):
+        clip = store.clips.iloc[i]
+        for col in ("audio_path", "video_path"):
+            src = os.path.join(store.dataset_root, clip[col])
+            shutil.copy(src, src.replace(clip.clip_id, clip.clip_id + "-again"))
+        extra.append({"audio": clip.audio_path.replace(clip.clip_id, clip.clip_id + "-again"), "video": clip.video_path.replace(clip.clip_id, clip.clip_id + "-again"), "label": clip.label, "split": "test", "clip_id": clip.clip_id + "-again"})
+    manifest = os.path.join(store.dataset_root, "extra.csv")
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(extra[0]))
+        writer.writeheader()
+        writer.writerows(extra)
+    ingest(store, manifest, fmt="csv")
+    proc = run_cli("predict", store.url, "--run", "fuse-f4-av", "--workers", "0", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["done"] == 2
+    probs, rows = packed_segment_embeddings(store, "predictions/fuse-f4-av")
+    head = keras.saving.load_model(store.side.path("runs/fuse-f4-av.keras"), safe_mode=True)
+    models = json.loads(store.side.read("runs/fuse-f4-av.json"))["models"]
+    for clip_id in (c["clip_id"] for c in extra):
+        row = store.clip_index(clip_id)
+        x = np.stack([packed_segment_embeddings(store, f"embeddings/{m}/fc10")[0][np.searchsorted(packed_segment_embeddings(store, f"embeddings/{m}/fc10")[1], row)] for m in models], axis=1)
+        np.testing.assert_allclose(probs[np.searchsorted(rows, row)], np.asarray(head(x, training=False)), atol=1e-5)
+        # the copy of a clip gets that clip's predictions
+        original = store.clip_index(clip_id.removesuffix("-again"))
+        np.testing.assert_allclose(probs[np.searchsorted(rows, row)], probs[np.searchsorted(rows, original)], atol=1e-5)
+    assert run_cli("predict", store.url, "--run", "fuse-f4-av", "--workers", "0").returncode == 0
+
+
+def test_one_video_file(trained):
+    """`predict --file`: a visual-only system on one of the store's own videos gives that clip's
+    predictions, per second and for the whole clip."""
+    store, systems, _ = trained
+    row = 5
+    video = os.path.join(store.dataset_root, store.clips.video_path[row])
+    proc = run_cli("predict", "--system", systems["fuse-f4-visual"], "--file", video, "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    probs, rows = packed_segment_embeddings(store, "predictions/fuse-f4-visual")
+    expected = probs[np.searchsorted(rows, row)]
+    np.testing.assert_allclose(result["per_segment"], expected, atol=1e-5)
+    np.testing.assert_allclose(result["clip"], expected.mean(axis=0), atol=1e-5)
+    assert result["label"] == featstore.CLASSES[int(np.argmax(result["clip"]))]
+    text = run_cli("predict", "--system", systems["fuse-f4-visual"], "--file", video).stdout
+    assert text.splitlines()[0].endswith(f"{result['label']} ({result['probability']:.3f})") and len(text.splitlines()) == 2 + int(CLIP_S) + 1
+    with pytest.raises(featstore.MediaError):  # the demo videos have no audio track
+        predict_file(System.load(systems["fuse-f4-audio"]), video)
