@@ -11,6 +11,7 @@ featstore does not import TensorFlow (nor librosa or dask: those load where a st
 from featstore.constants import CLASSES, META_CLASSES
 from featstore.errors import ClipConflict, ConfigError, FeatstoreError, IngestError, LockHeld, MediaError, NotFoundError, ParamsMismatch, StoreError
 from featstore.store import Store, init_store, open_store
+from featstore.system import System
 
 __version__ = "0.1.0"
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "ParamsMismatch",
     "Store",
     "StoreError",
+    "System",
     "init_store",
     "open_store",
 ]
