@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from featstore.constants import META_CLASSES
+
 EPS = 1e-15
 
 
@@ -67,3 +69,18 @@ def evaluate_predictions(unit_probs: np.ndarray, labels: np.ndarray, classes: li
         "segment": classification_metrics(unit_probs.reshape(-1, n_classes), np.repeat(labels, n_units), classes),
         "clip": classification_metrics(unit_probs.mean(axis=1), labels, classes),
     }
+
+
+def accuracy_over_time(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(unit,) accuracy of deciding each clip from its first k units, k = 1..unit."""
+    cumulative = np.cumsum(probs, axis=1)  # the mean's argmax equals the sum's
+    return (cumulative.argmax(axis=2) == labels[:, None]).mean(axis=0)
+
+
+def meta_class_accuracy(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """Accuracy of the meta-class (indoor / outdoor / transportation) of the clip-level decision."""
+    meta_of = np.array([next(m for m, members in META_CLASSES.items() if c in members) for c in classes])
+    true_meta, predicted_meta = meta_of[labels], meta_of[probs.mean(axis=1).argmax(axis=1)]
+    out = {m: float((predicted_meta[true_meta == m] == m).mean()) for m in META_CLASSES if (true_meta == m).any()}
+    out["overall"] = float((predicted_meta == true_meta).mean())
+    return out

@@ -19,7 +19,6 @@ its segments'), so every source is measured the same way:
 
 from __future__ import annotations
 
-import html
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +26,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from featstore.constants import META_CLASSES
-from featstore.metrics import classification_metrics
+from featstore.figures import plot_confusion, plot_over_time
+from featstore.metrics import accuracy_over_time, classification_metrics, meta_class_accuracy
 from featstore.packed import packed_segment_embeddings
-from featstore.runs import class_table, load_runs, markdown_table
+from featstore.report_pages import render_html, render_markdown
+from featstore.runs import class_table, load_runs
 from featstore.store import Store
 
 
@@ -73,66 +73,6 @@ def source_metrics(store: Store, source: Source, split: str) -> dict[str, Any]:
     if n_units > 1:
         out["segment"] = classification_metrics(probs.reshape(-1, probs.shape[2]), np.repeat(labels, n_units), store.classes)
     return out
-
-
-def accuracy_over_time(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """(unit,) accuracy of deciding each clip from its first k units, k = 1..unit."""
-    cumulative = np.cumsum(probs, axis=1)  # the mean's argmax equals the sum's
-    return (cumulative.argmax(axis=2) == labels[:, None]).mean(axis=0)
-
-
-def meta_class_accuracy(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
-    """Accuracy of the meta-class (indoor / outdoor / transportation) of the clip-level decision."""
-    meta_of = np.array([next(m for m, members in META_CLASSES.items() if c in members) for c in classes])
-    true_meta, predicted_meta = meta_of[labels], meta_of[probs.mean(axis=1).argmax(axis=1)]
-    out = {m: float((predicted_meta[true_meta == m] == m).mean()) for m in META_CLASSES if (true_meta == m).any()}
-    out["overall"] = float((predicted_meta == true_meta).mean())
-    return out
-
-
-def plot_confusion(confusion: np.ndarray, classes: list[str], title: str, path: str) -> None:
-    """Row-normalised confusion matrix (percent of each true class), class names on both axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = np.asarray(confusion, dtype=np.float64)
-    percent = 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    image = ax.imshow(percent, cmap="Blues", vmin=0, vmax=100)
-    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(classes)), classes, fontsize=8)
-    for (i, j), v in np.ndenumerate(percent):
-        if counts[i].sum():
-            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v > 50 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, label="% of true class")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_over_time(curves: dict[str, np.ndarray], segment_s: float, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    if len(curves) > 10:  # the default cycle has 10 colours
-        ax.set_prop_cycle(color=plt.cm.tab20(np.linspace(0, 1, 20)))
-    for name, acc in curves.items():
-        ax.plot(segment_s * np.arange(1, len(acc) + 1), 100 * acc, marker="o", markersize=3, label=name)
-    ax.set_xlabel("seconds of the clip seen")
-    ax.set_ylabel("clip accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_submission(store: Store, source: Source, split: str | None, path: str) -> int:
@@ -189,14 +129,15 @@ def build_report(store: Store, out_dir: str, *, split: str = "evaluate", submiss
     sections = _sections(store, split, submission_split, runs_table, per_class, pd.DataFrame(meta), curves, pictures, submissions)
     paths = {"html": os.path.join(out_dir, "report.html"), "markdown": os.path.join(out_dir, "report.md")}
     with open(paths["markdown"], "w") as f:
-        f.write(_markdown(sections))
+        f.write(render_markdown(sections))
     with open(paths["html"], "w") as f:
-        f.write(_html(sections))
+        f.write(render_html(sections))
     return paths
 
 
 def _sections(store, split, submission_split, runs_table, per_class, meta, curves, pictures, submissions) -> list[tuple[str, str, Any]]:
-    """(title, kind, content) blocks shared by the Markdown and HTML writers."""
+    """(title, kind, content) blocks for :mod:`featstore.report_pages` (kind: text, table, table-raw,
+    image, links)."""
     sections: list[tuple[str, str, Any]] = [("featstore report", "text", f"Store {store.url}: {store.n_clips} clips; metrics on the {split!r} split, clip level unless named.")]
     if runs_table.empty:
         sections.append(("Runs", "text", f"No predictions with labelled {split!r} clips in this store."))
@@ -216,41 +157,3 @@ def _sections(store, split, submission_split, runs_table, per_class, meta, curve
     else:
         sections.append((title, "text", f"No {submission_split!r} clips in the store, so no submission (--submission-split evaluate writes the development fold's)."))
     return sections
-
-
-def _raw_markdown(frame: pd.DataFrame) -> str:
-    return markdown_table(frame.map(lambda v: round(float(v), 4) if isinstance(v, float | np.floating) else v), percent=False)
-
-
-def _markdown(sections) -> str:
-    parts = []
-    for i, (title, kind, content) in enumerate(sections):
-        parts.append(f"{'#' if i == 0 else '##'} {title}\n")
-        if kind == "text":
-            parts.append(content + "\n")
-        elif kind == "table":
-            parts.append(markdown_table(content) + "\n")
-        elif kind == "table-raw":
-            parts.append(_raw_markdown(content) + "\n")
-        elif kind == "links":
-            parts.append("\n".join(f"- [{name}]({path})" for name, path in content.items()) + "\n")
-        else:
-            parts.append(f"![{title}]({content})\n")
-    return "\n".join(parts)
-
-
-def _html(sections) -> str:
-    body = []
-    for i, (title, kind, content) in enumerate(sections):
-        body.append(f"<h{1 if i == 0 else 2}>{html.escape(title)}</h{1 if i == 0 else 2}>")
-        if kind == "text":
-            body.append(f"<p>{html.escape(content)}</p>")
-        elif kind in ("table", "table-raw"):
-            frame = (100 * content).round(1) if kind == "table" else content.round(4)
-            body.append(frame.to_html(na_rep="", border=0))
-        elif kind == "links":
-            body.append("<ul>" + "".join(f'<li><a href="{html.escape(p)}">{html.escape(n)}</a></li>' for n, p in content.items()) + "</ul>")
-        else:
-            body.append(f'<img src="{html.escape(content)}" alt="{html.escape(title)}">')
-    style = "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}td,th{padding:2px 8px;text-align:right}img{max-width:100%}"
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>featstore report</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"

@@ -11,7 +11,8 @@ from sklearn.metrics import accuracy_score
 
 import featstore
 from featstore.constants import META_CLASSES
-from featstore.pipelines.report import accuracy_over_time, build_report, meta_class_accuracy
+from featstore.metrics import accuracy_over_time, meta_class_accuracy
+from featstore.pipelines.report import build_report
 from tests.conftest import run_cli
 
 
