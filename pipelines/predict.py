@@ -213,11 +213,14 @@ def predict(store: Store, system: System, *, name: str | None = None, clips: str
 
 
 def _upstream_failure(store: Store, clip_id: str) -> str:
+    """Why a clip has no predictions: its first recorded failure in pipeline order (extraction
+    before embedding), the root cause."""
     failures = store.failures
     mine = failures[failures["clip_id"] == clip_id]
     if len(mine):
-        last = mine.iloc[-1]
-        return f"{last['stage']} failed: {last['error_type']}: {last['message']}"
+        order = {stage: i for i, stage in enumerate(("ingest", *STAGES))}
+        first = min(mine.itertuples(index=False), key=lambda f: order.get(f.stage, len(order)))
+        return f"{first.stage} failed: {first.error_type}: {first.message}"
     return "its inputs are not all computed"
 
 

@@ -250,3 +250,31 @@ def test_one_video_file(trained):
     assert text.splitlines()[0].endswith(f"{result['label']} ({result['probability']:.3f})") and len(text.splitlines()) == 2 + int(CLIP_S) + 1
     with pytest.raises(featstore.MediaError):  # the demo videos have no audio track
         predict_file(System.load(systems["fuse-f4-audio"]), video)
+
+
+def test_a_bad_clip_is_a_named_failure_and_the_others_are_predicted(trained, cut_store, tmp_path):
+    _, systems, work = trained
+    data = tmp_path / "mixed"
+    data.mkdir()
+    rows = []
+    for clip_id in list(cut_store.clips.clip_id[:2]):
+        for ext in (".wav", ".mp4"):
+            shutil.copy(work / "cut" / (clip_id + ext), data / (clip_id + ext))
+        rows.append({"audio": clip_id + ".wav", "video": clip_id + ".mp4", "label": "", "split": "test", "clip_id": clip_id})
+    (data / "broken.wav").write_bytes(os.urandom(3000))
+    (data / "broken.mp4").write_bytes(os.urandom(3000))
+    rows.append({"audio": "broken.wav", "video": "broken.mp4", "label": "", "split": "test", "clip_id": "broken"})
+    with open(data / "clips.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    store = featstore.init_store(str(tmp_path / "m.zarr"), clip_duration_s=1.0)
+    ingest(store, str(data / "clips.csv"), fmt="csv")
+    proc = run_cli("predict", store.url, "--system", systems["fuse-f4-av"], "--workers", "0", "--json")
+    assert proc.returncode == 3, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["done"] == 2 and summary["failed"] == 1
+    assert [f["clip_id"] for f in summary["failures"]] == ["broken"] and "extract-" in summary["failures"][0]["error"]
+    assert "clip broken failed" in proc.stderr
+    probs, rows_done = packed_segment_embeddings(store, "predictions/fuse-f4-av")
+    assert list(rows_done) == [0, 1]
