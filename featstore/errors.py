@@ -56,3 +56,15 @@ class MediaError(FeatstoreError, ValueError):
 
 class ConfigError(FeatstoreError, ValueError):
     """A stage, model or run was asked for with invalid options (an unknown name, a bad value)."""
+
+
+class UnsafePath(FeatstoreError, ValueError):
+    """A media path that is not inside the store's dataset root (absolute elsewhere, ``..``, a symlink out)."""
+
+
+class DamagedFile(StoreError):
+    """A file of the store (a side file or a Zarr ``zarr.json``) cannot be parsed; the message names it."""
+
+
+class FeatstoreWarning(UserWarning):
+    """Something the user should know that does not stop the run (e.g. a stale lock taken over)."""
