@@ -19,7 +19,7 @@ from featstore.info import format_info, store_info
 # TensorFlow's C++ info logs (oneDNN notices...) drown the CLI's output; a user's setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, config_options, open_store  # noqa: E402
+from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, config_options, install_warning_format, open_store, single_name_option  # noqa: E402
 from featstore.cli.phase2 import ensemble, fuse, report  # noqa: E402
 from featstore.cli.system import export_system, predict_cmd  # noqa: E402
 from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
@@ -41,6 +41,7 @@ def main() -> None:
       featstore extract-audio store.zarr --features mel,gam,cqt
       featstore info store.zarr
     """
+    install_warning_format()
 
 
 @main.command()
@@ -253,7 +254,7 @@ def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_u
 
 @main.command("embed")
 @click.argument("store")
-@click.option("--model", "model", required=True, help="Registered model name (aud-mel, aud-gam, aud-cqt, vis-inc, vis-conv, or your own).")
+@click.option("--model", "model", required=True, callback=single_name_option, help="Registered model name (aud-mel, aud-gam, aud-cqt, vis-inc, vis-conv, or your own).")
 @click.option("--model-file", default=None, help="Register this .keras file under --model first (layers fc1024, fc10, softmax).")
 @click.option("--input", "input_array", default=None, help="Input array of a --model-file (default: by model name, e.g. audio/mel).")
 @click.option("--layer", type=click.Choice([*LAYERS, "all"]), default="all", show_default=True)

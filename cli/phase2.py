@@ -6,7 +6,7 @@ import json
 
 import click
 
-from featstore.cli.common import open_store
+from featstore.cli.common import open_store, single_name_option
 from featstore.pipelines.ensemble import RULES
 
 
@@ -41,7 +41,7 @@ def _summary(record: dict) -> str:
 @click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of train clips held out, by location.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--split", default="evaluate", show_default=True, help="Split the metrics are computed on.")
-@click.option("--name", default=None, help="Run name (default fuse-METHOD-av|audio|visual; with --method all, NAME-f1 ... NAME-f6).")
+@click.option("--name", default=None, callback=single_name_option, help="Run name (default fuse-METHOD-av|audio|visual; with --method all, NAME-f1 ... NAME-f6).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record(s).")
 def fuse(store, method, modalities, models, epochs, batch_size, lr, mixup_alpha, joint_mixup, l2, val_fraction, seed, split, name, as_json):
     """Phase II: train a Fusion Layer and FC(10)-Softmax on cached embeddings, evaluate, save the run.
@@ -82,7 +82,7 @@ def fuse(store, method, modalities, models, epochs, batch_size, lr, mixup_alpha,
 @click.argument("store")
 @click.option("--rule", type=click.Choice(list(RULES)), required=True)
 @click.option("--inputs", required=True, help="Comma-separated models or runs with stored predictions.")
-@click.option("--name", default=None, help="Run name (default: ensemble-RULE-A+B...).")
+@click.option("--name", default=None, callback=single_name_option, help="Run name (default: ensemble-RULE-A+B...).")
 @click.option("--split", default="evaluate", show_default=True, help="Split the metrics are computed on.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record.")
 def ensemble(store, rule, inputs, name, split, as_json):

@@ -9,22 +9,29 @@ label                 scene label ("" when unknown, e.g. test clips)
 split                 "train", "evaluate", "test" or "" (in no fold file)
 fold                  fold number of the evaluation setup (0 when not from a fold file)
 identifier            recording location, the unit of the official split
-audio_path            audio file, relative to the store's dataset root ("" when none)
+audio_path            audio file, relative to the store's dataset root ("" when none), inside it
 video_path            video file, relative to the dataset root ("" when none)
 duration_s            duration of the source in seconds (NaN when it could not be read)
 audio_fingerprint     content fingerprint of the audio file ("" when missing)
 video_fingerprint     content fingerprint of the video file ("" when missing)
 ====================  ==============================================================================
+
+Every media path, however it enters the store (ingest, a CSV manifest, ``import-h5``, appended
+clips, a re-pointed dataset root) and again whenever a stage opens it, goes through
+:func:`resolve_source`: symlinks are resolved, then the file must lie inside the dataset root, so a
+crafted table cannot make a stage read ``/etc/passwd`` nor a symlink swapped in later lead out.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pandas as pd
 
-from featstore.errors import ClipConflict
+from featstore import names
+from featstore.errors import ClipConflict, UnsafePath
 
 CLIP_COLUMNS: dict[str, str] = {
     "clip_id": "string",
@@ -61,6 +68,51 @@ def normalise_clips(df: pd.DataFrame) -> pd.DataFrame:
             values = [0] * len(df)
         out[col] = pd.Series(values, dtype=dtype).fillna("" if dtype == "string" else np.nan)
     return out
+
+
+def resolve_source(root: str | None, path: str, where: str) -> str:
+    """The real absolute path of media ``path`` (relative to ``root``, or absolute inside it).
+
+    Symlinks are resolved first, then the result must lie inside the real ``root``; otherwise
+    :class:`UnsafePath` names ``where`` (a file and line, or a clip) and the path. With no root yet
+    (a store that was never ingested), only a relative path that does not climb with ``..`` passes,
+    returned normalised and still relative.
+    """
+    if root is None:
+        normal = os.path.normpath(path)
+        if os.path.isabs(path) or normal == ".." or normal.startswith(".." + os.sep):
+            raise UnsafePath(f"{where}: path {path!r} is absolute or climbs out with '..' and the store has no dataset root yet")
+        return normal
+    real_root = os.path.realpath(root)
+    full = os.path.realpath(os.path.join(real_root, path))
+    if os.path.commonpath([full, real_root]) != real_root:
+        via = "" if full == os.path.normpath(os.path.join(real_root, path)) else f" (it leads to {full})"
+        raise UnsafePath(f"{where}: path {path!r} escapes the dataset root {real_root}{via}")
+    return full
+
+
+def relative_source(root: str | None, path: str, where: str) -> str:
+    """``path`` as the clips table stores it: relative to the real ``root`` ("" stays ""); see :func:`resolve_source`."""
+    if not path:
+        return ""
+    full = resolve_source(root, path, where)
+    return full if root is None else os.path.relpath(full, os.path.realpath(root))
+
+
+def checked_clips(table: pd.DataFrame, root: str | None) -> pd.DataFrame:
+    """``table`` normalised, with valid clip ids and media paths made relative to ``root``.
+
+    Raises :class:`~featstore.errors.ConfigError` for a bad clip id and :class:`UnsafePath` for a
+    path outside the root, naming the clip.
+    """
+    table = normalise_clips(table)
+    for clip_id in table["clip_id"]:
+        names.clip_id(clip_id, "clips table")
+    for col in ("audio_path", "video_path"):
+        table[col] = pd.Series(
+            [relative_source(root, p, f"clip {cid!r} {col}") for cid, p in zip(table["clip_id"], table[col])], dtype="string"
+        )
+    return table
 
 
 def merge_clips(existing: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, int]:

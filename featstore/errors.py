@@ -63,3 +63,15 @@ class NotFoundError(FeatstoreError, KeyError):
 
     def __str__(self) -> str:  # KeyError's str() would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class UnsafePath(FeatstoreError, ValueError):
+    """A media path that is not inside the store's dataset root (absolute elsewhere, ``..``, a symlink out)."""
+
+
+class DamagedFile(StoreError):
+    """A file of the store (a side file or a Zarr ``zarr.json``) cannot be parsed; the message names it."""
+
+
+class FeatstoreWarning(UserWarning):
+    """Something the user should know that does not stop the run (e.g. a stale lock taken over)."""

@@ -13,6 +13,10 @@ so memory stays at one clip. Importing registers each dataset as an array made b
 ``import-h5`` stage: its provenance is marked external and keeps the original one, and the clips
 listed as done are marked done. This is how features made by other tools enter a store: write the
 same layout. No pickle is involved: attributes are JSON text, tables plain typed columns.
+
+An imported file is untrusted input: its clips' media paths must lie inside the store's dataset
+root and its clip ids and dataset names must be valid (:mod:`featstore.names`), all checked before
+anything is written, so a refused file leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from featstore.clips import CLIP_COLUMNS
+from featstore import names
+from featstore.clips import CLIP_COLUMNS, checked_clips
+from featstore.errors import ConfigError, IngestError, UnsafePath
 from featstore.store import Store
 
 IMPORT_STAGE = "import-h5"
@@ -72,12 +78,20 @@ def import_h5(store: Store, path: str) -> list[str]:
 
     imported = []
     with h5py.File(path, "r") as f:
+        if not isinstance(f.get("clips"), h5py.Group):
+            raise IngestError(f"{path}: no /clips group (the clips table)")
         table = pd.DataFrame({col: [v.decode() if isinstance(v, bytes) else v for v in f["clips"][col][()]] for col in f["clips"]})
+        datasets: list[str] = []
+        f.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) and not name.startswith("clips/") else None)
+        try:  # everything checked before the store changes
+            checked_clips(table, store.dataset_root)
+            for name in datasets:
+                names.array_path(name, f"{path}: dataset")
+        except (ConfigError, UnsafePath) as exc:
+            raise IngestError(f"{path}: {exc}") from None
         store.add_clips(table)
         row_of = {cid: i for i, cid in enumerate(store.clips["clip_id"])}
-        names: list[str] = []
-        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) and not name.startswith("clips/") else None)
-        for name in names:
+        for name in datasets:
             ds = f[name]
             original = json.loads(ds.attrs.get("featstore", "{}"))
             done = json.loads(ds.attrs.get("featstore_done", "null"))

@@ -12,7 +12,9 @@ Two formats:
 * ``csv``: a generic comma-separated file with ``audio``, ``video`` (either may be empty), ``label``,
   ``split`` and optional ``clip_id`` columns; paths are relative to the CSV's folder.
 
-Bad metadata raises :class:`IngestError` naming the file and line (header = line 1). Rows whose media
+Bad metadata raises :class:`IngestError` naming the file and line (header = line 1): a missing
+column, a file with no rows, a field over csv's 128 KiB limit, a bad clip_id (see :mod:`featstore.names`), a media
+path that is not inside the dataset root (an absolute path inside it is fine). Rows whose media
 files are missing are ingested all the same and listed in :attr:`IngestReport.missing`, which the
 caller records as failures.
 """
@@ -27,7 +29,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from featstore.errors import IngestError
+from featstore import names
+from featstore.clips import relative_source
+from featstore.errors import ConfigError, IngestError, UnsafePath
 from featstore.fingerprint import file_fingerprint
 from featstore.media import probe_duration_s
 
@@ -41,19 +45,28 @@ class IngestReport:
     missing: list[tuple[str, str]] = field(default_factory=list)  # (clip_id, message)
 
 
-def _read_table(path: str, sep: str) -> list[dict[str, str]]:
-    """Rows of a delimited file as dicts with ``__line__`` (1-based file line) added."""
+def _read_table(path: str, sep: str, *, need_rows: bool = True) -> list[dict[str, str]]:
+    """Rows of a delimited file as dicts with ``__line__`` (1-based file line) added.
+
+    ``need_rows``: a file with a header and no rows is an error (a fold file may be empty).
+    """
     with open(path, newline="", encoding="utf-8-sig") as f:
         text = f.read().replace("\r\n", "\n").replace("\r", "\n")
     reader = csv.DictReader(io.StringIO(text), delimiter=sep)
-    if reader.fieldnames is None:
-        raise IngestError(f"{path}: line 1: empty file, expected a header")
-    reader.fieldnames = [name.strip() for name in reader.fieldnames]
     rows = []
-    for i, row in enumerate(reader):
-        if None in row:
-            raise IngestError(f"{path}: line {i + 2}: more fields than the header has")
-        rows.append({**{k: (v or "").strip() for k, v in row.items()}, "__line__": str(i + 2)})
+    try:
+        if reader.fieldnames is None:
+            raise IngestError(f"{path}: line 1: empty file, expected a header")
+        reader.fieldnames = [name.strip() for name in reader.fieldnames]
+        for row in reader:
+            line = reader.line_num
+            if None in row:
+                raise IngestError(f"{path}: line {line}: more fields than the header has")
+            rows.append({**{k: (v or "").strip() for k, v in row.items()}, "__line__": str(line)})
+    except csv.Error as exc:  # e.g. a field over csv's own limit; line_num counts the lines read before
+        raise IngestError(f"{path}: line {reader.line_num + 1}: {exc}") from None
+    if need_rows and not rows:
+        raise IngestError(f"{path}: line 2: no rows after the header")
     return rows
 
 
@@ -69,15 +82,19 @@ def _header(path: str, sep: str) -> list[str]:
     return [c.strip() for c in first.split(sep)]
 
 
-def _inside_root(root: str, relative: str, where: str) -> str:
-    """``relative`` normalised; IngestError when it is absolute or escapes ``root``."""
-    if not relative:
-        return ""
-    full = os.path.realpath(os.path.join(root, relative))
-    real_root = os.path.realpath(root)
-    if os.path.isabs(relative) or os.path.commonpath([full, real_root]) != real_root:
-        raise IngestError(f"{where}: path {relative!r} escapes the dataset root {root}")
-    return os.path.relpath(full, real_root)
+def _inside_root(root: str, path: str, where: str) -> str:
+    """``path`` relative to ``root``, symlinks resolved; IngestError when it is not inside ``root``."""
+    try:
+        return relative_source(root, path, where)
+    except UnsafePath as exc:
+        raise IngestError(str(exc)) from None
+
+
+def _clip_id(value: str, where: str) -> str:
+    try:
+        return names.clip_id(value, where)
+    except ConfigError as exc:
+        raise IngestError(str(exc)) from None
 
 
 def _describe_sources(root: str, rows: list[dict]) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
@@ -138,7 +155,7 @@ def read_tau2021(root: str, *, fold: int = 1, classes: list[str] | None = None) 
         path = _find_setup_file(root, f"fold{fold}_{split}.csv")
         if path is None:
             continue
-        fold_rows = _read_table(path, "\t")
+        fold_rows = _read_table(path, "\t", need_rows=False)
         _require_columns(path, fold_rows, _header(path, "\t"), ("filename_audio",))
         for row in fold_rows:
             split_of[row["filename_audio"]] = split
@@ -152,6 +169,7 @@ def read_tau2021(root: str, *, fold: int = 1, classes: list[str] | None = None) 
         stem = os.path.splitext(os.path.basename(audio or video))[0]
         if not stem:
             raise IngestError(f"{where}: neither filename_audio nor filename_video is given")
+        _clip_id(stem, where)
         identifier = row.get("identifier") or "-".join(stem.split("-")[:3])
         split = split_of.get(row["filename_audio"], "")
         rows.append(
@@ -188,6 +206,7 @@ def read_csv_manifest(path: str, *, classes: list[str] | None = None) -> IngestR
         clip_id = row.get("clip_id") or os.path.splitext(os.path.basename(audio or video))[0]
         if not clip_id:
             raise IngestError(f"{where}: neither audio nor video is given")
+        _clip_id(clip_id, where)
         rows.append(
             {
                 "clip_id": clip_id,

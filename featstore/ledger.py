@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from featstore.errors import DamagedFile
 from featstore.sidefiles import SideFiles
 
 
@@ -38,9 +39,10 @@ class Ledger:
     @classmethod
     def load(cls, side: SideFiles, array_path: str, fingerprint: str) -> "Ledger":
         """The ledger of ``array_path``; empty when missing or written for another fingerprint."""
-        raw = side.read(ledger_name(array_path))
-        if raw is not None:
-            doc = json.loads(raw)
+        doc = side.read_json(ledger_name(array_path))
+        if doc is not None:
+            if not isinstance(doc, dict) or not isinstance(doc.get("clips", {}), dict):
+                raise DamagedFile(f"{side.path(ledger_name(array_path))}: damaged, not a ledger")
             if doc.get("fingerprint") == fingerprint:
                 return cls(array_path, fingerprint, doc["clips"])
         return cls(array_path, fingerprint)
@@ -72,47 +74,101 @@ class Ledger:
 
 
 FAILURE_COLUMNS = ["stage", "array", "clip_id", "error_type", "message", "time"]
-FAILURES_NAME = "failures.parquet"
+FAILURES_DIR = "failures"
+#: The single failures file of stores made before per-array files; read, never written.
+LEGACY_FAILURES_NAME = "failures.parquet"
+
+
+def failures_scope(stage: str, array: str) -> str:
+    """Name of the failures file a row lives in: one per array, or per stage for rows of no array."""
+    return f"array.{array.replace('/', '--')}" if array else f"stage.{stage}"
+
+
+def _empty_failures() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="string") for c in FAILURE_COLUMNS[:-1]} | {"time": pd.Series(dtype="datetime64[ns, UTC]")})
 
 
 class Failures:
     """Failed clips of every stage: (stage, array, clip_id, error_type, message, time).
 
-    One row per (stage, clip_id); a later failure replaces it and a later success clears it.
+    One row per (stage, array, clip_id); a later failure replaces it and a later success clears it.
+    Rows live in one file per array, ``failures/array.{path}.parquet`` (``stage.{stage}.parquet`` for
+    rows of no array, e.g. ingest's missing files), so two stages writing different arrays, each
+    under its writer lock, never rewrite the same file; :attr:`table` merges them. ``arrays`` limits
+    the record to those arrays' files (what a stage run opens); None opens every file. A store made
+    before these files keeps its ``failures.parquet``: it is read as the first content of each file.
     """
 
-    def __init__(self, side: SideFiles):
+    def __init__(self, side: SideFiles, arrays: list[str] | None = None):
         self.side = side
-        raw = side.read(FAILURES_NAME)
-        self.table = (
-            pd.read_parquet(io.BytesIO(raw)) if raw is not None else pd.DataFrame(columns=FAILURE_COLUMNS)
-        )
-        self._keys = set(zip(self.table["stage"], self.table["clip_id"]))  # fast no-op clears
-        self._dirty = False
+        self._only = None if arrays is None else {failures_scope("", a) for a in arrays}
+        if self._only is None:
+            names = [n for n in side.listdir(FAILURES_DIR) if n.endswith(".parquet")]
+            scopes = [n[: -len(".parquet")] for n in names]
+        else:
+            scopes = sorted(self._only)
+        self._tables: dict[str, pd.DataFrame] = {}
+        for scope in scopes:
+            table = side.read_parquet(f"{FAILURES_DIR}/{scope}.parquet")
+            if table is not None:
+                self._tables[scope] = table
+        self._seed_from_legacy()
+        self._scopes_of: dict[tuple[str, str], set[str]] = {}  # (stage, clip_id) -> scopes: fast no-op clears
+        for scope, table in self._tables.items():
+            for key in zip(table["stage"], table["clip_id"]):
+                self._scopes_of.setdefault(key, set()).add(scope)
+        self._dirty: set[str] = set()
+
+    def _seed_from_legacy(self) -> None:
+        legacy = self.side.read_parquet(LEGACY_FAILURES_NAME)
+        if legacy is None or legacy.empty:
+            return
+        legacy = legacy.assign(array=legacy["array"].astype(str).str.split(",")).explode("array", ignore_index=True)
+        scopes = [failures_scope(stage, array) for stage, array in zip(legacy["stage"], legacy["array"])]
+        for scope, rows in legacy.groupby(scopes, sort=True):
+            if scope not in self._tables and (self._only is None or scope in self._only):
+                self._tables[scope] = rows.reset_index(drop=True)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """Every row of the opened files, one table."""
+        tables = [t for _, t in sorted(self._tables.items()) if not t.empty]
+        return pd.concat(tables, ignore_index=True) if tables else _empty_failures()
 
     def record(self, stage: str, array: str, clip_id: str, error_type: str, message: str) -> None:
-        self.clear(stage, clip_id)
+        """Record that ``clip_id`` failed in ``stage`` for ``array`` ("" for none), replacing an older row."""
+        scope = failures_scope(stage, array)
+        if self._only is not None and scope not in self._only:
+            raise ValueError(f"this failures record holds arrays {sorted(self._only)}, not {array!r}")
+        self._drop(scope, stage, clip_id)
         row = pd.DataFrame(
             [[stage, array, clip_id, error_type, message, pd.Timestamp(time.time(), unit="s", tz="UTC")]],
             columns=FAILURE_COLUMNS,
         )
-        self.table = row if self.table.empty else pd.concat([self.table, row], ignore_index=True)
-        self._keys.add((stage, clip_id))
-        self._dirty = True
+        old = self._tables.get(scope)
+        self._tables[scope] = row if old is None or old.empty else pd.concat([old, row], ignore_index=True)
+        self._scopes_of.setdefault((stage, clip_id), set()).add(scope)
+        self._dirty.add(scope)
 
     def clear(self, stage: str, clip_id: str) -> None:
-        if (stage, clip_id) not in self._keys:
+        """Forget the failures of ``clip_id`` in ``stage`` (for every opened array)."""
+        for scope in self._scopes_of.pop((stage, clip_id), set()):
+            self._drop(scope, stage, clip_id)
+
+    def _drop(self, scope: str, stage: str, clip_id: str) -> None:
+        table = self._tables.get(scope)
+        if table is None:
             return
-        self._keys.discard((stage, clip_id))
-        hit = (self.table["stage"] == stage) & (self.table["clip_id"] == clip_id)
+        hit = (table["stage"] == stage) & (table["clip_id"] == clip_id)
         if hit.any():
-            self.table = self.table[~hit].reset_index(drop=True)
-            self._dirty = True
+            self._tables[scope] = table[~hit].reset_index(drop=True)
+            self._dirty.add(scope)
 
     def flush(self) -> None:
-        if not self._dirty:
-            return
-        buf = io.BytesIO()
-        self.table.astype({c: "string" for c in FAILURE_COLUMNS if c != "time"}).to_parquet(buf, index=False)
-        self.side.write(FAILURES_NAME, buf.getvalue())
-        self._dirty = False
+        """Write each changed file atomically (an emptied file stays, so an old record cannot show through)."""
+        for scope in sorted(self._dirty):
+            buf = io.BytesIO()
+            table = self._tables[scope]
+            table.astype({c: "string" for c in FAILURE_COLUMNS if c != "time"}).to_parquet(buf, index=False)
+            self.side.write(f"{FAILURES_DIR}/{scope}.parquet", buf.getvalue())
+        self._dirty.clear()

@@ -3,17 +3,52 @@
 They sit under ``<store>/_featstore/`` and are read and written through fsspec, so the same code
 serves a local directory, ``memory://`` and ``s3://``. Writes are atomic: on a local disk a temp file
 in the same directory is renamed over the target (``os.replace``); on object stores a PUT is atomic.
+A local file gets the mode the process's umask gives a new file (as Zarr's chunks do), so a store
+shared by a group is readable by its members.
+
+A file that exists but cannot be parsed (truncated, overwritten) raises
+:class:`~featstore.errors.DamagedFile` naming the file and what is wrong; nothing is rewritten.
 """
 
 from __future__ import annotations
 
+import functools
+import io
+import json
 import os
 import tempfile
+from typing import Any
 
 import fsspec
+import pandas as pd
 from fsspec.implementations.local import LocalFileSystem
 
+from featstore.errors import DamagedFile
+
 SIDE_DIR = "_featstore"
+
+
+@functools.cache
+def new_file_mode() -> int:
+    """Mode ``open()`` gives a new file under this process's umask (0o644 under umask 022).
+
+    Linux reports the umask in ``/proc/self/status``; elsewhere it is read by setting it, once.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration):
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
+def parse_json(data: bytes, where: str) -> Any:
+    """``data`` parsed as JSON; :class:`DamagedFile` naming ``where`` when it is not."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DamagedFile(f"{where}: damaged, not valid JSON ({exc}); restore or delete it") from None
 
 
 class SideFiles:
@@ -21,7 +56,8 @@ class SideFiles:
 
     def __init__(self, url: str, storage_options: dict | None = None):
         self.fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        self.root = root.rstrip("/") + "/" + SIDE_DIR
+        self.store_root = root.rstrip("/")
+        self.root = self.store_root + "/" + SIDE_DIR
         self.is_local = isinstance(self.fs, LocalFileSystem)
 
     def path(self, name: str) -> str:
@@ -37,6 +73,22 @@ class SideFiles:
         except FileNotFoundError:
             return None
 
+    def read_json(self, name: str) -> Any:
+        """The file parsed as JSON, or None when it does not exist; :class:`DamagedFile` when unparsable."""
+        raw = self.read(name)
+        return None if raw is None else parse_json(raw, self.path(name))
+
+    def read_parquet(self, name: str) -> pd.DataFrame | None:
+        """The file read as a Parquet table, or None when it does not exist; :class:`DamagedFile` when unreadable."""
+        raw = self.read(name)
+        if raw is None:
+            return None
+        try:
+            return pd.read_parquet(io.BytesIO(raw))
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            reason = str(exc).replace("Could not open Parquet input source '<Buffer>': ", "")  # names no file
+            raise DamagedFile(f"{self.path(name)}: damaged, not a readable Parquet table ({reason}); restore or delete it") from None
+
     def write(self, name: str, data: bytes) -> None:
         """Replace the file's content atomically: a reader sees the old or the new bytes, never a mix."""
         target = self.path(name)
@@ -47,6 +99,7 @@ class SideFiles:
         os.makedirs(directory, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".partial")
         try:
+            os.fchmod(fd, new_file_mode())  # mkstemp makes 0600
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
@@ -68,3 +121,28 @@ class SideFiles:
         except FileNotFoundError:
             return []
         return sorted(os.path.basename(str(e).rstrip("/")) for e in entries)
+
+    def scan_zarr_metadata(self) -> tuple[list[str], list[str]]:
+        """(paths of the arrays whose ``zarr.json`` parses, one message per ``zarr.json`` that does not).
+
+        zarr itself reports a truncated ``zarr.json`` as a bare JSON error naming no file; this
+        names it. Lists every file of the store once, so call it when something went wrong, or
+        from ``verify``. Only reads.
+        """
+        arrays, damaged = [], []
+        for path in sorted(self.fs.find(self.store_root)):
+            if os.path.basename(path) != "zarr.json" or path.startswith(self.root + "/"):
+                continue
+            try:
+                doc = parse_json(self.fs.cat_file(path), path)
+            except DamagedFile as exc:
+                damaged.append(str(exc))
+                continue
+            is_array = isinstance(doc, dict) and doc.get("node_type") == "array"
+            required = ("zarr_format", "node_type") + (("shape", "data_type", "chunk_grid", "codecs") if is_array else ())
+            lacking = [k for k in required if not isinstance(doc, dict) or k not in doc]
+            if lacking:
+                damaged.append(f"{path}: damaged, not Zarr v3 metadata (no {', '.join(lacking)})")
+            elif is_array:
+                arrays.append(os.path.dirname(path)[len(self.store_root) + 1 :])
+        return sorted(arrays), damaged

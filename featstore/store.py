@@ -6,7 +6,7 @@ Layout of a store at ``<url>``::
     audio/mel, audio/gam, ...       per-clip arrays, first axis = clip index, one chunk per clip
     frames/rgb, embeddings/...      (same rule)
     _featstore/clips.parquet        the clips table (see featstore.clips)
-    _featstore/failures.parquet     the failures record (see featstore.ledger)
+    _featstore/failures/*.parquet   the failures record, one file per array (see featstore.ledger)
     _featstore/ledger/*.json        one completion ledger per array
 
 Example:
@@ -19,10 +19,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,8 +34,9 @@ import zarr.storage
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from featstore import clips as clips_mod
+from featstore import names
 from featstore.constants import CLASSES, CLIP_DURATION_S, SEGMENT_S
-from featstore.errors import NotFoundError, ParamsMismatch, StoreError
+from featstore.errors import DamagedFile, NotFoundError, ParamsMismatch, StoreError
 from featstore.fingerprint import library_versions, stable_hash
 from featstore.ledger import Failures, Ledger, ledger_name
 from featstore.provenance import Provenance
@@ -86,10 +89,14 @@ class Store:
         #: fsspec options of a remote store (credentials, endpoint), passed to every handle and worker.
         self.storage_options = dict(storage_options or {})
         self.side = SideFiles(self.url, self.storage_options)
+        missing = StoreError(f"no featstore store at {self.url} (create one with `featstore init`)")
+        if self.side.is_local and not os.path.isfile(os.path.join(self.url.removeprefix("file://"), "zarr.json")):
+            raise missing  # before zarr, which would create the directory of a mistyped path
         try:
-            self.group = zarr.open_group(zarr_store(self.url, self.storage_options), mode="r+")
+            with self._naming_damaged_metadata():
+                self.group = zarr.open_group(zarr_store(self.url, self.storage_options), mode="r+")
         except FileNotFoundError:
-            raise StoreError(f"no featstore store at {self.url} (create one with `featstore init`)") from None
+            raise missing from None
         if ATTRS_KEY not in self.group.attrs:
             raise StoreError(f"{self.url} is a Zarr group but not a featstore store")
         self._clips: pd.DataFrame | None = None
@@ -128,27 +135,27 @@ class Store:
         return self.settings.get("dataset_root")
 
     def set_dataset_root(self, root: str | os.PathLike) -> None:
-        """Point the store at a (moved) dataset; paths in the clips table stay relative."""
-        self._update_settings(dataset_root=os.path.abspath(root))
+        """Point the store at a (moved) dataset; paths in the clips table stay relative.
+
+        Every clip's files must resolve inside the new root (:class:`~featstore.errors.UnsafePath`).
+        """
+        root = os.path.abspath(root)
+        clips_mod.checked_clips(self.clips, root)
+        self._update_settings(dataset_root=root)
 
     def source_path(self, relative: str) -> str:
-        """Absolute path of a source file named in the clips table."""
+        """Real absolute path of a source file named in the clips table, checked to be inside the root."""
         if not relative:
             return ""
-        root = self.dataset_root or ""
-        return os.path.join(root, relative)
+        return clips_mod.resolve_source(self.dataset_root, relative, f"{self.url}: clips table")
 
     # ---------------------------------------------------------------- clips
     @property
     def clips(self) -> pd.DataFrame:
         """The clips table (a copy is cheap to take; do not mutate in place)."""
         if self._clips is None:
-            raw = self.side.read(CLIPS_NAME)
-            self._clips = (
-                clips_mod.normalise_clips(pd.read_parquet(io.BytesIO(raw)))
-                if raw is not None
-                else clips_mod.empty_clips()
-            )
+            table = self.side.read_parquet(CLIPS_NAME)
+            self._clips = clips_mod.normalise_clips(table) if table is not None else clips_mod.empty_clips()
         return self._clips
 
     @property
@@ -157,7 +164,7 @@ class Store:
 
     def add_clips(self, new: pd.DataFrame) -> int:
         """Append clips the store does not have yet; return how many were added (0 = no-op)."""
-        table, n_added = clips_mod.merge_clips(self.clips, new)
+        table, n_added = clips_mod.merge_clips(self.clips, clips_mod.checked_clips(new, self.dataset_root))
         if n_added:
             buf = io.BytesIO()
             table.to_parquet(buf, index=False)
@@ -183,16 +190,29 @@ class Store:
         return np.array([lookup.get(str(label), -1) for label in labels], dtype=np.int64)
 
     # ---------------------------------------------------------------- arrays
+    @contextlib.contextmanager
+    def _naming_damaged_metadata(self) -> Iterator[None]:
+        """A context in which zarr's bare error for an unparsable ``zarr.json`` becomes :class:`DamagedFile` naming it."""
+        try:
+            yield
+        except (ValueError, TypeError) as exc:
+            _, damaged = self.side.scan_zarr_metadata()
+            if damaged:
+                raise DamagedFile("; ".join(damaged)) from exc
+            raise
+
     def has_array(self, path: str) -> bool:
         try:
-            return isinstance(self.group[path], zarr.Array)
+            with self._naming_damaged_metadata():
+                return isinstance(self.group[path], zarr.Array)
         except KeyError:
             return False
 
     def array(self, path: str) -> zarr.Array:
         """The per-clip Zarr array at ``path`` (e.g. ``"audio/mel"``)."""
         try:
-            node = self.group[path]
+            with self._naming_damaged_metadata():
+                node = self.group[path]
         except KeyError:
             raise NotFoundError(f"no array {path!r} in the store (run the stage that makes it)") from None
         if not isinstance(node, zarr.Array):
@@ -203,7 +223,8 @@ class Store:
         """Paths of every per-clip array in the store, sorted."""
         with warnings.catch_warnings():  # zarr warns about the non-Zarr folder _featstore/
             warnings.filterwarnings("ignore", message="Object at _featstore")
-            members = list(self.group.members(max_depth=None))
+            with self._naming_damaged_metadata():
+                members = list(self.group.members(max_depth=None))
         return sorted(p for p, node in members if isinstance(node, zarr.Array))
 
     def provenance(self, path: str) -> Provenance:
@@ -236,6 +257,7 @@ class Store:
         ``config`` (the stage config that makes exactly this array) and ``modality`` ("audio" or
         "visual") are recorded beside the parameters, outside the fingerprint.
         """
+        names.array_path(path)
         fingerprint = stable_hash(
             {"stage": stage, "params": params, "per_clip_shape": list(per_clip_shape), "dtype": dtype}
         )
@@ -291,13 +313,13 @@ class Store:
         """Whether ``clip_id`` is written whole in ``path`` from inputs with ``input_fingerprint``."""
         return self.ledger(path).is_done(clip_id, input_fingerprint)
 
-    def failures_record(self) -> Failures:
-        """The failures record, for updating (call ``flush()`` after)."""
-        return Failures(self.side)
+    def failures_record(self, arrays: list[str] | None = None) -> Failures:
+        """The failures record of ``arrays`` (default: all), for updating (call ``flush()`` after)."""
+        return Failures(self.side, arrays)
 
     @property
     def failures(self) -> pd.DataFrame:
-        """Failed clips: stage, array, clip_id, error_type, message, time."""
+        """Failed clips, one row per (stage, array, clip_id): stage, array, clip_id, error_type, message, time."""
         return self.failures_record().table
 
     # ---------------------------------------------------------------- readers (featstore.readers)

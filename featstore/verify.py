@@ -5,6 +5,10 @@ Damage is found two ways: the chunk's crc32c codec refuses bytes that changed on
 CRC-32 of the decoded values must equal the one the ledger recorded when the clip was written. A
 done float clip holding NaN is damage too. ``featstore verify --repair`` recomputes exactly the
 damaged clips (see :mod:`featstore.pipelines.verify`).
+
+Damaged files that are not chunks (a truncated ``zarr.json``, clips table, ledger, failures record,
+lock, run record or model registry) are diagnosed first, by reading only, and reported as problems
+naming each file; then every chunk that can still be checked is.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from featstore.store import Store
+from featstore.errors import DamagedFile
+from featstore.ledger import FAILURES_DIR, LEGACY_FAILURES_NAME
+from featstore.store import CLIPS_NAME, Store
 
 
 @dataclass
@@ -64,23 +70,47 @@ def _remove_partial_files(store: Store) -> int:
     return removed
 
 
+def diagnose_files(store: Store) -> tuple[list[str], list[str]]:
+    """(paths of the arrays whose metadata parses, one problem per damaged non-chunk file). Only reads."""
+    side = store.side
+    arrays, problems = side.scan_zarr_metadata()
+    readers = {CLIPS_NAME: side.read_parquet, LEGACY_FAILURES_NAME: side.read_parquet}
+    for folder, suffix, read in (("ledger", ".json", side.read_json), ("locks", ".json", side.read_json),
+                                 ("runs", ".json", side.read_json), (FAILURES_DIR, ".parquet", side.read_parquet)):
+        readers.update({f"{folder}/{n}": read for n in side.listdir(folder) if n.endswith(suffix)})
+    readers["models.json"] = side.read_json
+    for name, read in readers.items():
+        try:
+            read(name)
+        except DamagedFile as exc:
+            problems.append(str(exc))
+    return arrays, problems
+
+
 def verify_store(store: Store, arrays: list[str] | None = None, *, clean: bool = True) -> VerifyReport:
     """Check ``arrays`` (default: all) of ``store``; see the module docstring."""
-    report = VerifyReport(arrays=arrays or store.array_paths())
+    readable, report_problems = diagnose_files(store)
+    report = VerifyReport(arrays=arrays or readable, problems=report_problems)
     if clean:
         report.partial_files_removed = _remove_partial_files(store)
-    clips = store.clips
+    try:
+        clips = store.clips
+    except DamagedFile:
+        return report  # named by the diagnosis; no clip can be located without the table
     if clips["clip_id"].duplicated().any():
         report.problems.append("clips table: duplicate clip_id values")
     row_of = {cid: i for i, cid in enumerate(clips["clip_id"])}
     for path in report.arrays:
-        array = store.array(path)
-        prov = store.provenance(path)
+        try:
+            array = store.array(path)
+            prov = store.provenance(path)
+            ledger = store.ledger(path)
+        except DamagedFile:
+            continue  # named by the diagnosis
         if array.shape[0] > len(clips):
             report.problems.append(f"{path}: {array.shape[0]} rows but {len(clips)} clips")
         if list(array.shape[1:]) != list(prov.get("per_clip_shape", array.shape[1:])):
             report.problems.append(f"{path}: shape {array.shape} differs from its provenance")
-        ledger = store.ledger(path)
         for clip_id, entry in ledger.entries.items():
             i = row_of.get(clip_id)
             if i is None or i >= array.shape[0]:

@@ -21,7 +21,7 @@ import numpy as np
 
 from featstore.errors import ConfigError, ParamsMismatch
 from featstore.pipelines.config import StageConfig, option
-from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
+from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage, select_clips
 from featstore.provenance import Provenance
 from featstore.registry import load_keras, model_entry, model_file, register_model
 from featstore.store import Store
@@ -114,6 +114,19 @@ class EmbedConfig(StageConfig):
         return cls(model=prov.params["model"], layers=LAYERS)
 
 
+def _upstream_done(store: Store, input_array: str, clips: str | list[str] | None) -> tuple[str | list[str] | None, list[str]]:
+    """(the clips to embed, the selected clips skipped because ``input_array`` lacks them).
+
+    A clip that failed upstream (or was never extracted) is not an embed failure: it is skipped and
+    named, and embedded once the upstream stage has made its input.
+    """
+    done = store.ledger(input_array).entries
+    ids = store.clips["clip_id"].to_numpy()
+    selected = [str(ids[i]) for i in select_clips(store, clips)]
+    missing = [c for c in selected if c not in done]
+    return ([c for c in selected if c in done] if missing else clips), missing
+
+
 def embed(
     store: Store,
     model: str,
@@ -140,6 +153,7 @@ def embed(
             raise ConfigError(f"--input is needed for a model file named {model!r} (not one of {', '.join(MODELS)})")
         register_model(store, model, model_file_path, input_array=source, config={"source": "model file"})
     stage = EmbedConfig(model=model, layers=layers).build(store)
+    clips, upstream_missing = _upstream_done(store, stage.params["input"], clips)
     note = None
     try:
         report = run_stage(store, stage, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress)
@@ -148,4 +162,8 @@ def embed(
             raise
         note = f"embeddings of {model} were made from another {' and '.join(sorted(k.split('_')[0] for k in exc.diffs))}: recomputing them"
         report = run_stage(store, stage, clips=clips, workers=workers, scheduler=scheduler, overwrite=True, progress=progress)
+    if upstream_missing:
+        shown = ", ".join(upstream_missing[:5]) + (", ..." if len(upstream_missing) > 5 else "")
+        skipped = f"{len(upstream_missing)} clip(s) skipped, their input {stage.params['input']} is not done (failed upstream): {shown}"
+        note = f"{note}; {skipped}" if note else skipped
     return report, note

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from featstore.clips import relative_source
+from featstore.errors import UnsafePath
 from featstore.ingest import IngestError, IngestReport, read_csv_manifest, read_tau2021
 from featstore.store import Store
 
@@ -22,14 +24,14 @@ def _rebase(report: IngestReport, store_root: str) -> None:
     """Make the report's paths relative to the store's dataset root (it must contain them)."""
     for col in ("audio_path", "video_path"):
         rebased = []
-        for rel in report.clips[col]:
-            if not rel:
-                rebased.append("")
-                continue
-            full = os.path.realpath(os.path.join(report.root, rel))
-            if os.path.commonpath([full, os.path.realpath(store_root)]) != os.path.realpath(store_root):
-                raise IngestError(f"{full}: outside the store's dataset root {store_root}")
-            rebased.append(os.path.relpath(full, os.path.realpath(store_root)))
+        for clip_id, rel in zip(report.clips["clip_id"], report.clips[col]):
+            full = os.path.join(report.root, rel) if rel else ""
+            try:
+                rebased.append(relative_source(store_root, full, f"clip {clip_id!r}"))
+            except UnsafePath:
+                raise IngestError(
+                    f"clip {clip_id!r}: {full} is outside the store's dataset root {store_root} (set by the first ingest)"
+                ) from None
         report.clips[col] = rebased
 
 
@@ -45,7 +47,7 @@ def ingest(store: Store, source: str, *, fmt: str = "tau2021", fold: int = 1) ->
     elif fmt == "csv":
         report = read_csv_manifest(source, classes=store.classes)
     else:
-        raise ValueError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
+        raise IngestError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     if store.dataset_root is None:
         store.set_dataset_root(report.root)
     elif os.path.realpath(store.dataset_root) != os.path.realpath(report.root):

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from featstore.errors import ConfigError
+from featstore.clips import resolve_source
 from featstore.lock import WriterLock
 from featstore.store import Store, open_array
 
@@ -85,9 +86,13 @@ class ClipTask:
         return store
 
     def source(self, column: str) -> str:
-        """Absolute path of the clip's ``audio_path`` or ``video_path`` ("" when it has none)."""
+        """Real absolute path of the clip's ``audio_path`` or ``video_path`` ("" when it has none).
+
+        Checked again here, as the stage opens it: a symlink swapped in after ingest that leads out
+        of the dataset root is refused (:class:`~featstore.errors.UnsafePath`, the clip's failure).
+        """
         rel = self.row.get(column) or ""
-        return os.path.join(self.dataset_root, rel) if rel else ""
+        return resolve_source(self.dataset_root, rel, f"clip {self.clip_id} {column}") if rel else ""
 
 
 @dataclass
@@ -361,7 +366,7 @@ def run_stage(
             for spec in stage.outputs
         }
         ledgers = {path: store.ledger(path) for path in arrays}
-        failures = store.failures_record()
+        failures = store.failures_record(paths)
         columns = {c: store.clips[c].to_numpy() for c in store.clips.columns}
         todo, input_fps = [], {}
         for i in select_clips(store, clips):
@@ -411,7 +416,8 @@ def _execute(store, stage, tasks, n_tasks, input_fps, outputs, ledgers, failures
                 report.done += 1
             else:
                 message = f"{result['error_type']}: {result['message']}"
-                failures.record(stage.name, ",".join(report.arrays), clip_id, result["error_type"], result["message"])
+                for path in report.arrays:
+                    failures.record(stage.name, path, clip_id, result["error_type"], result["message"])
                 report.failed += 1
                 report.failures.append({"clip_id": clip_id, "error": message})
                 bar.write(f"featstore: clip {clip_id} failed: {message}", file=sys.stderr)
