@@ -25,6 +25,7 @@ from featstore.cli.system import export_system, predict_cmd  # noqa: E402
 from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
 from featstore.pipelines.embed import LAYERS  # noqa: E402
 from featstore.pipelines.extract_frames import FramesConfig  # noqa: E402
+from featstore.pipelines.ingest import FORMATS as INGEST_FORMATS  # noqa: E402
 from featstore.models import MODELS  # noqa: E402
 
 
@@ -62,7 +63,7 @@ def init(store: str, segment_s: float, clip_duration_s: float) -> None:
 @main.command()
 @click.argument("store")
 @click.argument("source")
-@click.option("--format", "fmt", type=click.Choice(["tau2021", "csv"]), default="tau2021", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(list(INGEST_FORMATS)), default="tau2021", show_default=True, help="tau2021: the development layout, or the evaluation layout when detected; tau2021-eval: the evaluation layout; csv: a generic manifest.")
 @click.option("--fold", type=int, default=1, show_default=True, help="Evaluation-setup fold (tau2021).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 def ingest(store: str, source: str, fmt: str, fold: int, as_json: bool) -> None:

@@ -189,6 +189,43 @@ def read_tau2021(root: str, *, fold: int = 1, classes: list[str] | None = None) 
     return IngestReport(table.drop(columns="__line__"), root, missing)
 
 
+def is_tau2021_eval(root: str, *, fold: int = 1) -> bool:
+    """Whether ``root`` has the evaluation layout: a ``fold{fold}_test.csv`` and no train fold file
+    (the development layout has both)."""
+    root = os.path.abspath(root)
+    return _find_setup_file(root, f"fold{fold}_test.csv") is not None and _find_setup_file(root, f"fold{fold}_train.csv") is None
+
+
+def read_tau2021_eval(root: str, *, fold: int = 1) -> IngestReport:
+    """Read the TAU Urban Audio-Visual Scenes 2021 *evaluation* layout under ``root``.
+
+    The challenge's evaluation set holds ``audio/``, ``video/`` and ``evaluation_setup/fold1_test.csv``
+    (tab-separated, header ``filename_audio filename_video``, no labels; a ``meta.csv`` without
+    ``scene_label`` may sit beside it), 1 s clips named by a number (``audio/123.wav``). Every listed
+    clip gets split ``test``, no label and no identifier (the recording location is not published);
+    its clip_id is the file stem.
+    """
+    root = os.path.abspath(root)
+    path = _find_setup_file(root, f"fold{fold}_test.csv")
+    if path is None:
+        raise IngestError(f"{root}: no fold{fold}_test.csv (looked in the root, evaluation_setup/ and *.meta/)")
+    fold_rows = _read_table(path, "\t")
+    _require_columns(path, fold_rows, _header(path, "\t"), ("filename_audio", "filename_video"))
+    rows = []
+    for row in fold_rows:
+        where = f"{path}: line {row['__line__']}"
+        audio = _inside_root(root, row["filename_audio"], where)
+        video = _inside_root(root, row["filename_video"], where)
+        stem = os.path.splitext(os.path.basename(audio or video))[0]
+        if not stem:
+            raise IngestError(f"{where}: neither filename_audio nor filename_video is given")
+        _clip_id(stem, where)
+        rows.append({"clip_id": stem, "label": "", "split": "test", "fold": fold, "identifier": "", "audio_path": audio, "video_path": video, "__line__": row["__line__"]})
+    _check_unique(rows, path)
+    table, missing = _describe_sources(root, rows)
+    return IngestReport(table.drop(columns="__line__"), root, missing)
+
+
 def read_csv_manifest(path: str, *, classes: list[str] | None = None) -> IngestReport:
     """Read a generic CSV manifest (``audio, video, label, split[, clip_id]``)."""
     path = os.path.abspath(path)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from featstore.clips import relative_source
 from featstore.errors import UnsafePath
-from featstore.ingest import IngestError, IngestReport, read_csv_manifest, read_tau2021
+from featstore.ingest import IngestError, IngestReport, is_tau2021_eval, read_csv_manifest, read_tau2021, read_tau2021_eval
 from featstore.store import Store
 
-FORMATS = ("tau2021", "csv")
+FORMATS = ("tau2021", "tau2021-eval", "csv")
 
 
 @dataclass
@@ -38,11 +38,17 @@ def _rebase(report: IngestReport, store_root: str) -> None:
 def ingest(store: Store, source: str, *, fmt: str = "tau2021", fold: int = 1) -> IngestSummary:
     """Add the clips of ``source`` (a TAU 2021 root, or a CSV file with ``fmt="csv"``) to ``store``.
 
+    ``fmt="tau2021"`` reads the development layout, or the evaluation layout when ``source`` has one
+    (a ``fold1_test.csv`` and no train fold file; ``fmt="tau2021-eval"`` asks for it explicitly):
+    its clips are ingested as ``test`` clips without labels.
+
     Labels are checked against the store's class list. The first ingest sets the store's dataset
     root; later ones must lie inside it. Clips already in the store are skipped (a re-ingest is a
     no-op). Clips whose media files are missing are ingested and recorded as ``ingest`` failures.
     """
-    if fmt == "tau2021":
+    if fmt == "tau2021-eval" or (fmt == "tau2021" and is_tau2021_eval(source, fold=fold)):
+        report = read_tau2021_eval(source, fold=fold)
+    elif fmt == "tau2021":
         report = read_tau2021(source, fold=fold, classes=store.classes)
     elif fmt == "csv":
         report = read_csv_manifest(source, classes=store.classes)

@@ -278,3 +278,32 @@ def test_a_bad_clip_is_a_named_failure_and_the_others_are_predicted(trained, cut
     assert "clip broken failed" in proc.stderr
     probs, rows_done = packed_segment_embeddings(store, "predictions/fuse-f4-av")
     assert list(rows_done) == [0, 1]
+
+
+def test_challenge_evaluation_layout_is_detected_and_predicted(trained, tmp_path):
+    """The evaluation layout (numbered 1 s files, fold1_test.csv without labels), written from two
+    clips of store A, is ingested as unlabelled test clips and gets a submission file."""
+    from featstore.evalset import write_eval_layout
+
+    store, systems, _ = trained
+    sources = list(store.clips.clip_id[10:12])
+    root = write_eval_layout(store, sources, str(tmp_path / "TAU-urban-audio-visual-scenes-2021-evaluation"))
+    evaluation = featstore.init_store(str(tmp_path / "eval.zarr"), clip_duration_s=1.0)
+    proc = run_cli("ingest", evaluation.url, root, "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["added"] == 2 * int(CLIP_S), proc.stderr
+    evaluation = featstore.open_store(evaluation.url)
+    assert list(evaluation.clips.clip_id) == [str(i) for i in range(2 * int(CLIP_S))]
+    assert set(evaluation.clips.split) == {"test"} and set(evaluation.clips.label) == {""}
+    submission = str(tmp_path / "submission.tsv")
+    proc = run_cli("predict", evaluation.url, "--system", systems["fuse-f4-av"], "--workers", "0", "--submission", submission)
+    assert proc.returncode == 0, proc.stderr
+    with open(submission) as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert [r["filename_audio"] for r in rows] == [f"audio/{i}.wav" for i in range(2 * int(CLIP_S))]
+    # each numbered file is a second of a clip of A: its audio predictions are that segment's (24-bit PCM)
+    with open(os.path.join(root, "truth.csv")) as f:
+        truth = list(csv.DictReader(f, delimiter="\t"))
+    a, e = (packed_segment_embeddings(s, "predictions/aud-mel") for s in (store, evaluation))
+    for i, t in enumerate(truth):
+        expected = a[0][np.searchsorted(a[1], store.clip_index(t["source_clip"])), int(t["second"])]
+        np.testing.assert_allclose(e[0][np.searchsorted(e[1], i), 0], expected, atol=0.02)
