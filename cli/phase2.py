@@ -29,7 +29,7 @@ def _summary(record: dict) -> str:
 
 @click.command()
 @click.argument("store")
-@click.option("--method", required=True, type=click.Choice(["f1", "f2", "f3", "f4", "f5", "f6", "all"]), help="Fusion layer (f1-f3 on fc1024, f4-f6 on fc10); all = the six.")
+@click.option("--method", required=True, type=click.Choice(["f1", "f2", "f3", "f4", "f5", "f6", "all", "mlp", "concat"]), help="Fusion layer (f1-f3 on fc1024, f4-f6 on fc10; all = the six), mlp (one model's embeddings) or concat (joint modeling).")
 @click.option("--modalities", default="audio,visual", show_default=True, help="audio, visual or audio,visual.")
 @click.option("--models", default=None, help="Comma-separated models (default: every model of --modalities with embeddings of the layer).")
 @click.option("--epochs", type=int, default=30, show_default=True)
@@ -38,21 +38,26 @@ def _summary(record: dict) -> str:
 @click.option("--mixup-alpha", type=float, default=0.4, show_default=True, help="0 turns mixup off.")
 @click.option("--joint-mixup", type=float, default=0.0, show_default=True, help="FRACTION of examples whose audio and visual embeddings are mixed with independent coefficients.")
 @click.option("--l2", type=float, default=1e-4, show_default=True)
+@click.option("--layer", default="fc1024", show_default=True, help="Embedding layer mlp and concat read (e.g. avg_pool of a keras application).")
+@click.option("--widths", default=None, help="Comma-separated hidden FC widths of mlp (default 8192,8192,1024) or concat (projection per modality, then FC layers; default 512,512).")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of train clips held out, by location.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--split", default="evaluate", show_default=True, help="Split the metrics are computed on.")
-@click.option("--name", default=None, help="Run name (default fuse-METHOD-av|audio|visual; with --method all, NAME-f1 ... NAME-f6).")
+@click.option("--name", default=None, help="Run name (default fuse-METHOD-av|audio|visual, fuse-mlp-MODEL; with --method all, NAME-f1 ... NAME-f6).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record(s).")
-def fuse(store, method, modalities, models, epochs, batch_size, lr, mixup_alpha, joint_mixup, l2, val_fraction, seed, split, name, as_json):
-    """Phase II: train a Fusion Layer and FC(10)-Softmax on cached embeddings, evaluate, save the run.
+def fuse(store, method, modalities, models, epochs, batch_size, lr, mixup_alpha, joint_mixup, l2, layer, widths, val_fraction, seed, split, name, as_json):
+    """Phase II: train a head on cached embeddings, evaluate, save the run.
 
-    Backbones are not run: only embeddings/MODEL/fc1024 (f1-f3) or fc10 (f4-f6) are read, once,
-    into memory (the GPU's when there is one). --method all prints the paper's Table I layout.
+    Backbones are not run: only embeddings/MODEL/fc1024 (f1-f3), fc10 (f4-f6) or --layer (mlp,
+    concat) are read, once, into memory (the GPU's when there is one). --method all prints the
+    paper's Table I layout.
 
     \b
     Examples:
       featstore fuse store.zarr --method f4
       featstore fuse store.zarr --method all --modalities audio --epochs 50 --joint-mixup 0.3
+      featstore fuse store.zarr --method mlp --models ResNet50 --layer avg_pool
+      featstore fuse store.zarr --method concat --models aud-mel,vis-inc --joint-mixup 0.5
     """
     from featstore.pipelines.fuse import FuseConfig, fuse_methods
     from featstore.runs import class_table, markdown_table
@@ -61,6 +66,7 @@ def fuse(store, method, modalities, models, epochs, batch_size, lr, mixup_alpha,
     config = FuseConfig(
         method=method, modalities=_csv(modalities) or (), models=_csv(models), epochs=epochs, batch_size=batch_size, lr=lr,
         mixup_alpha=mixup_alpha, joint_mixup=joint_mixup, l2=l2, val_fraction=val_fraction, seed=seed, name=name, split=split,
+        layer=layer, widths=tuple(int(w) for w in _csv(widths)) if widths else None,
     )
     methods = ("f1", "f2", "f3", "f4", "f5", "f6") if method == "all" else (method,)
     try:
