@@ -20,7 +20,7 @@ from featstore.info import format_info, store_info
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from featstore.cli.common import EXIT_PARTIAL, fail, open_store  # noqa: E402
-from featstore.cli.phase2 import ensemble, fuse, report  # noqa: E402
+from featstore.cli.phase2 import ensemble, fuse, report, train_joint  # noqa: E402
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -408,7 +408,7 @@ def info(store: str, as_json: bool) -> None:
     click.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
 
 
-for command in (fuse, ensemble, report):
+for command in (fuse, ensemble, report, train_joint):
     main.add_command(command)
 
 

@@ -1,4 +1,5 @@
-"""Phase II subcommands: `fuse` (fusion heads on cached embeddings), `ensemble` (late fusion), `report`."""
+"""Phase II subcommands: `fuse` (heads on cached embeddings), `ensemble` (late fusion), `report`, and
+`train-joint` (an audio encoder trained against cached visual embeddings)."""
 
 from __future__ import annotations
 
@@ -135,3 +136,52 @@ def report(store, out_dir, split, submission_split):
 
     paths = build_report(open_store(store), out_dir, split=split, submission_split=submission_split)
     click.echo(f"report: {paths['html']} (and {paths['markdown']})")
+
+
+@click.command("train-joint")
+@click.argument("store")
+@click.option("--name", required=True, help="Name the joint model is registered under (embed/fuse/ensemble take it like a backbone).")
+@click.option("--audio-input", default=None, help="Audio array the encoder reads [audio/mel].")
+@click.option("--visual-model", default=None, help="Model whose cached embeddings are the visual input (omit: audio only, the baseline).")
+@click.option("--visual-layer", default=None, help="Its embedding layer [fc1024].")
+@click.option("--encoder", type=click.Choice(["cnn1d", "inception", "vgg14"]), default=None, help="Acoustic encoder [cnn1d].")
+@click.option("--widths", default=None, help="Comma-separated encoder widths [64,128,256].")
+@click.option("--head-units", type=int, default=None, help="Width of the head's FC(1024) [1024].")
+@click.option("--window-s", type=float, default=None, help="Audio window, a whole number of segments [one segment].")
+@click.option("--epochs", type=int, default=None, help="[10]")
+@click.option("--batch-size", type=int, default=None, help="[32]")
+@click.option("--lr", type=float, default=None, help="[0.001]")
+@click.option("--mixup-alpha", type=float, default=None, help="0 turns mixup off [0.4].")
+@click.option("--l2", type=float, default=None, help="[0.0001]")
+@click.option("--val-fraction", type=float, default=None, help="Share of train clips held out, by location [0.2].")
+@click.option("--seed", type=int, default=None, help="[0]")
+@click.option("--units-per-clip", type=int, default=None, help="Windows per clip and epoch, evenly spaced [all].")
+@click.option("--split", default=None, help="Split the registered metrics are computed on [evaluate].")
+@click.option("--json", "as_json", is_flag=True, help="Print the registry entry.")
+def train_joint(store, name, as_json, widths, **options):
+    """Train an acoustic encoder jointly with a classifier that also sees the cached visual embedding
+    of the same window (Chen et al. 2022); the visual encoder never runs. Registers the model.
+
+    Defaults in [brackets] are JointConfig's.
+
+    \b
+    Examples:
+      featstore train-joint store.zarr --name joint-mel --visual-model vis-inc --epochs 20
+      featstore train-joint store.zarr --name audio-mel --epochs 20     # its audio-only baseline
+    """
+    from featstore.pipelines.train_joint import JointConfig, train_joint as run_train_joint
+
+    given = {k: v for k, v in options.items() if v is not None}
+    if widths:
+        given["widths"] = tuple(int(w) for w in _csv(widths))
+    try:
+        entry = run_train_joint(open_store(store), JointConfig(name=name, **given))
+    except (featstore.StoreError, KeyError, ValueError) as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(entry))
+        return
+    m = entry["config"]["metrics"]
+    split = entry["config"]["split"]
+    measured = f"; {split} clip accuracy {m[split]['clip']['accuracy']:.3f}" if m.get(split) else ""
+    click.echo(f"{name}: best epoch {m['best_epoch']}, val_loss {m['val_loss']:.4f}, val_accuracy {m['val_accuracy']:.3f}{measured}; registered (fingerprint {entry['fingerprint'][:12]})")
