@@ -32,7 +32,7 @@ def _summary(record: dict) -> str:
 @click.argument("store")
 @click.option("--method", required=True, type=click.Choice(["f1", "f2", "f3", "f4", "f5", "f6", "all", "mlp", "concat"]), help="Fusion layer (f1-f3 on fc1024, f4-f6 on fc10; all = the six), mlp (one model's embeddings) or concat (joint modeling).")
 @click.option("--modalities", default="audio,visual", show_default=True, help="audio, visual or audio,visual.")
-@click.option("--models", default=None, help="Comma-separated models (default: every model of --modalities with embeddings of the layer).")
+@click.option("--models", default=None, help="Comma-separated models (default: every model of --modalities with embeddings of the layer); NAME/LAYER reads that model's LAYER instead (mlp, concat).")
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
@@ -58,7 +58,7 @@ def fuse(store, method, modalities, models, epochs, batch_size, lr, mixup_alpha,
       featstore fuse store.zarr --method f4
       featstore fuse store.zarr --method all --modalities audio --epochs 50 --joint-mixup 0.3
       featstore fuse store.zarr --method mlp --models ResNet50 --layer avg_pool
-      featstore fuse store.zarr --method concat --models aud-mel,vis-inc --joint-mixup 0.5
+      featstore fuse store.zarr --method concat --models aud-mel,ResNet50/avg_pool --joint-mixup 0.5
     """
     from featstore.pipelines.fuse import FuseConfig, fuse_methods
     from featstore.runs import class_table, markdown_table

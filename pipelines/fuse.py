@@ -111,9 +111,15 @@ class FusionData:
     widths: tuple[int, ...]
 
 
+def embedding_path(model: str, layer: str) -> str:
+    """The array of ``model``'s ``layer`` embeddings; a model given as ``NAME/LAYER`` names its own layer
+    (``concat`` of ``aud-mel`` fc1024 and ``ResNet50/avg_pool``)."""
+    return f"embeddings/{model}" if "/" in model else f"embeddings/{model}/{layer}"
+
+
 def model_modality(store: Store, model: str, layer: str) -> str:
     """"visual" when ``model``'s ``layer`` embeddings were made from frames, else "audio"."""
-    return "visual" if store.provenance(f"embeddings/{model}/{layer}")["params"]["input"].endswith("/rgb") else "audio"
+    return "visual" if store.provenance(embedding_path(model, layer))["params"]["input"].endswith("/rgb") else "audio"
 
 
 def _model_order(model: str) -> tuple[int, str]:
@@ -128,7 +134,7 @@ def select_models(store: Store, modalities: tuple[str, ...], models: tuple[str, 
         embedded = sorted({p.split("/")[1] for p in store.array_paths() if p.startswith("embeddings/") and p.endswith(f"/{layer}")}, key=_model_order)
         models = tuple(m for m in embedded if model_modality(store, m, layer) in modalities)
     else:
-        missing = [m for m in models if not store.has_array(f"embeddings/{m}/{layer}")]
+        missing = [m for m in models if not store.has_array(embedding_path(m, layer))]
         if missing:
             raise StoreError(f"no {layer} embeddings of {', '.join(missing)} (run featstore embed --model NAME --layer {layer})")
         models = tuple(m for m in models if model_modality(store, m, layer) in modalities)
@@ -142,7 +148,7 @@ def select_models(store: Store, modalities: tuple[str, ...], models: tuple[str, 
 def load_fusion_data(store: Store, models: tuple[str, ...], layer: str) -> FusionData:
     """Read each model's embeddings once and align them on the clips every model has (narrower
     embeddings zero-padded to the widest)."""
-    per_model = [segment_embeddings(store, f"embeddings/{m}/{layer}") for m in models]
+    per_model = [segment_embeddings(store, embedding_path(m, layer)) for m in models]
     widths = tuple(int(v.shape[-1]) for v, _ in per_model)
     rows = per_model[0][1]
     for _, r in per_model[1:]:
@@ -161,7 +167,9 @@ def select_for(store: Store, config: FuseConfig) -> tuple[str, ...]:
     if not config.models or len(config.models) != 1:
         raise ConfigError(f"--method mlp trains on one model's embeddings: give --models NAME, got {config.models}")
     model = config.models[0]
-    if not store.has_array(f"embeddings/{model}/{layer}"):
+    if "/" in model:
+        raise ConfigError(f"--method mlp: give the layer with --layer, not in --models ({model})")
+    if not store.has_array(embedding_path(model, layer)):
         raise StoreError(f"no {layer} embeddings of {model} (run featstore embed --model {model} --layer {layer})")
     return (model,)
 
@@ -270,7 +278,7 @@ def _backbone_overlap(store: Store, models: tuple[str, ...], train_clip_ids: lis
     """Share of ``train_clip_ids`` that each backbone was trained on (None when not recorded)."""
     overlap = {}
     for m in models:
-        raw = store.side.read(f"models/{m}.train_clips.json")
+        raw = store.side.read(f"models/{m.split('/')[0]}.train_clips.json")
         overlap[m] = None if raw is None else float(np.isin(train_clip_ids, json.loads(raw)).mean())
     return overlap
 

@@ -15,6 +15,8 @@ cached, frozen visual embedding of the same window (Chen et al. 2022), off the s
   naming the visual input (``config["visual_input"]``: array and fingerprint) so that ``embed`` can
   feed it (:func:`visual_inputs`), with segment- and clip-level metrics on ``split``.
 - No ``visual_model``: the same encoder and head on audio alone (the audio-only baseline).
+- ``epoch_seconds`` in the entry's config: the wall time of each epoch (its validation pass
+  included; the first also traces the graph), what ``benchmarks/bench_joint.py`` compares.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -145,6 +148,24 @@ def predict_windows(model, reader: WindowReader, visual, rows: np.ndarray, batch
     return np.concatenate(probs).reshape(len(rows), reader.units, -1)
 
 
+def _EpochTimer():
+    """A Keras callback whose ``seconds`` lists each epoch's wall time."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    return EpochTimer()
+
+
 def _check(config: JointConfig) -> None:
     from featstore.models.joint import ENCODERS
 
@@ -193,11 +214,12 @@ def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frame
     batches = {"batch_size": config.batch_size, "seed": config.seed}
     with tempfile.TemporaryDirectory() as work:
         best = os.path.join(work, f"{config.name}.keras")
+        epoch_s = _EpochTimer()
         history = model.fit(
             _batches(reader, visual, train_pairs, shuffle=True, alpha=config.mixup_alpha, **batches),
             validation_data=_batches(reader, visual, val_pairs, shuffle=False, alpha=0.0, **batches),
             epochs=config.epochs, shuffle=False, verbose=0,
-            callbacks=[keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True)],
+            callbacks=[keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True), epoch_s],
         )
         losses = history.history["val_loss"]
         best_epoch = int(np.argmin(losses))
@@ -211,7 +233,7 @@ def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frame
             config.split: evaluate_predictions(probs, labels, store.classes) if probs is not None else {},
         }
         cfg = {
-            **asdict(config), "window_s": window_s, "metrics": metrics, "n_train_clips": len(train_rows), "n_val_clips": len(val_rows),
+            **asdict(config), "window_s": window_s, "metrics": metrics, "epoch_seconds": epoch_s.seconds, "n_train_clips": len(train_rows), "n_val_clips": len(val_rows),
             "val_locations": sorted(set(clips["identifier"].to_numpy()[val_rows])),
             "visual_input": {"array": visual.path, "fingerprint": visual.fingerprint} if isinstance(visual, CachedVisual) else None,
         }

@@ -95,11 +95,13 @@ def test_mlp_and_concat_train_and_feed_ensemble(embedding_store):
     common = ("--epochs", "40", "--batch-size", "32", "--lr", "0.01", "--widths", "16,16")
     proc = run_cli("fuse", url, "--method", "mlp", "--models", "vis-v1", *common, "--json", check=True)
     mlp = json.loads(proc.stdout)
-    proc = run_cli("fuse", url, "--method", "concat", "--models", "aud-a1,vis-v1", "--joint-mixup", "0.5", *common, "--json", check=True)
+    # the visual model's fc10 (10-d) beside the audio model's fc1024 (16-d): different widths, zero-padded
+    proc = run_cli("fuse", url, "--method", "concat", "--models", "aud-a1,vis-v1/fc10", "--joint-mixup", "0.5", *common, "--json", check=True)
     concat = json.loads(proc.stdout)
     assert mlp["name"] == "fuse-mlp-vis-v1" and mlp["layer"] == "fc1024" and mlp["models"] == ["vis-v1"]
     assert mlp["trainable_params"] == (16 * 16 + 16) + (16 * 16 + 16) + (16 * 10 + 10)
-    assert concat["name"] == "fuse-concat-av" and concat["modalities"] == ["audio", "visual"]
+    assert concat["name"] == "fuse-concat-av" and concat["modalities"] == ["audio", "visual"] and concat["models"] == ["aud-a1", "vis-v1/fc10"]
+    assert concat["trainable_params"] == (16 * 16 + 16) + (10 * 16 + 16) + (32 * 16 + 16) + (16 * 10 + 10)
     # one modality confuses each class with one other (the store's design): about half right;
     # concat sees both and separates them
     assert mlp["metrics"]["clip"]["accuracy"] < 0.75, mlp["metrics"]["clip"]
