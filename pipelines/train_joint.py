@@ -148,7 +148,7 @@ def predict_windows(model, reader: WindowReader, visual, rows: np.ndarray, batch
     return np.concatenate(probs).reshape(len(rows), reader.units, -1)
 
 
-def _EpochTimer():
+def _epoch_timer():
     """A Keras callback whose ``seconds`` lists each epoch's wall time."""
     import keras
 
@@ -166,36 +166,24 @@ def _EpochTimer():
     return EpochTimer()
 
 
-def _check(config: JointConfig) -> None:
+def _visual_source(store: Store, config: JointConfig, reader: WindowReader, frames_encoder, frames_array: str):
+    """The visual input's reader: cached embeddings, frames (the benchmark's baseline) or None (audio only)."""
     from featstore.models.joint import ENCODERS
 
     if config.encoder not in ENCODERS:
         raise ConfigError(f"--encoder must be one of {', '.join(ENCODERS)}, got {config.encoder!r}")
     if config.audio_input.endswith("/rgb"):
         raise ConfigError(f"--audio-input must be an audio array, got {config.audio_input}")
-
-
-def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frames_array: str = "frames/rgb") -> dict[str, Any]:
-    """Train, keep the best epoch, evaluate on ``config.split``, register; return the registry entry.
-
-    ``frames_encoder`` (benchmark only): a frozen Keras model (frames -> embedding) run on the
-    window's frames of ``frames_array`` at every step instead of reading the cached embeddings.
-    """
-    import keras
-
-    from featstore.models.joint import build_joint_model
-
-    _check(config)
-    keras.utils.set_random_seed(config.seed)
-    window_s = config.window_s or store.segment_s
-    reader = WindowReader(store, config.audio_input, window_s)
-    k = reader.k
     if frames_encoder is not None:
-        visual = FrameVisual(store, frames_array, k)
-    elif config.visual_model:
-        visual = CachedVisual(store, config.visual_model, config.visual_layer, k, reader.units)
-    else:
-        visual = None
+        return FrameVisual(store, frames_array, reader.k)
+    if config.visual_model:
+        return CachedVisual(store, config.visual_model, config.visual_layer, reader.k, reader.units)
+    return None
+
+
+def _split_rows(store: Store, config: JointConfig, visual) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(usable rows, train rows, validation rows): clips with audio (and visual) features; validation
+    is whole recording locations of the train split (:func:`validation_split`)."""
     clips = store.clips
     usable = clips["clip_id"].isin(list(store.ledger(config.audio_input).entries)).to_numpy()
     if visual is not None:
@@ -204,17 +192,44 @@ def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frame
     train_rows, val_rows = (row_map[r] for r in validation_split(clips[usable].reset_index(drop=True), fraction=config.val_fraction, seed=config.seed))
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise StoreError("train-joint needs train clips with audio and visual features from at least two recording locations (one goes to validation)")
+    return row_map, train_rows, val_rows
+
+
+def _evaluate(store: Store, model, reader: WindowReader, visual, rows: np.ndarray, split: str) -> dict[str, Any]:
+    """Segment- and clip-level metrics of ``model`` on the labelled ``split`` clips among ``rows``."""
+    rows = rows[store.clips["split"].to_numpy()[rows] == split]
+    labels = store.label_indices(store.clips["label"])[rows]
+    rows, labels = rows[labels >= 0], labels[labels >= 0]
+    return evaluate_predictions(predict_windows(model, reader, visual, rows), labels, store.classes) if len(rows) else {}
+
+
+def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frames_array: str = "frames/rgb") -> dict[str, Any]:
+    """Train, keep the best epoch, evaluate on ``config.split``, register; return the registry entry.
+
+    ``frames_encoder`` (benchmark only): a frozen Keras model (frames -> embedding) run on the
+    window's frames of ``frames_array`` at every step instead of reading the cached embeddings;
+    the model is then measured, not registered.
+    """
+    import keras
+
+    from featstore.models.joint import build_joint_model
+
+    keras.utils.set_random_seed(config.seed)
+    window_s = config.window_s or store.segment_s
+    reader = WindowReader(store, config.audio_input, window_s)
+    visual = _visual_source(store, config, reader, frames_encoder, frames_array)
+    usable, train_rows, val_rows = _split_rows(store, config, visual)
     train_pairs, val_pairs = reader.index(train_rows, config.units_per_clip), reader.index(val_rows, config.units_per_clip)
-    audio_shape = reader.read(train_pairs[:1])[0].shape[1:]
     model = build_joint_model(
-        audio_shape=audio_shape, visual_dim=getattr(visual, "dim", None), visual_encoder=frames_encoder, frames_shape=getattr(visual, "shape", None),
-        encoder=config.encoder, widths=config.widths, n_classes=len(store.classes), head_units=config.head_units, l2=config.l2, name=config.name,
+        audio_shape=reader.read(train_pairs[:1])[0].shape[1:], visual_dim=getattr(visual, "dim", None), visual_encoder=frames_encoder,
+        frames_shape=getattr(visual, "shape", None), encoder=config.encoder, widths=config.widths, n_classes=len(store.classes),
+        head_units=config.head_units, l2=config.l2, name=config.name,
     )
     model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=keras.losses.KLDivergence(), metrics=["categorical_accuracy"])
     batches = {"batch_size": config.batch_size, "seed": config.seed}
+    epoch_s = _epoch_timer()
     with tempfile.TemporaryDirectory() as work:
         best = os.path.join(work, f"{config.name}.keras")
-        epoch_s = _EpochTimer()
         history = model.fit(
             _batches(reader, visual, train_pairs, shuffle=True, alpha=config.mixup_alpha, **batches),
             validation_data=_batches(reader, visual, val_pairs, shuffle=False, alpha=0.0, **batches),
@@ -223,24 +238,21 @@ def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frame
         )
         losses = history.history["val_loss"]
         best_epoch = int(np.argmin(losses))
-        eval_rows = row_map[clips["split"].to_numpy()[row_map] == config.split]
-        labels = store.label_indices(clips["label"])[eval_rows]
-        eval_rows, labels = eval_rows[labels >= 0], labels[labels >= 0]
-        probs = predict_windows(load_keras(best), reader, visual, eval_rows) if len(eval_rows) else None
         metrics = {
             "best_epoch": best_epoch + 1, "val_loss": float(losses[best_epoch]),
             "val_accuracy": float(history.history["val_categorical_accuracy"][best_epoch]),
-            config.split: evaluate_predictions(probs, labels, store.classes) if probs is not None else {},
+            config.split: _evaluate(store, load_keras(best), reader, visual, usable, config.split),
         }
+        identifiers = store.clips["identifier"].to_numpy()
         cfg = {
-            **asdict(config), "window_s": window_s, "metrics": metrics, "epoch_seconds": epoch_s.seconds, "n_train_clips": len(train_rows), "n_val_clips": len(val_rows),
-            "val_locations": sorted(set(clips["identifier"].to_numpy()[val_rows])),
+            **asdict(config), "window_s": window_s, "metrics": metrics, "epoch_seconds": epoch_s.seconds,
+            "n_train_clips": len(train_rows), "n_val_clips": len(val_rows), "val_locations": sorted(set(identifiers[val_rows])),
             "visual_input": {"array": visual.path, "fingerprint": visual.fingerprint} if isinstance(visual, CachedVisual) else None,
         }
-        if frames_encoder is not None:  # the benchmark's baseline is measured, not registered
+        if frames_encoder is not None:
             return {"name": config.name, "config": cfg}
         entry = register_model(store, config.name, best, input_array=config.audio_input, config=cfg)
-    store.side.write(f"models/{config.name}.train_clips.json", json.dumps(clips["clip_id"].to_numpy()[train_rows].tolist()).encode())
+    store.side.write(f"models/{config.name}.train_clips.json", json.dumps(store.clips["clip_id"].to_numpy()[train_rows].tolist()).encode())
     return entry
 
 

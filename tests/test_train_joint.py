@@ -59,14 +59,14 @@ def test_train_joint_never_runs_the_visual_encoder(joint_store):
     from featstore.pipelines.train_joint import JointConfig, train_joint, visual_inputs
 
     store, encoder = joint_store
-    encoder_calls, inferences = encoder.calls, embed_mod.INFERENCE_CALLS["count"]
+    encoder_calls = encoder.calls
     frame_reads = []
     store.frames = lambda *a, _read=store.frames, **k: frame_reads.append(a) or _read(*a, **k)  # count on this instance only
     try:
         entry = train_joint(store, JointConfig(name="joint-mel", visual_model=VISUAL, visual_layer=encoder.layer, **TINY))
     finally:
         del store.frames
-    assert encoder.calls == encoder_calls and embed_mod.INFERENCE_CALLS["count"] == inferences, "the visual encoder never ran"
+    assert encoder.calls == encoder_calls, "the visual encoder never ran"
     assert frame_reads == [], "no frame was read"
 
     cfg = entry["config"]
