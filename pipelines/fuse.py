@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 
+from featstore.errors import ConfigError
 from featstore.metrics import classification_metrics, evaluate_predictions
 from featstore.readers import segment_embeddings
 from featstore.runs import save_run, utc_now, write_predictions
-from featstore.errors import ConfigError
 from featstore.store import Store, StoreError
 from featstore.pipelines.train_backbone import validation_split
 
