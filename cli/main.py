@@ -20,7 +20,7 @@ from featstore.info import format_info, store_info
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, config_options, install_warning_format, open_store, single_name_option  # noqa: E402
-from featstore.cli.phase2 import ensemble, fuse, report  # noqa: E402
+from featstore.cli.phase2 import ensemble, fuse, report, train_joint  # noqa: E402
 from featstore.cli.system import export_system, predict_cmd  # noqa: E402
 from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
 from featstore.pipelines.embed import LAYERS  # noqa: E402
@@ -363,7 +363,7 @@ def info(store: str, as_json: bool) -> None:
     click.echo(json.dumps(summary, indent=2) if as_json else format_info(summary))
 
 
-for command in (fuse, ensemble, report, export_system, predict_cmd):
+for command in (fuse, ensemble, report, train_joint, export_system, predict_cmd):
     main.add_command(command)
 
 

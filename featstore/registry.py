@@ -47,7 +47,7 @@ def register_model(store: Store, name: str, model_file: str, *, input_array: str
         "fingerprint": hashlib.blake2b(data, digest_size=16).hexdigest(),
         "input": input_array,
         "input_fingerprint": store.provenance(input_array)["fingerprint"],
-        "input_shape": list(model.input_shape[1:]),
+        "input_shape": list(model.inputs[0].shape[1:]),  # the first input's (a joint model's second is its visual input)
         "fc1024_units": int(model.get_layer("fc1024").output.shape[-1]),
         "n_classes": int(model.get_layer("fc10").output.shape[-1]),
         "config": config or {},

@@ -1,4 +1,8 @@
-"""`featstore fuse`: Phase II, a Fusion Layer (f1..f6) and FC(10)-Softmax trained on cached embeddings.
+"""`featstore fuse`: Phase II, a head trained on cached embeddings: a Fusion Layer (f1..f6) and
+FC(10)-Softmax, the visual-embedding ``mlp`` or the joint-modeling ``concat`` head
+(:mod:`featstore.models.fusion`). ``mlp`` and ``concat`` read any embedding layer (``layer``, default
+``fc1024``), e.g. the ``avg_pool`` output of a keras application embedded with ``embed --layer``;
+``concat`` takes models of different widths (stacked zero-padded, each sliced back to its own width).
 
 The backbones are never run: only ``embeddings/{model}/{layer}`` arrays are read, once, whole
 (:func:`featstore.packed.packed_segment_embeddings`, packed and cached), into one (clip, segment, model,
@@ -37,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from featstore.errors import ConfigError
 from featstore.metrics import classification_metrics, evaluate_predictions
 from featstore.packed import packed_segment_embeddings
 from featstore.registry import training_clips
@@ -66,10 +71,27 @@ class FuseConfig:
     seed: int = 0
     name: str | None = None
     split: str = "evaluate"
+    #: embedding layer of ``mlp`` / ``concat`` (f1..f6 have theirs, :data:`LAYER_OF`)
+    layer: str = "fc1024"
+    #: hidden FC widths of ``mlp`` / ``concat``; None = the head's default
+    widths: tuple[int, ...] | None = None
 
-    def run_name(self) -> str:
+    def embedding_layer(self) -> str:
+        """The embedding layer this run reads."""
+        from featstore.models.fusion import HEADS, LAYER_OF, METHODS
+
+        if self.method not in METHODS + HEADS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS + HEADS)} or all, got {self.method!r}")
+        return LAYER_OF.get(self.method, self.layer)
+
+    def run_name(self, models: tuple[str, ...] = ()) -> str:
+        """``name``, else fuse-METHOD-av|audio|visual (``mlp``: fuse-mlp-MODEL, one run per model)."""
+        if self.name:
+            return self.name
+        if self.method == "mlp" and models:
+            return f"fuse-mlp-{models[0]}"
         tag = "av" if set(self.modalities) == set(MODALITIES) else self.modalities[0]
-        return self.name or f"fuse-{self.method}-{tag}"
+        return f"fuse-{self.method}-{tag}"
 
 
 @dataclass
@@ -83,11 +105,19 @@ class FusionData:
     models: tuple[str, ...]
     modalities: tuple[str, ...]
     layer: str
+    #: each model's own embedding width (``x`` is zero-padded to the widest)
+    widths: tuple[int, ...]
+
+
+def embedding_path(model: str, layer: str) -> str:
+    """The array of ``model``'s ``layer`` embeddings; a model given as ``NAME/LAYER`` names its own layer
+    (``concat`` of ``aud-mel`` fc1024 and ``ResNet50/avg_pool``)."""
+    return f"embeddings/{model}" if "/" in model else f"embeddings/{model}/{layer}"
 
 
 def model_modality(store: Store, model: str, layer: str) -> str:
     """"visual" when ``model``'s ``layer`` embeddings were made from frames, else "audio"."""
-    return "visual" if store.provenance(f"embeddings/{model}/{layer}")["params"]["input"].endswith("/rgb") else "audio"
+    return "visual" if store.provenance(embedding_path(model, layer))["params"]["input"].endswith("/rgb") else "audio"
 
 
 def _model_order(model: str) -> tuple[int, str]:
@@ -102,7 +132,7 @@ def select_models(store: Store, modalities: tuple[str, ...], models: tuple[str, 
         embedded = sorted({p.split("/")[1] for p in store.array_paths() if p.startswith("embeddings/") and p.endswith(f"/{layer}")}, key=_model_order)
         models = tuple(m for m in embedded if model_modality(store, m, layer) in modalities)
     else:
-        missing = [m for m in models if not store.has_array(f"embeddings/{m}/{layer}")]
+        missing = [m for m in models if not store.has_array(embedding_path(m, layer))]
         if missing:
             raise StoreError(f"no {layer} embeddings of {', '.join(missing)} (run featstore embed --model NAME --layer {layer})")
         models = tuple(m for m in models if model_modality(store, m, layer) in modalities)
@@ -114,17 +144,32 @@ def select_models(store: Store, modalities: tuple[str, ...], models: tuple[str, 
 
 
 def load_fusion_data(store: Store, models: tuple[str, ...], layer: str) -> FusionData:
-    """Read each model's embeddings once and align them on the clips every model has."""
-    per_model = [packed_segment_embeddings(store, f"embeddings/{m}/{layer}") for m in models]
-    dims = {m: v.shape[-1] for m, (v, _) in zip(models, per_model)}
-    if len(set(dims.values())) != 1:
-        raise ValueError(f"the fusion layer adds embeddings element-wise, so they need one width; got {dims}")
+    """Read each model's embeddings once and align them on the clips every model has (narrower
+    embeddings zero-padded to the widest)."""
+    per_model = [packed_segment_embeddings(store, embedding_path(m, layer)) for m in models]
+    widths = tuple(int(v.shape[-1]) for v, _ in per_model)
     rows = per_model[0][1]
     for _, r in per_model[1:]:
         rows = np.intersect1d(rows, r)
-    x = np.stack([v[np.searchsorted(r, rows)] for v, r in per_model], axis=2)
+    padded = [np.pad(v, ((0, 0), (0, 0), (0, max(widths) - v.shape[-1]))) for v, _ in per_model]
+    x = np.stack([v[np.searchsorted(r, rows)] for v, (_, r) in zip(padded, per_model)], axis=2)
     labels = store.label_indices(store.clips["label"])[rows]
-    return FusionData(x, rows, labels, tuple(models), tuple(model_modality(store, m, layer) for m in models), layer)
+    return FusionData(x, rows, labels, tuple(models), tuple(model_modality(store, m, layer) for m in models), layer, widths)
+
+
+def select_for(store: Store, config: FuseConfig) -> tuple[str, ...]:
+    """The models ``config`` fuses: :func:`select_models`, or for ``mlp`` its one ``--models`` model."""
+    layer = config.embedding_layer()
+    if config.method != "mlp":
+        return select_models(store, tuple(config.modalities), config.models, layer)
+    if not config.models or len(config.models) != 1:
+        raise ConfigError(f"--method mlp trains on one model's embeddings: give --models NAME, got {config.models}")
+    model = config.models[0]
+    if "/" in model:
+        raise ConfigError(f"--method mlp: give the layer with --layer, not in --models ({model})")
+    if not store.has_array(embedding_path(model, layer)):
+        raise StoreError(f"no {layer} embeddings of {model} (run featstore embed --model {model} --layer {layer})")
+    return (model,)
 
 
 def _mixing(n: int, modalities: tuple[str, ...], config: FuseConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -201,7 +246,7 @@ def train_head(data: FusionData, train: np.ndarray, val: np.ndarray, config: Fus
     """
     import keras
 
-    from featstore.models.fusion import build_fusion_model
+    from featstore.models.fusion import build_head
 
     keras.utils.set_random_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -210,7 +255,7 @@ def train_head(data: FusionData, train: np.ndarray, val: np.ndarray, config: Fus
     onehot = np.eye(n_classes, dtype=np.float32)[np.repeat(np.maximum(data.labels, 0), n_seg)]
     train_ex = (train[:, None] * n_seg + np.arange(n_seg)).ravel()
     val_ex = (val[:, None] * n_seg + np.arange(n_seg)).ravel()
-    model = build_fusion_model(config.method, modalities=data.modalities, dim=dim, n_classes=n_classes, l2=config.l2)
+    model = build_head(config.method, modalities=data.modalities, embedding_widths=data.widths, widths=config.widths, n_classes=n_classes, l2=config.l2)
     trainer = FusionTrainer(model, examples[train_ex], onehot[train_ex], batch_size=config.batch_size, lr=config.lr)
     history: dict[str, list[float]] = {"loss": [], "val_log_loss": []}
     best, best_weights = np.inf, model.get_weights()
@@ -231,7 +276,7 @@ def _backbone_overlap(store: Store, models: tuple[str, ...], train_clip_ids: lis
     """Share of ``train_clip_ids`` that each backbone was trained on (None when not recorded)."""
     overlap = {}
     for m in models:
-        trained_on = training_clips(store, m)
+        trained_on = training_clips(store, m.split("/")[0])
         overlap[m] = None if trained_on is None else float(np.isin(train_clip_ids, trained_on).mean())
     return overlap
 
@@ -241,15 +286,10 @@ def fuse(store: Store, config: FuseConfig, *, data: FusionData | None = None) ->
 
     ``data`` may be passed to reuse embeddings already loaded (``--method all`` loads each layer once).
     """
-    from featstore.models.fusion import LAYER_OF
-
     start = time.perf_counter()
-    layer = LAYER_OF.get(config.method)
-    if layer is None:
-        raise ValueError(f"--method must be one of f1..f6 or all, got {config.method!r}")
+    layer = config.embedding_layer()
     if data is None:
-        models = select_models(store, tuple(config.modalities), config.models, layer)
-        data = load_fusion_data(store, models, layer)
+        data = load_fusion_data(store, select_for(store, config), layer)
     loaded = time.perf_counter()
     clips = store.clips.iloc[data.rows].reset_index(drop=True)
     train, val = validation_split(clips, fraction=config.val_fraction, seed=config.seed)
@@ -261,7 +301,7 @@ def fuse(store: Store, config: FuseConfig, *, data: FusionData | None = None) ->
 
     n_clips, n_seg, n_models, dim = data.x.shape
     probs = trainer.predict(data.x.reshape(-1, n_models, dim)).reshape(n_clips, n_seg, -1)
-    name = config.run_name()
+    name = config.run_name(data.models)
     write_predictions(store, name, data.rows, probs, stage="fuse", params={"method": config.method, "models": list(data.models), "layer": layer}, unit="segment")
     in_split = (clips["split"].to_numpy() == config.split) & (data.labels >= 0)
     metrics = evaluate_predictions(probs[in_split], data.labels[in_split], classes) if in_split.any() else {}
@@ -285,14 +325,13 @@ def fuse_methods(store: Store, methods: tuple[str, ...], config: FuseConfig) -> 
     """Run several methods with one config (e.g. all six), loading each embedding layer once."""
     from dataclasses import replace
 
-    from featstore.models.fusion import LAYER_OF
-
     loaded: dict[str, FusionData] = {}
     records = []
     for method in methods:
-        layer = LAYER_OF[method]
+        name = f"{config.name}-{method}" if config.name and len(methods) > 1 else config.name
+        method_config = replace(config, method=method, name=name)
+        layer = method_config.embedding_layer()
         if layer not in loaded:
-            loaded[layer] = load_fusion_data(store, select_models(store, tuple(config.modalities), config.models, layer), layer)
-        name = f"{config.name}-{method}" if config.name else None
-        records.append(fuse(store, replace(config, method=method, name=name), data=loaded[layer]))
+            loaded[layer] = load_fusion_data(store, select_for(store, method_config), layer)
+        records.append(fuse(store, method_config, data=loaded[layer]))
     return records

@@ -45,13 +45,13 @@ def test_every_cli_default_equals_its_config_default(command, config_class):
 
 
 def test_cli_choices_come_from_the_registries():
-    from featstore.models.fusion import METHODS
+    from featstore.models.fusion import HEADS, METHODS
     from featstore.pipelines.ensemble import RULES
 
     assert list(_command_params("train-backbone")["model"].type.choices) == list(MODELS)
     assert list(_command_params("embed")["layer"].type.choices) == [*LAYERS, "all"]
     assert list(_command_params("ensemble")["rule"].type.choices) == list(RULES)
-    assert set(_command_params("fuse")["method"].type.choices) == {*METHODS, "all"}
+    assert set(_command_params("fuse")["method"].type.choices) == {*METHODS, *HEADS, "all"}
     assert set(STAGES) == {"extract-audio", "extract-frames", "embed"}
     assert all(name in main.commands for name in STAGES)
 

@@ -24,6 +24,22 @@ kernel.
 >>> model = build_fusion_model("f4", modalities=("audio", "audio", "visual"), dim=10)  # doctest: +SKIP
 >>> model.output_shape                                                  # doctest: +SKIP
 (None, 10)
+
+Two heads beyond the Fusion Layer, on the same (batch, model, dim) input, each ending in FC(10)-Softmax
+(layers ``fc10`` and ``softmax``), every hidden FC followed by ReLU and Dropout, L2 on every kernel:
+
+=======  ==========================================================================================
+method   head
+=======  ==========================================================================================
+mlp      one model's embedding: FC(w_1)-...-FC(w_k) (Pham et al. 2021's visual-embedding MLP,
+         default widths 8192-8192-1024, :data:`MLP_WIDTHS`)
+concat   joint modeling (Wang et al. 2022): each modality's embeddings (its models' vectors
+         concatenated) projected by its own FC(w_1) ``proj_audio1`` / ``proj_visual1``, the
+         projections concatenated, then FC(w_2)-...-FC(w_k) (default :data:`CONCAT_WIDTHS`)
+=======  ==========================================================================================
+
+Parameters of ``mlp`` on a ``d``-wide embedding, widths ``w_1..w_k`` and ``c`` classes:
+``sum_j (w_{j-1} + 1) w_j + (w_k + 1) c`` with ``w_0 = d`` (:func:`mlp_param_count`).
 """
 
 from __future__ import annotations
@@ -32,6 +48,14 @@ import keras
 from keras import ops
 
 METHODS = ("f1", "f2", "f3", "f4", "f5", "f6")
+#: The heads that are not a Fusion Layer; they read any embedding layer (``fc1024`` by default).
+HEADS = ("mlp", "concat")
+#: Pham et al. 2021: FC 8192 - 8192 - 1024 - Softmax on a frozen image network's embedding.
+MLP_WIDTHS = (8192, 8192, 1024)
+#: Our choice (Wang et al. 2022 give no widths we follow): FC(512) per modality, then FC(512).
+CONCAT_WIDTHS = (512, 512)
+#: Dropout after every hidden FC of ``mlp`` and ``concat`` (Pham et al. 2021: 40%).
+HEAD_DROPOUT = 0.4
 #: The embedding layer each method fuses.
 LAYER_OF = {"f1": "fc1024", "f2": "fc1024", "f3": "fc1024", "f4": "fc10", "f5": "fc10", "f6": "fc10"}
 #: The form of each method (f4..f6 share f1..f3's).
@@ -100,3 +124,93 @@ def build_fusion_model(method: str, *, modalities: tuple[str, ...], dim: int, n_
     logits = keras.layers.Dense(n_classes, kernel_regularizer=reg, name="fc10")(fused)
     outputs = keras.layers.Activation("softmax", name="softmax")(logits)
     return keras.Model(inputs, outputs, name=f"fusion-{method}")
+
+
+@keras.saving.register_keras_serializable(package="featstore")
+class SelectEmbeddings(keras.layers.Layer):
+    """(batch, model, dim) -> (batch, sum(widths)): embedding ``indices[k]``'s first ``widths[k]``
+    values, concatenated (embeddings narrower than ``dim`` are stored zero-padded to it)."""
+
+    def __init__(self, indices: tuple[int, ...], widths: tuple[int, ...], **kwargs):
+        super().__init__(**kwargs)
+        if len(indices) != len(widths) or not indices:
+            raise ValueError(f"one width per selected embedding, got indices {indices} and widths {widths}")
+        self.indices, self.widths = tuple(int(i) for i in indices), tuple(int(w) for w in widths)
+
+    def call(self, x):
+        parts = [x[:, i, :w] for i, w in zip(self.indices, self.widths)]
+        return ops.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], sum(self.widths))
+
+    def get_config(self):
+        return {**super().get_config(), "indices": list(self.indices), "widths": list(self.widths)}
+
+
+def _hidden(x, widths: tuple[int, ...], *, dropout: float, l2: float, prefix: str):
+    """FC(w)-ReLU-Dropout for each of ``widths``; layers ``{prefix}{k}`` and ``{prefix}{k}_dropout`` (k from 1)."""
+    reg = keras.regularizers.L2(l2) if l2 else None
+    for k, width in enumerate(widths, start=1):
+        x = keras.layers.Dense(width, activation="relu", kernel_regularizer=reg, name=f"{prefix}{k}")(x)
+        x = keras.layers.Dropout(dropout, name=f"{prefix}{k}_dropout")(x)
+    return x
+
+
+def _classifier(x, n_classes: int, l2: float):
+    reg = keras.regularizers.L2(l2) if l2 else None
+    logits = keras.layers.Dense(n_classes, kernel_regularizer=reg, name="fc10")(x)
+    return keras.layers.Activation("softmax", name="softmax")(logits)
+
+
+def mlp_param_count(dim: int, widths: tuple[int, ...] = MLP_WIDTHS, n_classes: int = 10) -> int:
+    """Trainable parameters of :func:`build_mlp_model` (weights and biases of each FC)."""
+    sizes = (dim, *widths, n_classes)
+    return sum((a + 1) * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def build_mlp_model(*, dim: int, widths: tuple[int, ...] = MLP_WIDTHS, n_classes: int = 10, dropout: float = HEAD_DROPOUT, l2: float = 1e-4) -> keras.Model:
+    """The ``mlp`` head on (batch, 1, dim) input (one model's embedding); hidden layers ``fc1..fck``."""
+    inputs = keras.Input(shape=(1, dim), name="embeddings")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    return keras.Model(inputs, _classifier(_hidden(x, tuple(widths), dropout=dropout, l2=l2, prefix="fc"), n_classes, l2), name="head-mlp")
+
+
+def build_concat_model(*, modalities: tuple[str, ...], embedding_widths: tuple[int, ...], widths: tuple[int, ...] = CONCAT_WIDTHS, n_classes: int = 10, dropout: float = HEAD_DROPOUT, l2: float = 1e-4) -> keras.Model:
+    """The ``concat`` head on (batch, model, max(embedding_widths)) input.
+
+    ``embedding_widths``: each stacked embedding's own width (narrower ones zero-padded). Layers:
+    ``select_{modality}``, ``proj_{modality}1`` (FC(widths[0])), ``concat``, ``fc1..`` (widths[1:]).
+    """
+    if len(modalities) != len(embedding_widths):
+        raise ValueError(f"{len(modalities)} modalities but {len(embedding_widths)} embedding widths")
+    if not widths:
+        raise ValueError("concat needs at least the projection width")
+    inputs = keras.Input(shape=(len(modalities), max(embedding_widths)), name="embeddings")
+    projected = []
+    for modality in ("audio", "visual"):
+        index = tuple(i for i, m in enumerate(modalities) if m == modality)
+        if index:
+            selected = SelectEmbeddings(index, tuple(embedding_widths[i] for i in index), name=f"select_{modality}")(inputs)
+            projected.append(_hidden(selected, widths[:1], dropout=dropout, l2=l2, prefix=f"proj_{modality}"))
+    x = keras.layers.Concatenate(name="concat")(projected) if len(projected) > 1 else projected[0]
+    return keras.Model(inputs, _classifier(_hidden(x, tuple(widths[1:]), dropout=dropout, l2=l2, prefix="fc"), n_classes, l2), name="head-concat")
+
+
+def build_head(method: str, *, modalities: tuple[str, ...], embedding_widths: tuple[int, ...], widths: tuple[int, ...] | None = None, n_classes: int = 10, l2: float = 1e-4, dropout: float = HEAD_DROPOUT) -> keras.Model:
+    """Any Phase II head by ``method`` (f1..f6, mlp, concat) on (batch, model, max(embedding_widths)) input.
+
+    ``widths``: the hidden FC widths of ``mlp`` / ``concat`` (None: their defaults); f1..f6 have none
+    and need one embedding width.
+    """
+    if method in METHODS:
+        if len(set(embedding_widths)) != 1:
+            raise ValueError(f"the fusion layer adds embeddings element-wise, so they need one width; got {embedding_widths}")
+        return build_fusion_model(method, modalities=modalities, dim=embedding_widths[0], n_classes=n_classes, l2=l2)
+    if method == "mlp":
+        if len(modalities) != 1:
+            raise ValueError(f"mlp trains on one model's embeddings, got {len(modalities)} models")
+        return build_mlp_model(dim=embedding_widths[0], widths=tuple(widths or MLP_WIDTHS), n_classes=n_classes, dropout=dropout, l2=l2)
+    if method == "concat":
+        return build_concat_model(modalities=modalities, embedding_widths=embedding_widths, widths=tuple(widths or CONCAT_WIDTHS), n_classes=n_classes, dropout=dropout, l2=l2)
+    raise ValueError(f"method must be one of {', '.join(METHODS + HEADS)}, got {method!r}")
