@@ -23,7 +23,7 @@ from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, con
 from featstore.cli.phase2 import ensemble, fuse, report, train_joint  # noqa: E402
 from featstore.cli.system import export_system, predict_cmd  # noqa: E402
 from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
-from featstore.pipelines.embed import LAYERS  # noqa: E402
+from featstore.pipelines.embed import APPLICATION_PREFIX, LAYERS  # noqa: E402
 from featstore.pipelines.extract_frames import FramesConfig  # noqa: E402
 from featstore.pipelines.ingest import FORMATS as INGEST_FORMATS  # noqa: E402
 from featstore.models import MODELS  # noqa: E402
@@ -108,6 +108,12 @@ def demo_data(out: str, clips_per_class: int, seed: int, duration_s: float) -> N
 
     root = make_demo_dataset(out, clips_per_class=clips_per_class, seed=seed, duration_s=duration_s)
     click.echo(f"demo dataset: {root} ({10 * clips_per_class} clips)")
+
+
+def _embed_model_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """``--model``: a model name, or ``keras:`` followed by one."""
+    prefix = APPLICATION_PREFIX if value.startswith(APPLICATION_PREFIX) else ""
+    return prefix + single_name_option(ctx, param, value.removeprefix(prefix))
 
 
 def stage_options(func):
@@ -255,17 +261,18 @@ def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_u
 
 @main.command("embed")
 @click.argument("store")
-@click.option("--model", "model", required=True, callback=single_name_option, help="Registered model name (aud-mel, aud-gam, aud-cqt, vis-inc, vis-conv, or your own).")
-@click.option("--model-file", default=None, help="Register this .keras file under --model first (layers fc1024, fc10, softmax).")
-@click.option("--input", "input_array", default=None, help="Input array of a --model-file (default: by model name, e.g. audio/mel).")
-@click.option("--layer", type=click.Choice([*LAYERS, "all"]), default="all", show_default=True)
+@click.option("--model", "model", required=True, callback=_embed_model_option, help="Registered model name (aud-mel, aud-gam, aud-cqt, vis-inc, vis-conv, or your own), or keras:NAME for a keras.applications model (e.g. keras:ResNet50).")
+@click.option("--model-file", default=None, help="Register this .keras file under --model first (a backbone with layers fc1024, fc10, softmax; any model with --layer NAME).")
+@click.option("--input", "input_array", default=None, help="Input array of a --model-file or keras:NAME model (default: by model name, e.g. audio/mel; frames/rgb for keras:NAME).")
+@click.option("--weights", "weights_file", default=None, help="Local ImageNet weights file of a keras:NAME model (never downloaded; random weights and a warning without).")
+@click.option("--layer", default="all", show_default=True, help="fc1024, fc10, all (both), or comma-separated layer names of the model (spatial outputs globally averaged).")
 @click.option("--workers", type=int, default=0, show_default=True, help="Dask workers (0 = in-process; TensorFlow uses every core itself).")
 @click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
 @click.option("--clips", default=None, help="Only these clips: a split name or a file of clip_ids.")
 @click.option("--overwrite", is_flag=True, help="Recompute every clip.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def embed_cmd(store, model, model_file, input_array, layer, workers, scheduler, clips, overwrite, as_json, quiet):
+def embed_cmd(store, model, model_file, input_array, weights_file, layer, workers, scheduler, clips, overwrite, as_json, quiet):
     """Cache a backbone's FC(1024) / FC(10) embeddings and softmax predictions for every clip.
 
     One forward pass per clip writes embeddings/MODEL/fc1024, embeddings/MODEL/fc10 (pre-softmax)
@@ -273,17 +280,18 @@ def embed_cmd(store, model, model_file, input_array, layer, workers, scheduler, 
     file or re-made input invalidates and recomputes, saying so.
 
     \b
-    Example:
+    Examples:
       featstore embed store.zarr --model aud-mel --model-file aud-mel.keras --layer all
+      featstore embed store.zarr --model keras:ResNet50 --weights resnet50.h5 --layer avg_pool
     """
     from featstore.pipelines.embed import embed
 
     s = open_store(store)
-    layers = LAYERS if layer == "all" else (layer,)
+    layers = LAYERS if layer == "all" else tuple(v.strip() for v in layer.split(",") if v.strip())
 
     def run(progress):
         report, note = embed(
-            s, model, model_file_path=model_file, input_array=input_array, layers=layers, clips=clips,
+            s, model, model_file_path=model_file, input_array=input_array, weights_file=weights_file, layers=layers, clips=clips,
             workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress,
         )
         if note:

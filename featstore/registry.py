@@ -32,24 +32,31 @@ def load_keras(path: str):
     return keras.saving.load_model(path, compile=False, safe_mode=True)
 
 
-def register_model(store: Store, name: str, model_file: str, *, input_array: str, config: dict | None = None) -> dict[str, Any]:
+#: The head contract of backbones: embeddings at ``fc1024`` and ``fc10``, probabilities at ``softmax``.
+HEAD_LAYERS = ("fc1024", "fc10", "softmax")
+
+
+def register_model(store: Store, name: str, model_file: str, *, input_array: str, config: dict | None = None, require_head: bool = True) -> dict[str, Any]:
     """Copy ``model_file`` into the store under ``name`` and record it; returns the entry.
 
-    The model must load in safe mode and have layers named ``fc1024``, ``fc10`` and ``softmax``.
+    The model must load in safe mode. With ``require_head`` it must have the head contract (layers
+    ``fc1024``, ``fc10`` and ``softmax``); without, any model registers (an ImageNet application
+    whose named layers ``embed --layer`` caches), and ``entry["head"]`` says whether it has one.
     """
     data = open(model_file, "rb").read()
     model = load_keras(model_file)
-    missing = [n for n in ("fc1024", "fc10", "softmax") if n not in {layer.name for layer in model.layers}]
-    if missing:
-        raise StoreError(f"{model_file}: no layer named {', '.join(missing)} (the embedding contract)")
+    missing = [n for n in HEAD_LAYERS if n not in {layer.name for layer in model.layers}]
+    if missing and require_head:
+        raise StoreError(f"{model_file}: no layer named {', '.join(missing)} (the embedding contract; embed any other layer with --layer NAME)")
+    head = {"fc1024_units": int(model.get_layer("fc1024").output.shape[-1]), "n_classes": int(model.get_layer("fc10").output.shape[-1])} if not missing else {}
     entry = {
         "name": name,
         "fingerprint": hashlib.blake2b(data, digest_size=16).hexdigest(),
         "input": input_array,
         "input_fingerprint": store.provenance(input_array)["fingerprint"],
         "input_shape": list(model.inputs[0].shape[1:]),  # the first input's (a joint model's second is its visual input)
-        "fc1024_units": int(model.get_layer("fc1024").output.shape[-1]),
-        "n_classes": int(model.get_layer("fc10").output.shape[-1]),
+        "head": not missing,
+        **head,
         "config": config or {},
         "registered": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -67,7 +67,8 @@ class StageConfig:
 
     @classmethod
     def from_legacy(cls, prov: Provenance) -> StageConfig:
-        """The config of an array written before configs were recorded, from its parameters."""
+        """The config that makes exactly the array ``prov`` describes, for an array written before
+        configs were recorded, rebuilt from its parameters."""
         raise StoreError(f"{prov.path}: made by {prov.stage!r} before stage configs were recorded; recompute it")
 
     # ------------------------------------------------------------------ shared

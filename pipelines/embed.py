@@ -23,25 +23,37 @@ from featstore.errors import ConfigError, ParamsMismatch
 from featstore.pipelines.config import StageConfig, option
 from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage, select_clips
 from featstore.provenance import Provenance
-from featstore.registry import load_keras, model_entry, model_file, register_model
+from featstore.registry import load_keras, model_entry, model_file, register_model, registered_models
 from featstore.store import Store
 
 LAYERS = ("fc1024", "fc10")
+#: ``embed --model keras:ResNet50`` builds that keras.applications model.
+APPLICATION_PREFIX = "keras:"
 #: Parameters whose change means "new model or new input": recompute instead of refusing.
 INVALIDATING = {"model_fingerprint", "input_fingerprint"}
 
-_MODELS: dict[tuple[str, str], Any] = {}
+_MODELS: dict[tuple, Any] = {}
 
 
-def _embedder(path: str, fingerprint: str):
-    """The model with outputs [fc1024, fc10, softmax], loaded once per process and model version."""
-    key = (path, fingerprint)
+def _embedder(path: str, fingerprint: str, outputs: tuple[str, ...]):
+    """The model whose outputs are ``outputs`` (layer names; a spatial layer globally averaged,
+    see :func:`featstore.models.applications.embedding_model`), loaded once per process, model
+    version and output set: one forward pass gives them all."""
+    key = (path, fingerprint, outputs)
     if key not in _MODELS:
         import keras
 
+        from featstore.models.applications import embedding_model
+
         model = load_keras(path)
-        _MODELS[key] = keras.Model(model.input, [model.get_layer(n).output for n in ("fc1024", "fc10", "softmax")])
+        _MODELS[key] = keras.Model(model.inputs, [embedding_model(model, name).output for name in outputs])
     return _MODELS[key]
+
+
+def layer_width(store: Store, model: str, fingerprint: str, layer: str) -> int:
+    """Width of ``layer``'s embedding (after pooling) of registered ``model`` (loads the model once)."""
+    embedder = _embedder(model_file(store, model, fingerprint), fingerprint, (layer,))
+    return int(embedder.outputs[0].shape[-1])
 
 
 def model_inputs(store: Store, input_array: str, clip_id: str) -> np.ndarray:
@@ -57,13 +69,19 @@ def model_inputs(store: Store, input_array: str, clip_id: str) -> np.ndarray:
 
 
 def compute_embed(task: ClipTask, params: dict[str, Any], names: tuple[str, ...]) -> ClipResult:
-    """Worker side: one forward pass over the clip's windows or frames."""
+    """Worker side: one forward pass over the clip's windows or frames (with a joint model's cached
+    visual embedding of each window as its second input)."""
     store = task.open_store()
     x = model_inputs(store, params["input"], task.clip_id)
-    embedder = _embedder(model_file(store, params["model"], params["model_fingerprint"]), params["model_fingerprint"])
-    fc1024, fc10, softmax = (np.asarray(v) for v in embedder(x, training=False))
-    outputs = {"fc1024": fc1024, "fc10": fc10, "predictions": softmax}
-    return ClipResult({n: outputs[n].astype(np.float32) for n in names})
+    if params.get("visual_input"):
+        from featstore.pipelines.train_joint import visual_inputs
+
+        x = [x, visual_inputs(store, {"config": {"visual_input": params["visual_input"]}}, task.clip_id)]
+    layers = tuple("softmax" if n == "predictions" else n for n in names)
+    embedder = _embedder(model_file(store, params["model"], params["model_fingerprint"]), params["model_fingerprint"], layers)
+    values = embedder(x, training=False)
+    values = values if isinstance(values, list | tuple) else [values]
+    return ClipResult({n: np.asarray(v).astype(np.float32) for n, v in zip(names, values)})
 
 
 @dataclass(frozen=True)
@@ -76,7 +94,7 @@ class EmbedConfig(StageConfig):
     stage: ClassVar[str] = "embed"
 
     model: str = option("", "Registered model name.", cli=False)
-    layers: tuple[str, ...] = option(LAYERS, "Embedding layers to cache.", choices=LAYERS)
+    layers: tuple[str, ...] = option(LAYERS, "Embedding layers to cache: fc1024, fc10, or any layer name of the model.", cli=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -84,20 +102,26 @@ class EmbedConfig(StageConfig):
             raise ConfigError("embed needs a registered model name (--model)")
 
     def for_output(self, leaf: str) -> EmbedConfig:
-        return replace(self, layers=(leaf,) if leaf in LAYERS else ())
+        return replace(self, layers=() if leaf == "predictions" else (leaf,))
 
     def build(self, store: Store) -> Stage:
         entry = model_entry(store, self.model)
+        head = entry.get("head", True)  # models registered before the flag had to have the head
+        if not head and not self.layers:
+            raise ConfigError(f"model {self.model!r} has no softmax head: name the layer(s) to embed with --layer")
         input_prov = store.provenance(entry["input"])
         visual = input_prov.modality == "visual"
         units = store.array(entry["input"]).shape[1] if visual else store.n_segments
         unit_dim = "frame" if visual else "segment"
-        dims = {"fc1024": entry["fc1024_units"], "fc10": entry["n_classes"]}
-        outputs = [
-            OutputSpec(layer, f"embeddings/{self.model}/{layer}", (units, dims[layer]), "float32", (unit_dim, "dim"), {"layer": layer}, self.for_output(layer).to_dict())
-            for layer in self.layers
-        ]
-        outputs.append(OutputSpec("predictions", f"predictions/{self.model}", (units, entry["n_classes"]), "float32", (unit_dim, "class"), {"layer": "softmax"}, self.for_output("predictions").to_dict()))
+        outputs = []
+        for layer in self.layers:
+            if head and layer in LAYERS:  # the head contract: widths known from the registry
+                width, spec_params = entry["fc1024_units" if layer == "fc1024" else "n_classes"], {"layer": layer}
+            else:
+                width, spec_params = layer_width(store, self.model, entry["fingerprint"], layer), {"layer": layer, "pooled": True}
+            outputs.append(OutputSpec(layer, f"embeddings/{self.model}/{layer}", (units, width), "float32", (unit_dim, "dim"), spec_params, self.for_output(layer).to_dict()))
+        if head:
+            outputs.append(OutputSpec("predictions", f"predictions/{self.model}", (units, entry["n_classes"]), "float32", (unit_dim, "class"), {"layer": "softmax"}, self.for_output("predictions").to_dict()))
         params = {
             "model": self.model,
             "model_fingerprint": entry["fingerprint"],
@@ -105,13 +129,15 @@ class EmbedConfig(StageConfig):
             "input_fingerprint": input_prov.fingerprint,
             "window_s": store.segment_s,
             "frames_per_segment": input_prov.frames_per_segment if visual else 1,
+            **({"visual_input": visual_input} if (visual_input := entry.get("config", {}).get("visual_input")) else {}),
         }
         upstream = store.ledger(entry["input"]).entries
         return Stage(self.stage, params, tuple(outputs), compute_embed, lambda row: str(upstream.get(row["clip_id"], {}).get("crc32", "missing")), modality=input_prov.modality, clips_per_task=8)
 
     @classmethod
     def from_legacy(cls, prov: Provenance) -> EmbedConfig:
-        return cls(model=prov.params["model"], layers=LAYERS)
+        layer = prov.params["layer"]
+        return cls(model=prov.params["model"], layers=() if layer == "softmax" else (layer,))
 
 
 def _upstream_done(store: Store, input_array: str, clips: str | list[str] | None) -> tuple[str | list[str] | None, list[str]]:
@@ -133,6 +159,7 @@ def embed(
     *,
     model_file_path: str | None = None,
     input_array: str | None = None,
+    weights_file: str | None = None,
     layers: tuple[str, ...] = LAYERS,
     clips: str | list[str] | None = None,
     workers: int | None = 0,
@@ -140,18 +167,28 @@ def embed(
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> tuple[StageReport, str | None]:
-    """Embed every clip with registered model ``model`` (registering ``model_file_path`` first if given).
+    """Embed every clip with registered model ``model``; returns the report and a note (cached
+    embeddings invalidated by a new model or input, clips skipped because their input failed).
 
-    Returns the report and a note when cached embeddings were invalidated (new model or input).
+    ``model_file_path`` registers a ``.keras`` file under ``model`` first (``input_array`` names its
+    input; a model without the fc1024/fc10/softmax head needs named ``layers``). ``model =
+    "keras:NAME"`` builds the ``keras.applications`` model NAME on the frames (``input_array``,
+    default ``frames/rgb``) with ImageNet weights from the local ``weights_file`` (random weights and
+    a warning without one; never downloaded) and registers it as NAME, once per weights file.
+    ``layers`` are ``fc1024``, ``fc10`` or any layer name of the model (a spatial output is globally
+    averaged; the layer name is part of the array path, so another layer is another array).
     ``workers`` defaults to 0 (in-process): one TensorFlow process uses every core by itself.
     """
     from featstore.models import MODELS
 
-    if model_file_path:
+    custom_layers = any(layer not in LAYERS for layer in layers)
+    if model.startswith(APPLICATION_PREFIX):
+        model = _register_application(store, model.removeprefix(APPLICATION_PREFIX), weights_file, input_array or "frames/rgb")
+    elif model_file_path:
         source = input_array or MODELS.get(model, (None, None))[1]
         if source is None:
             raise ConfigError(f"--input is needed for a model file named {model!r} (not one of {', '.join(MODELS)})")
-        register_model(store, model, model_file_path, input_array=source, config={"source": "model file"})
+        register_model(store, model, model_file_path, input_array=source, config={"source": "model file"}, require_head=not custom_layers)
     stage = EmbedConfig(model=model, layers=layers).build(store)
     clips, upstream_missing = _upstream_done(store, stage.params["input"], clips)
     note = None
@@ -167,3 +204,26 @@ def embed(
         skipped = f"{len(upstream_missing)} clip(s) skipped, their input {stage.params['input']} is not done (failed upstream): {shown}"
         note = f"{note}; {skipped}" if note else skipped
     return report, note
+
+
+def _register_application(store: Store, name: str, weights_file: str | None, input_array: str) -> str:
+    """Register the keras.applications model ``name`` on ``input_array``'s frames (see :func:`embed`);
+    an application already registered from the same weights file and frame size is reused."""
+    import os
+    import tempfile
+
+    from featstore.models.applications import application_fingerprint, build_application
+    from featstore.names import single_name
+
+    single_name(name, "--model keras:NAME")
+    shape = tuple(int(n) for n in store.array(input_array).shape[2:])
+    key = application_fingerprint(name, input_shape=shape, weights_file=weights_file)
+    if name in registered_models(store) and model_entry(store, name)["config"].get("application_fingerprint") == key:
+        return name
+    application = build_application(name, input_shape=shape, weights_file=weights_file)
+    config = {"source": "keras.applications", "application": name, "weights_file": os.path.basename(weights_file) if weights_file else None, "application_fingerprint": key}
+    with tempfile.TemporaryDirectory() as work:
+        path = os.path.join(work, f"{name}.keras")
+        application.save(path)
+        register_model(store, name, path, input_array=input_array, config=config, require_head=False)
+    return name

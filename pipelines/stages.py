@@ -29,4 +29,4 @@ def config_for_array(store: Store, path: str) -> StageConfig:
     config_class = STAGES.get(prov.stage)
     if config_class is None:
         raise StoreError(f"{path}: made by {prov.stage!r}, which is not a batch stage featstore can re-run; re-import or recompute it")
-    return config_class.from_provenance(prov).for_output(prov.leaf)
+    return config_class.from_provenance(prov)

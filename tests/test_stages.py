@@ -49,7 +49,9 @@ def test_cli_choices_come_from_the_registries():
     from featstore.pipelines.ensemble import RULES
 
     assert list(_command_params("train-backbone")["model"].type.choices) == list(MODELS)
-    assert list(_command_params("embed")["layer"].type.choices) == [*LAYERS, "all"]
+    # embed's --layer "all" is EmbedConfig's default layers
+    assert _command_params("embed")["layer"].default == "all"
+    assert {f.name: f.default for f in dataclasses.fields(EmbedConfig)}["layers"] == LAYERS
     assert list(_command_params("ensemble")["rule"].type.choices) == list(RULES)
     assert set(_command_params("fuse")["method"].type.choices) == {*METHODS, *HEADS, "all"}
     assert set(STAGES) == {"extract-audio", "extract-frames", "embed"}

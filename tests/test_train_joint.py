@@ -136,3 +136,19 @@ def test_train_joint_command(joint_store):
     assert "j-cli: best epoch 1" in proc.stdout and "evaluate clip accuracy" in proc.stdout
     proc = run_cli("train-joint", store.url, "--name", "j-bad", "--visual-model", "nope", *args)
     assert proc.returncode == 1 and "no fc1024 embeddings of nope" in proc.stderr
+
+
+def test_embed_feeds_a_joint_model_its_cached_visual_input(joint_store):
+    """A joint model embeds like a backbone: `embed` feeds [audio windows, cached visual embedding
+    of each window], so fuse, ensemble, report and predict take it."""
+    from featstore.pipelines.train_joint import JointConfig, train_joint, visual_inputs
+
+    store, encoder = joint_store
+    entry = train_joint(store, JointConfig(name="joint-embed", visual_model=VISUAL, visual_layer=encoder.layer, **TINY))
+    report, _ = embed_mod.embed(store, "joint-embed")
+    assert report.done == 20
+    model = load_keras(model_file(store, "joint-embed", entry["fingerprint"]))
+    clip = store.clips["clip_id"][3]
+    x = [embed_mod.model_inputs(store, "audio/mel", clip), visual_inputs(store, entry, clip)]
+    np.testing.assert_allclose(store.array("predictions/joint-embed")[3], np.asarray(model(x, training=False)), atol=1e-5)
+    assert store.provenance("embeddings/joint-embed/fc10").params["visual_input"] == entry["config"]["visual_input"]

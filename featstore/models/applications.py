@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from featstore.errors import ConfigError
+from featstore.errors import ConfigError, FeatstoreWarning
 
 #: Name of the preprocessing layer every application model starts with.
 PREPROCESS = "preprocess"
@@ -104,7 +104,7 @@ def build_application(name: str, *, input_shape: tuple[int, int, int], weights_f
             if layer.weights:
                 model.get_layer(layer.name).set_weights(layer.get_weights())
     else:
-        warnings.warn(f"{name}: no ImageNet weights file given, the model has random weights", stacklevel=2)
+        warnings.warn(f"{name}: no ImageNet weights file given, the model has random weights", FeatstoreWarning, stacklevel=2)
     model = keras.Model(inputs, model.output, name=model.name)  # one input tensor, not a list of one
     model.trainable = False
     return model
