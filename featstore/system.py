@@ -83,7 +83,9 @@ class System:
     @property
     def decision(self) -> dict[str, Any]:
         """``{"kind": "fusion", "run", "method", "layer", "models", "head"}`` or
-        ``{"kind": "ensemble", "run", "rule", "inputs": [decision or {"kind": "backbone", "model"}]}``."""
+        ``{"kind": "ensemble", "run", "rule", "inputs": [decision or {"kind": "backbone", "model"}]}``.
+        A fusion run's ``models`` are as ``fuse`` records them: ``NAME`` (at the run's layer) or
+        ``NAME/LAYER``."""
         return dict(self.manifest["decision"])
 
     @property
@@ -113,9 +115,9 @@ class System:
         files: dict[str, bytes] = {}
         backbones: dict[str, dict[str, Any]] = {}
 
-        def add_backbone(model: str, layer: str) -> None:
+        def add_backbone(model: str, path: str) -> None:
             entry = model_entry(store, model)
-            made_with = store.provenance(f"embeddings/{model}/{layer}" if layer != "softmax" else f"predictions/{model}").params["model_fingerprint"]
+            made_with = store.provenance(path).params["model_fingerprint"]
             if made_with != entry["fingerprint"]:
                 raise StoreError(f"run {run!r} used embeddings of another version of model {model!r} than the registered one; re-embed and re-run it")
             files[f"backbones/{model}.keras"] = model_bytes(store, model)
@@ -124,8 +126,10 @@ class System:
         def decision_of(name: str, *, nested: bool) -> dict[str, Any]:
             record = load_run(store, name)
             if record["kind"] == "fuse":
-                for model in record["models"]:
-                    add_backbone(model, record["layer"])
+                from featstore.pipelines.fuse import embedding_path
+
+                for model in record["models"]:  # "NAME" (at the run's layer) or "NAME/LAYER"
+                    add_backbone(model.split("/")[0], embedding_path(model, record["layer"]))
                 files[f"heads/{name}.keras"] = run_head_bytes(store, name)
                 return {"kind": "fusion", "run": name, "method": record["method"], "layer": record["layer"], "models": list(record["models"]), "head": f"heads/{name}.keras",
                         "predictions_fingerprint": store.provenance(f"predictions/{name}").fingerprint}
@@ -135,7 +139,7 @@ class System:
                     if store.side.exists(f"runs/{item}.json"):
                         inputs.append(decision_of(item, nested=True))
                     else:
-                        add_backbone(item, "softmax")
+                        add_backbone(item, f"predictions/{item}")
                         inputs.append({"kind": "backbone", "model": item})
                 return {"kind": "ensemble", "run": name, "rule": record["rule"], "inputs": inputs,
                         "predictions_fingerprint": store.provenance(f"predictions/{name}").fingerprint}

@@ -117,7 +117,7 @@ def embedding_path(model: str, layer: str) -> str:
 
 def model_modality(store: Store, model: str, layer: str) -> str:
     """"visual" when ``model``'s ``layer`` embeddings were made from frames, else "audio"."""
-    return "visual" if store.provenance(embedding_path(model, layer))["params"]["input"].endswith("/rgb") else "audio"
+    return store.provenance(embedding_path(model, layer)).modality
 
 
 def _model_order(model: str) -> tuple[int, str]:

@@ -35,6 +35,7 @@ from featstore.metrics import evaluate_predictions
 from featstore.packed import packed_segment_embeddings
 from featstore.pipelines.embed import LAYERS, embed
 from featstore.pipelines.ensemble import combine
+from featstore.pipelines.fuse import embedding_path, load_fusion_data
 from featstore.pipelines.runner import StageReport, run_stage, select_clips
 from featstore.pipelines.stages import STAGES, config_for_array
 from featstore.registry import model_entry, register_model, registered_models
@@ -123,7 +124,7 @@ def _done_rows(store: Store, path: str) -> np.ndarray:
 def decision_inputs(decision: dict[str, Any]) -> list[str]:
     """The arrays a decision reads (embeddings of a fusion head, predictions of backbones)."""
     if decision["kind"] == "fusion":
-        return [f"embeddings/{m}/{decision['layer']}" for m in decision["models"]]
+        return [embedding_path(m, decision["layer"]) for m in decision["models"]]
     paths = []
     for item in decision["inputs"]:
         paths += [f"predictions/{item['model']}"] if item["kind"] == "backbone" else decision_inputs(item)
@@ -133,8 +134,9 @@ def decision_inputs(decision: dict[str, Any]) -> list[str]:
 def apply_decision(store: Store, system: System, decision: dict[str, Any], rows: np.ndarray) -> np.ndarray:
     """Class probabilities of store ``rows``: (clip, segment, class) for a fusion head, (clip, 1,
     class) for an ensemble, computed as ``fuse`` and ``ensemble`` compute them."""
-    if decision["kind"] == "fusion":
-        x = np.stack([_segment_values(store, p, rows) for p in decision_inputs(decision)], axis=2)  # (clip, seg, model, dim)
+    if decision["kind"] == "fusion":  # the embeddings as fuse reads them (narrower ones zero-padded)
+        data = load_fusion_data(store, tuple(decision["models"]), decision["layer"])
+        x = data.x[np.searchsorted(data.rows, rows)]  # (clip, seg, model, dim)
         head = system.load_keras(decision["head"])
         n_clips, n_seg, n_models, dim = x.shape
         flat = x.reshape(-1, n_models, dim)

@@ -307,3 +307,20 @@ def test_challenge_evaluation_layout_is_detected_and_predicted(trained, tmp_path
     for i, t in enumerate(truth):
         expected = a[0][np.searchsorted(a[1], store.clip_index(t["source_clip"])), int(t["second"])]
         np.testing.assert_allclose(e[0][np.searchsorted(e[1], i), 0], expected, atol=0.02)
+
+
+def test_a_concat_head_of_models_of_different_widths_applies_as_trained(trained, tmp_path):
+    """A joint-modeling `concat` run over fc1024 embeddings of different widths (16 and 12, zero-padded
+    as fuse pads them), exported and applied to a fresh store of the same clips, gives the run's own
+    predictions."""
+    store, _, _ = trained
+    record = fuse(store, FuseConfig(method="concat", models=("aud-mel", "tiny-vis"), widths=(8, 8), epochs=1, name="concat-small"))
+    assert record["models"] == ["aud-mel", "tiny-vis"]
+    system_dir = System.from_run(store, "concat-small").export(str(tmp_path / "sys"))
+    fresh = featstore.init_store(str(tmp_path / "fresh.zarr"), clip_duration_s=CLIP_S)
+    ingest(fresh, store.dataset_root)
+    assert predict(fresh, System.load(system_dir), workers=0).done == 20
+    ours, rows = packed_segment_embeddings(fresh, "predictions/concat-small")
+    theirs, their_rows = packed_segment_embeddings(store, "predictions/concat-small")
+    assert list(rows) == list(their_rows)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
