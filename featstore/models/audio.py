@@ -47,6 +47,10 @@ def audio_backbone(inputs, *, arch: str = "inception", widths: Sequence[int] = (
     """(batch, bins, frames, 6) -> (batch, features)."""
     import keras
 
+    from featstore.models import BATCHNORM_MOMENTUM
+
+    # per-channel standardisation of the dB input (static, delta, delta-delta sit at different offsets)
+    inputs = keras.layers.BatchNormalization(momentum=BATCHNORM_MOMENTUM, name="input_bn")(inputs)
     if arch == "vgg14":
         x = inputs
         groups = ((64, 64), (128, 128), (256,) * 4, (512,) * 4)
