@@ -70,13 +70,14 @@ def visual_backbone(name: str, inputs, *, arch: str = "paper", widths: Sequence[
     at ``arch`` ("paper" or "tiny"); ``widths`` applies to "tiny" only, ``weights_file`` to "paper" only."""
     import keras
 
+    from featstore.errors import ConfigError
     from featstore.models import BATCHNORM_MOMENTUM
 
     if arch not in ARCHS:
-        raise ValueError(f"visual arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+        raise ConfigError(f"visual arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     if arch == "tiny":
         if weights_file:
-            raise ValueError("the tiny visual backbones have no ImageNet weights; drop weights_file or use arch='paper'")
+            raise ConfigError("the tiny visual backbones have no ImageNet weights; drop weights_file or use arch='paper'")
         x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inputs)
         return (_tiny_inception if name == "vis-inc" else _tiny_convnext)(x, widths)
     scale, offset = RESCALE[name]
