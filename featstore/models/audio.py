@@ -1,5 +1,8 @@
 """Audio backbones on 6-channel spectrogram windows (bins, frames, 6), channels last.
 
+Both start with a batch norm of the input (``input_bn``): each channel (static, delta, delta-delta
+per ear) is standardised, whatever the feature's dB offset (around -35 dB for GAM, -10 for MEL).
+
 * ``inception`` (default): stages of residual-inception blocks. Each block has four branches
   (1x1; 3x3; two stacked 3x3; 3x3 max-pool then 1x1), concatenated, projected back by a 1x1
   convolution and added to the block's input (residual), then batch norm and ReLU; 2x2 average
