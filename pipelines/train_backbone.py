@@ -46,6 +46,7 @@ class TrainConfig:
     weights_file: str | None = None
     #: windows (audio) or frames (visual) used per clip and epoch, evenly spaced; None = all
     units_per_clip: int | None = None
+    #: further visual-backbone keywords, e.g. {"arch": "tiny", "widths": [16, 32]} (featstore.models.visual)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -169,7 +170,7 @@ def train_backbone(store: Store, config: TrainConfig) -> dict[str, Any]:
     reader = WindowReader(store, config.input_array, config.window_s)
     train_pairs, val_pairs = reader.index(train_rows, config.units_per_clip), reader.index(val_rows, config.units_per_clip)
     input_shape = reader.read(train_pairs[:1])[0].shape[1:]
-    backbone = {"weights_file": config.weights_file} if MODELS[config.model][0] == "visual" else {"arch": config.arch, "widths": tuple(config.widths)}
+    backbone = {"weights_file": config.weights_file, **config.extra} if MODELS[config.model][0] == "visual" else {"arch": config.arch, "widths": tuple(config.widths)}
     model = build_model(config.model, input_shape=input_shape, n_classes=len(store.classes), head_units=config.head_units, l2=config.l2, **backbone)
     model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=keras.losses.KLDivergence(), metrics=["categorical_accuracy"])
     with tempfile.TemporaryDirectory() as work:

@@ -1,5 +1,8 @@
 """Audio backbones on 6-channel spectrogram windows (bins, frames, 6), channels last.
 
+Both start with a batch norm of the input (``input_bn``): each channel (static, delta, delta-delta
+per ear) is standardised, whatever the feature's dB offset (around -35 dB for GAM, -10 for MEL).
+
 * ``inception`` (default): stages of residual-inception blocks. Each block has four branches
   (1x1; 3x3; two stacked 3x3; 3x3 max-pool then 1x1), concatenated, projected back by a 1x1
   convolution and added to the block's input (residual), then batch norm and ReLU; 2x2 average
@@ -47,6 +50,10 @@ def audio_backbone(inputs, *, arch: str = "inception", widths: Sequence[int] = (
     """(batch, bins, frames, 6) -> (batch, features)."""
     import keras
 
+    from featstore.models import BATCHNORM_MOMENTUM
+
+    # per-channel standardisation of the dB input (static, delta, delta-delta sit at different offsets)
+    inputs = keras.layers.BatchNormalization(momentum=BATCHNORM_MOMENTUM, name="input_bn")(inputs)
     if arch == "vgg14":
         x = inputs
         groups = ((64, 64), (128, 128), (256,) * 4, (512,) * 4)
