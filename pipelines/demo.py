@@ -3,7 +3,9 @@
 The demo data (:mod:`featstore.demo`) is built so that audio alone confuses the transport classes and
 the two streets, video alone confuses the indoor halls and the open spaces, and each is learnable
 otherwise; the demo trains the five backbones, fuses their embeddings per modality and both, and
-ends with a summary in the layout of the two-phase paper's Table II.
+ends with a summary in the layout of the two-phase paper's Table II. Then it exports the
+audio-visual f4 run as a system and applies it to 1 s clips cut from evaluate clips in the
+challenge's evaluation layout, writing the submission file (:func:`to_submission`).
 
 Settings (:class:`DemoSettings`) are sized for 2 CPU cores and about 10 minutes: the visual backbones
 are the *tiny* InceptionV3-like and ConvNeXt-like networks of :mod:`featstore.models.visual` on 64 px
@@ -23,7 +25,6 @@ import featstore
 from featstore.demo import make_demo_dataset
 from featstore.info import format_info, store_info
 from featstore.runs import class_table, markdown_table
-from featstore.store import StoreError
 from featstore.pipelines.extract_audio import extract_audio
 from featstore.pipelines.extract_frames import extract_frames
 from featstore.pipelines.ingest import ingest
@@ -37,6 +38,8 @@ DEMO_MODELS = (
 MODALITY_SETS = ((("audio",), "audio"), (("visual",), "visual"), (("audio", "visual"), "av"))
 FUSE_METHODS = ("f1", "f2", "f3", "f4", "f5", "f6")
 LATE_RULES = ("mean", "prod", "max")
+#: Evaluate clips the demo cuts into 1 s files to show the exported system at work.
+EVAL_CLIPS = 4
 
 
 @dataclass(frozen=True)
@@ -76,15 +79,13 @@ class DemoSettings:
 
 def _train_and_embed(store, settings: DemoSettings, echo) -> list:
     """Train (unless registered already) and embed the five backbones; return the embed reports."""
-    from featstore.registry import model_entry
     from featstore.pipelines.embed import embed
     from featstore.pipelines.train_backbone import train_backbone
+    from featstore.registry import registered_models
 
     reports = []
     for name, input_array in DEMO_MODELS:
-        try:
-            model_entry(store, name)
-        except StoreError:
+        if name not in registered_models(store):
             start = time.perf_counter()
             metrics = train_backbone(store, settings.train_config(store, name, input_array))["config"]["metrics"]
             echo(f"[demo] train-backbone {name}: val_accuracy {metrics['val_accuracy']:.2f} (best epoch {metrics['best_epoch']}, {time.perf_counter() - start:.0f} s)")
@@ -179,4 +180,38 @@ def run_demo(workdir: str, settings: DemoSettings | None = None, *, workers: int
     echo(f"[demo] Table II: evaluate split, {n_clips} clips from locations not seen in training, clip level:")
     echo(table_two(result.records))
     echo(f"[demo] report (Table I, confusion matrices, submissions): {result.report_html}")
-    return result.exit_code
+    return result.exit_code or to_submission(result.store, workdir, echo=echo)
+
+
+def to_submission(store, workdir: str, *, run: str = "fuse-f4-av", n_clips: int = EVAL_CLIPS, echo: Callable[[str], None] = print) -> int:
+    """From development to submission: export ``run`` as a system, cut ``n_clips`` evaluate clips into
+    the challenge's evaluation layout (1 s files), ingest them into a 1 s store, predict, and write
+    the submission file. Made anew on every run (the fusion runs are retrained). Returns the exit code."""
+    import csv
+    import shutil
+
+    from featstore.evalset import write_eval_layout
+    from featstore.pipelines.predict import predict, write_predict_submission
+    from featstore.system import System
+
+    system_dir = os.path.join(workdir, f"system-{run}")
+    eval_root = os.path.join(workdir, "TAU-urban-audio-visual-scenes-2021-evaluation")
+    eval_store = os.path.join(workdir, "eval.zarr")
+    for path in (system_dir, eval_root, eval_store):
+        shutil.rmtree(path, ignore_errors=True)
+    System.from_run(store, run).export(system_dir)
+    sources = list(store.clips.loc[store.clips["split"] == "evaluate", "clip_id"][:n_clips])
+    write_eval_layout(store, sources, eval_root)
+    evaluation = featstore.init_store(eval_store, segment_s=store.segment_s, clip_duration_s=store.segment_s)
+    ingest(evaluation, eval_root)
+    report = predict(evaluation, System.load(system_dir))
+    submission = os.path.join(workdir, "submission-eval.tsv")
+    rows = write_predict_submission(evaluation, report.name, None, submission)
+    with open(submission) as f, open(os.path.join(eval_root, "truth.csv")) as g:
+        decided = {r["filename_audio"]: r["scene_label"] for r in csv.DictReader(f, delimiter="\t")}
+        truth = {r["filename_audio"]: r["scene_label"] for r in csv.DictReader(g, delimiter="\t")}
+    right = sum(decided.get(name) == label for name, label in truth.items())
+    echo(f"[demo] exported {run} to {system_dir}; applied to {rows} one-second clips cut from {len(sources)} evaluate clips "
+         f"(the challenge's layout, {eval_root}): {100 * right / max(len(truth), 1):.1f}% right, one decision per second")
+    echo(f"[demo] submission file: {submission}")
+    return 0 if report.ok else 3
