@@ -44,7 +44,7 @@ from featstore.metrics import classification_metrics, evaluate_predictions
 from featstore.readers import segment_embeddings
 from featstore.runs import save_run, utc_now, write_predictions
 from featstore.store import Store, StoreError
-from featstore.pipelines.train_backbone import validation_split
+from featstore.splits import validation_split
 
 MODALITIES = ("audio", "visual")
 #: The papers' five backbones, in the order embeddings are stacked (other models follow by name).
