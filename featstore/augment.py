@@ -55,15 +55,18 @@ def with_deltas(static: np.ndarray, frames_per_segment: int, width: int = 9, *, 
 def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Mix each example with a random partner: x' = l x + (1 - l) x[p], same for the soft labels.
 
-    ``l`` ~ Beta(alpha, alpha) per example; ``alpha <= 0`` returns the inputs unchanged.
+    ``l`` ~ Beta(alpha, alpha) per example. ``x`` of any real dtype (uint8 frames, float16
+    spectrograms) is mixed straight into float32, one example at a time (no batch-sized
+    temporaries). ``alpha <= 0`` returns ``x`` as float32 (the same object if it already is) and ``y``.
     """
     if alpha <= 0:
-        return x, y
+        return x.astype(np.float32, copy=False), y
     lam = rng.beta(alpha, alpha, size=len(x)).astype(np.float32)
     perm = rng.permutation(len(x))
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    mixed = x * lam.reshape(shape)
-    mixed += x[perm] * (1 - lam.reshape(shape))
+    mixed = np.empty(x.shape, np.float32)
+    for i, (weight, partner) in enumerate(zip(lam.tolist(), perm.tolist())):
+        np.multiply(x[i], np.float32(weight), out=mixed[i], dtype=np.float32)
+        mixed[i] += np.multiply(x[partner], np.float32(1 - weight), dtype=np.float32)
     return mixed, lam[:, None] * y + (1 - lam[:, None]) * y[perm]
 
 
@@ -96,8 +99,7 @@ def augment_images(frames: np.ndarray, rng: np.random.Generator, *, crop: bool =
     flips = rng.random(n) < 0.5 if flip else np.zeros(n, bool)
     for i in range(n):
         image = frames[i]
-        if crop:
-            box = crop_box(height, width, rng)
-            image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR, box=box))
+        if crop:  # Pillow's resize releases the GIL: loader threads crop in parallel
+            image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR, box=crop_box(height, width, rng)))
         out[i] = image[:, ::-1] if flips[i] else image
     return out

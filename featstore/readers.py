@@ -47,16 +47,15 @@ def read_audio(store: Store, feature: str, clip_id: str, *, deltas: bool = False
     """(channel, bin, frame) float32 log spectrogram of ``clip_id``.
 
     With ``deltas``: (6, bin, frame), static, delta and delta-delta channels (derived here unless
-    the array was stored with them), by :func:`featstore.augment.with_deltas`, the computation the
-    training loader uses, so ``embed`` sees what training saw.
+    the array was stored with them; see :func:`featstore.audio.add_deltas`).
     """
-    from featstore.augment import with_deltas
+    from featstore.audio import add_deltas
 
     path = f"{group}/{feature}"
     spec = _checked(store.array(path)[store.clip_index(clip_id)], path, clip_id).astype(np.float32)
     params = store.provenance(path)["params"]
     if deltas and not params["store_deltas"]:
-        spec = with_deltas(spec, params["frames_per_segment"], params["audio"]["delta_width"])
+        spec = add_deltas(spec, params["frames_per_segment"], params["audio"]["delta_width"])
     return spec
 
 
