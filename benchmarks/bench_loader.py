@@ -8,7 +8,8 @@ copied, row by row through the store's own writer, to fill ``--clips`` rows (rea
 content, every row its own chunk).
 
 Batches of 64, shuffled with the clip-block shuffle; frames: random resized crop + flip, then mixup;
-MEL windows: 1 s with deltas (128 x 72 x 6), then mixup. The memory baseline serves the identical
+MEL windows: 1 s with deltas (128 x 72 x 6), mixup. Then the same without augmentation and mixup
+(the read path alone). The memory baseline serves the identical
 batches (same plan, same augmentation, same delta computation) from numpy arrays, gathering each
 example directly. ``--workers`` lists the thread counts to try (0 = all in the calling thread: one
 core). Store and memory alternate for ``--rounds`` rounds; the best epoch of each is kept and the
@@ -94,11 +95,16 @@ def main() -> None:
         store = build_store(work, args.clips, args.source_clips)
         print(f"store: {store.n_clips} clips of 10 s, frames 224x224 and MEL, built in {time.perf_counter() - started:.0f} s; "
               f"{os.cpu_count()} cores (shared machine, under load from other jobs)")
-        kinds = {"frames": ("frames/rgb", dict(augment=True)), "MEL windows": ("audio/mel", dict())}
-        options = dict(batch_size=args.batch_size, block_clips=args.block_clips, mixup_alpha=0.4, seed=0)
+        runs = [  # (what, array, loader options): the training settings, then the read path alone
+            ("frames: crop + flip + mixup", "frames/rgb", dict(augment=True, mixup_alpha=0.4)),
+            ("MEL windows: deltas + mixup", "audio/mel", dict(mixup_alpha=0.4)),
+            ("frames: nothing else", "frames/rgb", dict()),
+            ("MEL windows: deltas only", "audio/mel", dict()),
+        ]
+        options = dict(batch_size=args.batch_size, block_clips=args.block_clips, seed=0)
 
         print(f"\nresident memory after each of {args.epochs} epochs from the store (2 workers):")
-        for kind, (path, extra) in kinds.items():
+        for kind, path, extra in runs[:2]:
             batches = loader(store, path, workers=2, **options, **extra)
             resident = []
             for epoch in range(args.epochs):
@@ -109,10 +115,10 @@ def main() -> None:
             print(f"  {kind}: {', '.join(f'{p:.0f}' for p in resident)} MiB; bytes decompressed per example "
                   f"{per_example:,.0f} = {per_example / unit_bytes:.2f}x its stored size ({unit_bytes:,} B)")
 
-        print(f"\nshuffled batches of {args.batch_size} with mixup (best of {args.rounds} rounds, each epoch {args.clips} clips):")
+        print(f"\nshuffled batches of {args.batch_size} (best of {args.rounds} rounds, each epoch {args.clips} clips):")
         print("| examples | threads | from the store | from arrays in memory | store / memory |")
         print("| --- | ---: | ---: | ---: | ---: |")
-        for kind, (path, extra) in kinds.items():
+        for kind, path, extra in runs:
             memory = store.array(path)[:]
             for workers in (int(w) for w in args.workers.split(",")):
                 from_store = loader(store, path, workers=workers, **options, **extra)

@@ -276,4 +276,6 @@ def tf_dataset(batches: TrainingBatches):
         tf.TensorSpec((None, *batches.units.example_shape), tf.float32),
         tf.TensorSpec((None, batches.n_classes), tf.float32),
     )
-    return tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=signature).prefetch(2)
+    n_batches = -(-len(batches.pairs) // batches.batch_size)  # every batch full but an epoch's last
+    dataset = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=signature)
+    return dataset.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)

@@ -122,6 +122,7 @@ def test_augmentation_crops_and_flips_uint8_frames():
 def test_tf_dataset_serves_a_new_epoch_per_pass(store):
     batches = training_batches(store, "audio/mel", split="train", batch_size=8, block_clips=2, seed=0, workers=1)
     ds = tf_dataset(batches)
+    assert int(ds.cardinality()) == 4, "30 windows in batches of 8"
     first = np.concatenate([x.numpy() for x, _ in ds])
     second = np.concatenate([x.numpy() for x, _ in ds])
     assert first.shape == (30, 128, 72, 6) and second.shape == first.shape
@@ -141,3 +142,18 @@ def test_unwritten_clip_is_refused_by_name(tmp_path, demo_root):
     s.array("audio/mel")[0] = np.nan  # a clip lost after its done-mark (verify would catch it)
     with pytest.raises(ValueError, match=clip_id):
         list(batches.epoch(0))
+
+
+def test_mixed_precision_training_builds_a_float16_model_and_restores_the_policy(store):
+    import keras
+
+    from featstore.pipelines.train_backbone import TrainConfig, train_backbone
+    from featstore.registry import load_keras, model_file
+
+    config = TrainConfig(model="aud-mel", input_array="audio/mel", window_s=1.0, widths=(4, 8), head_units=8, epochs=1,
+                         batch_size=8, units_per_clip=1, mixed_precision=True)
+    entry = train_backbone(store, config)
+    assert keras.mixed_precision.global_policy().name == "float32", "the global policy is restored"
+    model = load_keras(model_file(store, "aud-mel", entry["fingerprint"]))
+    assert model.get_layer("stem_conv").dtype_policy.name == "mixed_float16"
+    assert np.isfinite(entry["config"]["metrics"]["val_loss"])
