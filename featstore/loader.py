@@ -92,6 +92,7 @@ class StoreSource:
 
     def _read(self, row: int) -> np.ndarray:
         values = self.array[row]
+        # an unwritten clip reads as all fill value (NaN): a sparse sample of the values finds it
         if values.dtype.kind == "f" and np.isnan(values.reshape(-1)[:: max(1, values.size // 4096)]).any():
             raise ValueError(f"clip {self.clip_ids[row]!r} is not written in {self.units.path!r} (run the stage that makes it)")
         return values
@@ -139,9 +140,10 @@ class Block:
 
 def epoch_plan(pairs: np.ndarray, *, batch_size: int, block_clips: int, rng: np.random.Generator | None) -> list[Block]:
     """The clip-block shuffle of ``pairs`` (n, 2) (row, unit); ``rng=None``: row order, no shuffle."""
-    rows = np.unique(pairs[:, 0])
+    grouped = pairs[np.argsort(pairs[:, 0], kind="stable")]
+    rows, starts, counts = np.unique(grouped[:, 0], return_index=True, return_counts=True)
+    by_row = {int(r): grouped[i : i + n] for r, i, n in zip(rows, starts, counts)}
     order = rng.permutation(rows) if rng is not None else rows
-    by_row = {int(r): pairs[pairs[:, 0] == r] for r in rows}
     blocks, carry = [], np.empty((0, 2), np.int64)
     for start in range(0, len(order), block_clips):
         block_rows = order[start : start + block_clips]
