@@ -204,18 +204,23 @@ class TrainingBatches:
         return x, y
 
     def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The batches of epoch number ``epoch``."""
+        """The batches of epoch number ``epoch``; the shuffle buffer is emptied at its end (or when
+        the caller stops early)."""
         plan = self.plan(epoch)
-        if not self.workers:
-            number = 0
+        try:
+            yield from self._threaded(plan, epoch) if self.workers else self._inline(plan, epoch)
+        finally:
             for block in plan:
-                self.source.load(block.rows)
-                for pairs in block.batches:
-                    yield self.batch(pairs, epoch, number)
-                    number += 1
-                self.source.release(block.release)
-            return
-        yield from self._threaded(plan, epoch)
+                self.source.release(block.rows)
+
+    def _inline(self, plan: list[Block], epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        number = 0
+        for block in plan:
+            self.source.load(block.rows)
+            for pairs in block.batches:
+                yield self.batch(pairs, epoch, number)
+                number += 1
+            self.source.release(block.release)
 
     def _threaded(self, plan: list[Block], epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(self.workers) as assemble:
@@ -238,8 +243,6 @@ class TrainingBatches:
                     self.source.release(releases.popleft()[1])
             while pending:
                 yield pending.popleft().result()
-            for _, rows in releases:
-                self.source.release(rows)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return self.epoch(next(self._epochs))

@@ -82,6 +82,10 @@ def test_a_block_holds_at_most_its_clips_and_the_carried_leftovers(store):
         biggest = max(biggest, len(batches.source.cache))
     assert 3 <= biggest <= 3 + 3, "3 clips read per block, plus at most 3 clips' leftover frames (< one batch)"
     assert batches.source.bytes_decoded == 10 * store.array("frames/rgb")[0].nbytes, "each clip decompressed once"
+    stopped = batches.epoch(1)
+    next(stopped)
+    stopped.close()  # a consumer that stops early leaves nothing behind
+    assert batches.source.cache == {}
 
 
 @pytest.mark.parametrize("path", ["audio/mel", "frames/rgb"])
