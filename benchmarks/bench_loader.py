@@ -15,7 +15,9 @@ example directly. ``--workers`` lists the thread counts to try (0 = all in the c
 core). Store and memory alternate for ``--rounds`` rounds; the best epoch of each is kept and the
 ratio is taken between them (the machine is shared: its load drifts between runs).
 
-Also printed: bytes decompressed per example (over the example's stored size) and the process's
+First printed: the read cost per unit of this layout (whole clips, every unit used) against Zarr v3
+sharding with one inner chunk per frame or window read at random (why the loader shuffles blocks of
+clips instead of changing the layout). Also printed: bytes decompressed per example (over the example's stored size) and the process's
 resident memory after each of ``--epochs`` epochs from the store (flat = bounded buffer).
 
     python benchmarks/bench_loader.py --clips 200 --rounds 2
@@ -70,6 +72,42 @@ def loader(store, path: str, memory=None, *, workers: int, **options):
     return TrainingBatches(units, source, store.label_indices(store.clips.label), len(store.classes), pairs, workers=workers, **options)
 
 
+def compare_layouts(store, work: str, n_clips: int = 64) -> None:
+    """Per-unit read cost: this layout read whole by the block shuffle vs Zarr v3 sharding (one shard
+    per clip, one inner chunk per frame or 1 s window) read one unit at random; same codecs."""
+    import zarr
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    print(f"\nlayouts, read cost per unit over {n_clips} clips in random order (one thread):")
+    rng = np.random.default_rng(0)
+    rows = rng.permutation(n_clips)
+    for path in ("frames/rgb", "audio/mel"):
+        array, visual = store.array(path), path.endswith("/rgb")
+        values = array[:n_clips]
+        fps = store.provenance(path)["params"]["frames_per_segment"]
+        units = values.shape[1] if visual else values.shape[-1] // fps
+        inner = (1, 1, *values.shape[2:]) if visual else (1, *values.shape[1:3], fps)
+        sharded = zarr.create_array(os.path.join(work, "sharded.zarr", path.replace("/", "-")), shape=values.shape,
+                                    dtype=values.dtype, chunks=inner, shards=(1, *values.shape[1:]),
+                                    compressors=[ZstdCodec(level=3), Crc32cCodec()])
+        sharded[:] = values
+        picks = rng.integers(0, units, n_clips)
+
+        def one_unit(row, unit):
+            return sharded[row, unit] if visual else sharded[row, ..., unit * fps : (unit + 1) * fps]
+
+        def ms_per_call(read) -> float:
+            read()
+            started = time.perf_counter()
+            read()
+            return (time.perf_counter() - started) / n_clips * 1e3
+
+        whole = ms_per_call(lambda: [array[int(r)] for r in rows]) / units
+        random_inner = ms_per_call(lambda: [one_unit(int(r), int(u)) for r, u in zip(rows, picks)])
+        print(f"  {path}: whole clip, every unit used (block shuffle): {whole:.3f} ms per unit; "
+              f"sharded, one inner chunk per read: {random_inner:.3f} ms per unit = {random_inner / whole:.1f}x")
+
+
 def epoch_seconds(batches, epoch: int) -> tuple[float, int]:
     started, served = time.perf_counter(), 0
     for x, _ in batches.epoch(epoch):
@@ -102,6 +140,7 @@ def main() -> None:
             ("MEL windows: deltas only", "audio/mel", dict()),
         ]
         options = dict(batch_size=args.batch_size, block_clips=args.block_clips, seed=0)
+        compare_layouts(store, work, min(64, store.n_clips))
 
         print(f"\nresident memory after each of {args.epochs} epochs from the store (2 workers):")
         for kind, path, extra in runs[:2]:
