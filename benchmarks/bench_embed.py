@@ -36,7 +36,7 @@ def main() -> None:
     from featstore.pipelines.embed import embed
     from featstore.pipelines.extract_audio import extract_audio
     from featstore.pipelines.ingest import ingest
-    from featstore.pipelines.train_backbone import WindowReader, dataset
+    from featstore.loader import tf_dataset, training_batches
 
     with tempfile.TemporaryDirectory() as work:
         root = make_demo_dataset(os.path.join(work, "data"), clips_per_class=args.clips_per_class, seed=0)
@@ -52,11 +52,11 @@ def main() -> None:
         hit, _ = embed(store, "aud-mel", model_file_path=path, progress=False)
         assert cold.done == store.n_clips and hit.skipped == store.n_clips
 
-        reader = WindowReader(store, "audio/mel", store.segment_s)
-        pairs = reader.index(np.flatnonzero(store.clips["split"].to_numpy() == "train"))
-        x_mem, y_mem = reader.read(pairs)
+        batches = training_batches(store, "audio/mel", split="train", batch_size=args.batch_size, workers=2)
+        pairs = batches.pairs
+        x_mem, y_mem = (np.concatenate(parts) for parts in zip(*batches.epoch(0)))
         model.compile(optimizer="adam", loss=keras.losses.KLDivergence())
-        from_store = dataset(reader, pairs, batch_size=args.batch_size, shuffle=True, alpha=0.0, seed=0)
+        from_store = tf_dataset(batches)
         from_memory = tf.data.Dataset.from_tensor_slices((x_mem, y_mem)).shuffle(len(pairs), seed=0).batch(args.batch_size).prefetch(tf.data.AUTOTUNE)
         model.fit(from_memory, epochs=1, verbose=0)  # warm-up: graph tracing
         timings = {}

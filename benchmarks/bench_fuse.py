@@ -119,7 +119,7 @@ def main() -> None:
     import tensorflow as tf
 
     from featstore.pipelines.fuse import FuseConfig, FusionData, load_fusion_data, select_models, train_head
-    from featstore.pipelines.train_backbone import validation_split
+    from featstore.splits import validation_split
 
     rng = np.random.default_rng(0)
     config = FuseConfig(method="f4", epochs=1, batch_size=args.batch_size)

@@ -241,7 +241,11 @@ def import_h5_cmd(store: str, source: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--weights", "weights_file", default=None, help="Local ImageNet weights file for vis-inc / vis-conv (never downloaded).")
 @click.option("--units-per-clip", type=int, default=None, help="Windows (audio) or frames (visual) per clip and epoch, evenly spaced (default: all).")
-def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_units, epochs, batch_size, lr, mixup_alpha, l2, val_fraction, seed, weights_file, units_per_clip):
+@click.option("--augment/--no-augment", default=None, help="Random resized crop + horizontal flip of training frames (visual models; default on).")
+@click.option("--mixed-precision", is_flag=True, default=None, help="Keras mixed_float16 (for GPUs).")
+@click.option("--block-clips", type=int, default=None, help="Clips per shuffle block of the loader (default 64; see README, Training loader).")
+@click.option("--loader-workers", type=int, default=None, help="Loader threads (default 2; 0 = in the training thread).")
+def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_units, epochs, batch_size, lr, mixup_alpha, l2, val_fraction, seed, weights_file, units_per_clip, augment, mixed_precision, block_clips, loader_workers):
     """Train a Phase I backbone on the train split (validation carved by location), register it.
 
     \b
@@ -256,6 +260,7 @@ def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_u
         widths=tuple(int(w) for w in widths.split(",")), head_units=head_units, epochs=epochs, batch_size=batch_size,
         lr=lr, mixup_alpha=mixup_alpha, l2=l2, val_fraction=val_fraction, seed=seed, weights_file=weights_file,
         units_per_clip=units_per_clip,
+        **{k: v for k, v in dict(augment=augment, mixed_precision=mixed_precision, block_clips=block_clips, loader_workers=loader_workers).items() if v is not None},
     )
     entry = train_backbone(s, config)
     m = entry["config"]["metrics"]

@@ -47,7 +47,7 @@ from featstore.packed import packed_segment_embeddings
 from featstore.registry import training_clips
 from featstore.runs import save_run, save_run_head, utc_now, write_predictions
 from featstore.store import Store, StoreError
-from featstore.pipelines.train_backbone import validation_split
+from featstore.splits import validation_split
 
 MODALITIES = ("audio", "visual")
 #: The papers' five backbones, in the order embeddings are stacked (other models follow by name).

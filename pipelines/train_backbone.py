@@ -4,11 +4,13 @@
   with deltas derived at read time; visual inputs are single frames (size, size, 3). Validation is
   carved from ``train`` by recording location (``identifier``), so no location is on both sides;
   ``evaluate`` and ``test`` are never touched (DESIGN 6).
-- Input pipeline (DESIGN 7.9): tf.data shuffles and batches window *indices*, then a batch reader
-  (parallel calls, prefetch) reads each clip's chunk once per batch from the Zarr store. The store
-  is never loaded whole.
+- Input pipeline (DESIGN 7.9): :mod:`featstore.loader`, a clip-block shuffle that decompresses each
+  clip once per epoch, computes deltas per batch and assembles batches in ``loader_workers``
+  threads, fed to Keras through :func:`featstore.loader.tf_dataset`. The store is never loaded whole.
+- Visual models: random resized crop and horizontal flip of the uint8 frames (``augment``).
 - Mixup on inputs (``mixup_alpha``; 0 turns it off) with the matching soft labels; KL-divergence loss
   against them, plus L2 on the head (``l2``); Adam; the best epoch by validation loss is kept.
+- ``mixed_precision``: Keras ``mixed_float16`` while the model is built and trained (for GPUs).
 - The best model is saved as ``.keras`` in the store and registered (see :mod:`featstore.registry`)
   with its config, validation metrics and the list of clips it was trained on.
 """
@@ -22,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from featstore.loader import DEFAULT_BLOCK_CLIPS, tf_dataset, training_batches
 from featstore.registry import register_model, save_training_clips
+from featstore.splits import validation_split
 from featstore.store import Store
 
 
@@ -47,113 +51,29 @@ class TrainConfig:
     #: windows (audio) or frames (visual) used per clip and epoch, evenly spaced; None = all
     units_per_clip: int | None = None
     #: further visual-backbone keywords, e.g. {"arch": "tiny", "widths": [16, 32]} (featstore.models.visual)
+    #: random resized crop + horizontal flip of training frames (visual models only)
+    augment: bool = True
+    mixed_precision: bool = False
+    #: clips per shuffle block of the loader, and its threads
+    block_clips: int = DEFAULT_BLOCK_CLIPS
+    loader_workers: int = 2
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def validation_split(clips, *, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train rows, validation rows) of the ``train`` split, whole recording locations on each side."""
-    train_rows = np.flatnonzero(clips["split"].to_numpy() == "train")
-    ids = clips["identifier"].to_numpy()[train_rows]
-    locations = sorted(set(ids))
-    rng = np.random.default_rng(seed)
-    rng.shuffle(locations)
-    target = fraction * len(train_rows)
-    chosen, count = set(), 0
-    for loc in locations:
-        if count >= target or len(chosen) == len(locations) - 1:
-            break
-        chosen.add(loc)
-        count += int((ids == loc).sum())
-    in_val = np.array([i in chosen for i in ids])
-    return train_rows[~in_val], train_rows[in_val]
-
-
-def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Mix each example with a random partner: x' = l x + (1 - l) x[p], same for the soft labels."""
-    if alpha <= 0:
-        return x, y
-    lam = rng.beta(alpha, alpha, size=len(x)).astype(np.float32)
-    perm = rng.permutation(len(x))
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    return lam.reshape(shape) * x + (1 - lam.reshape(shape)) * x[perm], lam[:, None] * y + (1 - lam[:, None]) * y[perm]
-
-
-class WindowReader:
-    """Reads batches of (clip row, unit) windows: audio segment windows or visual frames."""
-
-    def __init__(self, store: Store, input_array: str, window_s: float):
-        self.store, self.input_array = store, input_array
-        self.visual = input_array.endswith("/rgb")
-        self.group = input_array.rsplit("/", 1)[0]
-        self.labels = store.label_indices(store.clips["label"])
-        self.n_classes = len(store.classes)
-        if self.visual:
-            self.units = store.array(input_array).shape[1]
-        else:
-            self.k = int(round(window_s / store.segment_s))
-            params = store.provenance(input_array)["params"]
-            if params["store_deltas"]:
-                raise ValueError(f"{input_array} stores deltas; train from an array of static channels")
-            self.fps = int(params["frames_per_segment"])
-            self.delta_width = int(params["audio"]["delta_width"])
-            self.units = store.n_segments // self.k
-
-    def index(self, rows: np.ndarray, units_per_clip: int | None = None) -> np.ndarray:
-        """(row, unit) pairs of ``rows``, (n, 2) int64: every unit, or ``units_per_clip`` evenly spaced ones."""
-        units = range(self.units) if not units_per_clip else np.unique(np.linspace(0, self.units - 1, units_per_clip).round().astype(int))
-        return np.array([(r, u) for r in rows for u in units], dtype=np.int64).reshape(-1, 2)
-
-    def read(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(x (batch, ...) float32, one-hot labels (batch, classes)).
-
-        Each clip's chunk is read once per batch; audio deltas are derived only for the windows
-        the batch uses (deltas are per segment, so a window's deltas need nothing around it).
-        """
-        from featstore.audio import add_deltas
-
-        clip_ids = self.store.clips["clip_id"].to_numpy()
-        cache: dict[int, np.ndarray] = {}
-        xs = []
-        for row, unit in pairs:
-            if row not in cache:
-                cache[row] = (
-                    self.store.frames(str(clip_ids[row]), group=self.group)[0]
-                    if self.visual
-                    else self.store.array(self.input_array)[row]
-                )
-            data = cache[row]
-            if self.visual:
-                xs.append(data[unit])
-            else:
-                static = data[..., unit * self.k * self.fps : (unit + 1) * self.k * self.fps].astype(np.float32)
-                xs.append(add_deltas(static, self.fps, self.delta_width).transpose(1, 2, 0))  # (bin, frame, 6)
-        y = np.eye(self.n_classes, dtype=np.float32)[self.labels[pairs[:, 0]]]
-        return np.stack(xs).astype(np.float32, copy=False), y
-
-
-def dataset(reader: WindowReader, pairs: np.ndarray, *, batch_size: int, shuffle: bool, alpha: float, seed: int):
-    """tf.data over window indices: shuffle, batch, map a batch reader in parallel, prefetch."""
-    import tensorflow as tf
-
-    rng = np.random.default_rng(seed)
-    sample_x, _ = reader.read(pairs[:1])
-
-    def read_batch(idx):
-        x, y = reader.read(idx)
-        return mixup(x, y, alpha, rng) if alpha > 0 else (x, y)
-
-    ds = tf.data.Dataset.from_tensor_slices(pairs)
-    if shuffle:
-        ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(
-        lambda idx: tf.numpy_function(read_batch, [idx], [tf.float32, tf.float32]), num_parallel_calls=tf.data.AUTOTUNE
-    )
-    ds = ds.map(lambda x, y: (tf.ensure_shape(x, (None, *sample_x.shape[1:])), tf.ensure_shape(y, (None, reader.n_classes))))
-    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def train_backbone(store: Store, config: TrainConfig) -> dict[str, Any]:
     """Train, keep the best epoch, save and register the model; return its registry entry."""
+    import keras
+
+    previous = keras.mixed_precision.global_policy()
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        return _train(store, config)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _train(store: Store, config: TrainConfig) -> dict[str, Any]:
     import keras
 
     from featstore.models import MODELS, build_model
@@ -167,19 +87,23 @@ def train_backbone(store: Store, config: TrainConfig) -> dict[str, Any]:
     train_rows, val_rows = row_map[train_rows], row_map[val_rows]
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ValueError("need train clips from at least two recording locations (one goes to validation)")
-    reader = WindowReader(store, config.input_array, config.window_s)
-    train_pairs, val_pairs = reader.index(train_rows, config.units_per_clip), reader.index(val_rows, config.units_per_clip)
-    input_shape = reader.read(train_pairs[:1])[0].shape[1:]
-    backbone = {"weights_file": config.weights_file, **config.extra} if MODELS[config.model][0] == "visual" else {"arch": config.arch, "widths": tuple(config.widths)}
+    visual = MODELS[config.model][0] == "visual"
+    common = dict(window_s=config.window_s, units_per_clip=config.units_per_clip, batch_size=config.batch_size,
+                  block_clips=config.block_clips, seed=config.seed, workers=config.loader_workers)
+    train = training_batches(store, config.input_array, rows=train_rows, shuffle=True, mixup_alpha=config.mixup_alpha,
+                             augment=config.augment and visual, **common)
+    val = training_batches(store, config.input_array, rows=val_rows, shuffle=False, **common)
+    input_shape = train.units.example_shape
+    backbone = {"weights_file": config.weights_file, **config.extra} if visual else {"arch": config.arch, "widths": tuple(config.widths)}
     model = build_model(config.model, input_shape=input_shape, n_classes=len(store.classes), head_units=config.head_units, l2=config.l2, **backbone)
     model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=keras.losses.KLDivergence(), metrics=["categorical_accuracy"])
     with tempfile.TemporaryDirectory() as work:
         best = os.path.join(work, f"{config.model}.keras")
         history = model.fit(
-            dataset(reader, train_pairs, batch_size=config.batch_size, shuffle=True, alpha=config.mixup_alpha, seed=config.seed),
-            validation_data=dataset(reader, val_pairs, batch_size=config.batch_size, shuffle=False, alpha=0.0, seed=config.seed),
+            tf_dataset(train),
+            validation_data=tf_dataset(val),
             epochs=config.epochs,
-            shuffle=False,  # the tf.data pipeline shuffles window indices itself
+            shuffle=False,  # the loader reshuffles every epoch itself
             verbose=0,
             callbacks=[keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True)],
         )

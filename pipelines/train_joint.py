@@ -2,7 +2,7 @@
 cached, frozen visual embedding of the same window (Chen et al. 2022), off the store.
 
 - Audio: windows of the segment grid, read through Phase I's reader
-  (:class:`featstore.pipelines.train_backbone.WindowReader`: (bin, frame, 6) with deltas).
+  (:class:`AudioWindows` on the Phase I read path, :mod:`featstore.loader`: (bin, frame, 6) with deltas).
 - Visual: the cached ``embeddings/{visual_model}/{visual_layer}`` of the same clip, its frames
   averaged over the window's segments (:class:`CachedVisual`). The visual encoder never runs and no
   frame is read: every training step costs only the audio encoder and the head. (The benchmark's
@@ -34,7 +34,8 @@ from featstore.metrics import evaluate_predictions
 from featstore.packed import packed_segment_embeddings
 from featstore.registry import load_keras, register_model, save_training_clips
 from featstore.store import Store, StoreError
-from featstore.pipelines.train_backbone import WindowReader, validation_split
+from featstore.loader import Units
+from featstore.splits import validation_split
 
 
 @dataclass
@@ -62,6 +63,36 @@ class JointConfig:
     units_per_clip: int | None = None
     #: split the registered metrics are computed on
     split: str = "evaluate"
+
+
+class AudioWindows:
+    """(clip row, window) pairs of an audio array, read through the Phase I read path
+    (:mod:`featstore.loader`): ``index`` lists a clip set's windows, ``read`` gives a batch of
+    (window, bin, frame, 6) float32 with deltas (one matrix product over the batch) and one-hot
+    labels. Each clip's chunk is decompressed once per batch that uses it (joint batches pair each
+    window with its own visual embedding, so they are gathered by (row, window), not by block);
+    ``read`` keeps no state, so tf.data may call it from parallel threads.
+    """
+
+    def __init__(self, store: Store, input_array: str, window_s: float):
+        self.windows = Units(store, input_array, window_s)
+        self.array = store.array(input_array)  # opened once
+        self.k = int(round(window_s / store.segment_s))
+        #: windows per clip
+        self.units = self.windows.count
+        self.onehot = np.eye(len(store.classes), dtype=np.float32)
+        self.labels = store.label_indices(store.clips["label"])
+
+    def index(self, rows: np.ndarray, units_per_clip: int | None = None) -> np.ndarray:
+        return self.windows.index(rows, units_per_clip)
+
+    def read(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from featstore.augment import with_deltas
+
+        clips = {int(row): self.windows.of_clips(self.array[int(row)][None])[0] for row in np.unique(pairs[:, 0])}
+        static = np.stack([clips[row][unit] for row, unit in pairs.tolist()]).astype(np.float32)
+        x = with_deltas(static, self.windows.frames_per_segment, self.windows.delta_width, channels_last=True)
+        return x, self.onehot[self.labels[pairs[:, 0]]]
 
 
 class CachedVisual:
@@ -105,7 +136,7 @@ class FrameVisual:
         return np.stack(out)
 
 
-def _batches(reader: WindowReader, visual, pairs: np.ndarray, *, batch_size: int, shuffle: bool, alpha: float, seed: int):
+def _batches(reader: AudioWindows, visual, pairs: np.ndarray, *, batch_size: int, shuffle: bool, alpha: float, seed: int):
     """tf.data over window indices -> ((audio[, visual]), one-hot labels): shuffle, batch, read in
     parallel, mixup (one coefficient and partner for every input and the label), prefetch."""
     import tensorflow as tf
@@ -136,7 +167,7 @@ def _batches(reader: WindowReader, visual, pairs: np.ndarray, *, batch_size: int
     return ds.map(shaped).prefetch(tf.data.AUTOTUNE)
 
 
-def predict_windows(model, reader: WindowReader, visual, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def predict_windows(model, reader: AudioWindows, visual, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """(clip, window, class) probabilities of ``model`` on every window of ``rows``."""
     pairs = reader.index(rows)
     probs = []
@@ -165,7 +196,7 @@ def _epoch_timer():
     return EpochTimer()
 
 
-def _visual_source(store: Store, config: JointConfig, reader: WindowReader, frames_encoder, frames_array: str):
+def _visual_source(store: Store, config: JointConfig, reader: AudioWindows, frames_encoder, frames_array: str):
     """The visual input's reader: cached embeddings, frames (the benchmark's baseline) or None (audio only)."""
     from featstore.models.joint import ENCODERS
 
@@ -194,7 +225,7 @@ def _split_rows(store: Store, config: JointConfig, visual) -> tuple[np.ndarray, 
     return row_map, train_rows, val_rows
 
 
-def _evaluate(store: Store, model, reader: WindowReader, visual, rows: np.ndarray, split: str) -> dict[str, Any]:
+def _evaluate(store: Store, model, reader: AudioWindows, visual, rows: np.ndarray, split: str) -> dict[str, Any]:
     """Segment- and clip-level metrics of ``model`` on the labelled ``split`` clips among ``rows``."""
     rows = rows[store.clips["split"].to_numpy()[rows] == split]
     labels = store.label_indices(store.clips["label"])[rows]
@@ -215,7 +246,7 @@ def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frame
 
     keras.utils.set_random_seed(config.seed)
     window_s = config.window_s or store.segment_s
-    reader = WindowReader(store, config.audio_input, window_s)
+    reader = AudioWindows(store, config.audio_input, window_s)
     visual = _visual_source(store, config, reader, frames_encoder, frames_array)
     usable, train_rows, val_rows = _split_rows(store, config, visual)
     train_pairs, val_pairs = reader.index(train_rows, config.units_per_clip), reader.index(val_rows, config.units_per_clip)

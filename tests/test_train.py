@@ -12,7 +12,9 @@ import pytest
 from featstore.registry import load_keras, model_entry, model_file
 from featstore.pipelines.embed import embed
 from featstore.pipelines.extract_audio import extract_audio
-from featstore.pipelines.train_backbone import TrainConfig, mixup, train_backbone, validation_split
+from featstore.pipelines.train_backbone import TrainConfig, train_backbone
+from featstore.splits import validation_split
+from featstore.loader import mixup
 
 
 def test_validation_split_keeps_locations_apart():
@@ -67,12 +69,11 @@ def test_train_register_and_embed(demo_store):
 
 def test_train_visual_backbone_on_a_subset_of_frames(demo_store):
     from featstore.pipelines.extract_frames import extract_frames
-    from featstore.pipelines.train_backbone import WindowReader
+    from featstore.loader import Units
 
     store = demo_store
     assert extract_frames(store, workers=0, size=32, name="frames32").done == 20
-    reader = WindowReader(store, "frames32/rgb", 1.0)
-    pairs = reader.index(np.array([0, 1]), units_per_clip=3)
+    pairs = Units(store, "frames32/rgb", 1.0).index(np.array([0, 1]), units_per_clip=3)
     assert pairs.tolist() == [[0, 0], [0, 2], [0, 5], [1, 0], [1, 2], [1, 5]], "3 of 6 frames, evenly spaced"
     config = TrainConfig(model="vis-conv", input_array="frames32/rgb", window_s=1.0, head_units=16, epochs=1, batch_size=16, units_per_clip=2)
     entry = train_backbone(store, config)

@@ -108,11 +108,11 @@ def test_audio_only_baseline_is_the_same_encoder_without_visual_input(joint_stor
 def test_cached_visual_equals_running_the_frozen_encoder_on_frames(joint_store):
     """The two visual paths of the joint model, same weights: cached embeddings vs encoder on frames."""
     from featstore.models.joint import build_joint_model
-    from featstore.pipelines.train_backbone import WindowReader
+    from featstore.pipelines.train_joint import AudioWindows
     from featstore.pipelines.train_joint import CachedVisual, FrameVisual
 
     store, encoder = joint_store
-    reader = WindowReader(store, "audio/mel", store.segment_s)
+    reader = AudioWindows(store, "audio/mel", store.segment_s)
     cached, frames = CachedVisual(store, VISUAL, encoder.layer, 1, reader.units), FrameVisual(store, "frames/rgb", 1)
     common = {"audio_shape": (128, 72, 6), "encoder": "cnn1d", "widths": (8,), "head_units": 8}
     keras.utils.set_random_seed(0)

@@ -1,0 +1,177 @@
+"""Benchmark: the training loader (featstore.loader) reading shuffled batches from the store versus
+the same batches gathered from the same arrays held in memory, in one run. Loader only, no model.
+
+Store: ``--clips`` clips of 10 s (default 200) with 224x224 frames (20 per clip, uint8) and MEL
+(2 x 128 x 720, float16), as extract-frames / extract-audio write them. To keep set-up short, a
+few generated demo clips (``--source-clips``) go through the real stages and their arrays are
+copied, row by row through the store's own writer, to fill ``--clips`` rows (real compressed
+content, every row its own chunk).
+
+Batches of 64, shuffled with the clip-block shuffle; frames: random resized crop + flip, then mixup;
+MEL windows: 1 s with deltas (128 x 72 x 6), mixup. Then the same without augmentation and mixup
+(the read path alone). The memory baseline serves the identical
+batches (same plan, same augmentation, same delta computation) from numpy arrays, gathering each
+example directly. ``--workers`` lists the thread counts to try (0 = all in the calling thread: one
+core). Store and memory alternate for ``--rounds`` rounds; the best epoch of each is kept and the
+ratio is taken between them (the machine is shared: its load drifts between runs).
+
+First printed: the read cost per unit of this layout (whole clips, every unit used) against Zarr v3
+sharding with one inner chunk per frame or window read at random (why the loader shuffles blocks of
+clips instead of changing the layout). Also printed: bytes decompressed per example (over the example's stored size) and the process's
+resident memory after each of ``--epochs`` epochs from the store (flat = bounded buffer).
+
+    python benchmarks/bench_loader.py --clips 200 --rounds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+
+
+def build_store(work: str, n_clips: int, source_clips: int):
+    """A store of ``n_clips`` 10 s clips with frames/rgb (224x224) and audio/mel, done-marked."""
+    import pandas as pd
+
+    import featstore
+    from featstore.demo import make_demo_dataset
+    from featstore.pipelines.extract_audio import extract_audio
+    from featstore.pipelines.extract_frames import extract_frames
+    from featstore.pipelines.ingest import ingest
+
+    root = make_demo_dataset(os.path.join(work, "data"), clips_per_class=max(1, source_clips // 10), seed=0)
+    source = featstore.init_store(os.path.join(work, "source.zarr"))
+    ingest(source, root)
+    extract_audio(source, features=("mel",), workers=0, progress=False)
+    extract_frames(source, size=224, workers=0, progress=False)
+    store = featstore.init_store(os.path.join(work, "bench.zarr"))
+    copies = -(-n_clips // source.n_clips)
+    table = pd.concat([source.clips.assign(clip_id=source.clips.clip_id + f"#{k}") for k in range(copies)])
+    store.add_clips(table.iloc[:n_clips].assign(split="train"))
+    for path in ("audio/mel", "frames/rgb"):
+        prov, values = source.provenance(path), source.array(path)[:]
+        target = store.create_array(path, per_clip_shape=tuple(prov["per_clip_shape"]), dtype=prov["dtype"],
+                                    dims=tuple(prov["dims"][1:]), stage=prov["stage"], params=prov["params"])
+        for row in range(n_clips):
+            target[row] = values[row % source.n_clips]
+    return store
+
+
+def loader(store, path: str, memory=None, *, workers: int, **options):
+    """TrainingBatches over every clip of ``path`` (the copied rows carry no done-marks, so the
+    ledger filter of :func:`featstore.loader.training_batches` is skipped), from the store or ``memory``."""
+    from featstore.loader import MemorySource, StoreSource, TrainingBatches, Units
+
+    units = Units(store, path)
+    source = MemorySource(memory, units) if memory is not None else StoreSource(store, units, workers)
+    pairs = units.index(np.arange(store.n_clips))
+    return TrainingBatches(units, source, store.label_indices(store.clips.label), len(store.classes), pairs, workers=workers, **options)
+
+
+def compare_layouts(store, work: str, n_clips: int = 64) -> None:
+    """Per-unit read cost: this layout read whole by the block shuffle vs Zarr v3 sharding (one shard
+    per clip, one inner chunk per frame or 1 s window) read one unit at random; same codecs."""
+    import zarr
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    print(f"\nlayouts, read cost per unit over {n_clips} clips in random order (one thread):")
+    rng = np.random.default_rng(0)
+    rows = rng.permutation(n_clips)
+    for path in ("frames/rgb", "audio/mel"):
+        array, visual = store.array(path), path.endswith("/rgb")
+        values = array[:n_clips]
+        fps = store.provenance(path)["params"]["frames_per_segment"]
+        units = values.shape[1] if visual else values.shape[-1] // fps
+        inner = (1, 1, *values.shape[2:]) if visual else (1, *values.shape[1:3], fps)
+        sharded = zarr.create_array(os.path.join(work, "sharded.zarr", path.replace("/", "-")), shape=values.shape,
+                                    dtype=values.dtype, chunks=inner, shards=(1, *values.shape[1:]),
+                                    compressors=[ZstdCodec(level=3), Crc32cCodec()])
+        sharded[:] = values
+        picks = rng.integers(0, units, n_clips)
+
+        def one_unit(row, unit):
+            return sharded[row, unit] if visual else sharded[row, ..., unit * fps : (unit + 1) * fps]
+
+        def ms_per_call(read) -> float:
+            read()
+            started = time.perf_counter()
+            read()
+            return (time.perf_counter() - started) / n_clips * 1e3
+
+        whole = ms_per_call(lambda: [array[int(r)] for r in rows]) / units
+        random_inner = ms_per_call(lambda: [one_unit(int(r), int(u)) for r, u in zip(rows, picks)])
+        print(f"  {path}: whole clip, every unit used (block shuffle): {whole:.3f} ms per unit; "
+              f"sharded, one inner chunk per read: {random_inner:.3f} ms per unit = {random_inner / whole:.1f}x")
+
+
+def epoch_seconds(batches, epoch: int) -> tuple[float, int]:
+    started, served = time.perf_counter(), 0
+    for x, _ in batches.epoch(epoch):
+        served += len(x)
+    return time.perf_counter() - started, served
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=200)
+    parser.add_argument("--source-clips", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--block-clips", type=int, default=64)
+    parser.add_argument("--workers", default="0,2", help="comma-separated thread counts")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=5, help="epochs from the store for the memory check")
+    args = parser.parse_args()
+    import psutil
+
+    process = psutil.Process()
+    with tempfile.TemporaryDirectory() as work:
+        started = time.perf_counter()
+        store = build_store(work, args.clips, args.source_clips)
+        print(f"store: {store.n_clips} clips of 10 s, frames 224x224 and MEL, built in {time.perf_counter() - started:.0f} s; "
+              f"{os.cpu_count()} cores (shared machine, under load from other jobs)")
+        runs = [  # (what, array, loader options): the training settings, then the read path alone
+            ("frames: crop + flip + mixup", "frames/rgb", dict(augment=True, mixup_alpha=0.4)),
+            ("MEL windows: deltas + mixup", "audio/mel", dict(mixup_alpha=0.4)),
+            ("frames: nothing else", "frames/rgb", dict()),
+            ("MEL windows: deltas only", "audio/mel", dict()),
+        ]
+        options = dict(batch_size=args.batch_size, block_clips=args.block_clips, seed=0)
+        compare_layouts(store, work, min(64, store.n_clips))
+
+        print(f"\nresident memory after each of {args.epochs} epochs from the store (2 workers):")
+        for kind, path, extra in runs[:2]:
+            batches = loader(store, path, workers=2, **options, **extra)
+            resident = []
+            for epoch in range(args.epochs):
+                epoch_seconds(batches, epoch)
+                resident.append(process.memory_info().rss / 2**20)
+            unit_bytes = int(np.prod(store.array(path).shape[1:])) * store.array(path).dtype.itemsize // batches.units.count
+            per_example = batches.source.bytes_decoded / (args.epochs * len(batches.pairs))
+            print(f"  {kind}: {', '.join(f'{p:.0f}' for p in resident)} MiB; bytes decompressed per example "
+                  f"{per_example:,.0f} = {per_example / unit_bytes:.2f}x its stored size ({unit_bytes:,} B)")
+
+        print(f"\nshuffled batches of {args.batch_size} (best of {args.rounds} rounds, each epoch {args.clips} clips):")
+        print("| examples | threads | from the store | from arrays in memory | store / memory |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for kind, path, extra in runs:
+            memory = store.array(path)[:]
+            for workers in (int(w) for w in args.workers.split(",")):
+                from_store = loader(store, path, workers=workers, **options, **extra)
+                in_memory = loader(store, path, memory, workers=workers, **options, **extra)
+                best = {"store": np.inf, "memory": np.inf}
+                for r in range(args.rounds):
+                    for name, batches in (("store", from_store), ("memory", in_memory)):
+                        seconds, served = epoch_seconds(batches, r)
+                        best[name] = min(best[name], seconds)
+                rate = {name: served / seconds for name, seconds in best.items()}
+                print(f"| {kind} | {workers or '1 (inline)'} | {rate['store']:,.0f}/s | "
+                      f"{rate['memory']:,.0f}/s | {rate['store'] / rate['memory']:.2f}x |")
+            del memory
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Whole-batch transforms of the read path: spectrogram deltas, image augmentation, mixup.
+
+Each works on a batch at once (numpy, no per-example Python beyond the image crops) and takes its
+randomness from a ``numpy.random.Generator`` passed in, so a batch is a pure function of its seed.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+
+@lru_cache(maxsize=8)
+def delta_matrix(frames_per_segment: int, width: int = 9) -> np.ndarray:
+    """(fps, 2 * fps) float32 M such that ``segment @ M`` = [delta, delta-delta] of a segment.
+
+    ``librosa.feature.delta`` (Savitzky-Golay, ``mode="interp"``) is linear in its input, so
+    applying it to the identity gives its matrix: one BLAS product then replaces a filter per window
+    (and releases the GIL). Matches :func:`featstore.audio.add_deltas` to float32 rounding.
+    """
+    import librosa
+
+    eye = np.eye(frames_per_segment, dtype=np.float64)
+    d1 = librosa.feature.delta(eye, width=width, order=1, axis=-1)
+    d2 = librosa.feature.delta(eye, width=width, order=2, axis=-1)
+    return np.concatenate([d1, d2], axis=1).astype(np.float32)
+
+
+def with_deltas(static: np.ndarray, frames_per_segment: int, width: int = 9, *, channels_last: bool = False) -> np.ndarray:
+    """(..., channel, bin, frame) -> (..., 3 * channel, bin, frame) float32 (or (..., bin, frame, 3 * channel)).
+
+    Channel order as :func:`featstore.audio.add_deltas`: all static channels (unchanged), then all
+    deltas, then all delta-deltas. Deltas are computed within each segment of ``frames_per_segment``
+    frames; ``frame`` must be a whole number of segments.
+    """
+    *lead, c, b, f = static.shape
+    if f % frames_per_segment:
+        raise ValueError(f"{f} frames is not a whole number of {frames_per_segment}-frame segments")
+    k, n = f // frames_per_segment, len(lead)
+    segments = np.ascontiguousarray(static, dtype=np.float32).reshape(*lead, c, b, k, frames_per_segment)
+    # one 2-D product (a stacked one is ~3x slower), then each part written once into its place
+    deltas = (segments.reshape(-1, frames_per_segment) @ delta_matrix(frames_per_segment, width)).reshape(*lead, c, b, k, 2, frames_per_segment)
+    if channels_last:
+        out = np.empty((*lead, b, k, frames_per_segment, 3, c), np.float32)
+        out[..., 0, :] = np.moveaxis(segments, n, -1)
+        out[..., 1:, :] = np.moveaxis(np.moveaxis(deltas, n + 3, -1), n, -1)
+        return out.reshape(*lead, b, f, 3 * c)
+    out = np.empty((*lead, 3, c, b, k, frames_per_segment), np.float32)
+    out[..., 0, :, :, :, :] = segments
+    out[..., 1:, :, :, :, :] = np.moveaxis(deltas, n + 3, n)
+    return out.reshape(*lead, 3 * c, b, f)
+
+
+def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Mix each example with a random partner: x' = l x + (1 - l) x[p], same for the soft labels.
+
+    ``l`` ~ Beta(alpha, alpha) per example. ``x`` of any real dtype (uint8 frames, float16
+    spectrograms) is mixed straight into float32, one example at a time (no batch-sized
+    temporaries). ``alpha <= 0`` returns ``x`` as float32 (the same object if it already is) and ``y``.
+    """
+    if alpha <= 0:
+        return x.astype(np.float32, copy=False), y
+    lam = rng.beta(alpha, alpha, size=len(x)).astype(np.float32)
+    perm = rng.permutation(len(x))
+    mixed = np.empty(x.shape, np.float32)
+    for i, (weight, partner) in enumerate(zip(lam.tolist(), perm.tolist())):
+        np.multiply(x[i], np.float32(weight), out=mixed[i], dtype=np.float32)
+        mixed[i] += np.multiply(x[partner], np.float32(1 - weight), dtype=np.float32)
+    return mixed, lam[:, None] * y + (1 - lam[:, None]) * y[perm]
+
+
+#: Random resized crop: area share and aspect ratio ranges (torchvision's defaults).
+CROP_SCALE = (0.08, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def crop_box(height: int, width: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a random crop: area in CROP_SCALE, aspect in CROP_RATIO (10 tries,
+    then the whole image, as torchvision does)."""
+    area = height * width
+    for _ in range(10):
+        target = area * rng.uniform(*CROP_SCALE)
+        ratio = np.exp(rng.uniform(np.log(CROP_RATIO[0]), np.log(CROP_RATIO[1])))
+        w, h = int(round(np.sqrt(target * ratio))), int(round(np.sqrt(target / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            return left, top, left + w, top + h
+    return 0, 0, width, height
+
+
+def augment_images(frames: np.ndarray, rng: np.random.Generator, *, crop: bool = True, flip: bool = True) -> np.ndarray:
+    """(n, H, W, 3) uint8 -> (n, H, W, 3) uint8: random resized crop (bilinear, back to H x W) and a
+    horizontal flip with probability 1/2, each image on its own draw."""
+    from PIL import Image
+
+    n, height, width, _ = frames.shape
+    out = np.empty_like(frames)
+    flips = rng.random(n) < 0.5 if flip else np.zeros(n, bool)
+    for i in range(n):
+        image = frames[i]
+        if crop:  # Pillow's resize releases the GIL: loader threads crop in parallel
+            image = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR, box=crop_box(height, width, rng)))
+        out[i] = image[:, ::-1] if flips[i] else image
+    return out

@@ -1,0 +1,286 @@
+"""The training read path: shuffled batches of windows (audio) or frames (visual) from the store.
+
+Why a clip-block shuffle: each clip is one Zarr chunk (DESIGN 7.4). Reading one window or frame at
+random decompresses the whole chunk for it (10-20x the bytes used). Instead each epoch reads the
+clips in a random order, ``block_clips`` clips at a time (one decompression per clip and epoch),
+shuffles all units (windows or frames) of the block together with the previous block's leftovers,
+and serves them as batches: a bounded shuffle buffer, as WebDataset and Mosaic Streaming use.
+Randomness, stated exactly: the clip order is a fresh permutation each epoch; a batch draws from
+the ``block_clips`` clips of its block plus fewer than ``batch_size`` units carried over from the
+block before; within that buffer the order is uniform. Every unit of the selected clips is served
+exactly once per epoch; with ``shuffle=False`` clips and units come in row order.
+
+The same plan can be served from arrays held in memory (:class:`MemorySource`): identical batches,
+the baseline of ``benchmarks/bench_loader.py``. Arrays written before this module read unchanged:
+it needs nothing but the one-chunk-per-clip layout every store has.
+
+Framework-neutral: :class:`TrainingBatches` yields numpy ``(x, y)``; :func:`tf_dataset` adapts it to
+``tf.data``. PyTorch or JAX users iterate :meth:`TrainingBatches.epoch` directly (README).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from featstore.augment import augment_images, mixup, with_deltas
+from featstore.store import Store
+
+#: Clips read per shuffle block: the shuffle buffer holds about this many clips' units
+#: (64 x 20 frames of 224x224x3 uint8 = 193 MB; 64 MEL clips in float16 = 24 MB).
+DEFAULT_BLOCK_CLIPS = 64
+
+
+class Units:
+    """How the per-clip array ``path`` splits into training units.
+
+    Visual (``.../rgb``): unit = one frame, (size, size, 3) uint8. Audio: unit = a window of ``k``
+    grid segments (``window_s``), (channel, bin, k * frames_per_segment) static channels; deltas are
+    added per batch. ``count`` units per clip.
+    """
+
+    def __init__(self, store: Store, path: str, window_s: float | None = None):
+        params = store.provenance(path)["params"]
+        shape = store.array(path).shape
+        self.path, self.visual = path, path.endswith("/rgb")
+        if self.visual:
+            self.count, self.width, self.example_shape = shape[1], None, tuple(shape[2:])
+            return
+        if params["store_deltas"]:
+            raise ValueError(f"{path} stores deltas; train from an array of static channels")
+        window_s = store.segment_s if window_s is None else window_s
+        k = int(round(window_s / store.segment_s))
+        if k < 1 or abs(k * store.segment_s - window_s) > 1e-9 or k > store.n_segments:
+            raise ValueError(f"window_s={window_s} must be a whole number of {store.segment_s} s segments, at most the clip")
+        self.frames_per_segment = int(params["frames_per_segment"])
+        self.delta_width = int(params["audio"]["delta_width"])
+        self.count, self.width = store.n_segments // k, k * self.frames_per_segment
+        #: shape of one ``x`` example: (bin, frame, 6) with deltas
+        self.example_shape = (shape[2], self.width, 3 * shape[1])
+
+    def of_clips(self, values: np.ndarray) -> np.ndarray:
+        """(clip, ...) array -> (clip, unit, ...) view: frames as they are, audio cut into windows."""
+        if self.visual:
+            return values
+        n, c, b = values.shape[:3]
+        windows = values[..., : self.count * self.width].reshape(n, c, b, self.count, self.width)
+        return np.moveaxis(windows, 3, 1)
+
+    def index(self, rows: np.ndarray, units_per_clip: int | None = None) -> np.ndarray:
+        """The units of ``rows`` used per epoch, (n, 2) int64 (row, unit): all, or ``units_per_clip`` evenly spaced."""
+        units = np.arange(self.count) if not units_per_clip else np.unique(np.linspace(0, self.count - 1, units_per_clip).round().astype(int))
+        return np.stack(np.meshgrid(np.asarray(rows, np.int64), units, indexing="ij"), axis=-1).reshape(-1, 2)
+
+
+class StoreSource:
+    """Units read from the store, one whole clip chunk at a time, cached while a block needs them.
+
+    The array handle is opened once. ``workers`` threads decompress clips in parallel (zstd and
+    crc32c release the GIL); ``bytes_decoded`` counts the decompressed bytes.
+    """
+
+    def __init__(self, store: Store, units: Units, workers: int = 0):
+        self.array, self.units, self.clip_ids = store.array(units.path), units, store.clips["clip_id"].to_numpy()
+        self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        self.cache: dict[int, np.ndarray] = {}
+        self.bytes_decoded = 0
+
+    def _read(self, row: int) -> np.ndarray:
+        values = self.array[row]
+        # an unwritten clip reads as all fill value (NaN): a sparse sample of the values finds it
+        if values.dtype.kind == "f" and np.isnan(values.reshape(-1)[:: max(1, values.size // 4096)]).any():
+            raise ValueError(f"clip {self.clip_ids[row]!r} is not written in {self.units.path!r} (run the stage that makes it)")
+        return values
+
+    def load(self, rows: np.ndarray) -> None:
+        """Decompress the chunks of ``rows`` into the cache."""
+        rows = [int(r) for r in rows if int(r) not in self.cache]
+        for row, values in zip(rows, self.pool.map(self._read, rows) if self.pool else map(self._read, rows)):
+            self.bytes_decoded += values.nbytes
+            self.cache[row] = self.units.of_clips(values[None])[0]
+
+    def release(self, rows: np.ndarray) -> None:
+        for row in rows:
+            self.cache.pop(int(row), None)
+
+    def take(self, pairs: np.ndarray) -> np.ndarray:
+        """(n, 2) (row, unit) of loaded rows -> (n, ...) units in the stored dtype."""
+        return np.stack([self.cache[row][unit] for row, unit in pairs.tolist()])
+
+
+class MemorySource:
+    """Units gathered directly from ``values`` (clip, ...) held in memory: the benchmark's baseline."""
+
+    def __init__(self, values: np.ndarray, units: Units):
+        self.values = units.of_clips(values)
+
+    def load(self, rows: np.ndarray) -> None:
+        pass
+
+    def release(self, rows: np.ndarray) -> None:
+        pass
+
+    def take(self, pairs: np.ndarray) -> np.ndarray:
+        return self.values[pairs[:, 0], pairs[:, 1]]
+
+
+@dataclass
+class Block:
+    """One step of an epoch's plan: read ``rows``, serve ``batches`` ((n, 2) pairs each), then drop ``release``."""
+
+    rows: np.ndarray
+    batches: list[np.ndarray]
+    release: np.ndarray
+
+
+def epoch_plan(pairs: np.ndarray, *, batch_size: int, block_clips: int, rng: np.random.Generator | None) -> list[Block]:
+    """The clip-block shuffle of ``pairs`` (n, 2) (row, unit); ``rng=None``: row order, no shuffle."""
+    grouped = pairs[np.argsort(pairs[:, 0], kind="stable")]
+    rows, starts, counts = np.unique(grouped[:, 0], return_index=True, return_counts=True)
+    by_row = {int(r): grouped[i : i + n] for r, i, n in zip(rows, starts, counts)}
+    order = rng.permutation(rows) if rng is not None else rows
+    blocks, carry = [], np.empty((0, 2), np.int64)
+    for start in range(0, len(order), block_clips):
+        block_rows = order[start : start + block_clips]
+        held = set(block_rows.tolist()) | set(carry[:, 0].tolist())
+        buffer = np.concatenate([carry, *(by_row[int(r)] for r in block_rows)])
+        if rng is not None:
+            buffer = buffer[rng.permutation(len(buffer))]
+        last = start + block_clips >= len(order)
+        n_served = len(buffer) if last else len(buffer) // batch_size * batch_size
+        carry = buffer[n_served:]
+        batches = [buffer[i : i + batch_size] for i in range(0, n_served, batch_size)]
+        blocks.append(Block(block_rows, batches, np.array(sorted(held - set(carry[:, 0].tolist())), np.int64)))
+    return blocks
+
+
+class TrainingBatches:
+    """Batches ``(x (batch, ...) float32, y (batch, classes) float32 one-hot or mixed)`` of ``pairs``.
+
+    Audio ``x`` is (batch, bin, frame, 6): static channels from the store, deltas computed here over
+    the whole batch. Visual ``x`` is (batch, size, size, 3), 0-255, after ``augment`` (random
+    resized crop and horizontal flip on the uint8 frames). Mixup (``mixup_alpha``; 0 = off) mixes
+    the stored values (audio: before deltas, which are linear in them) into float32.
+    A batch is a pure function of (``seed``, epoch, batch number): the same from the store or from
+    memory, with any ``workers``. Iterating the object serves epoch 0, 1, 2... in turn.
+
+    ``workers``: 0 = everything in the calling thread; N >= 1 = N threads assemble batches and N
+    threads decompress clips, the next block is read while the current one is served.
+    """
+
+    def __init__(self, units: Units, source, labels: np.ndarray, n_classes: int, pairs: np.ndarray, *,
+                 batch_size: int = 64, shuffle: bool = True, block_clips: int = DEFAULT_BLOCK_CLIPS, seed: int = 0,
+                 mixup_alpha: float = 0.0, augment: bool = False, workers: int = 0):
+        self.units, self.source, self.pairs = units, source, pairs
+        self.onehot = np.eye(n_classes, dtype=np.float32)[labels]
+        self.batch_size, self.shuffle, self.block_clips, self.seed = batch_size, shuffle, block_clips, seed
+        self.mixup_alpha, self.augment, self.workers = mixup_alpha, augment, workers
+        self._epochs = itertools.count()
+
+    @property
+    def n_classes(self) -> int:
+        return self.onehot.shape[1]
+
+    def plan(self, epoch: int) -> list[Block]:
+        rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
+        return epoch_plan(self.pairs, batch_size=self.batch_size, block_clips=self.block_clips, rng=rng)
+
+    def batch(self, pairs: np.ndarray, epoch: int, number: int) -> tuple[np.ndarray, np.ndarray]:
+        """Batch ``number`` of ``epoch`` from the units ``pairs`` (their rows loaded)."""
+        rng = np.random.default_rng([self.seed, epoch, number])
+        raw = self.source.take(pairs)
+        if self.units.visual and self.augment:
+            raw = augment_images(raw, rng)
+        # mixup before deltas: deltas are linear, so mixing the 2 static channels gives the same
+        # windows as mixing all 6, for a third of the work
+        x, y = mixup(raw, self.onehot[pairs[:, 0]], self.mixup_alpha, rng)
+        if not self.units.visual:
+            x = with_deltas(x, self.units.frames_per_segment, self.units.delta_width, channels_last=True)
+        return x, y
+
+    def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The batches of epoch number ``epoch``; the shuffle buffer is emptied at its end (or when
+        the caller stops early)."""
+        plan = self.plan(epoch)
+        try:
+            yield from self._threaded(plan, epoch) if self.workers else self._inline(plan, epoch)
+        finally:
+            for block in plan:
+                self.source.release(block.rows)
+
+    def _inline(self, plan: list[Block], epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        number = 0
+        for block in plan:
+            self.source.load(block.rows)
+            for pairs in block.batches:
+                yield self.batch(pairs, epoch, number)
+                number += 1
+            self.source.release(block.release)
+
+    def _threaded(self, plan: list[Block], epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(self.workers) as assemble:
+            loading = reader.submit(self.source.load, plan[0].rows)
+            pending: deque = deque()
+            releases: deque = deque()  # (batches issued when the block ended, rows to drop)
+            served = issued = 0
+            for b, block in enumerate(plan):
+                loading.result()
+                if b + 1 < len(plan):
+                    loading = reader.submit(self.source.load, plan[b + 1].rows)
+                for pairs in block.batches:
+                    pending.append(assemble.submit(self.batch, pairs, epoch, issued))
+                    issued += 1
+                    while len(pending) > 2 * self.workers:
+                        yield pending.popleft().result()
+                        served += 1
+                releases.append((issued, block.release))
+                while releases and releases[0][0] <= served:
+                    self.source.release(releases.popleft()[1])
+            while pending:
+                yield pending.popleft().result()
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.epoch(next(self._epochs))
+
+
+def training_batches(store: Store, input_array: str, *, split: str | None = "train", rows: np.ndarray | None = None,
+                     window_s: float | None = None, units_per_clip: int | None = None, **options) -> TrainingBatches:
+    """Shuffled training batches of ``input_array`` from the store, numpy out (no TensorFlow needed).
+
+    Clips: ``rows`` of the clips table, or every clip of ``split`` (None: all); only clips done in
+    the array are used. ``window_s``: audio window, a whole number of grid segments (default one
+    segment). ``options``: see :class:`TrainingBatches` (batch_size, shuffle, block_clips, seed,
+    mixup_alpha, augment, workers).
+    """
+    clips = store.clips
+    if rows is None:
+        rows = np.flatnonzero(np.ones(len(clips), bool) if split is None else clips["split"].to_numpy() == split)
+    done = clips["clip_id"].isin(list(store.ledger(input_array).entries)).to_numpy()
+    rows = np.asarray(rows, np.int64)[done[rows]]
+    labels = store.label_indices(clips["label"])
+    unlabelled = [str(c) for c in clips["clip_id"].to_numpy()[rows[labels[rows] < 0]]]
+    if unlabelled:
+        raise ValueError(f"clips without a known label cannot be trained on: {unlabelled[:5]}")
+    if len(rows) == 0:
+        raise ValueError(f"no clips done in {input_array!r} to read")
+    units = Units(store, input_array, window_s)
+    source = StoreSource(store, units, options.get("workers", 0))
+    return TrainingBatches(units, source, labels, len(store.classes), units.index(rows, units_per_clip), **options)
+
+
+def tf_dataset(batches: TrainingBatches):
+    """A ``tf.data.Dataset`` of ``batches``: each pass over it (each Keras epoch) serves the next epoch."""
+    import tensorflow as tf
+
+    signature = (
+        tf.TensorSpec((None, *batches.units.example_shape), tf.float32),
+        tf.TensorSpec((None, batches.n_classes), tf.float32),
+    )
+    n_batches = -(-len(batches.pairs) // batches.batch_size)  # every batch full but an epoch's last
+    dataset = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=signature)
+    return dataset.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)

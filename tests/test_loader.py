@@ -1,0 +1,163 @@
+"""The training read path (featstore.loader): exactly-once epochs, reshuffling, values equal to the
+direct readers, store batches equal to in-memory batches, the tf.data adapter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import featstore
+from featstore.audio import add_deltas
+from featstore.augment import augment_images, with_deltas
+from featstore.loader import MemorySource, TrainingBatches, tf_dataset, training_batches
+from featstore.pipelines.extract_audio import extract_audio
+from featstore.pipelines.extract_frames import extract_frames
+from featstore.pipelines.ingest import ingest
+
+from conftest import CLIP_S
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, demo_root) -> featstore.Store:
+    """The demo store (20 clips of 3 s) with MEL (float16, the default) and 32x32 frames."""
+    s = featstore.init_store(str(tmp_path_factory.mktemp("loader") / "s.zarr"), clip_duration_s=CLIP_S)
+    ingest(s, demo_root)
+    assert extract_audio(s, workers=0, features=("mel",), progress=False).done == 20
+    assert extract_frames(s, workers=0, size=32, progress=False).done == 20
+    return s
+
+
+def _served_pairs(batches: TrainingBatches, epoch: int) -> np.ndarray:
+    return np.concatenate([pairs for block in batches.plan(epoch) for pairs in block.batches])
+
+
+def _direct_unit(store, path: str, row: int, unit: int) -> np.ndarray:
+    """One example read through the public per-clip readers (the reference)."""
+    clip_id = store.clips.clip_id[row]
+    if path.endswith("/rgb"):
+        return store.frames(clip_id)[0][unit].astype(np.float32)
+    return store.audio("mel", clip_id, deltas=True)[..., 72 * unit : 72 * (unit + 1)].transpose(1, 2, 0)
+
+
+@pytest.mark.parametrize("path", ["audio/mel", "frames/rgb"])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_epoch_serves_every_unit_once_with_the_values_of_the_direct_readers(store, path, workers):
+    batches = training_batches(store, path, split="train", batch_size=4, block_clips=3, seed=5, workers=workers)
+    train_rows = np.flatnonzero(store.clips.split.to_numpy() == "train")
+    units = 3 if path.startswith("audio") else 6  # 3 one-second windows, or 6 frames per 3 s clip
+    served = _served_pairs(batches, 0)
+    assert sorted(map(tuple, served.tolist())) == [(r, u) for r in train_rows for u in range(units)]
+    xs, ys = zip(*batches.epoch(0))
+    assert all(len(x) == 4 for x in xs[:-1]), "only the epoch's last batch may be short"
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    assert x.dtype == np.float32 and x.shape[1:] == batches.units.example_shape
+    for i in range(0, len(served), 7):
+        row, unit = served[i]
+        np.testing.assert_allclose(x[i], _direct_unit(store, path, row, unit), atol=1e-5)
+        assert y[i].argmax() == store.classes.index(store.clips.label[row]) and y[i].sum() == 1
+    assert batches.source.cache == {}, "every clip is dropped from the shuffle buffer by the end of the epoch"
+
+
+def test_epochs_reshuffle_and_a_seed_repeats(store):
+    def make(seed):
+        return training_batches(store, "audio/mel", split="train", batch_size=4, block_clips=3, seed=seed)
+
+    first, again, other = make(1), make(1), make(2)
+    assert not np.array_equal(_served_pairs(first, 0), _served_pairs(first, 1)), "two epochs, two orders"
+    assert np.array_equal(_served_pairs(first, 1), _served_pairs(again, 1)), "same seed, same order"
+    assert not np.array_equal(_served_pairs(first, 0), _served_pairs(other, 0))
+    x1, _ = next(iter(first))  # iterating the object serves epoch 0, then 1
+    x1b, _ = next(iter(first))
+    np.testing.assert_array_equal(x1, next(first.epoch(0))[0])
+    np.testing.assert_array_equal(x1b, next(first.epoch(1))[0])
+    unshuffled = training_batches(store, "audio/mel", split="train", batch_size=4, shuffle=False)
+    pairs = _served_pairs(unshuffled, 3)
+    assert np.array_equal(pairs, np.array(sorted(map(tuple, pairs.tolist()))))
+
+
+def test_a_block_holds_at_most_its_clips_and_the_carried_leftovers(store):
+    batches = training_batches(store, "frames/rgb", split="train", batch_size=4, block_clips=3, seed=0)
+    biggest = 0
+    for _ in batches.epoch(0):
+        biggest = max(biggest, len(batches.source.cache))
+    assert 3 <= biggest <= 3 + 3, "3 clips read per block, plus at most 3 clips' leftover frames (< one batch)"
+    assert batches.source.bytes_decoded == 10 * store.array("frames/rgb")[0].nbytes, "each clip decompressed once"
+    stopped = batches.epoch(1)
+    next(stopped)
+    stopped.close()  # a consumer that stops early leaves nothing behind
+    assert batches.source.cache == {}
+
+
+@pytest.mark.parametrize("path", ["audio/mel", "frames/rgb"])
+def test_store_batches_equal_in_memory_batches_with_mixup_and_augmentation(store, path):
+    """The benchmark's baseline serves the same batches; arrays written before the loader read unchanged."""
+    options = dict(batch_size=5, block_clips=4, seed=3, mixup_alpha=0.4, augment=True)
+    from_store = training_batches(store, path, split="train", workers=2, **options)
+    memory = MemorySource(store.array(path)[:], from_store.units)
+    in_memory = TrainingBatches(from_store.units, memory, store.label_indices(store.clips.label), len(store.classes), from_store.pairs, **options)
+    for (xs, ys), (xm, ym) in zip(from_store.epoch(2), in_memory.epoch(2), strict=True):
+        np.testing.assert_array_equal(xs, xm)
+        np.testing.assert_array_equal(ys, ym)
+        np.testing.assert_allclose(ys.sum(axis=1), 1, rtol=1e-6)
+    assert (ys.max(axis=1) < 1).any(), "mixup mixed the labels"
+
+
+def test_batch_deltas_equal_librosa_per_clip():
+    spec = np.random.default_rng(0).normal(size=(4, 2, 16, 3 * 72)).astype(np.float32)
+    batch = with_deltas(spec, 72, 9)
+    last = with_deltas(spec, 72, 9, channels_last=True)
+    for i in range(4):
+        reference = add_deltas(spec[i], 72, 9)
+        np.testing.assert_allclose(batch[i], reference, atol=1e-5)
+        np.testing.assert_allclose(last[i], reference.transpose(1, 2, 0), atol=1e-5)
+        np.testing.assert_array_equal(batch[i, :2], spec[i])
+
+
+def test_augmentation_crops_and_flips_uint8_frames():
+    frames = np.random.default_rng(1).integers(0, 256, size=(8, 24, 24, 3), dtype=np.uint8)
+    flipped = augment_images(frames, np.random.default_rng(0), crop=False)
+    assert all(np.array_equal(f, o) or np.array_equal(f, o[:, ::-1]) for f, o in zip(flipped, frames))
+    assert any(not np.array_equal(f, o) for f, o in zip(flipped, frames))
+    cropped = augment_images(frames, np.random.default_rng(0), flip=False)
+    assert cropped.dtype == np.uint8 and cropped.shape == frames.shape
+    assert not np.array_equal(cropped, frames)
+
+
+def test_tf_dataset_serves_a_new_epoch_per_pass(store):
+    batches = training_batches(store, "audio/mel", split="train", batch_size=8, block_clips=2, seed=0, workers=1)
+    ds = tf_dataset(batches)
+    assert int(ds.cardinality()) == 4, "30 windows in batches of 8"
+    first = np.concatenate([x.numpy() for x, _ in ds])
+    second = np.concatenate([x.numpy() for x, _ in ds])
+    assert first.shape == (30, 128, 72, 6) and second.shape == first.shape
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(first, np.concatenate([x for x, _ in batches.epoch(0)]))
+
+
+def test_unwritten_clip_is_refused_by_name(tmp_path, demo_root):
+    s = featstore.init_store(str(tmp_path / "s.zarr"), clip_duration_s=CLIP_S)
+    ingest(s, demo_root)
+    extract_audio(s, workers=0, features=("mel",), progress=False, dtype="float32")
+    clip_id = s.clips.clip_id[0]
+    extract_audio(s, workers=0, features=("gam",), progress=False, store_deltas=True)
+    with pytest.raises(ValueError, match="static channels"):
+        training_batches(s, "audio/gam")
+    batches = training_batches(s, "audio/mel", split=None, batch_size=4)
+    s.array("audio/mel")[0] = np.nan  # a clip lost after its done-mark (verify would catch it)
+    with pytest.raises(ValueError, match=clip_id):
+        list(batches.epoch(0))
+
+
+def test_mixed_precision_training_builds_a_float16_model_and_restores_the_policy(store):
+    import keras
+
+    from featstore.pipelines.train_backbone import TrainConfig, train_backbone
+    from featstore.registry import load_keras, model_file
+
+    config = TrainConfig(model="aud-mel", input_array="audio/mel", window_s=1.0, widths=(4, 8), head_units=8, epochs=1,
+                         batch_size=8, units_per_clip=1, mixed_precision=True)
+    entry = train_backbone(store, config)
+    assert keras.mixed_precision.global_policy().name == "float32", "the global policy is restored"
+    model = load_keras(model_file(store, "aud-mel", entry["fingerprint"]))
+    assert model.get_layer("stem_conv").dtype_policy.name == "mixed_float16"
+    assert np.isfinite(entry["config"]["metrics"]["val_loss"])
