@@ -45,9 +45,9 @@ class Units:
     """
 
     def __init__(self, store: Store, path: str, window_s: float | None = None):
-        params = store.provenance(path)["params"]
-        shape = store.array(path).shape
-        self.path, self.visual = path, path.endswith("/rgb")
+        prov = store.provenance(path)
+        params, shape = prov.params, store.array(path).shape
+        self.path, self.visual = path, prov.modality == "visual"
         if self.visual:
             self.count, self.width, self.example_shape = shape[1], None, tuple(shape[2:])
             return

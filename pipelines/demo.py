@@ -183,7 +183,7 @@ def run_demo(workdir: str, settings: DemoSettings | None = None, *, workers: int
     return result.exit_code or to_submission(result.store, workdir, echo=echo)
 
 
-def to_submission(store, workdir: str, *, run: str = "fuse-f4-av", n_clips: int = EVAL_CLIPS, echo: Callable[[str], None] = print) -> int:
+def to_submission(store, workdir: str, *, run: str = "demo-av-f4", n_clips: int = EVAL_CLIPS, echo: Callable[[str], None] = print) -> int:
     """From development to submission: export ``run`` as a system, cut ``n_clips`` evaluate clips into
     the challenge's evaluation layout (1 s files), ingest them into a 1 s store, predict, and write
     the submission file. Made anew on every run (the fusion runs are retrained). Returns the exit code."""

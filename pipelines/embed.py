@@ -14,6 +14,7 @@ the embeddings: they are recomputed, and the report says so.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -79,7 +80,9 @@ def compute_embed(task: ClipTask, params: dict[str, Any], names: tuple[str, ...]
         x = [x, visual_inputs(store, {"config": {"visual_input": params["visual_input"]}}, task.clip_id)]
     layers = tuple("softmax" if n == "predictions" else n for n in names)
     embedder = _embedder(model_file(store, params["model"], params["model_fingerprint"]), params["model_fingerprint"], layers)
-    values = embedder(x, training=False)
+    with warnings.catch_warnings():  # Keras notes that a bare array is not the input dict it names
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
+        values = embedder(x, training=False)
     values = values if isinstance(values, list | tuple) else [values]
     return ClipResult({n: np.asarray(v).astype(np.float32) for n, v in zip(names, values)})
 

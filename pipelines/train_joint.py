@@ -202,7 +202,7 @@ def _visual_source(store: Store, config: JointConfig, reader: AudioWindows, fram
 
     if config.encoder not in ENCODERS:
         raise ConfigError(f"--encoder must be one of {', '.join(ENCODERS)}, got {config.encoder!r}")
-    if config.audio_input.endswith("/rgb"):
+    if store.provenance(config.audio_input).modality != "audio":
         raise ConfigError(f"--audio-input must be an audio array, got {config.audio_input}")
     if frames_encoder is not None:
         return FrameVisual(store, frames_array, reader.k)
