@@ -25,6 +25,7 @@ from featstore.cli.system import export_system, predict_cmd  # noqa: E402
 from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
 from featstore.pipelines.embed import APPLICATION_PREFIX, LAYERS  # noqa: E402
 from featstore.pipelines.extract_frames import FramesConfig  # noqa: E402
+from featstore.pipelines.train_backbone import DELTAS  # noqa: E402
 from featstore.pipelines.ingest import FORMATS as INGEST_FORMATS  # noqa: E402
 from featstore.models import MODELS  # noqa: E402
 
@@ -245,7 +246,8 @@ def import_h5_cmd(store: str, source: str) -> None:
 @click.option("--mixed-precision", is_flag=True, default=None, help="Keras mixed_float16 (for GPUs).")
 @click.option("--block-clips", type=int, default=None, help="Clips per shuffle block of the loader (default 64; see README, Training loader).")
 @click.option("--loader-workers", type=int, default=None, help="Loader threads (default 2; 0 = in the training thread).")
-def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_units, epochs, batch_size, lr, mixup_alpha, l2, val_fraction, seed, weights_file, units_per_clip, augment, mixed_precision, block_clips, loader_workers):
+@click.option("--deltas", type=click.Choice(DELTAS), default=None, help="Audio deltas computed by the model's first layer (default) or by the loader (a 6-channel model, as before).")
+def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_units, epochs, batch_size, lr, mixup_alpha, l2, val_fraction, seed, weights_file, units_per_clip, augment, mixed_precision, block_clips, loader_workers, deltas):
     """Train a Phase I backbone on the train split (validation carved by location), register it.
 
     \b
@@ -260,7 +262,7 @@ def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_u
         widths=tuple(int(w) for w in widths.split(",")), head_units=head_units, epochs=epochs, batch_size=batch_size,
         lr=lr, mixup_alpha=mixup_alpha, l2=l2, val_fraction=val_fraction, seed=seed, weights_file=weights_file,
         units_per_clip=units_per_clip,
-        **{k: v for k, v in dict(augment=augment, mixed_precision=mixed_precision, block_clips=block_clips, loader_workers=loader_workers).items() if v is not None},
+        **{k: v for k, v in dict(augment=augment, mixed_precision=mixed_precision, block_clips=block_clips, loader_workers=loader_workers, deltas=deltas).items() if v is not None},
     )
     entry = train_backbone(s, config)
     m = entry["config"]["metrics"]

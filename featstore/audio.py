@@ -239,3 +239,19 @@ def add_deltas(spec: np.ndarray, frames_per_segment: int, width: int = 9) -> np.
     d1 = librosa.feature.delta(per_segment, width=width, order=1, axis=-1)
     d2 = librosa.feature.delta(per_segment, width=width, order=2, axis=-1)
     return np.concatenate([per_segment, d1, d2], axis=0).reshape(3 * c, b, f)
+
+
+@lru_cache(maxsize=8)
+def delta_matrix(frames_per_segment: int, width: int = 9) -> np.ndarray:
+    """(fps, 2 * fps) float32 M such that ``segment @ M`` = [delta, delta-delta] of a segment.
+
+    ``librosa.feature.delta`` (Savitzky-Golay, ``mode="interp"``) is linear in its input, so
+    applying it to the identity gives its matrix: one BLAS product then replaces a filter per window
+    (and releases the GIL). Matches :func:`featstore.audio.add_deltas` to float32 rounding.
+    """
+    import librosa
+
+    eye = np.eye(frames_per_segment, dtype=np.float64)
+    d1 = librosa.feature.delta(eye, width=width, order=1, axis=-1)
+    d2 = librosa.feature.delta(eye, width=width, order=2, axis=-1)
+    return np.concatenate([d1, d2], axis=1).astype(np.float32)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from featstore.augment import augment_images, mixup, with_deltas
+from featstore.chunks import ClipReader
 from featstore.store import Store
 
 #: Clips read per shuffle block: the shuffle buffer holds about this many clips' units
@@ -40,14 +41,17 @@ class Units:
     """How the per-clip array ``path`` splits into training units.
 
     Visual (``.../rgb``): unit = one frame, (size, size, 3) uint8. Audio: unit = a window of ``k``
-    grid segments (``window_s``), (channel, bin, k * frames_per_segment) static channels; deltas are
-    added per batch. ``count`` units per clip.
+    grid segments (``window_s``), (bin, k * frames_per_segment, channel) static channels, channels
+    last. ``deltas``: the loader appends delta and delta-delta channels per batch, (bin, frame,
+    3 * channel), for models without a :class:`~featstore.models.deltas.SpectrogramDeltas` layer
+    (and for frameworks that want them precomputed); without, the model derives them.
+    ``count`` units per clip.
     """
 
-    def __init__(self, store: Store, path: str, window_s: float | None = None):
+    def __init__(self, store: Store, path: str, window_s: float | None = None, *, deltas: bool = True):
         prov = store.provenance(path)
         params, shape = prov.params, store.array(path).shape
-        self.path, self.visual = path, prov.modality == "visual"
+        self.path, self.visual, self.deltas = path, prov.modality == "visual", False
         if self.visual:
             self.count, self.width, self.example_shape = shape[1], None, tuple(shape[2:])
             return
@@ -57,19 +61,22 @@ class Units:
         k = int(round(window_s / store.segment_s))
         if k < 1 or abs(k * store.segment_s - window_s) > 1e-9 or k > store.n_segments:
             raise ValueError(f"window_s={window_s} must be a whole number of {store.segment_s} s segments, at most the clip")
+        self.deltas = deltas
         self.frames_per_segment = int(params["frames_per_segment"])
         self.delta_width = int(params["audio"]["delta_width"])
         self.count, self.width = store.n_segments // k, k * self.frames_per_segment
-        #: shape of one ``x`` example: (bin, frame, 6) with deltas
-        self.example_shape = (shape[2], self.width, 3 * shape[1])
+        #: shape of one ``x`` example: (bin, frame, channel), 3x the stored channels with ``deltas``
+        self.example_shape = (shape[2], self.width, (3 if deltas else 1) * shape[1])
 
     def of_clips(self, values: np.ndarray) -> np.ndarray:
-        """(clip, ...) array -> (clip, unit, ...) view: frames as they are, audio cut into windows."""
+        """(clip, ...) array -> (clip, unit, ...) view: frames as they are, audio cut into windows
+        ((clip, unit, channel, bin, frame) with ``deltas``, which wants channels first; else
+        (clip, unit, bin, frame, channel))."""
         if self.visual:
             return values
         n, c, b = values.shape[:3]
-        windows = values[..., : self.count * self.width].reshape(n, c, b, self.count, self.width)
-        return np.moveaxis(windows, 3, 1)
+        windows = np.moveaxis(values[..., : self.count * self.width].reshape(n, c, b, self.count, self.width), 3, 1)
+        return windows if self.deltas else np.moveaxis(windows, 2, -1)
 
     def index(self, rows: np.ndarray, units_per_clip: int | None = None) -> np.ndarray:
         """The units of ``rows`` used per epoch, (n, 2) int64 (row, unit): all, or ``units_per_clip`` evenly spaced."""
@@ -78,39 +85,48 @@ class Units:
 
 
 class StoreSource:
-    """Units read from the store, one whole clip chunk at a time, cached while a block needs them.
+    """Units read from the store, one whole clip chunk at a time, held while a block needs them.
 
-    The array handle is opened once. ``workers`` threads decompress clips in parallel (zstd and
-    crc32c release the GIL); ``bytes_decoded`` counts the decompressed bytes.
+    Clips are read by a :class:`~featstore.chunks.ClipReader` (array opened once; featstore's layout
+    decoded without zarr's per-read overhead) into clip buffers that are reused once released, so
+    steady-state reading touches no fresh memory. ``workers`` threads decompress clips in parallel
+    (zstd releases the GIL); ``bytes_decoded`` counts the decompressed bytes.
     """
 
     def __init__(self, store: Store, units: Units, workers: int = 0):
-        self.array, self.units, self.clip_ids = store.array(units.path), units, store.clips["clip_id"].to_numpy()
+        self.reader, self.units = ClipReader(store.array(units.path)), units
+        self.clip_ids = store.clips["clip_id"].to_numpy()
         self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
-        self.cache: dict[int, np.ndarray] = {}
+        self.cache: dict[int, np.ndarray] = {}  # row -> its clip's buffer
+        self.free: list[np.ndarray] = []  # released clip buffers, reused by the next reads
         self.bytes_decoded = 0
 
-    def _read(self, row: int) -> np.ndarray:
-        values = self.array[row]
+    def _read(self, row: int, buffer: np.ndarray) -> np.ndarray:
+        values = self.reader.read(row, out=buffer)
         # an unwritten clip reads as all fill value (NaN): a sparse sample of the values finds it
         if values.dtype.kind == "f" and np.isnan(values.reshape(-1)[:: max(1, values.size // 4096)]).any():
             raise ValueError(f"clip {self.clip_ids[row]!r} is not written in {self.units.path!r} (run the stage that makes it)")
         return values
 
     def load(self, rows: np.ndarray) -> None:
-        """Decompress the chunks of ``rows`` into the cache."""
+        """Decompress the chunks of ``rows`` into the cache (one thread loads at a time)."""
         rows = [int(r) for r in rows if int(r) not in self.cache]
-        for row, values in zip(rows, self.pool.map(self._read, rows) if self.pool else map(self._read, rows)):
+        buffers = [self.free.pop() if self.free else np.empty(self.reader.shape, self.reader.dtype) for _ in rows]
+        for row, values in zip(rows, self.pool.map(self._read, rows, buffers) if self.pool else map(self._read, rows, buffers)):
             self.bytes_decoded += values.nbytes
-            self.cache[row] = self.units.of_clips(values[None])[0]
+            self.cache[row] = values
 
     def release(self, rows: np.ndarray) -> None:
+        """Drop ``rows`` (their units were all taken, as copies) and keep their buffers for reuse."""
         for row in rows:
-            self.cache.pop(int(row), None)
+            buffer = self.cache.pop(int(row), None)
+            if buffer is not None:
+                self.free.append(buffer)
 
     def take(self, pairs: np.ndarray) -> np.ndarray:
-        """(n, 2) (row, unit) of loaded rows -> (n, ...) units in the stored dtype."""
-        return np.stack([self.cache[row][unit] for row, unit in pairs.tolist()])
+        """(n, 2) (row, unit) of loaded rows -> (n, ...) units in the stored dtype (a copy)."""
+        units = {row: self.units.of_clips(self.cache[row][None])[0] for row in np.unique(pairs[:, 0]).tolist()}
+        return np.stack([units[row][unit] for row, unit in pairs.tolist()])
 
 
 class MemorySource:
@@ -162,8 +178,9 @@ def epoch_plan(pairs: np.ndarray, *, batch_size: int, block_clips: int, rng: np.
 class TrainingBatches:
     """Batches ``(x (batch, ...) float32, y (batch, classes) float32 one-hot or mixed)`` of ``pairs``.
 
-    Audio ``x`` is (batch, bin, frame, 6): static channels from the store, deltas computed here over
-    the whole batch. Visual ``x`` is (batch, size, size, 3), 0-255, after ``augment`` (random
+    Audio ``x`` is (batch, bin, frame, 2): the static channels from the store, for a model that
+    derives its deltas itself; with ``Units(deltas=True)``, (batch, bin, frame, 6), deltas computed
+    here over the whole batch. Visual ``x`` is (batch, size, size, 3), 0-255, after ``augment`` (random
     resized crop and horizontal flip on the uint8 frames). Mixup (``mixup_alpha``; 0 = off) mixes
     the stored values (audio: before deltas, which are linear in them) into float32.
     A batch is a pure function of (``seed``, epoch, batch number): the same from the store or from
@@ -199,7 +216,7 @@ class TrainingBatches:
         # mixup before deltas: deltas are linear, so mixing the 2 static channels gives the same
         # windows as mixing all 6, for a third of the work
         x, y = mixup(raw, self.onehot[pairs[:, 0]], self.mixup_alpha, rng)
-        if not self.units.visual:
+        if self.units.deltas:
             x = with_deltas(x, self.units.frames_per_segment, self.units.delta_width, channels_last=True)
         return x, y
 
@@ -249,12 +266,16 @@ class TrainingBatches:
 
 
 def training_batches(store: Store, input_array: str, *, split: str | None = "train", rows: np.ndarray | None = None,
-                     window_s: float | None = None, units_per_clip: int | None = None, **options) -> TrainingBatches:
+                     window_s: float | None = None, units_per_clip: int | None = None, deltas: bool = True,
+                     **options) -> TrainingBatches:
     """Shuffled training batches of ``input_array`` from the store, numpy out (no TensorFlow needed).
 
     Clips: ``rows`` of the clips table, or every clip of ``split`` (None: all); only clips done in
     the array are used. ``window_s``: audio window, a whole number of grid segments (default one
-    segment). ``options``: see :class:`TrainingBatches` (batch_size, shuffle, block_clips, seed,
+    segment). ``deltas`` (audio): append delta and delta-delta channels here (the default, what a
+    model without a deltas layer wants); ``False`` serves the static channels only, for models that
+    start with :class:`~featstore.models.deltas.SpectrogramDeltas` (what ``train-backbone`` builds).
+    ``options``: see :class:`TrainingBatches` (batch_size, shuffle, block_clips, seed,
     mixup_alpha, augment, workers).
     """
     clips = store.clips
@@ -268,7 +289,7 @@ def training_batches(store: Store, input_array: str, *, split: str | None = "tra
         raise ValueError(f"clips without a known label cannot be trained on: {unlabelled[:5]}")
     if len(rows) == 0:
         raise ValueError(f"no clips done in {input_array!r} to read")
-    units = Units(store, input_array, window_s)
+    units = Units(store, input_array, window_s, deltas=deltas)
     source = StoreSource(store, units, options.get("workers", 0))
     return TrainingBatches(units, source, labels, len(store.classes), units.index(rows, units_per_clip), **options)
 

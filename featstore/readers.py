@@ -1,6 +1,6 @@
 """Reading features back: whole clips, or windows aligned to the segment grid.
 
-Each read takes a clip's whole chunk (one object per clip), so a reader never costs more than one
+Each read takes a clip's whole chunk (one object per clip, :class:`featstore.chunks.ClipReader`), so a reader never costs more than one
 store request per clip. A clip not yet written reads as NaN (the arrays' fill value); the readers
 refuse it rather than hand NaN to a model.
 """
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featstore.chunks import ClipReader
 from featstore.packed import packed_segment_embeddings
 from featstore.store import Store
 
@@ -32,6 +33,11 @@ def _frames_per_segment(store: Store, path: str) -> int:
     return int(store.provenance(path)["params"]["frames_per_segment"])
 
 
+def _clip(store: Store, path: str, clip_id: str) -> np.ndarray:
+    """The whole chunk of ``clip_id`` in ``path``, through the read path's :class:`ClipReader`."""
+    return ClipReader(store.array(path)).read(store.clip_index(clip_id))
+
+
 def _checked(values: np.ndarray, path: str, clip_id: str) -> np.ndarray:
     if values.dtype.kind == "f" and np.isnan(values).any():
         raise ValueError(f"clip {clip_id!r} is not written in {path!r} (run the stage that makes it)")
@@ -47,7 +53,7 @@ def read_audio(store: Store, feature: str, clip_id: str, *, deltas: bool = False
     from featstore.audio import add_deltas
 
     path = f"{group}/{feature}"
-    spec = _checked(store.array(path)[store.clip_index(clip_id)], path, clip_id).astype(np.float32)
+    spec = _checked(_clip(store, path, clip_id), path, clip_id).astype(np.float32)
     params = store.provenance(path)["params"]
     if deltas and not params["store_deltas"]:
         spec = add_deltas(spec, params["frames_per_segment"], params["audio"]["delta_width"])
@@ -119,9 +125,8 @@ def _batch(items: list[tuple[np.ndarray, int, int, int]]) -> SegmentBatch:
 
 def read_frames(store: Store, clip_id: str, *, group: str = "frames") -> tuple[np.ndarray, np.ndarray]:
     """(frames (frame, size, size, 3) uint8, times (frame,) float32 seconds) of ``clip_id``."""
-    i = store.clip_index(clip_id)
-    times = _checked(store.array(f"{group}/time_s")[i], f"{group}/time_s", clip_id)
-    return store.array(f"{group}/rgb")[i], times
+    times = _checked(_clip(store, f"{group}/time_s", clip_id), f"{group}/time_s", clip_id)
+    return _clip(store, f"{group}/rgb", clip_id), times
 
 
 def frame_segments(

@@ -26,8 +26,11 @@ def _entries(store: Store) -> dict[str, Any]:
 
 
 def load_keras(path: str):
-    """Load a .keras file in safe mode (Lambda layers and other arbitrary code are refused)."""
+    """Load a .keras file in safe mode (Lambda layers and other arbitrary code are refused); featstore's
+    own layers (:class:`featstore.models.deltas.SpectrogramDeltas`) are registered first."""
     import keras
+
+    import featstore.models.deltas  # noqa: F401  (registers the layer with Keras' deserializer)
 
     return keras.saving.load_model(path, compile=False, safe_mode=True)
 

@@ -3,8 +3,9 @@
 One forward pass per clip gives every output at once:
 ``embeddings/{model}/fc1024`` (clip, unit, dim), ``embeddings/{model}/fc10`` (clip, unit, classes,
 the FC(10) values before the softmax) and ``predictions/{model}`` (clip, unit, classes, softmax),
-where a unit is a segment of the grid for audio models (its 6-channel window) and a frame for
-visual models. All float32.
+where a unit is a segment of the grid for audio models (its window: the static channels for models
+that derive deltas themselves, 6 channels with host-computed deltas for models saved before; see
+:func:`wants_host_deltas`) and a frame for visual models. All float32.
 
 Cache key: the model's fingerprint (its .keras bytes), the layer, the input array's fingerprint and
 the window (the segment length); per clip, the upstream chunk's checksum. A second run with nothing
@@ -57,29 +58,42 @@ def layer_width(store: Store, model: str, fingerprint: str, layer: str) -> int:
     return int(embedder.outputs[0].shape[-1])
 
 
-def model_inputs(store: Store, input_array: str, clip_id: str) -> np.ndarray:
-    """The batch a model sees for one clip: audio (segment, bin, frame, 6) windows with deltas, or
-    visual (frame, size, size, 3) uint8 frames."""
+def model_inputs(store: Store, input_array: str, clip_id: str, *, deltas: bool = True) -> np.ndarray:
+    """The batch a model sees for one clip: audio (segment, bin, frame, channel) windows, the static
+    channels and, with ``deltas``, delta and delta-delta channels (6 in all); or visual (frame, size,
+    size, 3) uint8 frames. Which audio form a model takes: :func:`wants_host_deltas`."""
     prov = store.provenance(input_array)
     if prov.modality == "visual":
         return store.frames(clip_id, group=prov.group)[0]
-    spec = store.audio(prov.leaf, clip_id, deltas=True, group=prov.group)
+    spec = store.audio(prov.leaf, clip_id, deltas=deltas, group=prov.group)
     fps = prov.frames_per_segment
     c, b, f = spec.shape
     return np.ascontiguousarray(spec.reshape(c, b, f // fps, fps).transpose(2, 1, 3, 0))
+
+
+def wants_host_deltas(store: Store, input_array: str, model) -> bool:
+    """Whether ``model`` takes audio windows with deltas computed outside it: a model saved before
+    :class:`featstore.models.deltas.SpectrogramDeltas` existed (6 input channels), or from an
+    array stored with deltas. Models with the layer take the static channels (it derives the same
+    deltas, to float32 rounding)."""
+    if store.provenance(input_array).modality == "visual":
+        return False
+    from featstore.models.deltas import model_wants_deltas
+
+    return model_wants_deltas(model, store.array(input_array).shape[1])
 
 
 def compute_embed(task: ClipTask, params: dict[str, Any], names: tuple[str, ...]) -> ClipResult:
     """Worker side: one forward pass over the clip's windows or frames (with a joint model's cached
     visual embedding of each window as its second input)."""
     store = task.open_store()
-    x = model_inputs(store, params["input"], task.clip_id)
+    layers = tuple("softmax" if n == "predictions" else n for n in names)
+    embedder = _embedder(model_file(store, params["model"], params["model_fingerprint"]), params["model_fingerprint"], layers)
+    x = model_inputs(store, params["input"], task.clip_id, deltas=wants_host_deltas(store, params["input"], embedder))
     if params.get("visual_input"):
         from featstore.pipelines.train_joint import visual_inputs
 
         x = [x, visual_inputs(store, {"config": {"visual_input": params["visual_input"]}}, task.clip_id)]
-    layers = tuple("softmax" if n == "predictions" else n for n in names)
-    embedder = _embedder(model_file(store, params["model"], params["model_fingerprint"]), params["model_fingerprint"], layers)
     with warnings.catch_warnings():  # Keras notes that a bare array is not the input dict it names
         warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
         values = embedder(x, training=False)

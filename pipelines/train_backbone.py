@@ -1,11 +1,14 @@
 """`featstore train-backbone`: Phase I training of one backbone from the store.
 
-- Data: windows of the segment grid from ``train`` clips only. Audio windows are (bin, frame, 6),
-  with deltas derived at read time; visual inputs are single frames (size, size, 3). Validation is
+- Data: windows of the segment grid from ``train`` clips only. Audio windows are the static channels
+  (bin, frame, 2); the model's first layer derives delta and delta-delta channels
+  (:class:`featstore.models.deltas.SpectrogramDeltas`, ``deltas="model"``, so the GPU does it), or,
+  with ``deltas="loader"``, the loader does and the model takes (bin, frame, 6) as models trained
+  before the layer existed. Visual inputs are single frames (size, size, 3). Validation is
   carved from ``train`` by recording location (``identifier``), so no location is on both sides;
   ``evaluate`` and ``test`` are never touched (DESIGN 6).
 - Input pipeline (DESIGN 7.9): :mod:`featstore.loader`, a clip-block shuffle that decompresses each
-  clip once per epoch, computes deltas per batch and assembles batches in ``loader_workers``
+  clip once per epoch, mixes (and with ``deltas="loader"`` derives deltas) per batch and assembles batches in ``loader_workers``
   threads, fed to Keras through :func:`featstore.loader.tf_dataset`. The store is never loaded whole.
 - Visual models: random resized crop and horizontal flip of the uint8 frames (``augment``).
 - Mixup on inputs (``mixup_alpha``; 0 turns it off) with the matching soft labels; KL-divergence loss
@@ -24,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from featstore.errors import ConfigError
 from featstore.loader import DEFAULT_BLOCK_CLIPS, tf_dataset, training_batches
 from featstore.registry import register_model, save_training_clips
 from featstore.splits import validation_split
@@ -57,7 +61,13 @@ class TrainConfig:
     #: clips per shuffle block of the loader, and its threads
     block_clips: int = DEFAULT_BLOCK_CLIPS
     loader_workers: int = 2
+    #: where audio deltas are computed: "model" (a fixed first layer) or "loader" (6-channel input)
+    deltas: str = "model"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: choices of ``TrainConfig.deltas``
+DELTAS = ("model", "loader")
 
 
 def train_backbone(store: Store, config: TrainConfig) -> dict[str, Any]:
@@ -88,13 +98,19 @@ def _train(store: Store, config: TrainConfig) -> dict[str, Any]:
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ValueError("need train clips from at least two recording locations (one goes to validation)")
     visual = MODELS[config.model][0] == "visual"
-    common = dict(window_s=config.window_s, units_per_clip=config.units_per_clip, batch_size=config.batch_size,
+    if config.deltas not in DELTAS:
+        raise ConfigError(f"deltas must be one of {', '.join(DELTAS)}, got {config.deltas!r}")
+    common = dict(window_s=config.window_s, deltas=config.deltas == "loader", units_per_clip=config.units_per_clip, batch_size=config.batch_size,
                   block_clips=config.block_clips, seed=config.seed, workers=config.loader_workers)
     train = training_batches(store, config.input_array, rows=train_rows, shuffle=True, mixup_alpha=config.mixup_alpha,
                              augment=config.augment and visual, **common)
     val = training_batches(store, config.input_array, rows=val_rows, shuffle=False, **common)
     input_shape = train.units.example_shape
-    backbone = {"weights_file": config.weights_file, **config.extra} if visual else {"arch": config.arch, "widths": tuple(config.widths)}
+    if visual:
+        backbone = {"weights_file": config.weights_file, **config.extra}
+    else:
+        in_model = {"frames_per_segment": train.units.frames_per_segment, "delta_width": train.units.delta_width} if config.deltas == "model" else {}
+        backbone = {"arch": config.arch, "widths": tuple(config.widths), **in_model}
     model = build_model(config.model, input_shape=input_shape, n_classes=len(store.classes), head_units=config.head_units, l2=config.l2, **backbone)
     model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=keras.losses.KLDivergence(), metrics=["categorical_accuracy"])
     with tempfile.TemporaryDirectory() as work:

@@ -2,7 +2,8 @@
 cached, frozen visual embedding of the same window (Chen et al. 2022), off the store.
 
 - Audio: windows of the segment grid, read through Phase I's reader
-  (:class:`AudioWindows` on the Phase I read path, :mod:`featstore.loader`: (bin, frame, 6) with deltas).
+  (:class:`AudioWindows` on the Phase I read path, :mod:`featstore.loader`: (bin, frame, 2) static
+  channels; the model's first layer derives the deltas).
 - Visual: the cached ``embeddings/{visual_model}/{visual_layer}`` of the same clip, its frames
   averaged over the window's segments (:class:`CachedVisual`). The visual encoder never runs and no
   frame is read: every training step costs only the audio encoder and the head. (The benchmark's
@@ -34,6 +35,7 @@ from featstore.metrics import evaluate_predictions
 from featstore.packed import packed_segment_embeddings
 from featstore.registry import load_keras, register_model, save_training_clips
 from featstore.store import Store, StoreError
+from featstore.chunks import ClipReader
 from featstore.loader import Units
 from featstore.splits import validation_split
 
@@ -67,16 +69,17 @@ class JointConfig:
 
 class AudioWindows:
     """(clip row, window) pairs of an audio array, read through the Phase I read path
-    (:mod:`featstore.loader`): ``index`` lists a clip set's windows, ``read`` gives a batch of
-    (window, bin, frame, 6) float32 with deltas (one matrix product over the batch) and one-hot
-    labels. Each clip's chunk is decompressed once per batch that uses it (joint batches pair each
-    window with its own visual embedding, so they are gathered by (row, window), not by block);
-    ``read`` keeps no state, so tf.data may call it from parallel threads.
+    (:mod:`featstore.loader`, :class:`~featstore.chunks.ClipReader`): ``index`` lists a clip set's
+    windows, ``read`` gives a batch of (window, bin, frame, 2) float32 static channels (the joint
+    model derives deltas in its first layer) and one-hot labels. Each clip's chunk is decompressed
+    once per batch that uses it (joint batches pair each window with its own visual embedding, so
+    they are gathered by (row, window), not by block); ``read`` keeps no state, so tf.data may call
+    it from parallel threads.
     """
 
     def __init__(self, store: Store, input_array: str, window_s: float):
-        self.windows = Units(store, input_array, window_s)
-        self.array = store.array(input_array)  # opened once
+        self.windows = Units(store, input_array, window_s, deltas=False)
+        self.reader = ClipReader(store.array(input_array))  # opened once
         self.k = int(round(window_s / store.segment_s))
         #: windows per clip
         self.units = self.windows.count
@@ -87,11 +90,8 @@ class AudioWindows:
         return self.windows.index(rows, units_per_clip)
 
     def read(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from featstore.augment import with_deltas
-
-        clips = {int(row): self.windows.of_clips(self.array[int(row)][None])[0] for row in np.unique(pairs[:, 0])}
-        static = np.stack([clips[row][unit] for row, unit in pairs.tolist()]).astype(np.float32)
-        x = with_deltas(static, self.windows.frames_per_segment, self.windows.delta_width, channels_last=True)
+        clips = {int(row): self.windows.of_clips(self.reader.read(int(row))[None])[0] for row in np.unique(pairs[:, 0])}
+        x = np.stack([clips[row][unit] for row, unit in pairs.tolist()]).astype(np.float32)
         return x, self.onehot[self.labels[pairs[:, 0]]]
 
 
@@ -253,6 +253,7 @@ def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frame
     model = build_joint_model(
         audio_shape=reader.read(train_pairs[:1])[0].shape[1:], visual_dim=getattr(visual, "dim", None), visual_encoder=frames_encoder,
         frames_shape=getattr(visual, "shape", None), encoder=config.encoder, widths=config.widths, n_classes=len(store.classes),
+        frames_per_segment=reader.windows.frames_per_segment, delta_width=reader.windows.delta_width,
         head_units=config.head_units, l2=config.l2, name=config.name,
     )
     model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=keras.losses.KLDivergence(), metrics=["categorical_accuracy"])

@@ -70,7 +70,7 @@ def test_train_joint_never_runs_the_visual_encoder(joint_store):
     assert frame_reads == [], "no frame was read"
 
     cfg = entry["config"]
-    assert entry["input"] == "audio/mel" and entry["input_shape"] == [128, 72, 6] and entry["fc1024_units"] == 16
+    assert entry["input"] == "audio/mel" and entry["input_shape"] == [128, 72, 2] and entry["fc1024_units"] == 16
     assert cfg["visual_input"] == {"array": f"embeddings/{VISUAL}/{encoder.layer}", "fingerprint": store.provenance(f"embeddings/{VISUAL}/{encoder.layer}")["fingerprint"]}
     assert 1 <= cfg["metrics"]["best_epoch"] <= 2 and cfg["metrics"]["evaluate"]["clip"]["n"] == 10
 
@@ -89,7 +89,7 @@ def test_train_joint_never_runs_the_visual_encoder(joint_store):
     visual = visual_inputs(store, entry, clip_id)
     frames_emb = store.array(f"embeddings/{VISUAL}/{encoder.layer}")[0]
     np.testing.assert_allclose(visual, frames_emb.reshape(3, 2, -1).mean(axis=1), rtol=1e-6), "each segment's frames averaged"
-    audio = embed_mod.model_inputs(store, "audio/mel", clip_id)
+    audio = embed_mod.model_inputs(store, "audio/mel", clip_id, deltas=False)  # the model derives them
     with_visual = np.asarray(model([audio, visual], training=False))
     assert with_visual.shape == (3, 10)
     assert not np.allclose(with_visual, np.asarray(model([audio, np.zeros_like(visual)], training=False)), atol=1e-4)
@@ -114,7 +114,7 @@ def test_cached_visual_equals_running_the_frozen_encoder_on_frames(joint_store):
     store, encoder = joint_store
     reader = AudioWindows(store, "audio/mel", store.segment_s)
     cached, frames = CachedVisual(store, VISUAL, encoder.layer, 1, reader.units), FrameVisual(store, "frames/rgb", 1)
-    common = {"audio_shape": (128, 72, 6), "encoder": "cnn1d", "widths": (8,), "head_units": 8}
+    common = {"audio_shape": (128, 72, 2), "frames_per_segment": 72, "encoder": "cnn1d", "widths": (8,), "head_units": 8}
     keras.utils.set_random_seed(0)
     on_cache = build_joint_model(visual_dim=cached.dim, **common)
     on_frames = build_joint_model(visual_encoder=encoder.model, frames_shape=frames.shape, **common)
@@ -149,6 +149,6 @@ def test_embed_feeds_a_joint_model_its_cached_visual_input(joint_store):
     assert report.done == 20
     model = load_keras(model_file(store, "joint-embed", entry["fingerprint"]))
     clip = store.clips["clip_id"][3]
-    x = [embed_mod.model_inputs(store, "audio/mel", clip), visual_inputs(store, entry, clip)]
+    x = [embed_mod.model_inputs(store, "audio/mel", clip, deltas=False), visual_inputs(store, entry, clip)]
     np.testing.assert_allclose(store.array("predictions/joint-embed")[3], np.asarray(model(x, training=False)), atol=1e-5)
     assert store.provenance("embeddings/joint-embed/fc10").params["visual_input"] == entry["config"]["visual_input"]

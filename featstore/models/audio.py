@@ -1,7 +1,11 @@
-"""Audio backbones on 6-channel spectrogram windows (bins, frames, 6), channels last.
+"""Audio backbones on spectrogram windows, channels last.
 
-Both start with a batch norm of the input (``input_bn``): each channel (static, delta, delta-delta
-per ear) is standardised, whatever the feature's dB offset (around -35 dB for GAM, -10 for MEL).
+Input: the static channels (bins, frames, 2), from which the model's first layer derives delta and
+delta-delta channels (:class:`featstore.models.deltas.SpectrogramDeltas`, when ``frames_per_segment``
+is given; what ``train-backbone`` builds), or (bins, frames, 6) with deltas computed outside (models
+built without it, as all were before). Both then batch-normalise the 6 channels (``input_bn``): each
+(static, delta, delta-delta per ear) is standardised, whatever the feature's dB offset (around -35 dB
+for GAM, -10 for MEL).
 
 * ``inception`` (default): stages of residual-inception blocks. Each block has four branches
   (1x1; 3x3; two stacked 3x3; 3x3 max-pool then 1x1), concatenated, projected back by a 1x1
@@ -46,12 +50,17 @@ def inception_block(x, width: int, name: str):
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def audio_backbone(inputs, *, arch: str = "inception", widths: Sequence[int] = (64, 128, 256)):
-    """(batch, bins, frames, 6) -> (batch, features)."""
+def audio_backbone(inputs, *, arch: str = "inception", widths: Sequence[int] = (64, 128, 256),
+                   frames_per_segment: int | None = None, delta_width: int = 9):
+    """(batch, bins, frames, 6) -> (batch, features); (batch, bins, frames, 2) static channels when
+    ``frames_per_segment`` is given: the model derives the deltas (``delta_width`` frames) itself."""
     import keras
 
     from featstore.models import BATCHNORM_MOMENTUM
 
+    from featstore.models.deltas import deltas_front
+
+    inputs = deltas_front(inputs, frames_per_segment, delta_width)
     # per-channel standardisation of the dB input (static, delta, delta-delta sit at different offsets)
     inputs = keras.layers.BatchNormalization(momentum=BATCHNORM_MOMENTUM, name="input_bn")(inputs)
     if arch == "vgg14":

@@ -4,9 +4,9 @@ An acoustic encoder trained from scratch, a *frozen* visual embedding of the sam
 shared head (:mod:`featstore.models.head`: FC(1024)-ReLU-Dropout-FC(10)-Softmax) on their
 concatenation (layer ``joint``), trained together::
 
-    audio (bins, frames, 6) --encoder--> (features,) --+
-                                                       +-- concat "joint" -- head -> softmax
-    visual                  ---------->  (dim,)     ---+
+    audio (bins, frames, 2) --deltas, encoder--> (features,) --+
+                                                               +-- concat "joint" -- head -> softmax
+    visual                  ------------------>  (dim,)     ---+
 
 The visual input is either the cached embedding itself, (dim,) (input ``visual``: what train-joint
 trains on, the encoder never runs), or the frames of the window, (frames, size, size, 3), passed
@@ -27,17 +27,21 @@ from collections.abc import Sequence
 ENCODERS = ("cnn1d", "inception", "vgg14")
 
 
-def audio_encoder(inputs, *, encoder: str = "cnn1d", widths: Sequence[int] = (64, 128, 256)):
-    """(batch, bins, frames, 6) -> (batch, features)."""
+def audio_encoder(inputs, *, encoder: str = "cnn1d", widths: Sequence[int] = (64, 128, 256),
+                  frames_per_segment: int | None = None, delta_width: int = 9):
+    """(batch, bins, frames, 6) -> (batch, features); (batch, bins, frames, 2) static channels when
+    ``frames_per_segment`` is given (deltas derived in the model, as in :mod:`featstore.models.audio`)."""
     import keras
 
     from featstore.models import BATCHNORM_MOMENTUM
     from featstore.models.audio import audio_backbone
+    from featstore.models.deltas import deltas_front
 
     if encoder in ("inception", "vgg14"):
-        return audio_backbone(inputs, arch=encoder, widths=widths)
+        return audio_backbone(inputs, arch=encoder, widths=widths, frames_per_segment=frames_per_segment, delta_width=delta_width)
     if encoder != "cnn1d":
         raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+    inputs = deltas_front(inputs, frames_per_segment, delta_width)
     bins, frames, channels = inputs.shape[1:]
     x = keras.layers.Permute((2, 1, 3), name="time_first")(inputs)
     x = keras.layers.Reshape((frames, bins * channels), name="frames_by_bins")(x)
@@ -57,6 +61,8 @@ def build_joint_model(
     frames_shape: tuple[int, int, int, int] | None = None,
     encoder: str = "cnn1d",
     widths: Sequence[int] = (64, 128, 256),
+    frames_per_segment: int | None = None,
+    delta_width: int = 9,
     n_classes: int = 10,
     head_units: int = 1024,
     dropout: float = 0.4,
@@ -66,13 +72,14 @@ def build_joint_model(
     """The joint model: inputs ``[audio, visual]`` (cached embedding, ``visual_dim``), ``[audio, frames]``
     (``visual_encoder`` frozen on ``frames_shape`` (frames, size, size, 3)), or ``audio`` alone when
     neither is given (the audio-only baseline). Layers ``fc1024``, ``fc10``, ``softmax`` as every backbone.
+    With ``frames_per_segment`` the audio input is the static channels and the model derives deltas.
     """
     import keras
 
     from featstore.models.head import add_head
 
     audio = keras.Input(shape=tuple(audio_shape), name="audio")
-    features = audio_encoder(audio, encoder=encoder, widths=widths)
+    features = audio_encoder(audio, encoder=encoder, widths=widths, frames_per_segment=frames_per_segment, delta_width=delta_width)
     if visual_encoder is not None:
         visual_encoder.trainable = False
         frames = keras.Input(shape=tuple(frames_shape), name="frames")
