@@ -161,3 +161,22 @@ def test_mixed_precision_training_builds_a_float16_model_and_restores_the_policy
     model = load_keras(model_file(store, "aud-mel", entry["fingerprint"]))
     assert model.get_layer("stem_conv").dtype_policy.name == "mixed_float16"
     assert np.isfinite(entry["config"]["metrics"]["val_loss"])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float16, np.float32])
+def test_mixup_equals_the_formula(dtype):
+    """The compiled kernel against l x + (1 - l) x[p] in float64, with the same draws."""
+    from featstore.augment import mixup
+
+    x = (np.random.default_rng(0).random((6, 5, 7, 3)) * 200).astype(dtype)
+    y = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]]
+    mixed, soft = mixup(x, y, 0.4, np.random.default_rng(9))
+    draws = np.random.default_rng(9)
+    lam = draws.beta(0.4, 0.4, size=6).astype(np.float32)
+    perm = draws.permutation(6)
+    w = lam.astype(np.float64).reshape(-1, 1, 1, 1)
+    expected = w * x.astype(np.float64) + (1 - w) * x[perm].astype(np.float64)
+    assert mixed.dtype == np.float32 and mixed.shape == x.shape
+    np.testing.assert_allclose(mixed, expected, rtol=1e-6, atol=1e-4)
+    np.testing.assert_allclose(soft, lam[:, None] * y + (1 - lam[:, None]) * y[perm], rtol=1e-6)
+    assert not np.allclose(mixed, x), "it mixed"

@@ -1,0 +1,92 @@
+"""featstore.chunks.ClipReader: featstore-layout chunks decoded directly give exactly what zarr
+reads; unwritten and damaged chunks behave as through zarr; any other layout goes through zarr."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+import featstore
+from featstore.chunks import ClipReader
+from featstore.errors import DamagedFile
+from featstore.pipelines.extract_audio import extract_audio
+from featstore.pipelines.extract_frames import extract_frames
+from featstore.pipelines.ingest import ingest
+
+from conftest import CLIP_S
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, demo_root) -> featstore.Store:
+    s = featstore.init_store(str(tmp_path_factory.mktemp("chunks") / "s.zarr"), clip_duration_s=CLIP_S)
+    ingest(s, demo_root)
+    extract_audio(s, workers=0, features=("mel",), progress=False)  # float16
+    extract_audio(s, workers=0, features=("gam",), progress=False, dtype="float32")
+    extract_frames(s, workers=0, size=32, progress=False)  # uint8 frames, float32 times
+    return s
+
+
+def test_direct_reads_equal_zarr_for_every_array(store):
+    paths = store.array_paths()
+    assert {"audio/mel", "audio/gam", "frames/rgb", "frames/time_s"} <= set(paths)
+    for path in paths:
+        array = store.array(path)
+        reader = ClipReader(array)
+        assert reader.direct, f"{path} is in featstore's layout on a local disk"
+        buffer = np.empty(reader.shape, reader.dtype)
+        for row in range(store.n_clips):
+            expected = array[row]
+            np.testing.assert_array_equal(reader.read(row), expected)
+            assert reader.read(row, out=buffer) is buffer
+            np.testing.assert_array_equal(buffer, expected)
+
+
+def test_an_unwritten_clip_reads_as_the_fill_value(demo_store):
+    s = demo_store
+    array = s.create_array("test/x", per_clip_shape=(3, 4), dtype="float32", dims=("a", "b"), stage="test", params={})
+    array[0] = np.arange(12, dtype=np.float32).reshape(3, 4)
+    reader = ClipReader(s.array("test/x"))
+    assert reader.direct
+    np.testing.assert_array_equal(reader.read(0), array[0])
+    assert np.isnan(reader.read(1)).all() and np.isnan(array[1]).all()
+    stale = np.zeros((3, 4), np.float32)
+    assert np.isnan(reader.read(1, out=stale)).all(), "a reused buffer is overwritten with the fill value"
+
+
+def test_a_damaged_chunk_is_named(demo_store):
+    s = demo_store
+    array = s.create_array("test/x", per_clip_shape=(64,), dtype="float32", dims=("a",), stage="test", params={})
+    array[2] = np.linspace(0, 1, 64, dtype=np.float32)
+    chunk = os.path.join(s.url.removeprefix("file://"), "test", "x", "c", "2", "0")
+    data = bytearray(open(chunk, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(chunk, "wb").write(bytes(data))
+    with pytest.raises(DamagedFile, match=r"row 2 of 'test/x' fails its crc32c"):
+        ClipReader(s.array("test/x")).read(2)
+    with pytest.raises(ValueError, match="checksum"):
+        s.array("test/x")[2]  # zarr refuses it too
+
+
+@pytest.mark.parametrize("layout", ["blosc", "sharded", "memory", "two clips per chunk"])
+def test_other_layouts_go_through_zarr(tmp_path, layout):
+    values = np.random.default_rng(0).normal(size=(4, 6, 8)).astype(np.float32)
+    options = dict(shape=values.shape, dtype="float32", chunks=(1, 6, 8), compressors=[ZstdCodec(level=3), Crc32cCodec()])
+    where = str(tmp_path / "a.zarr")
+    if layout == "blosc":
+        options["compressors"] = [BloscCodec(cname="lz4")]
+    elif layout == "sharded":
+        options.update(chunks=(1, 3, 8), shards=(1, 6, 8))
+    elif layout == "memory":
+        where = zarr.storage.MemoryStore()
+    else:
+        options["chunks"] = (2, 6, 8)
+    array = zarr.create_array(where, **options)
+    array[:] = values
+    reader = ClipReader(array)
+    assert not reader.direct
+    for row in range(4):
+        np.testing.assert_array_equal(reader.read(row), values[row])
