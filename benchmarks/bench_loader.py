@@ -8,14 +8,17 @@ copied, row by row through the store's own writer, to fill ``--clips`` rows (rea
 content, every row its own chunk).
 
 Batches of 64, shuffled with the clip-block shuffle; frames: random resized crop + flip, then mixup;
-MEL windows: 1 s with deltas (128 x 72 x 6), mixup. Then the same without augmentation and mixup
+MEL windows of 1 s with mixup: the static channels (128 x 72 x 2) that models with the deltas layer
+take (``train-backbone``'s default: the GPU derives the deltas), and with deltas computed by the
+loader (128 x 72 x 6, for models without the layer). Then the same without augmentation and mixup
 (the read path alone). The memory baseline serves the identical
 batches (same plan, same augmentation, same delta computation) from numpy arrays, gathering each
 example directly. ``--workers`` lists the thread counts to try (0 = all in the calling thread: one
 core). Store and memory alternate for ``--rounds`` rounds; the best epoch of each is kept and the
 ratio is taken between them (the machine is shared: its load drifts between runs).
 
-First printed: the read cost per unit of this layout (whole clips, every unit used) against Zarr v3
+First printed: one clip read through zarr (``array[row]``) against featstore's ClipReader, into
+fresh and into reused memory (what the loader does). Then the read cost per unit of this layout (whole clips, every unit used) against Zarr v3
 sharding with one inner chunk per frame or window read at random (why the loader shuffles blocks of
 clips instead of changing the layout). Also printed: bytes decompressed per example (over the example's stored size) and the process's
 resident memory after each of ``--epochs`` epochs from the store (flat = bounded buffer).
@@ -61,15 +64,44 @@ def build_store(work: str, n_clips: int, source_clips: int):
     return store
 
 
-def loader(store, path: str, memory=None, *, workers: int, **options):
+def loader(store, path: str, memory=None, *, workers: int, deltas: bool = False, **options):
     """TrainingBatches over every clip of ``path`` (the copied rows carry no done-marks, so the
     ledger filter of :func:`featstore.loader.training_batches` is skipped), from the store or ``memory``."""
     from featstore.loader import MemorySource, StoreSource, TrainingBatches, Units
 
-    units = Units(store, path)
+    units = Units(store, path, deltas=deltas)
     source = MemorySource(memory, units) if memory is not None else StoreSource(store, units, workers)
     pairs = units.index(np.arange(store.n_clips))
     return TrainingBatches(units, source, store.label_indices(store.clips.label), len(store.classes), pairs, workers=workers, **options)
+
+
+def compare_clip_reads(store, n_clips: int = 64) -> None:
+    """ms per clip: zarr's ``array[row]`` vs ClipReader into new memory vs into a reused buffer."""
+    from featstore.chunks import ClipReader
+
+    print(f"\nchunk reads, ms per clip over {n_clips} clips in random order (one thread, best of 3):")
+    rows = [int(r) for r in np.random.default_rng(1).permutation(n_clips)]
+    for path in ("frames/rgb", "audio/mel"):
+        array = store.array(path)
+        reader = ClipReader(array)
+        buffers = [np.empty(reader.shape, reader.dtype) for _ in range(2)]
+        ways = {
+            "zarr array[row]": lambda: [array[r] for r in rows],
+            "ClipReader, new memory": lambda: [reader.read(r) for r in rows],
+            "ClipReader, reused buffer": lambda: [reader.read(r, out=buffers[i % 2]) for i, r in enumerate(rows)],
+        }
+        ms = {}
+        for name, read in ways.items():
+            read()
+            ms[name] = min(_seconds(read) for _ in range(3)) / n_clips * 1e3
+        base = ms["zarr array[row]"]
+        print(f"  {path}: " + "; ".join(f"{name} {value:.3f} ms ({base / value:.2f}x zarr's speed)" for name, value in ms.items()))
+
+
+def _seconds(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
 
 
 def compare_layouts(store, work: str, n_clips: int = 64) -> None:
@@ -77,6 +109,8 @@ def compare_layouts(store, work: str, n_clips: int = 64) -> None:
     per clip, one inner chunk per frame or 1 s window) read one unit at random; same codecs."""
     import zarr
     from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    from featstore.chunks import ClipReader
 
     print(f"\nlayouts, read cost per unit over {n_clips} clips in random order (one thread):")
     rng = np.random.default_rng(0)
@@ -98,11 +132,11 @@ def compare_layouts(store, work: str, n_clips: int = 64) -> None:
 
         def ms_per_call(read) -> float:
             read()
-            started = time.perf_counter()
-            read()
-            return (time.perf_counter() - started) / n_clips * 1e3
+            return _seconds(read) / n_clips * 1e3
 
-        whole = ms_per_call(lambda: [array[int(r)] for r in rows]) / units
+        reader = ClipReader(array)
+        buffer = np.empty(reader.shape, reader.dtype)
+        whole = ms_per_call(lambda: [reader.read(int(r), out=buffer) for r in rows]) / units
         random_inner = ms_per_call(lambda: [one_unit(int(r), int(u)) for r, u in zip(rows, picks)])
         print(f"  {path}: whole clip, every unit used (block shuffle): {whole:.3f} ms per unit; "
               f"sharded, one inner chunk per read: {random_inner:.3f} ms per unit = {random_inner / whole:.1f}x")
@@ -135,15 +169,17 @@ def main() -> None:
               f"{os.cpu_count()} cores (shared machine, under load from other jobs)")
         runs = [  # (what, array, loader options): the training settings, then the read path alone
             ("frames: crop + flip + mixup", "frames/rgb", dict(augment=True, mixup_alpha=0.4)),
-            ("MEL windows: deltas + mixup", "audio/mel", dict(mixup_alpha=0.4)),
+            ("MEL windows 128x72x2: mixup (deltas in the model)", "audio/mel", dict(mixup_alpha=0.4)),
+            ("MEL windows 128x72x6: deltas + mixup in the loader", "audio/mel", dict(mixup_alpha=0.4, deltas=True)),
             ("frames: nothing else", "frames/rgb", dict()),
-            ("MEL windows: deltas only", "audio/mel", dict()),
+            ("MEL windows 128x72x2: nothing else", "audio/mel", dict()),
         ]
         options = dict(batch_size=args.batch_size, block_clips=args.block_clips, seed=0)
+        compare_clip_reads(store, min(64, store.n_clips))
         compare_layouts(store, work, min(64, store.n_clips))
 
         print(f"\nresident memory after each of {args.epochs} epochs from the store (2 workers):")
-        for kind, path, extra in runs[:2]:
+        for kind, path, extra in runs[:3]:
             batches = loader(store, path, workers=2, **options, **extra)
             resident = []
             for epoch in range(args.epochs):

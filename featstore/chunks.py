@@ -7,10 +7,10 @@ against 0.30 ms decoding the same file directly, and 1.84 ms against 1.22 ms for
 twenty 224x224 frames. Training reads thousands of clips per epoch, one at a time.
 
 So for arrays laid out the way featstore writes them, :class:`ClipReader` reads the chunk file and
-decodes it in the calling thread. That layout is one chunk per clip, codecs bytes -> zstd ->
-crc32c (DESIGN 7.5), on a local disk.
+decodes it in the calling thread. That layout is one chunk per clip, codecs bytes -> zstd or Blosc
+-> crc32c (DESIGN 7.5, :func:`featstore.store.compressors_for`), on a local disk.
 - The crc32c is checked with google-crc32c, as zarr does.
-- zstd is decompressed by numcodecs, zarr's own zstd implementation, outside the GIL.
+- zstd and Blosc are decompressed by numcodecs (what zarr's own codecs call), outside the GIL.
 
 Any other layout goes through zarr unchanged: another codec chain, sharding, a remote store.
 The Zarr v3 spec fixes the chunk key and the codecs' byte formats, so both ways give the same
@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 import zarr
-from zarr.codecs import BytesCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 
 from featstore.errors import DamagedFile
 
@@ -44,11 +44,9 @@ class ClipReader:
         self.shape = tuple(array.shape[1:])
         self.dtype = np.dtype(array.dtype)
         self.directory = _local_directory(array)
-        self.direct = self.directory is not None and _is_featstore_layout(array)
+        self._decompressor = _decompressor(array) if self.directory is not None else None
+        self.direct = self._decompressor is not None
         if self.direct:
-            from numcodecs import Zstd
-
-            self._zstd = Zstd()
             self._fill = np.asarray(array.metadata.fill_value, dtype=self.dtype)
             self._key = array.metadata.chunk_key_encoding.encode_chunk_key
 
@@ -79,7 +77,7 @@ class ClipReader:
         # the checksum proves these are the bytes zarr wrote for this chunk shape, so they decode to
         # exactly ``out``'s size
         try:
-            self._zstd.decode(body, out=out)
+            self._decompressor.decode(body, out=out)
         except (RuntimeError, ValueError) as exc:
             raise DamagedFile(f"{path}: chunk of row {row} of {self.array.path!r} does not decode: {exc}") from None
         return out
@@ -93,17 +91,25 @@ def _local_directory(array: zarr.Array) -> str | None:
     return os.path.join(str(store.root), array.path)
 
 
-def _is_featstore_layout(array: zarr.Array) -> bool:
-    """One chunk per row and codecs exactly bytes (little-endian or single-byte) -> zstd -> crc32c."""
+def _decompressor(array: zarr.Array):
+    """The numcodecs decompressor of ``array`` when it is in featstore's layout, else None.
+
+    The layout: one chunk per row and codecs exactly bytes (little-endian or single-byte), then zstd
+    or Blosc, then crc32c. Blosc buffers carry their own type size and shuffle in their header.
+    """
     metadata = array.metadata
     if getattr(metadata, "zarr_format", None) != 3 or array.shards is not None:
-        return False
+        return None
     if tuple(array.chunks) != (1, *array.shape[1:]):
-        return False
+        return None
     codecs = tuple(metadata.codecs)
-    if [type(c) for c in codecs] != [BytesCodec, ZstdCodec, Crc32cCodec]:
-        return False
-    endian = codecs[0].endian
-    dtype = np.dtype(array.dtype)
+    kinds = [type(c) for c in codecs]
+    if len(kinds) != 3 or kinds[0] is not BytesCodec or kinds[2] is not Crc32cCodec or kinds[1] not in (ZstdCodec, BloscCodec):
+        return None
+    endian, dtype = codecs[0].endian, np.dtype(array.dtype)
     little = endian is None and dtype.itemsize == 1 or endian is not None and endian.value == "little"
-    return little and dtype.kind in "fiub" and np.little_endian
+    if not (little and dtype.kind in "fiub" and np.little_endian):
+        return None
+    from numcodecs import Blosc, Zstd
+
+    return Zstd() if kinds[1] is ZstdCodec else Blosc()

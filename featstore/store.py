@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import zarr
 import zarr.storage
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from featstore import clips as clips_mod
 from featstore import names
@@ -55,6 +55,22 @@ WRITE_CONFIG = {"write_empty_chunks": True}
 
 def _is_url(path_or_url: str) -> bool:
     return "://" in str(path_or_url)
+
+
+def compressors_for(dtype: str | np.dtype) -> list:
+    """The codecs of a new per-clip array (after the bytes codec), by dtype; a crc32c comes last.
+
+    - Floating point (spectrograms, embeddings): Blosc, lz4 with bit-shuffle. Float16 MEL chunks
+      compress 1.25x against zstd's 1.17x, and decode in 0.084 ms against 0.243 ms per clip, which
+      training pays for every clip of every epoch (issue 14; measured with numcodecs on the demo's MEL).
+    - Integers (uint8 frames): zstd, level 3. It compresses frames far better than lz4 (7.7x against
+      1.8x on the demo's frames) and decodes as fast.
+
+    Arrays made before keep their own codecs (zstd for every dtype); every reader handles both.
+    """
+    if np.dtype(dtype).kind == "f":
+        return [BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle, typesize=np.dtype(dtype).itemsize), Crc32cCodec()]
+    return [ZstdCodec(level=3), Crc32cCodec()]
 
 
 def zarr_store(url: str, storage_options: dict[str, Any] | None = None) -> zarr.abc.store.Store:
@@ -247,8 +263,8 @@ class Store:
     ) -> zarr.Array:
         """Create (or reuse) the per-clip array ``path`` of shape ``(n_clips, *per_clip_shape)``.
 
-        One chunk per clip, codecs zstd then crc32c, NaN fill for floats with ``write_empty_chunks``
-        so that an unwritten clip can never read as zeros. Call from the driver only (DESIGN 7.2).
+        One chunk per clip, compressed as :func:`compressors_for` decides by dtype, then crc32c; NaN
+        fill for floats with ``write_empty_chunks`` so that an unwritten clip can never read as zeros. Call from the driver only (DESIGN 7.2).
 
         The fingerprint covers ``stage``, ``params``, shape and dtype. An existing array with the same
         fingerprint is reused (grown along the clip axis when clips were added); with another one,
@@ -286,7 +302,7 @@ class Store:
             chunks=(1, *per_clip_shape),
             dtype=dtype,
             fill_value=np.nan if is_float else 0,
-            compressors=[ZstdCodec(level=3), Crc32cCodec()],
+            compressors=compressors_for(dtype),
             dimension_names=("clip", *dims),
             config=WRITE_CONFIG,
         )

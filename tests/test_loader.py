@@ -180,3 +180,24 @@ def test_mixup_equals_the_formula(dtype):
     np.testing.assert_allclose(mixed, expected, rtol=1e-6, atol=1e-4)
     np.testing.assert_allclose(soft, lam[:, None] * y + (1 - lam[:, None]) * y[perm], rtol=1e-6)
     assert not np.allclose(mixed, x), "it mixed"
+
+
+def test_a_store_made_before_reads_the_same_batches(store, tmp_path, demo_root, monkeypatch):
+    """Stores made before this read path compressed float arrays with zstd (now Blosc lz4): the
+    loader serves them the same batches, through the same direct chunk reads."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    import featstore.store
+
+    monkeypatch.setattr(featstore.store, "compressors_for", lambda dtype: [ZstdCodec(level=3), Crc32cCodec()])
+    old = featstore.init_store(str(tmp_path / "old.zarr"), clip_duration_s=CLIP_S)
+    ingest(old, demo_root)
+    extract_audio(old, workers=0, features=("mel",), progress=False)
+    assert type(old.array("audio/mel").metadata.codecs[1]).__name__ == "ZstdCodec"
+    assert type(store.array("audio/mel").metadata.codecs[1]).__name__ == "BloscCodec"
+    options = dict(split="train", batch_size=5, block_clips=3, seed=4, mixup_alpha=0.4, workers=2)
+    before, now = training_batches(old, "audio/mel", **options), training_batches(store, "audio/mel", **options)
+    assert before.source.reader.direct and now.source.reader.direct
+    for (xb, yb), (xn, yn) in zip(before.epoch(1), now.epoch(1), strict=True):
+        np.testing.assert_array_equal(xb, xn)
+        np.testing.assert_array_equal(yb, yn)

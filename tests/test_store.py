@@ -52,7 +52,10 @@ def test_array_layout_and_provenance(tmp_path):
     array = store.create_array("x/y", per_clip_shape=(3,), dtype="float32", dims=("d",), stage="st", params={"p": 2})
     assert array.chunks == (1, 3), "one chunk per clip"
     codecs = [type(c).__name__ for c in array.metadata.codecs]
-    assert "ZstdCodec" in codecs and "Crc32cCodec" in codecs
+    assert codecs == ["BytesCodec", "BloscCodec", "Crc32cCodec"], "floats: Blosc lz4 + bit-shuffle, then a checksum"
+    assert array.metadata.codecs[1].shuffle.value == "bitshuffle" and array.metadata.codecs[1].cname.value == "lz4"
+    frames = store.create_array("x/u8", per_clip_shape=(4, 4), dtype="uint8", dims=("h", "w"), stage="st", params={})
+    assert [type(c).__name__ for c in frames.metadata.codecs] == ["BytesCodec", "ZstdCodec", "Crc32cCodec"]
     assert array.metadata.dimension_names == ("clip", "d")
     prov = store.provenance("x/y")
     assert prov["stage"] == "st" and prov["params"] == {"p": 2}
