@@ -18,7 +18,9 @@ core). Store and memory alternate for ``--rounds`` rounds; the best epoch of eac
 ratio is taken between them (the machine is shared: its load drifts between runs).
 
 First printed: one clip read through zarr (``array[row]``) against featstore's ClipReader, into
-fresh and into reused memory (what the loader does). Then the read cost per unit of this layout (whole clips, every unit used) against Zarr v3
+fresh and into reused memory (what the loader does), for frames (zstd), MEL (Blosc lz4 +
+bit-shuffle, as float arrays are now written) and the same MEL in zstd chunks (``audio/mel_zstd``,
+as stores made before wrote them; it also gets a row in the table). Then the read cost per unit of this layout (whole clips, every unit used) against Zarr v3
 sharding with one inner chunk per frame or window read at random (why the loader shuffles blocks of
 clips instead of changing the layout). Also printed: bytes decompressed per example (over the example's stored size) and the process's
 resident memory after each of ``--epochs`` epochs from the store (flat = bounded buffer).
@@ -61,7 +63,20 @@ def build_store(work: str, n_clips: int, source_clips: int):
                                     dims=tuple(prov["dims"][1:]), stage=prov["stage"], params=prov["params"])
         for row in range(n_clips):
             target[row] = values[row % source.n_clips]
+    # MEL as stores made before Blosc compressed float arrays: zstd chunks, same values
+    import zarr
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    mel = store.array("audio/mel")
+    old = zarr.create_array(store.group.store, name=OLD_MEL, shape=mel.shape, dtype=mel.dtype, chunks=mel.chunks,
+                            fill_value=np.nan, compressors=[ZstdCodec(level=3), Crc32cCodec()], attributes=dict(mel.attrs))
+    for row in range(n_clips):
+        old[row] = mel[row]
     return store
+
+
+#: the MEL array copied in the layout stores made before this benchmark's read path had (zstd)
+OLD_MEL = "audio/mel_zstd"
 
 
 def loader(store, path: str, memory=None, *, workers: int, deltas: bool = False, **options):
@@ -81,7 +96,7 @@ def compare_clip_reads(store, n_clips: int = 64) -> None:
 
     print(f"\nchunk reads, ms per clip over {n_clips} clips in random order (one thread, best of 3):")
     rows = [int(r) for r in np.random.default_rng(1).permutation(n_clips)]
-    for path in ("frames/rgb", "audio/mel"):
+    for path in ("frames/rgb", "audio/mel", OLD_MEL):
         array = store.array(path)
         reader = ClipReader(array)
         buffers = [np.empty(reader.shape, reader.dtype) for _ in range(2)]
@@ -171,6 +186,7 @@ def main() -> None:
             ("frames: crop + flip + mixup", "frames/rgb", dict(augment=True, mixup_alpha=0.4)),
             ("MEL windows 128x72x2: mixup (deltas in the model)", "audio/mel", dict(mixup_alpha=0.4)),
             ("MEL windows 128x72x6: deltas + mixup in the loader", "audio/mel", dict(mixup_alpha=0.4, deltas=True)),
+            ("MEL windows 128x72x2: mixup, zstd chunks (stores made before)", OLD_MEL, dict(mixup_alpha=0.4)),
             ("frames: nothing else", "frames/rgb", dict()),
             ("MEL windows 128x72x2: nothing else", "audio/mel", dict()),
         ]
