@@ -98,6 +98,7 @@ class StoreSource:
         self.clip_ids = store.clips["clip_id"].to_numpy()
         self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
         self.cache: dict[int, np.ndarray] = {}  # row -> its clip's buffer
+        self.units_of: dict[int, np.ndarray] = {}  # row -> (unit, ...) view of that buffer
         self.free: list[np.ndarray] = []  # released clip buffers, reused by the next reads
         self.bytes_decoded = 0
 
@@ -114,19 +115,20 @@ class StoreSource:
         buffers = [self.free.pop() if self.free else np.empty(self.reader.shape, self.reader.dtype) for _ in rows]
         for row, values in zip(rows, self.pool.map(self._read, rows, buffers) if self.pool else map(self._read, rows, buffers)):
             self.bytes_decoded += values.nbytes
+            self.units_of[row] = self.units.of_clips(values[None])[0]
             self.cache[row] = values
 
     def release(self, rows: np.ndarray) -> None:
         """Drop ``rows`` (their units were all taken, as copies) and keep their buffers for reuse."""
         for row in rows:
+            self.units_of.pop(int(row), None)
             buffer = self.cache.pop(int(row), None)
             if buffer is not None:
                 self.free.append(buffer)
 
     def take(self, pairs: np.ndarray) -> np.ndarray:
         """(n, 2) (row, unit) of loaded rows -> (n, ...) units in the stored dtype (a copy)."""
-        units = {row: self.units.of_clips(self.cache[row][None])[0] for row in np.unique(pairs[:, 0]).tolist()}
-        return np.stack([units[row][unit] for row, unit in pairs.tolist()])
+        return np.stack([self.units_of[row][unit] for row, unit in pairs.tolist()])
 
 
 class MemorySource:
