@@ -90,7 +90,7 @@ class StoreSource:
     Clips are read by a :class:`~featstore.chunks.ClipReader` (array opened once; featstore's layout
     decoded without zarr's per-read overhead) into clip buffers that are reused once released, so
     steady-state reading touches no fresh memory. ``workers`` threads decompress clips in parallel
-    (zstd releases the GIL); ``bytes_decoded`` counts the decompressed bytes.
+    (numcodecs releases the GIL); ``bytes_decoded`` counts the decompressed bytes.
     """
 
     def __init__(self, store: Store, units: Units, workers: int = 0):

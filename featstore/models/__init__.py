@@ -6,15 +6,19 @@ Five models, each a backbone followed by the shared head (:mod:`featstore.models
 =========  ===========================================  ===============================
 name       backbone                                     input (channels last)
 =========  ===========================================  ===============================
-aud-mel    residual-inception CNN (or ``arch="vgg14"``)  (bins, frames, 6) from audio/mel
-aud-gam    same                                         (bins, frames, 6) from audio/gam
-aud-cqt    same                                         (bins, frames, 6) from audio/cqt
+aud-mel    residual-inception CNN (or ``arch="vgg14"``)  (bins, frames, 2) from audio/mel
+aud-gam    same                                         (bins, frames, 2) from audio/gam
+aud-cqt    same                                         (bins, frames, 2) from audio/cqt
 vis-inc    keras.applications.InceptionV3               (size, size, 3) from frames/rgb
 vis-conv   keras.applications.ConvNeXtTiny              (size, size, 3) from frames/rgb
 =========  ===========================================  ===============================
 
+Audio models built with ``frames_per_segment`` take the static channels and derive delta and
+delta-delta channels in their first layer (:mod:`featstore.models.deltas`); without it they take
+(bins, frames, 6) with deltas computed outside, as every model saved before the layer existed.
+
 >>> from featstore.models import build_model                         # doctest: +SKIP
->>> model = build_model("aud-mel", input_shape=(128, 72, 6), widths=(16, 32), head_units=64)  # doctest: +SKIP
+>>> model = build_model("aud-mel", input_shape=(128, 72, 2), frames_per_segment=72, widths=(16, 32), head_units=64)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ MODELS: dict[str, tuple[str, str]] = {
 def build_model(name: str, *, input_shape: tuple[int, ...], n_classes: int = 10, head_units: int = 1024, dropout: float = 0.4, l2: float = 1e-4, **backbone: Any):
     """The Keras model ``name`` (see :data:`MODELS`): backbone + FC(head_units)-ReLU-Dropout-FC(n_classes)-Softmax.
 
-    Audio keywords: ``widths`` (channels per stage), ``arch`` ("inception" or "vgg14"). Visual
+    Audio keywords: ``widths`` (channels per stage), ``arch`` ("inception" or "vgg14"),
+    ``frames_per_segment`` and ``delta_width`` (deltas derived in the model; see
+    :func:`featstore.models.audio.audio_backbone`). Visual
     keyword: ``weights_file`` (a local ImageNet weights file; default random init, never a download).
     """
     import keras
