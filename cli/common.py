@@ -67,33 +67,52 @@ def open_store(store_url: str) -> featstore.Store:
     return featstore.open_store(store_url)
 
 
-def _split_commas(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+def _comma_list(item: type) -> Callable:
+    """A click callback: "a,b" -> (item("a"), item("b")); nothing -> None."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
+        if value is None:
+            return None
+        return tuple(item(v.strip()) for v in value.split(",") if v.strip())
+
+    return parse
 
 
 def config_options(config_class: type) -> Callable:
-    """Click options for every command-line field of a stage config dataclass.
+    """Click options for every command-line field of a config dataclass (a stage's or a training
+    command's).
 
     The default, help text and choices come from the field (``featstore.pipelines.config.option``),
     so a default lives in the config only. A tuple field is a comma-separated list; a bool field a
-    flag. The command receives each field under its own name (``features``, ``sr``...).
+    flag (``--x/--no-x`` when on by default). Fields without a default, or with ``cli=False``, are
+    left to the command. The command receives each field under its own name (``features``, ``sr``...).
     """
 
     def decorate(func: Callable) -> Callable:
         for f in reversed(dataclasses.fields(config_class)):
-            meta = f.metadata
-            if not meta.get("cli", True):
+            meta, default = f.metadata, f.default
+            if default is dataclasses.MISSING or not meta.get("cli", True) or "help" not in meta:
                 continue
-            flag, default, choices = "--" + f.name.replace("_", "-"), f.default, meta.get("choices")
-            if isinstance(default, bool):
-                option = click.option(flag, f.name, is_flag=True, default=default, help=meta["help"])
-            elif isinstance(default, tuple):
+            flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+            choices, kind = meta.get("choices"), meta.get("kind")
+            if isinstance(default, bool) and default:
+                option = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=True, show_default=True, help=meta["help"])
+            elif isinstance(default, bool):
+                option = click.option(flag, f.name, is_flag=True, default=False, help=meta["help"])
+            elif isinstance(default, tuple) or (default is None and kind is not None and _is_list(f)):
                 help_text = meta["help"] + (f" Any of {','.join(choices)}." if choices else "")
-                option = click.option(flag, f.name, default=",".join(default), show_default=True, callback=_split_commas, help=help_text)
+                item = kind or (type(default[0]) if default else str)
+                shown = ",".join(map(str, default)) if default is not None else None
+                option = click.option(flag, f.name, default=shown, show_default=default is not None, callback=_comma_list(item), help=help_text)
             else:
-                kind = click.Choice(choices) if choices else type(default)
-                option = click.option(flag, f.name, type=kind, default=default, show_default=True, help=meta["help"])
+                typ = click.Choice(choices) if choices else (kind or type(default))
+                option = click.option(flag, f.name, type=typ, default=default, show_default=default is not None, help=meta["help"])
             func = option(func)
         return func
 
     return decorate
+
+
+def _is_list(f: dataclasses.Field) -> bool:
+    """Whether a field's annotation is a tuple (``tuple[int, ...] | None``)."""
+    return "tuple" in str(f.type)

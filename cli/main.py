@@ -25,7 +25,7 @@ from featstore.cli.system import export_system, predict_cmd  # noqa: E402
 from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
 from featstore.pipelines.embed import APPLICATION_PREFIX, LAYERS  # noqa: E402
 from featstore.pipelines.extract_frames import FramesConfig  # noqa: E402
-from featstore.pipelines.train_backbone import DELTAS  # noqa: E402
+from featstore.pipelines.train_backbone import TrainConfig  # noqa: E402
 from featstore.pipelines.ingest import FORMATS as INGEST_FORMATS  # noqa: E402
 from featstore.models import MODELS  # noqa: E402
 
@@ -230,40 +230,18 @@ def import_h5_cmd(store: str, source: str) -> None:
 @click.option("--model", "model", required=True, type=click.Choice(list(MODELS)))
 @click.option("--input", "input_array", default=None, help="Input array (default: audio/mel, audio/gam, audio/cqt or frames/rgb by model).")
 @click.option("--window-s", type=float, default=None, help="Audio window in seconds, a whole number of segments (default: the segment).")
-@click.option("--arch", type=click.Choice(["inception", "vgg14"]), default="inception", show_default=True, help="Audio backbone.")
-@click.option("--widths", default="64,128,256", show_default=True, help="Channels per stage of the inception backbone.")
-@click.option("--head-units", type=int, default=1024, show_default=True)
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--mixup-alpha", type=float, default=0.4, show_default=True, help="0 turns mixup off.")
-@click.option("--l2", type=float, default=1e-4, show_default=True)
-@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of train clips held out, by location.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--weights", "weights_file", default=None, help="Local ImageNet weights file for vis-inc / vis-conv (never downloaded).")
-@click.option("--units-per-clip", type=int, default=None, help="Windows (audio) or frames (visual) per clip and epoch, evenly spaced (default: all).")
-@click.option("--augment/--no-augment", default=None, help="Random resized crop + horizontal flip of training frames (visual models; default on).")
-@click.option("--mixed-precision", is_flag=True, default=None, help="Keras mixed_float16 (for GPUs).")
-@click.option("--block-clips", type=int, default=None, help="Clips per shuffle block of the loader (default 64; see README, Training loader).")
-@click.option("--loader-workers", type=int, default=None, help="Loader threads (default 2; 0 = in the training thread).")
-@click.option("--deltas", type=click.Choice(DELTAS), default=None, help="Audio deltas computed by the model's first layer (default) or by the loader (a 6-channel model, as before).")
-def train_backbone_cmd(store, model, input_array, window_s, arch, widths, head_units, epochs, batch_size, lr, mixup_alpha, l2, val_fraction, seed, weights_file, units_per_clip, augment, mixed_precision, block_clips, loader_workers, deltas):
+@config_options(TrainConfig)
+def train_backbone_cmd(store, model, input_array, window_s, **options):
     """Train a Phase I backbone on the train split (validation carved by location), register it.
 
     \b
     Example:
       featstore train-backbone store.zarr --model aud-mel --epochs 20 --batch-size 64
     """
-    from featstore.pipelines.train_backbone import TrainConfig, train_backbone
+    from featstore.pipelines.train_backbone import train_backbone
 
     s = open_store(store)
-    config = TrainConfig(
-        model=model, input_array=input_array or MODELS[model][1], window_s=window_s or s.segment_s, arch=arch,
-        widths=tuple(int(w) for w in widths.split(",")), head_units=head_units, epochs=epochs, batch_size=batch_size,
-        lr=lr, mixup_alpha=mixup_alpha, l2=l2, val_fraction=val_fraction, seed=seed, weights_file=weights_file,
-        units_per_clip=units_per_clip,
-        **{k: v for k, v in dict(augment=augment, mixed_precision=mixed_precision, block_clips=block_clips, loader_workers=loader_workers, deltas=deltas).items() if v is not None},
-    )
+    config = TrainConfig(model=model, input_array=input_array or MODELS[model][1], window_s=window_s or s.segment_s, **options)
     entry = train_backbone(s, config)
     m = entry["config"]["metrics"]
     click.echo(f"{model}: best epoch {m['best_epoch']}, val_loss {m['val_loss']:.4f}, val_accuracy {m['val_accuracy']:.3f}; registered (fingerprint {entry['fingerprint'][:12]})")

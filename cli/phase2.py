@@ -7,8 +7,10 @@ import json
 
 import click
 
-from featstore.cli.common import open_store, single_name_option
+from featstore.cli.common import config_options, open_store, single_name_option
 from featstore.pipelines.ensemble import RULES
+from featstore.pipelines.fuse import FuseConfig
+from featstore.pipelines.train_joint import JointConfig
 
 
 def _csv(value: str | None) -> tuple[str, ...] | None:
@@ -31,22 +33,10 @@ def _summary(record: dict) -> str:
 @click.command()
 @click.argument("store")
 @click.option("--method", required=True, type=click.Choice(["f1", "f2", "f3", "f4", "f5", "f6", "all", "mlp", "concat"]), help="Fusion layer (f1-f3 on fc1024, f4-f6 on fc10; all = the six), mlp (one model's embeddings) or concat (joint modeling).")
-@click.option("--modalities", default="audio,visual", show_default=True, help="audio, visual or audio,visual.")
-@click.option("--models", default=None, help="Comma-separated models (default: every model of --modalities with embeddings of the layer); NAME/LAYER reads that model's LAYER instead (mlp, concat).")
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--mixup-alpha", type=float, default=0.4, show_default=True, help="0 turns mixup off.")
-@click.option("--joint-mixup", type=float, default=0.0, show_default=True, help="FRACTION of examples whose audio and visual embeddings are mixed with independent coefficients.")
-@click.option("--l2", type=float, default=1e-4, show_default=True)
-@click.option("--layer", default="fc1024", show_default=True, help="Embedding layer mlp and concat read (e.g. avg_pool of a keras application).")
-@click.option("--widths", default=None, help="Comma-separated hidden FC widths of mlp (default 8192,8192,1024) or concat (projection per modality, then FC layers; default 512,512).")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of train clips held out, by location.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--split", default="evaluate", show_default=True, help="Split the metrics are computed on.")
+@config_options(FuseConfig)
 @click.option("--name", default=None, callback=single_name_option, help="Run name (default fuse-METHOD-av|audio|visual, fuse-mlp-MODEL; with --method all, NAME-f1 ... NAME-f6).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record(s).")
-def fuse(store, method, modalities, models, epochs, batch_size, lr, mixup_alpha, joint_mixup, l2, layer, widths, val_fraction, seed, split, name, as_json):
+def fuse(store, method, name, as_json, **options):
     """Phase II: train a head on cached embeddings, evaluate, save the run.
 
     Backbones are not run: only embeddings/MODEL/fc1024 (f1-f3), fc10 (f4-f6) or --layer (mlp,
@@ -60,15 +50,11 @@ def fuse(store, method, modalities, models, epochs, batch_size, lr, mixup_alpha,
       featstore fuse store.zarr --method mlp --models ResNet50 --layer avg_pool
       featstore fuse store.zarr --method concat --models aud-mel,ResNet50/avg_pool --joint-mixup 0.5
     """
-    from featstore.pipelines.fuse import FuseConfig, fuse_methods
+    from featstore.pipelines.fuse import fuse_methods
     from featstore.runs import class_table, markdown_table
 
     s = open_store(store)
-    config = FuseConfig(
-        method=method, modalities=_csv(modalities) or (), models=_csv(models), epochs=epochs, batch_size=batch_size, lr=lr,
-        mixup_alpha=mixup_alpha, joint_mixup=joint_mixup, l2=l2, val_fraction=val_fraction, seed=seed, name=name, split=split,
-        layer=layer, widths=tuple(int(w) for w in _csv(widths)) if widths else None,
-    )
+    config = FuseConfig(method=method, name=name, **options)
     methods = ("f1", "f2", "f3", "f4", "f5", "f6") if method == "all" else (method,)
     records = fuse_methods(s, methods, config)
     if as_json:
@@ -82,7 +68,7 @@ def fuse(store, method, modalities, models, epochs, batch_size, lr, mixup_alpha,
         click.echo(f"note: the backbones were trained on these shares of the fuse training clips: {shares} (as in the papers)")
     if method == "all" and all(r["metrics"] for r in records):
         table = class_table(records, s.classes).rename(columns={r["name"]: r["method"] for r in records})
-        click.echo(f"\nclip accuracy (%) on {split}, Table I layout:\n{markdown_table(table)}")
+        click.echo(f"\nclip accuracy (%) on {config.split}, Table I layout:\n{markdown_table(table)}")
 
 
 @click.command()
@@ -135,40 +121,20 @@ def report(store, out_dir, split, submission_split):
 @click.command("train-joint")
 @click.argument("store")
 @click.option("--name", required=True, help="Name the joint model is registered under (embed/fuse/ensemble take it like a backbone).")
-@click.option("--audio-input", default=None, help="Audio array the encoder reads [audio/mel].")
-@click.option("--visual-model", default=None, help="Model whose cached embeddings are the visual input (omit: audio only, the baseline).")
-@click.option("--visual-layer", default=None, help="Its embedding layer [fc1024].")
-@click.option("--encoder", type=click.Choice(["cnn1d", "inception", "vgg14"]), default=None, help="Acoustic encoder [cnn1d].")
-@click.option("--widths", default=None, help="Comma-separated encoder widths [64,128,256].")
-@click.option("--head-units", type=int, default=None, help="Width of the head's FC(1024) [1024].")
-@click.option("--window-s", type=float, default=None, help="Audio window, a whole number of segments [one segment].")
-@click.option("--epochs", type=int, default=None, help="[10]")
-@click.option("--batch-size", type=int, default=None, help="[32]")
-@click.option("--lr", type=float, default=None, help="[0.001]")
-@click.option("--mixup-alpha", type=float, default=None, help="0 turns mixup off [0.4].")
-@click.option("--l2", type=float, default=None, help="[0.0001]")
-@click.option("--val-fraction", type=float, default=None, help="Share of train clips held out, by location [0.2].")
-@click.option("--seed", type=int, default=None, help="[0]")
-@click.option("--units-per-clip", type=int, default=None, help="Windows per clip and epoch, evenly spaced [all].")
-@click.option("--split", default=None, help="Split the registered metrics are computed on [evaluate].")
+@config_options(JointConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print the registry entry.")
-def train_joint(store, name, as_json, widths, **options):
+def train_joint(store, name, as_json, **options):
     """Train an acoustic encoder jointly with a classifier that also sees the cached visual embedding
     of the same window (Chen et al. 2022); the visual encoder never runs. Registers the model.
-
-    Defaults in [brackets] are JointConfig's.
 
     \b
     Examples:
       featstore train-joint store.zarr --name joint-mel --visual-model vis-inc --epochs 20
       featstore train-joint store.zarr --name audio-mel --epochs 20     # its audio-only baseline
     """
-    from featstore.pipelines.train_joint import JointConfig, train_joint as run_train_joint
+    from featstore.pipelines.train_joint import train_joint as run_train_joint
 
-    given = {k: v for k, v in options.items() if v is not None}
-    if widths:
-        given["widths"] = tuple(int(w) for w in _csv(widths))
-    entry = run_train_joint(open_store(store), JointConfig(name=name, **given))
+    entry = run_train_joint(open_store(store), JointConfig(name=name, **options))
     if as_json:
         click.echo(json.dumps(entry))
         return

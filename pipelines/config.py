@@ -29,13 +29,38 @@ if TYPE_CHECKING:
     from featstore.pipelines.runner import Stage
 
 
-def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, cli: bool = True) -> Any:
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, cli: bool = True, kind: type | None = None,
+           flag: str | None = None) -> Any:
     """A config field with its default, help text and (optional) closed set of choices.
 
-    A tuple-valued field with choices is a comma-separated subset on the command line.
-    ``cli=False`` keeps a field out of the generated command-line options.
+    A tuple-valued field is a comma-separated list on the command line (with choices, a subset).
+    ``kind`` is the type of the value (of each item, for a tuple) when the default does not show it:
+    ``option(None, "...", kind=int)``, or ``kind=int`` for a tuple of ints. ``cli=False`` keeps a
+    field out of the generated command-line options; ``flag`` spells its option when not
+    ``--field-name`` (``--weights`` for ``weights_file``).
     """
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "cli": cli})
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "cli": cli, "kind": kind, "flag": flag})
+
+
+#: The optimisation options every training command shares (``train-backbone``, ``train-joint``,
+#: ``fuse``): name -> (default, help). A training config declares each with :func:`training_option`.
+TRAINING_OPTIONS: dict[str, tuple[Any, str]] = {
+    "epochs": (10, "Training epochs; the epoch with the lowest validation loss is kept."),
+    "batch_size": (32, "Examples per batch."),
+    "lr": (1e-3, "Adam learning rate."),
+    "mixup_alpha": (0.4, "Mixup on inputs and labels, coefficient ~ Beta(alpha, alpha); 0 turns mixup off."),
+    "l2": (1e-4, "L2 penalty on the head's weights."),
+    "val_fraction": (0.2, "Share of train clips held out for validation, by recording location."),
+    "seed": (0, "Random seed (initial weights, shuffling, mixup)."),
+}
+
+
+def training_option(name: str, default: Any = dataclasses.MISSING) -> Any:
+    """The field of the shared optimisation option ``name`` (:data:`TRAINING_OPTIONS`), with its help
+    text and the shared default, or ``default`` where a command trains differently (fuse: 30 epochs
+    of 256 examples)."""
+    shared, help_text = TRAINING_OPTIONS[name]
+    return option(shared if default is dataclasses.MISSING else default, help_text)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,6 +44,7 @@ import numpy as np
 from featstore.errors import ConfigError
 from featstore.metrics import classification_metrics, evaluate_predictions
 from featstore.packed import packed_segment_embeddings
+from featstore.pipelines.config import option, training_option
 from featstore.registry import training_clips
 from featstore.runs import save_run, save_run_head, utc_now, write_predictions
 from featstore.store import Store, StoreError
@@ -56,25 +57,28 @@ PAPER_MODELS = ("aud-mel", "aud-gam", "aud-cqt", "vis-inc", "vis-conv")
 
 @dataclass
 class FuseConfig:
-    """Every choice of a fusion run (recorded with it)."""
+    """Every choice of a fusion run (recorded with it); each option's only default. ``method`` has
+    none (the command takes ``all`` too); ``name`` is checked by the command."""
 
     method: str
-    modalities: tuple[str, ...] = MODALITIES
-    models: tuple[str, ...] | None = None
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 1e-3
-    mixup_alpha: float = 0.4
-    joint_mixup: float = 0.0
-    l2: float = 1e-4
-    val_fraction: float = 0.2
-    seed: int = 0
-    name: str | None = None
-    split: str = "evaluate"
-    #: embedding layer of ``mlp`` / ``concat`` (f1..f6 have theirs, :data:`LAYER_OF`)
-    layer: str = "fc1024"
-    #: hidden FC widths of ``mlp`` / ``concat``; None = the head's default
-    widths: tuple[int, ...] | None = None
+    modalities: tuple[str, ...] = option(MODALITIES, "Modalities whose models are fused.", choices=MODALITIES)
+    models: tuple[str, ...] | None = option(
+        None, "Comma-separated models (default: every model of --modalities with embeddings of the layer); "
+        "NAME/LAYER reads that model's LAYER instead (mlp, concat).", kind=str)
+    epochs: int = training_option("epochs", 30)
+    batch_size: int = training_option("batch_size", 256)
+    lr: float = training_option("lr")
+    mixup_alpha: float = training_option("mixup_alpha")
+    joint_mixup: float = option(0.0, "FRACTION of examples whose audio and visual embeddings are mixed with independent coefficients.")
+    l2: float = training_option("l2")
+    val_fraction: float = training_option("val_fraction")
+    seed: int = training_option("seed")
+    name: str | None = option(None, "Run name.", cli=False)
+    split: str = option("evaluate", "Split the metrics are computed on.")
+    layer: str = option("fc1024", "Embedding layer mlp and concat read, e.g. avg_pool of a keras application (f1-f3 read fc1024, f4-f6 fc10).")
+    widths: tuple[int, ...] | None = option(
+        None, "Comma-separated hidden FC widths of mlp (default 8192,8192,1024) or concat (projection per modality, "
+        "then FC layers; default 512,512).", kind=int)
 
     def embedding_layer(self) -> str:
         """The embedding layer this run reads."""

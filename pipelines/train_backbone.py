@@ -29,45 +29,47 @@ import numpy as np
 
 from featstore.errors import ConfigError
 from featstore.loader import DEFAULT_BLOCK_CLIPS, tf_dataset, training_batches
+from featstore.models.audio import ARCHS
+from featstore.pipelines.config import option, training_option
 from featstore.registry import register_model, save_training_clips
 from featstore.splits import validation_split
 from featstore.store import Store
 
 
+#: choices of ``TrainConfig.deltas``
+DELTAS = ("model", "loader")
+
+
 @dataclass
 class TrainConfig:
-    """Every training choice (recorded with the registered model)."""
+    """Every training choice (recorded with the registered model); each option's only default.
+
+    ``model``, ``input_array`` and ``window_s`` have none: the command derives them (the model's
+    default input, one segment). ``extra``: further visual-backbone keywords, e.g.
+    ``{"arch": "tiny", "widths": [16, 32]}`` (:mod:`featstore.models.visual`).
+    """
 
     model: str
     input_array: str
     window_s: float
-    arch: str = "inception"
-    widths: tuple[int, ...] = (64, 128, 256)
-    head_units: int = 1024
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    mixup_alpha: float = 0.4
-    l2: float = 1e-4
-    val_fraction: float = 0.2
-    seed: int = 0
-    weights_file: str | None = None
-    #: windows (audio) or frames (visual) used per clip and epoch, evenly spaced; None = all
-    units_per_clip: int | None = None
-    #: further visual-backbone keywords, e.g. {"arch": "tiny", "widths": [16, 32]} (featstore.models.visual)
-    #: random resized crop + horizontal flip of training frames (visual models only)
-    augment: bool = True
-    mixed_precision: bool = False
-    #: clips per shuffle block of the loader, and its threads
-    block_clips: int = DEFAULT_BLOCK_CLIPS
-    loader_workers: int = 2
-    #: where audio deltas are computed: "model" (a fixed first layer) or "loader" (6-channel input)
-    deltas: str = "model"
+    arch: str = option("inception", "Audio backbone.", choices=ARCHS)
+    widths: tuple[int, ...] = option((64, 128, 256), "Comma-separated channels per stage of the audio backbone.")
+    head_units: int = option(1024, "Width of the head's FC(1024) layer.")
+    epochs: int = training_option("epochs")
+    batch_size: int = training_option("batch_size")
+    lr: float = training_option("lr")
+    mixup_alpha: float = training_option("mixup_alpha")
+    l2: float = training_option("l2")
+    val_fraction: float = training_option("val_fraction")
+    seed: int = training_option("seed")
+    weights_file: str | None = option(None, "Local ImageNet weights file for vis-inc / vis-conv (never downloaded).", kind=str, flag="--weights")
+    units_per_clip: int | None = option(None, "Windows (audio) or frames (visual) per clip and epoch, evenly spaced (default: all).", kind=int)
+    augment: bool = option(True, "Random resized crop + horizontal flip of training frames (visual models only).")
+    mixed_precision: bool = option(False, "Keras mixed_float16 (for GPUs).")
+    block_clips: int = option(DEFAULT_BLOCK_CLIPS, "Clips per shuffle block of the loader (see README, Training loader).")
+    loader_workers: int = option(2, "Loader threads (0 = in the training thread).")
+    deltas: str = option("model", "Audio deltas computed by the model's first layer, or by the loader (a 6-channel model, as before).", choices=DELTAS)
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-#: choices of ``TrainConfig.deltas``
-DELTAS = ("model", "loader")
 
 
 def train_backbone(store: Store, config: TrainConfig) -> dict[str, Any]:

@@ -32,6 +32,8 @@ import numpy as np
 
 from featstore.errors import ConfigError
 from featstore.metrics import evaluate_predictions
+from featstore.models.joint import ENCODERS
+from featstore.pipelines.config import option, training_option
 from featstore.packed import packed_segment_embeddings
 from featstore.registry import load_keras, register_model, save_training_clips
 from featstore.store import Store, StoreError
@@ -42,29 +44,26 @@ from featstore.splits import validation_split
 
 @dataclass
 class JointConfig:
-    """Every choice of a joint training run (recorded with the registered model)."""
+    """Every choice of a joint training run (recorded with the registered model); each option's
+    only default. ``name`` has none: the command requires it."""
 
     name: str
-    audio_input: str = "audio/mel"
-    #: model whose cached embeddings are the visual input; None = audio only
-    visual_model: str | None = None
-    visual_layer: str = "fc1024"
-    encoder: str = "cnn1d"
-    widths: tuple[int, ...] = (64, 128, 256)
-    head_units: int = 1024
-    #: audio window in seconds, a whole number of segments; None = one segment
-    window_s: float | None = None
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    mixup_alpha: float = 0.4
-    l2: float = 1e-4
-    val_fraction: float = 0.2
-    seed: int = 0
-    #: windows per clip and epoch, evenly spaced; None = all
-    units_per_clip: int | None = None
-    #: split the registered metrics are computed on
-    split: str = "evaluate"
+    audio_input: str = option("audio/mel", "Audio array the encoder reads.")
+    visual_model: str | None = option(None, "Model whose cached embeddings are the visual input (omit: audio only, the baseline).", kind=str)
+    visual_layer: str = option("fc1024", "Its embedding layer.")
+    encoder: str = option("cnn1d", "Acoustic encoder.", choices=ENCODERS)
+    widths: tuple[int, ...] = option((64, 128, 256), "Comma-separated encoder widths.")
+    head_units: int = option(1024, "Width of the head's FC(1024) layer.")
+    window_s: float | None = option(None, "Audio window in seconds, a whole number of segments (default: one segment).", kind=float)
+    epochs: int = training_option("epochs")
+    batch_size: int = training_option("batch_size")
+    lr: float = training_option("lr")
+    mixup_alpha: float = training_option("mixup_alpha")
+    l2: float = training_option("l2")
+    val_fraction: float = training_option("val_fraction")
+    seed: int = training_option("seed")
+    units_per_clip: int | None = option(None, "Windows per clip and epoch, evenly spaced (default: all).", kind=int)
+    split: str = option("evaluate", "Split the registered metrics are computed on.")
 
 
 class AudioWindows:
@@ -198,8 +197,6 @@ def _epoch_timer():
 
 def _visual_source(store: Store, config: JointConfig, reader: AudioWindows, frames_encoder, frames_array: str):
     """The visual input's reader: cached embeddings, frames (the benchmark's baseline) or None (audio only)."""
-    from featstore.models.joint import ENCODERS
-
     if config.encoder not in ENCODERS:
         raise ConfigError(f"--encoder must be one of {', '.join(ENCODERS)}, got {config.encoder!r}")
     if store.provenance(config.audio_input).modality != "audio":

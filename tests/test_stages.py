@@ -31,17 +31,44 @@ def _command_params(name: str) -> dict[str, click.Parameter]:
     return {p.name: p for p in main.commands[name].params}
 
 
-@pytest.mark.parametrize("command, config_class", [("extract-audio", AudioConfig), ("extract-frames", FramesConfig)])
+def _training_configs():
+    from featstore.pipelines.fuse import FuseConfig
+    from featstore.pipelines.train_backbone import TrainConfig
+    from featstore.pipelines.train_joint import JointConfig
+
+    return [("train-backbone", TrainConfig), ("train-joint", JointConfig), ("fuse", FuseConfig)]
+
+
+@pytest.mark.parametrize("command, config_class", [("extract-audio", AudioConfig), ("extract-frames", FramesConfig), *_training_configs()])
 def test_every_cli_default_equals_its_config_default(command, config_class):
+    """Every option of a config with a default is a CLI option with that default (one home), and the
+    shared optimisation options have one help text in every training command."""
+    from featstore.pipelines.config import TRAINING_OPTIONS
+
     params = _command_params(command)
     for f in dataclasses.fields(config_class):
+        if f.default is dataclasses.MISSING or not f.metadata.get("cli", True):
+            continue  # derived or checked by the command itself (model, name, window_s...)
         option = params[f.name]
         default = option.default
         if isinstance(f.default, tuple):
-            default = tuple(default.split(","))
+            default = option.process_value(click.Context(main.commands[command]), default)
         assert default == f.default, f"{command} --{f.name}: CLI default {option.default!r}, config {f.default!r}"
         if f.metadata["choices"] and not isinstance(f.default, tuple):
             assert list(option.type.choices) == list(f.metadata["choices"])
+        if f.name in TRAINING_OPTIONS:
+            assert option.help == TRAINING_OPTIONS[f.name][1]
+
+
+def test_fuse_trains_longer_on_bigger_batches_than_the_backbones():
+    from featstore.pipelines.fuse import FuseConfig
+    from featstore.pipelines.train_backbone import TrainConfig
+
+    fuse, backbone = FuseConfig(method="f4"), TrainConfig("aud-mel", "audio/mel", 1.0)
+    assert (fuse.epochs, fuse.batch_size) == (30, 256) and (backbone.epochs, backbone.batch_size) == (10, 32)
+    assert _command_params("fuse")["widths"].process_value(click.Context(main.commands["fuse"]), "512,64") == (512, 64)
+    assert _command_params("train-backbone")["augment"].secondary_opts == ["--no-augment"]
+    assert _command_params("train-backbone")["weights_file"].opts == ["--weights"]
 
 
 def test_cli_choices_come_from_the_registries():

@@ -20,6 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+#: the audio backbones' architectures (``arch``)
+ARCHS = ("inception", "vgg14")
+
 
 def _conv(x, filters: int, kernel: int, name: str):
     import keras
@@ -72,8 +75,8 @@ def audio_backbone(inputs, *, arch: str = "inception", widths: Sequence[int] = (
             x = keras.layers.AveragePooling2D(2, padding="same", name=f"vgg{g}_pool")(x)
             x = keras.layers.Dropout(drop, name=f"vgg{g}_drop")(x)
         return keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
-    if arch != "inception":
-        raise ValueError(f"arch must be 'inception' or 'vgg14', got {arch!r}")
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     x = _conv(inputs, widths[0], 3, "stem")
     for s, width in enumerate(widths):
         x = inception_block(x, width, f"stage{s}")
