@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, cli: bool = True, kind: type | None = None,
-           flag: str | None = None) -> Any:
+           flag: str | None = None, kw_only: Any = dataclasses.MISSING) -> Any:
     """A config field with its default, help text and (optional) closed set of choices.
 
     A tuple-valued field is a comma-separated list on the command line (with choices, a subset).
@@ -39,11 +39,12 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, c
     field out of the generated command-line options; ``flag`` spells its option when not
     ``--field-name`` (``--weights`` for ``weights_file``).
     """
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "cli": cli, "kind": kind, "flag": flag})
+    metadata = {"help": help, "choices": choices, "cli": cli, "kind": kind, "flag": flag}
+    return dataclasses.field(default=default, kw_only=kw_only, metadata=metadata)
 
 
 #: The optimisation options every training command shares (``train-backbone``, ``train-joint``,
-#: ``fuse``): name -> (default, help). A training config declares each with :func:`training_option`.
+#: ``fuse``): name -> (default, help). :class:`TrainingConfig` declares them.
 TRAINING_OPTIONS: dict[str, tuple[Any, str]] = {
     "epochs": (10, "Training epochs; the epoch with the lowest validation loss is kept."),
     "batch_size": (32, "Examples per batch."),
@@ -56,11 +57,26 @@ TRAINING_OPTIONS: dict[str, tuple[Any, str]] = {
 
 
 def training_option(name: str, default: Any = dataclasses.MISSING) -> Any:
-    """The field of the shared optimisation option ``name`` (:data:`TRAINING_OPTIONS`), with its help
-    text and the shared default, or ``default`` where a command trains differently (fuse: 30 epochs
-    of 256 examples)."""
+    """The keyword-only field of the shared optimisation option ``name`` (:data:`TRAINING_OPTIONS`),
+    with its help text and the shared default, or ``default`` where a command trains differently
+    (``FuseConfig``: 30 epochs of 256 examples)."""
     shared, help_text = TRAINING_OPTIONS[name]
-    return option(shared if default is dataclasses.MISSING else default, help_text)
+    return option(shared if default is dataclasses.MISSING else default, help_text, kw_only=True)
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """Base of the training commands' configs (``TrainConfig``, ``JointConfig``, ``FuseConfig``): the
+    optimisation options they share, keyword-only. A subclass changes a default by declaring the
+    field again with :func:`training_option`."""
+
+    epochs: int = training_option("epochs")
+    batch_size: int = training_option("batch_size")
+    lr: float = training_option("lr")
+    mixup_alpha: float = training_option("mixup_alpha")
+    l2: float = training_option("l2")
+    val_fraction: float = training_option("val_fraction")
+    seed: int = training_option("seed")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -44,7 +44,7 @@ import numpy as np
 from featstore.errors import ConfigError
 from featstore.metrics import classification_metrics, evaluate_predictions
 from featstore.packed import packed_segment_embeddings
-from featstore.pipelines.config import option, training_option
+from featstore.pipelines.config import TrainingConfig, option, training_option
 from featstore.registry import training_clips
 from featstore.runs import save_run, save_run_head, utc_now, write_predictions
 from featstore.store import Store, StoreError
@@ -56,7 +56,7 @@ PAPER_MODELS = ("aud-mel", "aud-gam", "aud-cqt", "vis-inc", "vis-conv")
 
 
 @dataclass
-class FuseConfig:
+class FuseConfig(TrainingConfig):
     """Every choice of a fusion run (recorded with it); each option's only default. ``method`` has
     none (the command takes ``all`` too); ``name`` is checked by the command."""
 
@@ -67,12 +67,7 @@ class FuseConfig:
         "NAME/LAYER reads that model's LAYER instead (mlp, concat).", kind=str)
     epochs: int = training_option("epochs", 30)
     batch_size: int = training_option("batch_size", 256)
-    lr: float = training_option("lr")
-    mixup_alpha: float = training_option("mixup_alpha")
     joint_mixup: float = option(0.0, "FRACTION of examples whose audio and visual embeddings are mixed with independent coefficients.")
-    l2: float = training_option("l2")
-    val_fraction: float = training_option("val_fraction")
-    seed: int = training_option("seed")
     name: str | None = option(None, "Run name.", cli=False)
     split: str = option("evaluate", "Split the metrics are computed on.")
     layer: str = option("fc1024", "Embedding layer mlp and concat read, e.g. avg_pool of a keras application (f1-f3 read fc1024, f4-f6 fc10).")

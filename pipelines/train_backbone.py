@@ -30,7 +30,7 @@ import numpy as np
 from featstore.errors import ConfigError
 from featstore.loader import DEFAULT_BLOCK_CLIPS, tf_dataset, training_batches
 from featstore.models.audio import ARCHS
-from featstore.pipelines.config import option, training_option
+from featstore.pipelines.config import TrainingConfig, option
 from featstore.registry import register_model, save_training_clips
 from featstore.splits import validation_split
 from featstore.store import Store
@@ -41,7 +41,7 @@ DELTAS = ("model", "loader")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainingConfig):
     """Every training choice (recorded with the registered model); each option's only default.
 
     ``model``, ``input_array`` and ``window_s`` have none: the command derives them (the model's
@@ -55,13 +55,6 @@ class TrainConfig:
     arch: str = option("inception", "Audio backbone.", choices=ARCHS)
     widths: tuple[int, ...] = option((64, 128, 256), "Comma-separated channels per stage of the audio backbone.")
     head_units: int = option(1024, "Width of the head's FC(1024) layer.")
-    epochs: int = training_option("epochs")
-    batch_size: int = training_option("batch_size")
-    lr: float = training_option("lr")
-    mixup_alpha: float = training_option("mixup_alpha")
-    l2: float = training_option("l2")
-    val_fraction: float = training_option("val_fraction")
-    seed: int = training_option("seed")
     weights_file: str | None = option(None, "Local ImageNet weights file for vis-inc / vis-conv (never downloaded).", kind=str, flag="--weights")
     units_per_clip: int | None = option(None, "Windows (audio) or frames (visual) per clip and epoch, evenly spaced (default: all).", kind=int)
     augment: bool = option(True, "Random resized crop + horizontal flip of training frames (visual models only).")

@@ -33,7 +33,7 @@ import numpy as np
 from featstore.errors import ConfigError
 from featstore.metrics import evaluate_predictions
 from featstore.models.joint import ENCODERS
-from featstore.pipelines.config import option, training_option
+from featstore.pipelines.config import TrainingConfig, option
 from featstore.packed import packed_segment_embeddings
 from featstore.registry import load_keras, register_model, save_training_clips
 from featstore.store import Store, StoreError
@@ -43,7 +43,7 @@ from featstore.splits import validation_split
 
 
 @dataclass
-class JointConfig:
+class JointConfig(TrainingConfig):
     """Every choice of a joint training run (recorded with the registered model); each option's
     only default. ``name`` has none: the command requires it."""
 
@@ -55,13 +55,6 @@ class JointConfig:
     widths: tuple[int, ...] = option((64, 128, 256), "Comma-separated encoder widths.")
     head_units: int = option(1024, "Width of the head's FC(1024) layer.")
     window_s: float | None = option(None, "Audio window in seconds, a whole number of segments (default: one segment).", kind=float)
-    epochs: int = training_option("epochs")
-    batch_size: int = training_option("batch_size")
-    lr: float = training_option("lr")
-    mixup_alpha: float = training_option("mixup_alpha")
-    l2: float = training_option("l2")
-    val_fraction: float = training_option("val_fraction")
-    seed: int = training_option("seed")
     units_per_clip: int | None = option(None, "Windows per clip and epoch, evenly spaced (default: all).", kind=int)
     split: str = option("evaluate", "Split the registered metrics are computed on.")
 
