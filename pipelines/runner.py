@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from featstore.errors import ConfigError
+from featstore.errors import ConfigError, MediaError
 from featstore.clips import resolve_source
 from featstore.lock import WriterLock
 from featstore.store import Store, open_array
@@ -195,9 +195,9 @@ def _compute_clip(compute, params, outputs, task: ClipTask) -> tuple[dict[str, n
     for spec, _ in outputs:
         value = np.ascontiguousarray(result.arrays[spec.name]).astype(spec.dtype, copy=False)
         if value.shape != spec.per_clip_shape:
-            raise ValueError(f"{spec.path}: computed shape {value.shape}, expected {spec.per_clip_shape}")
+            raise MediaError(f"{spec.path}: computed shape {value.shape}, expected {spec.per_clip_shape}")
         if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise ValueError(f"{spec.path}: non-finite values (NaN or Inf) in the computed features")
+            raise MediaError(f"{spec.path}: non-finite values (NaN or Inf) in the computed features")
         values[spec.path] = value
     return values, result.info
 
