@@ -7,7 +7,8 @@ import json
 
 import click
 
-from featstore.cli.common import config_options, open_store, single_name_option
+from featstore.cli.common import Choice, config_options, open_store, single_name_option
+from featstore.constants import SPLITS
 from featstore.pipelines.ensemble import EnsembleConfig
 from featstore.pipelines.fuse import FuseConfig
 from featstore.pipelines.train_joint import JointConfig
@@ -95,8 +96,8 @@ def ensemble(store, rule, inputs, name, split, as_json):
 @click.command()
 @click.argument("store")
 @click.option("--out", "out_dir", required=True, help="Directory for report.html, report.md, the PNGs and submissions.")
-@click.option("--split", default="evaluate", show_default=True, help="Split the metrics are computed on.")
-@click.option("--submission-split", default="test", show_default=True, help="Clips written to the DCASE submission files.")
+@click.option("--split", type=Choice(SPLITS), default="evaluate", show_default=True, help="Split the metrics are computed on.")
+@click.option("--submission-split", type=Choice(SPLITS), default="test", show_default=True, help="Clips written to the DCASE submission files.")
 def report(store, out_dir, split, submission_split):
     """An HTML and Markdown report of every run and model: runs table, per-class (Table I) and
     meta-class accuracy, confusion matrices, accuracy over seconds seen, DCASE submission files.

@@ -231,7 +231,7 @@ class Store:
             with self._naming_damaged_metadata():
                 node = self.group[path]
         except KeyError:
-            raise NotFoundError(f"no array {path!r} in the store (run the stage that makes it)") from None
+            raise NotFoundError(names.unknown("array", path, self.array_paths(), "run the stage that makes it")) from None
         if not isinstance(node, zarr.Array):
             raise NotFoundError(f"{path!r} is a group, not an array")
         return node.with_config(WRITE_CONFIG)
