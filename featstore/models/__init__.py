@@ -1,5 +1,6 @@
-"""Phase I backbones (Keras 3 on TensorFlow). Importing this package imports TensorFlow; importing
-:mod:`featstore` does not.
+"""Phase I backbones (Keras 3 on TensorFlow) and the model registries. Importing this package does
+not import TensorFlow (the CLI reads :data:`MODELS`, :data:`METHODS` and :data:`HEADS` from here);
+building a model does, as do its submodules (``featstore.models.fusion``...).
 
 Five models, each a backbone followed by the shared head (:mod:`featstore.models.head`):
 

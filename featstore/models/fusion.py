@@ -48,7 +48,7 @@ import keras
 from keras import ops
 
 from featstore.errors import ConfigError
-from featstore.models import HEADS, LAYER_OF, METHODS  # the registries (Keras-free); re-exported here
+from featstore.models import HEADS, LAYER_OF, METHODS  # noqa: F401 - the registries (Keras-free), re-exported
 
 #: Pham et al. 2021: FC 8192 - 8192 - 1024 - Softmax on a frozen image network's embedding.
 MLP_WIDTHS = (8192, 8192, 1024)
