@@ -351,6 +351,7 @@ def run_stage(
     report = StageReport(stage=stage.name, arrays=paths)
     # the lock comes first: a refused writer must not touch (or --overwrite) the arrays
     with WriterLock(store.side, paths, stage.name):
+        selected = select_clips(store, clips)  # a bad --clips is refused before any array is made
         arrays = {
             spec.path: store.create_array(
                 spec.path,
@@ -369,7 +370,7 @@ def run_stage(
         failures = store.failures_record(paths)
         columns = {c: store.clips[c].to_numpy() for c in store.clips.columns}
         todo, input_fps = [], {}
-        for i in select_clips(store, clips):
+        for i in selected:
             clip_id = str(columns["clip_id"][i])
             fp = stage.input_fingerprint(_row(columns, i))
             if not redo and all(ledger.is_done(clip_id, fp) for ledger in ledgers.values()):

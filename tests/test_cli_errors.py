@@ -72,6 +72,7 @@ CASES = [
     ("extract-audio {S} --clips nosplit --workers 0", 1, ["--clips", "nosplit"]),
     ("extract-frames {S} --resize stretch", 2, ["--resize", "stretch"]),
     ("embed {S} --model keras:../x", 2, ["--model"]),
+    ("embed {S} --model keras:ResNet50", 1, ["no array 'frames/rgb'", "run the stage that makes it"]),
     ("report {S} --out {TMP}/r --split nosplit", 2, ["--split", "nosplit"]),
     ("frobnicate {S}", 2, ["frobnicate"]),
     ("fuse {S} --metod f4", 2, ["--metod", "--method"]),
@@ -114,6 +115,7 @@ def test_wrong_input_is_one_line(stores, args, status, words):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("featstore: error: "), result.stderr
     assert "Traceback" not in result.output
+    assert featstore.open_store(stores["S"]).array_paths() == [], "a refused command left an array behind"
     for word in words:
         assert word in lines[0], f"{word!r} not in {lines[0]!r}"
 
