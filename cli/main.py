@@ -120,10 +120,15 @@ def _embed_model_option(ctx: click.Context, param: click.Parameter, value: str) 
     return prefix + single_name_option(ctx, param, value.removeprefix(prefix))
 
 
-def stage_options(func):
-    """The options every batch stage shares (the runner's): workers, scheduler, clips, resumption."""
+def stage_options(func=None, *, workers: int | None = None, workers_help: str = "Local dask worker processes (default: cores; 0 = in-process)."):
+    """The options every batch stage shares (the runner's): workers, scheduler, clips, resumption.
+
+    ``@stage_options``, or ``@stage_options(workers=0, workers_help=...)`` for a stage whose work
+    runs in-process by default (``embed``: TensorFlow uses every core itself)."""
+    if func is None:
+        return lambda f: stage_options(f, workers=workers, workers_help=workers_help)
     options = [
-        click.option("--workers", type=click.IntRange(min=0), default=None, help="Local dask worker processes (default: cores; 0 = in-process)."),
+        click.option("--workers", type=click.IntRange(min=0), default=workers, show_default=workers is not None, help=workers_help),
         click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler, tcp://HOST:PORT (env FEATSTORE_SCHEDULER)."),
         click.option("--clips", default=None, help="Only these clips: a split name (train, evaluate, test) or a file of clip_ids."),
         click.option("--overwrite", is_flag=True, help="Recompute every clip, replacing arrays made with other parameters."),
@@ -250,12 +255,7 @@ def train_backbone_cmd(store, **options):
 @click.option("--input", "input_array", default=None, help="Input array of a --model-file or keras:NAME model (default: by model name, e.g. audio/mel; frames/rgb for keras:NAME).")
 @click.option("--weights", "weights_file", default=None, help="Local ImageNet weights file of a keras:NAME model (never downloaded; random weights and a warning without).")
 @click.option("--layer", default=ALL_LAYERS, show_default=True, help="fc1024, fc10, all (both), or comma-separated layer names of the model (spatial outputs globally averaged).")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Dask workers (0 = in-process; TensorFlow uses every core itself).")
-@click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
-@click.option("--clips", default=None, help="Only these clips: a split name or a file of clip_ids.")
-@click.option("--overwrite", is_flag=True, help="Recompute every clip.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@stage_options(workers=0, workers_help="Dask workers (0 = in-process; TensorFlow uses every core itself).")
 def embed_cmd(store, model, model_file, input_array, weights_file, layer, workers, scheduler, clips, overwrite, as_json, quiet):
     """Cache a backbone's FC(1024) / FC(10) embeddings and softmax predictions for every clip.
 
