@@ -25,8 +25,8 @@ OPTIONAL_MODULES = {"keras": "tensorflow-cpu", "tensorflow": "tensorflow-cpu"}
 
 
 def fail(message: str) -> None:
-    """Print ``featstore: error: MESSAGE`` to stderr and exit with status 1."""
-    click.echo(f"featstore: error: {message}", err=True)
+    """Print ``featstore: error: MESSAGE`` to stderr, on one line, and exit with status 1."""
+    click.echo(f"featstore: error: {' '.join(message.splitlines())}", err=True)
     sys.exit(1)
 
 

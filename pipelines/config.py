@@ -9,7 +9,9 @@ stage writes records, beside its fingerprinted parameters, the config that makes
 :func:`featstore.pipelines.stages.config_for_array`.
 
 The CLI's options are generated from these dataclasses (``featstore.cli.common.config_options``):
-each field's ``metadata`` holds its help text and, where the values are a closed set, its choices.
+each field's ``metadata`` holds its help text, where the values are a closed set its choices, and
+its range; ``__post_init__`` checks both (:func:`check_fields`), so the Python API and the CLI
+refuse the same values with the same one-line :class:`~featstore.errors.ConfigError`.
 
 >>> from featstore.pipelines.extract_audio import AudioConfig
 >>> AudioConfig().sr, AudioConfig.from_dict(AudioConfig(features=("mel",)).to_dict()).features
