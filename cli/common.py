@@ -14,7 +14,7 @@ import click
 import featstore
 from featstore import names
 from featstore.errors import FeatstoreError, FeatstoreWarning
-from featstore.pipelines.config import flag_of
+from featstore.pipelines.config import describe_range, flag_of
 
 #: Some clips failed (they are recorded; the others are done). Re-running retries only those.
 EXIT_PARTIAL = 3
@@ -131,23 +131,25 @@ def config_options(config_class: type) -> Callable:
                 continue
             flag = flag_of(f)
             choices, kind = meta.get("choices"), meta.get("kind")
+            bounds = meta.get("range")
+            help_text = meta["help"] + (f" Allowed: {describe_range(bounds)}." if bounds else "")
             if default is dataclasses.MISSING and _is_list(f):
-                option = click.option(flag, f.name, required=True, callback=_comma_list(kind or str), help=meta["help"])
+                option = click.option(flag, f.name, required=True, callback=_comma_list(kind or str), help=help_text)
             elif default is dataclasses.MISSING:
                 typ = Choice(choices) if choices else (kind or _annotation_type(f))
-                option = click.option(flag, f.name, type=typ, required=True, help=meta["help"])
+                option = click.option(flag, f.name, type=typ, required=True, help=help_text)
             elif isinstance(default, bool) and default:
                 option = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=True, show_default=True, help=meta["help"])
             elif isinstance(default, bool):
                 option = click.option(flag, f.name, is_flag=True, default=False, help=meta["help"])
             elif isinstance(default, tuple) or (default is None and kind is not None and _is_list(f)):
-                help_text = meta["help"] + (f" Any of {','.join(choices)}." if choices else "")
+                help_text += f" Any of {','.join(choices)}." if choices else ""
                 item = kind or (type(default[0]) if default else str)
                 shown = ",".join(map(str, default)) if default is not None else None
                 option = click.option(flag, f.name, default=shown, show_default=default is not None, callback=_comma_list(item), help=help_text)
             else:
                 typ = Choice(choices) if choices else (kind or type(default))
-                option = click.option(flag, f.name, type=typ, default=default, show_default=default is not None, help=meta["help"])
+                option = click.option(flag, f.name, type=typ, default=default, show_default=default is not None, help=help_text)
             func = option(func)
         return func
 

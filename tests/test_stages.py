@@ -44,8 +44,8 @@ def _training_configs():
 @pytest.mark.parametrize("command, config_class", [("extract-audio", AudioConfig), ("extract-frames", FramesConfig), *_training_configs()])
 def test_every_cli_default_equals_its_config_default(command, config_class):
     """Every option of a config with a default is a CLI option with that default (one home), and the
-    shared optimisation options have one help text in every training command."""
-    from featstore.pipelines.config import TRAINING_OPTIONS
+    shared optimisation options have one help text in every training command; a range is shown."""
+    from featstore.pipelines.config import TRAINING_OPTIONS, describe_range
 
     params = _command_params(command)
     for f in dataclasses.fields(config_class):
@@ -59,7 +59,9 @@ def test_every_cli_default_equals_its_config_default(command, config_class):
         if f.metadata["choices"] and not isinstance(f.default, tuple):
             assert list(option.type.choices) == list(f.metadata["choices"])
         if f.name in TRAINING_OPTIONS:
-            assert option.help == TRAINING_OPTIONS[f.name][1]
+            assert option.help.startswith(TRAINING_OPTIONS[f.name][1])
+        if f.metadata["range"]:
+            assert option.help.endswith(f"Allowed: {describe_range(f.metadata['range'])}.")
 
 
 def test_fuse_trains_longer_on_bigger_batches_than_the_backbones():
