@@ -2,7 +2,8 @@
 # One-command set-up for featstore, idempotent and quick the second time.
 #
 #   bash bootstrap.sh demo [WORKDIR]   # set up, then run every stage end to end on generated demo data
-#   bash bootstrap.sh test [PYTEST ARGS]  # set up, then run the test suite
+#   bash bootstrap.sh test [PYTEST ARGS]  # set up, then run the test suite (-m "not slow": the fast tier)
+#   bash bootstrap.sh lint             # set up, then `ruff check .` (rules in ruff.toml)
 #
 # Set-up: a virtual environment in .venv (Python 3.11+), `pip install -e .[test]`; skipped when
 # setup.cfg has not changed since the last successful install (hash stamp in .venv).
@@ -34,5 +35,6 @@ shift || true
 case "$cmd" in
   demo) exec featstore demo "${1:-demo-out}" ;;
   test) exec python -m pytest -q -ra "$@" ;;
-  *) echo "usage: bash bootstrap.sh demo [WORKDIR] | test [PYTEST ARGS]" >&2; exit 2 ;;
+  lint) exec ruff check . ;;
+  *) echo "usage: bash bootstrap.sh demo [WORKDIR] | test [PYTEST ARGS] | lint" >&2; exit 2 ;;
 esac

@@ -37,7 +37,7 @@ def _train_system(work: str, clips_per_class: int) -> str:
     from featstore.pipelines.extract_frames import FramesConfig, extract_frames
     from featstore.pipelines.fuse import FuseConfig, fuse
     from featstore.pipelines.ingest import ingest
-    from featstore.system import System
+    from featstore.pipelines.stages import system_from_run
 
     root = make_demo_dataset(os.path.join(work, "train-data"), clips_per_class=clips_per_class, seed=1, duration_s=10.0)
     store = featstore.init_store(os.path.join(work, "train.zarr"))
@@ -52,7 +52,7 @@ def _train_system(work: str, clips_per_class: int) -> str:
     embed(store, "aud-mel", model_file_path=os.path.join(work, "aud.keras"))
     embed(store, "tiny-vis", model_file_path=os.path.join(work, "vis.keras"), input_array="frames/rgb")
     fuse(store, FuseConfig(method="f4", epochs=3))
-    return System.from_run(store, "fuse-f4-av").export(os.path.join(work, "system"))
+    return system_from_run(store, "fuse-f4-av").export(os.path.join(work, "system"))
 
 
 def _by_hand(store, system_dir: str) -> None:

@@ -23,11 +23,11 @@ from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, con
 from featstore.cli.phase2 import ensemble, fuse, report, train_joint  # noqa: E402
 from featstore.cli.system import export_system, predict_cmd  # noqa: E402
 from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
-from featstore.pipelines.embed import APPLICATION_PREFIX, LAYERS  # noqa: E402
+from featstore.pipelines.embed import ALL_LAYERS, APPLICATION_PREFIX, embed_layers  # noqa: E402
 from featstore.pipelines.extract_frames import FramesConfig  # noqa: E402
 from featstore.pipelines.train_backbone import TrainConfig  # noqa: E402
 from featstore.pipelines.ingest import FORMATS as INGEST_FORMATS  # noqa: E402
-from featstore.models import MODELS  # noqa: E402
+from featstore.constants import CLIP_DURATION_S, SEGMENT_S  # noqa: E402
 
 
 @click.group(cls=FeatstoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,8 +48,8 @@ def main() -> None:
 
 @main.command()
 @click.argument("store")
-@click.option("--segment-s", type=float, default=1.0, show_default=True, help="Segment grid step (seconds).")
-@click.option("--clip-duration-s", type=float, default=10.0, show_default=True, help="Nominal clip length (seconds).")
+@click.option("--segment-s", type=float, default=SEGMENT_S, show_default=True, help="Segment grid step (seconds).")
+@click.option("--clip-duration-s", type=float, default=CLIP_DURATION_S, show_default=True, help="Nominal clip length (seconds).")
 def init(store: str, segment_s: float, clip_duration_s: float) -> None:
     """Create a store at STORE (a directory, or an fsspec URL such as memory://x or s3://bucket/x).
 
@@ -95,9 +95,9 @@ def ingest(store: str, source: str, fmt: str, fold: int, as_json: bool) -> None:
 
 @main.command("demo-data")
 @click.argument("out")
-@click.option("--clips-per-class", type=int, default=4, show_default=True)
+@click.option("--clips-per-class", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--duration-s", type=float, default=10.0, show_default=True, help="Clip length (seconds).")
+@click.option("--duration-s", type=float, default=CLIP_DURATION_S, show_default=True, help="Clip length (seconds).")
 def demo_data(out: str, clips_per_class: int, seed: int, duration_s: float) -> None:
     """Write a small synthetic dataset in the TAU 2021 layout to OUT (wav 48 kHz 24-bit, H.264 mp4):
     audio alone confuses bus / metro / tram and the two streets, video alone the indoor halls and
@@ -120,10 +120,15 @@ def _embed_model_option(ctx: click.Context, param: click.Parameter, value: str) 
     return prefix + single_name_option(ctx, param, value.removeprefix(prefix))
 
 
-def stage_options(func):
-    """The options every batch stage shares (the runner's): workers, scheduler, clips, resumption."""
+def stage_options(func=None, *, workers: int | None = None, workers_help: str = "Local dask worker processes (default: cores; 0 = in-process)."):
+    """The options every batch stage shares (the runner's): workers, scheduler, clips, resumption.
+
+    ``@stage_options``, or ``@stage_options(workers=0, workers_help=...)`` for a stage whose work
+    runs in-process by default (``embed``: TensorFlow uses every core itself)."""
+    if func is None:
+        return lambda f: stage_options(f, workers=workers, workers_help=workers_help)
     options = [
-        click.option("--workers", type=int, default=None, help="Local dask worker processes (default: cores; 0 = in-process)."),
+        click.option("--workers", type=click.IntRange(min=0), default=workers, show_default=workers is not None, help=workers_help),
         click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler, tcp://HOST:PORT (env FEATSTORE_SCHEDULER)."),
         click.option("--clips", default=None, help="Only these clips: a split name (train, evaluate, test) or a file of clip_ids."),
         click.option("--overwrite", is_flag=True, help="Recompute every clip, replacing arrays made with other parameters."),
@@ -165,7 +170,7 @@ def extract_audio_cmd(store, workers, scheduler, clips, overwrite, as_json, quie
     """
     from featstore.pipelines.extract_audio import extract_audio
 
-    s, config = open_store(store), AudioConfig(**config_fields)
+    config, s = AudioConfig(**config_fields), open_store(store)
     _run_stage(lambda progress: extract_audio(s, config, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress), as_json, quiet)
 
 
@@ -184,7 +189,7 @@ def extract_frames_cmd(store, workers, scheduler, clips, overwrite, as_json, qui
     """
     from featstore.pipelines.extract_frames import extract_frames
 
-    s, config = open_store(store), FramesConfig(**config_fields)
+    config, s = FramesConfig(**config_fields), open_store(store)
     _run_stage(lambda progress: extract_frames(s, config, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress), as_json, quiet)
 
 
@@ -227,11 +232,8 @@ def import_h5_cmd(store: str, source: str) -> None:
 
 @main.command("train-backbone")
 @click.argument("store")
-@click.option("--model", "model", required=True, type=click.Choice(list(MODELS)))
-@click.option("--input", "input_array", default=None, help="Input array (default: audio/mel, audio/gam, audio/cqt or frames/rgb by model).")
-@click.option("--window-s", type=float, default=None, help="Audio window in seconds, a whole number of segments (default: the segment).")
 @config_options(TrainConfig)
-def train_backbone_cmd(store, model, input_array, window_s, **options):
+def train_backbone_cmd(store, **options):
     """Train a Phase I backbone on the train split (validation carved by location), register it.
 
     \b
@@ -240,11 +242,10 @@ def train_backbone_cmd(store, model, input_array, window_s, **options):
     """
     from featstore.pipelines.train_backbone import train_backbone
 
-    s = open_store(store)
-    config = TrainConfig(model=model, input_array=input_array or MODELS[model][1], window_s=window_s or s.segment_s, **options)
-    entry = train_backbone(s, config)
+    config = TrainConfig(**options)
+    entry = train_backbone(open_store(store), config)
     m = entry["config"]["metrics"]
-    click.echo(f"{model}: best epoch {m['best_epoch']}, val_loss {m['val_loss']:.4f}, val_accuracy {m['val_accuracy']:.3f}; registered (fingerprint {entry['fingerprint'][:12]})")
+    click.echo(f"{config.model}: best epoch {m['best_epoch']}, val_loss {m['val_loss']:.4f}, val_accuracy {m['val_accuracy']:.3f}; registered (fingerprint {entry['fingerprint'][:12]})")
 
 
 @main.command("embed")
@@ -253,13 +254,8 @@ def train_backbone_cmd(store, model, input_array, window_s, **options):
 @click.option("--model-file", default=None, help="Register this .keras file under --model first (a backbone with layers fc1024, fc10, softmax; any model with --layer NAME).")
 @click.option("--input", "input_array", default=None, help="Input array of a --model-file or keras:NAME model (default: by model name, e.g. audio/mel; frames/rgb for keras:NAME).")
 @click.option("--weights", "weights_file", default=None, help="Local ImageNet weights file of a keras:NAME model (never downloaded; random weights and a warning without).")
-@click.option("--layer", default="all", show_default=True, help="fc1024, fc10, all (both), or comma-separated layer names of the model (spatial outputs globally averaged).")
-@click.option("--workers", type=int, default=0, show_default=True, help="Dask workers (0 = in-process; TensorFlow uses every core itself).")
-@click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
-@click.option("--clips", default=None, help="Only these clips: a split name or a file of clip_ids.")
-@click.option("--overwrite", is_flag=True, help="Recompute every clip.")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--layer", default=ALL_LAYERS, show_default=True, help="fc1024, fc10, all (both), or comma-separated layer names of the model (spatial outputs globally averaged).")
+@stage_options(workers=0, workers_help="Dask workers (0 = in-process; TensorFlow uses every core itself).")
 def embed_cmd(store, model, model_file, input_array, weights_file, layer, workers, scheduler, clips, overwrite, as_json, quiet):
     """Cache a backbone's FC(1024) / FC(10) embeddings and softmax predictions for every clip.
 
@@ -275,7 +271,7 @@ def embed_cmd(store, model, model_file, input_array, weights_file, layer, worker
     from featstore.pipelines.embed import embed
 
     s = open_store(store)
-    layers = LAYERS if layer == "all" else tuple(v.strip() for v in layer.split(",") if v.strip())
+    layers = embed_layers(layer)
 
     def run(progress):
         report, note = embed(
@@ -293,7 +289,7 @@ def embed_cmd(store, model, model_file, input_array, weights_file, layer, worker
 @click.argument("store")
 @click.option("--arrays", default=None, help="Comma-separated array paths (default: all).")
 @click.option("--repair", is_flag=True, help="Recompute exactly the damaged clips, then verify again.")
-@click.option("--workers", type=int, default=0, show_default=True, help="Workers for --repair (0 = in-process).")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Workers for --repair (0 = in-process).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 def verify(store: str, arrays: str | None, repair: bool, workers: int, as_json: bool) -> None:
     """Check every done chunk of STORE (checksums), done-marks, tables and shapes; clean temp files.
@@ -330,9 +326,9 @@ def verify(store: str, arrays: str | None, repair: bool, workers: int, as_json: 
 
 @main.command()
 @click.argument("workdir", default="demo-out")
-@click.option("--clips-per-class", type=int, default=None, help="Clips per class (default: 12; 30% of them, whole locations, are evaluated).")
+@click.option("--clips-per-class", type=click.IntRange(min=1), default=None, help="Clips per class (default: 12; 30% of them, whole locations, are evaluated).")
 @click.option("--paper-visual", is_flag=True, help="Train the papers' InceptionV3 and ConvNeXtTiny (random weights, 75 px) instead of the tiny visual CNNs: much slower on a CPU.")
-@click.option("--workers", type=int, default=None, help="Local dask worker processes (default: cores).")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Local dask worker processes (default: cores).")
 def demo(workdir: str, clips_per_class: int | None, paper_visual: bool, workers: int | None) -> None:
     """The main job end to end on generated demo data, in WORKDIR: demo-data, init, ingest, every
     stage (five backbones, fuse f1..f6 and late fusion per modality), report, info, and a summary in

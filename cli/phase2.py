@@ -7,14 +7,11 @@ import json
 
 import click
 
-from featstore.cli.common import config_options, open_store, single_name_option
-from featstore.pipelines.ensemble import RULES
+from featstore.cli.common import Choice, config_options, open_store, single_name_option
+from featstore.constants import SPLITS
+from featstore.pipelines.ensemble import EnsembleConfig
 from featstore.pipelines.fuse import FuseConfig
 from featstore.pipelines.train_joint import JointConfig
-
-
-def _csv(value: str | None) -> tuple[str, ...] | None:
-    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
 
 def _summary(record: dict) -> str:
@@ -32,11 +29,10 @@ def _summary(record: dict) -> str:
 
 @click.command()
 @click.argument("store")
-@click.option("--method", required=True, type=click.Choice(["f1", "f2", "f3", "f4", "f5", "f6", "all", "mlp", "concat"]), help="Fusion layer (f1-f3 on fc1024, f4-f6 on fc10; all = the six), mlp (one model's embeddings) or concat (joint modeling).")
 @config_options(FuseConfig)
 @click.option("--name", default=None, callback=single_name_option, help="Run name (default fuse-METHOD-av|audio|visual, fuse-mlp-MODEL; with --method all, NAME-f1 ... NAME-f6).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record(s).")
-def fuse(store, method, name, as_json, **options):
+def fuse(store, name, as_json, **options):
     """Phase II: train a head on cached embeddings, evaluate, save the run.
 
     Backbones are not run: only embeddings/MODEL/fc1024 (f1-f3), fc10 (f4-f6) or --layer (mlp,
@@ -53,12 +49,12 @@ def fuse(store, method, name, as_json, **options):
     from featstore.pipelines.fuse import fuse_methods
     from featstore.runs import class_table, markdown_table
 
+    config = FuseConfig(name=name, **options)
     s = open_store(store)
-    config = FuseConfig(method=method, name=name, **options)
-    methods = ("f1", "f2", "f3", "f4", "f5", "f6") if method == "all" else (method,)
-    records = fuse_methods(s, methods, config)
+    several = len(config.methods()) > 1
+    records = fuse_methods(s, config.methods(), config)
     if as_json:
-        click.echo(json.dumps(records if method == "all" else records[0]))
+        click.echo(json.dumps(records if several else records[0]))
         return
     for record in records:
         click.echo(_summary(record))
@@ -66,17 +62,15 @@ def fuse(store, method, name, as_json, **options):
     if overlap:
         shares = ", ".join(f"{m} {100 * f:.0f}%" for m, f in overlap.items())
         click.echo(f"note: the backbones were trained on these shares of the fuse training clips: {shares} (as in the papers)")
-    if method == "all" and all(r["metrics"] for r in records):
+    if several and all(r["metrics"] for r in records):
         table = class_table(records, s.classes).rename(columns={r["name"]: r["method"] for r in records})
         click.echo(f"\nclip accuracy (%) on {config.split}, Table I layout:\n{markdown_table(table)}")
 
 
 @click.command()
 @click.argument("store")
-@click.option("--rule", type=click.Choice(list(RULES)), required=True)
-@click.option("--inputs", required=True, help="Comma-separated models or runs with stored predictions.")
+@config_options(EnsembleConfig)
 @click.option("--name", default=None, callback=single_name_option, help="Run name (default: ensemble-RULE-A+B...).")
-@click.option("--split", default="evaluate", show_default=True, help="Split the metrics are computed on.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record.")
 def ensemble(store, rule, inputs, name, split, as_json):
     """Late fusion (MEAN / PROD / MAX) of stored predictions, each input's clip probability being the
@@ -89,7 +83,7 @@ def ensemble(store, rule, inputs, name, split, as_json):
     from featstore.pipelines.ensemble import ensemble as run_ensemble
 
     s = open_store(store)
-    record = run_ensemble(s, list(_csv(inputs) or ()), rule=rule, name=name, split=split)
+    record = run_ensemble(s, list(inputs), rule=rule, name=name, split=split)
     if as_json:
         click.echo(json.dumps(record))
         return
@@ -102,8 +96,8 @@ def ensemble(store, rule, inputs, name, split, as_json):
 @click.command()
 @click.argument("store")
 @click.option("--out", "out_dir", required=True, help="Directory for report.html, report.md, the PNGs and submissions.")
-@click.option("--split", default="evaluate", show_default=True, help="Split the metrics are computed on.")
-@click.option("--submission-split", default="test", show_default=True, help="Clips written to the DCASE submission files.")
+@click.option("--split", type=Choice(SPLITS), default="evaluate", show_default=True, help="Split the metrics are computed on.")
+@click.option("--submission-split", type=Choice(SPLITS), default="test", show_default=True, help="Clips written to the DCASE submission files.")
 def report(store, out_dir, split, submission_split):
     """An HTML and Markdown report of every run and model: runs table, per-class (Table I) and
     meta-class accuracy, confusion matrices, accuracy over seconds seen, DCASE submission files.
@@ -134,7 +128,8 @@ def train_joint(store, name, as_json, **options):
     """
     from featstore.pipelines.train_joint import train_joint as run_train_joint
 
-    entry = run_train_joint(open_store(store), JointConfig(name=name, **options))
+    config = JointConfig(name=name, **options)
+    entry = run_train_joint(open_store(store), config)
     if as_json:
         click.echo(json.dumps(entry))
         return

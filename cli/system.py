@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from featstore.cli.common import EXIT_PARTIAL, open_store
+from featstore.cli.common import EXIT_PARTIAL, open_store, single_name_option
 
 
 @click.command("export-system")
@@ -22,9 +22,9 @@ def export_system(store: str, run: str, target: str) -> None:
     Example:
       featstore export-system store.zarr --run fuse-f4-av --to systems/f4
     """
-    from featstore.system import System
+    from featstore.pipelines.stages import system_from_run
 
-    system = System.from_run(open_store(store), run)
+    system = system_from_run(open_store(store), run)
     system.export(target)
     click.echo(f"exported system {system.name} ({len(system.backbones)} backbones, {system.decision['kind']}) to {target} (digest {system.digest[:12]})")
 
@@ -33,9 +33,9 @@ def export_system(store: str, run: str, target: str) -> None:
 @click.argument("store", required=False)
 @click.option("--system", "system_dir", default=None, help="An exported system directory (featstore export-system).")
 @click.option("--run", "run", default=None, help="Instead of --system: a run of STORE itself, applied to its clips that lack its predictions.")
-@click.option("--name", default=None, help="Predictions are written to predictions/NAME (default: the system's run name).")
+@click.option("--name", default=None, callback=single_name_option, help="Predictions are written to predictions/NAME (default: the system's run name).")
 @click.option("--clips", default=None, help="Only these clips: a split name (train, evaluate, test) or a file of clip_ids.")
-@click.option("--workers", type=int, default=None, help="Local dask worker processes for extraction (default: cores; 0 = in-process).")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="Local dask worker processes for extraction (default: cores; 0 = in-process).")
 @click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
 @click.option("--submission", default=None, help="Also write the DCASE 2021 Task 1B submission file (TSV) of the predicted clips.")
 @click.option("--file", "video", default=None, help="Classify one video file (a temporary store) and print its probabilities.")
@@ -55,6 +55,7 @@ def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submiss
     """
     from featstore.errors import ConfigError
     from featstore.pipelines.predict import predict, predict_file, write_predict_submission
+    from featstore.pipelines.stages import system_from_run
     from featstore.system import System
 
     if (system_dir is None) == (run is None):
@@ -68,7 +69,7 @@ def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submiss
     if store is None:
         raise ConfigError("STORE is required (or --file VIDEO)")
     s = open_store(store)
-    system = System.load(system_dir) if system_dir else System.from_run(s, run)
+    system = System.load(system_dir) if system_dir else system_from_run(s, run)
     report = predict(s, system, name=name, clips=clips, workers=workers, scheduler=scheduler, progress=None)
     for failure in report.failures:
         click.echo(f"featstore: clip {failure['clip_id']} failed: {failure['error']}", err=True)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from featstore.errors import ConfigError, MediaError
 from featstore.gammatone_fb import gammatone_weights
 
 FEATURES = ("mel", "gam", "cqt")
@@ -97,7 +98,7 @@ def prepare_waveform(samples: np.ndarray, sr_in: int, p: AudioParams) -> tuple[n
     import soxr
 
     if not np.isfinite(samples).all():
-        raise ValueError("audio has NaN or Inf samples")
+        raise MediaError("audio has NaN or Inf samples")
     notes: dict[str, Any] = {"source_sr": int(sr_in), "source_channels": int(samples.shape[1])}
     if samples.shape[1] == 1:
         samples = np.repeat(samples, p.channels, axis=1)
@@ -202,7 +203,7 @@ def spectrograms(windows: np.ndarray, p: AudioParams, features: tuple[str, ...] 
 
     unknown = set(features) - set(FEATURES)
     if unknown:
-        raise ValueError(f"unknown feature(s) {sorted(unknown)} (known: {', '.join(FEATURES)})")
+        raise ConfigError(f"unknown feature(s) {sorted(unknown)} (known: {', '.join(FEATURES)})")
     out = {}
     if "mel" in features or "gam" in features:
         magnitude = stft_magnitude(windows, p.n_fft, p.hop_length)
@@ -234,7 +235,7 @@ def add_deltas(spec: np.ndarray, frames_per_segment: int, width: int = 9) -> np.
 
     c, b, f = spec.shape
     if f % frames_per_segment:
-        raise ValueError(f"{f} frames is not a whole number of {frames_per_segment}-frame segments")
+        raise ConfigError(f"{f} frames is not a whole number of {frames_per_segment}-frame segments")
     per_segment = spec.reshape(c, b, f // frames_per_segment, frames_per_segment).astype(np.float32, copy=False)
     d1 = librosa.feature.delta(per_segment, width=width, order=1, axis=-1)
     d2 = librosa.feature.delta(per_segment, width=width, order=2, axis=-1)

@@ -11,6 +11,7 @@ from functools import lru_cache
 import numpy as np
 
 from featstore.audio import delta_matrix
+from featstore.errors import ConfigError
 
 
 def with_deltas(static: np.ndarray, frames_per_segment: int, width: int = 9, *, channels_last: bool = False) -> np.ndarray:
@@ -22,7 +23,7 @@ def with_deltas(static: np.ndarray, frames_per_segment: int, width: int = 9, *, 
     """
     *lead, c, b, f = static.shape
     if f % frames_per_segment:
-        raise ValueError(f"{f} frames is not a whole number of {frames_per_segment}-frame segments")
+        raise ConfigError(f"{f} frames is not a whole number of {frames_per_segment}-frame segments")
     k, n = f // frames_per_segment, len(lead)
     segments = np.ascontiguousarray(static, dtype=np.float32).reshape(*lead, c, b, k, frames_per_segment)
     # one 2-D product (a stacked one is ~3x slower), then each part written once into its place

@@ -33,4 +33,8 @@ SPLITS: tuple[str, ...] = ("train", "evaluate", "test")
 #: Default clip length of the dataset (seconds) and segment grid step (seconds, non-overlapping).
 CLIP_DURATION_S = 10.0
 SEGMENT_S = 1.0
+#: The range a store's grid may take (seconds): segments of at least 10 ms (a spectrogram frame or
+#: two), clips of at most a day; finer grids or longer clips allocate absurd per-clip arrays.
+MIN_SEGMENT_S = 0.01
+MAX_CLIP_DURATION_S = 86_400.0
 

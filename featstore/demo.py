@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from featstore.constants import CLASSES
+from featstore.errors import ConfigError
 
 CITIES = ("amsterdam", "barcelona", "helsinki", "lisbon", "london", "lyon", "milan", "prague", "stockholm", "vienna")
 AUDIO_SR_HZ = 48_000
@@ -142,7 +143,7 @@ def _kind_sound(kind: str, t, sr: int, pitch: float, rng) -> np.ndarray:
     if kind == "street":  # cars passing: broadband noise swelling every few seconds
         swell = 0.3 + 0.7 * np.sin(np.pi * ((t / 3.0 + rng.random()) % 1.0)) ** 2
         return _band_noise(rng, n, sr, 80, 8000, -2) * swell
-    raise ValueError(f"unknown audio kind {kind!r}")
+    raise ConfigError(f"unknown audio kind {kind!r}")
 
 
 def _cue_sound(cue: str, t, sr: int, pitch: float, rng) -> np.ndarray:
@@ -161,7 +162,7 @@ def _cue_sound(cue: str, t, sr: int, pitch: float, rng) -> np.ndarray:
         return 3.0 * _events(t, 3.0, 0.08, rng, step)
     if cue == "horn":
         return _tone(t, 420 * pitch, 6, rng) * _gate(t, 1.0, 0.4, rng.random())
-    raise ValueError(f"unknown audio cue {cue!r}")
+    raise ConfigError(f"unknown audio cue {cue!r}")
 
 
 def synth_audio(scene: int, rng: np.random.Generator, duration_s: float, sr: int = AUDIO_SR_HZ, style: ClipStyle | None = None) -> np.ndarray:

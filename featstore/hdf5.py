@@ -67,20 +67,67 @@ def export_h5(store: Store, path: str, arrays: Iterable[str] | None = None) -> l
     return chosen
 
 
+#: Largest clip of an imported dataset, in bytes: a clip is read whole into memory.
+MAX_CLIP_BYTES = 512 * 2**20
+
+
+def _json_attr(path: str, ds, key: str, default: str):
+    """Attribute ``key`` of dataset ``ds`` parsed as JSON, or :class:`IngestError` naming it."""
+    try:
+        return json.loads(ds.attrs.get(key, default))
+    except (TypeError, ValueError) as exc:
+        raise IngestError(f"{path}: dataset {ds.name} attribute {key!r} is not valid JSON ({exc})") from None
+
+
+def _checked_dataset(path: str, ds, file_ids: list[str]) -> dict:
+    """What importing ``ds`` needs (original provenance, done clip_ids, dims), every part checked:
+    a numeric dataset with a row per clip of the file, clips of bounded size, JSON attributes that
+    parse, done clips that are in the file."""
+    if ds.ndim < 1 or ds.dtype.kind not in "biuf":
+        raise IngestError(f"{path}: dataset {ds.name} is not a numeric array with one row per clip (dtype {ds.dtype}, shape {ds.shape})")
+    if ds.shape[0] < len(file_ids):
+        raise IngestError(f"{path}: dataset {ds.name} has {ds.shape[0]} rows for the file's {len(file_ids)} clips")
+    clip_bytes = int(np.prod(ds.shape[1:], dtype=np.float64) * ds.dtype.itemsize)
+    if clip_bytes > MAX_CLIP_BYTES:
+        raise IngestError(f"{path}: dataset {ds.name} has clips of {clip_bytes / 2**20:.0f} MiB (shape {ds.shape}); at most {MAX_CLIP_BYTES // 2**20} MiB per clip can be imported")
+    original = _json_attr(path, ds, "featstore", "{}")
+    done = _json_attr(path, ds, "featstore_done", "null")
+    dims = _json_attr(path, ds, "dims", "[]")
+    if not isinstance(original, dict) or not (done is None or isinstance(done, list)) or not isinstance(dims, list):
+        raise IngestError(f"{path}: dataset {ds.name}: attributes featstore, featstore_done and dims must be a JSON object, list and list")
+    done = file_ids if done is None else done
+    unknown = sorted(set(map(str, done)) - set(file_ids))
+    if unknown:
+        raise IngestError(f"{path}: dataset {ds.name} marks clips done that the file's clips table lacks: {', '.join(unknown[:5])}")
+    dims = [str(d) for d in dims[1:]] or [f"dim{k}" for k in range(1, ds.ndim)]
+    return {"original": original, "done": set(map(str, done)), "dims": tuple(dims)}
+
+
 def import_h5(store: Store, path: str) -> list[str]:
     """Register the arrays of an exported (or externally written) HDF5 file in ``store``.
 
     Clips of the file that the store lacks are appended first; rows are matched by clip_id. Each
     dataset becomes an array made by ``import-h5`` whose parameters record the source file and the
-    original provenance. Returns the imported array paths.
+    original provenance. Returns the imported array paths. The whole file is checked (clips table,
+    dataset names, shapes, sizes, attributes) before the store changes: a refused file leaves the
+    store as it was.
     """
     import h5py
 
+    if not os.path.isfile(path):
+        raise IngestError(f"{path}: no such file")
     imported = []
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise IngestError(f"{path}: not a readable HDF5 file ({exc})") from None
+    with f:
         if not isinstance(f.get("clips"), h5py.Group):
             raise IngestError(f"{path}: no /clips group (the clips table)")
-        table = pd.DataFrame({col: [v.decode() if isinstance(v, bytes) else v for v in f["clips"][col][()]] for col in f["clips"]})
+        try:
+            table = pd.DataFrame({col: [v.decode() if isinstance(v, bytes) else v for v in f["clips"][col][()]] for col in f["clips"]})
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise IngestError(f"{path}: the /clips table cannot be read ({exc})") from None
         datasets: list[str] = []
         f.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) and not name.startswith("clips/") else None)
         try:  # everything checked before the store changes
@@ -89,22 +136,19 @@ def import_h5(store: Store, path: str) -> list[str]:
                 names.array_path(name, f"{path}: dataset")
         except (ConfigError, UnsafePath) as exc:
             raise IngestError(f"{path}: {exc}") from None
+        file_ids = [str(c) for c in table["clip_id"]]
+        checked = {name: _checked_dataset(path, f[name], file_ids) for name in datasets}
         store.add_clips(table)
         row_of = {cid: i for i, cid in enumerate(store.clips["clip_id"])}
         for name in datasets:
-            ds = f[name]
-            original = json.loads(ds.attrs.get("featstore", "{}"))
-            done = json.loads(ds.attrs.get("featstore_done", "null"))
-            file_ids = table["clip_id"].tolist()
-            done = file_ids if done is None else done
-            dims = json.loads(ds.attrs.get("dims", "[]"))[1:] or [f"dim{k}" for k in range(1, ds.ndim)]
-            params = {"source_file": os.path.basename(path), "external": True, "original_provenance": original}
+            ds, spec = f[name], checked[name]
+            params = {"source_file": os.path.basename(path), "external": True, "original_provenance": spec["original"]}
             array = store.create_array(
-                name, per_clip_shape=tuple(ds.shape[1:]), dtype=str(ds.dtype), dims=tuple(dims), stage=IMPORT_STAGE, params=params
+                name, per_clip_shape=tuple(ds.shape[1:]), dtype=str(ds.dtype), dims=spec["dims"], stage=IMPORT_STAGE, params=params
             )
             ledger = store.ledger(name)
             for k, clip_id in enumerate(file_ids):
-                if clip_id not in done:
+                if clip_id not in spec["done"]:
                     continue
                 value = np.asarray(ds[k])
                 array[row_of[clip_id]] = value

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from featstore.errors import DamagedFile
+from featstore.errors import DamagedFile, StoreError
 from featstore.sidefiles import SideFiles
 
 
@@ -139,7 +139,7 @@ class Failures:
         """Record that ``clip_id`` failed in ``stage`` for ``array`` ("" for none), replacing an older row."""
         scope = failures_scope(stage, array)
         if self._only is not None and scope not in self._only:
-            raise ValueError(f"this failures record holds arrays {sorted(self._only)}, not {array!r}")
+            raise StoreError(f"this failures record holds arrays {sorted(self._only)}, not {array!r}")
         self._drop(scope, stage, clip_id)
         row = pd.DataFrame(
             [[stage, array, clip_id, error_type, message, pd.Timestamp(time.time(), unit="s", tz="UTC")]],

@@ -30,6 +30,7 @@ import numpy as np
 
 from featstore.augment import augment_images, mixup, with_deltas
 from featstore.chunks import ClipReader
+from featstore.errors import ConfigError
 from featstore.store import Store
 
 #: Clips read per shuffle block: the shuffle buffer holds about this many clips' units
@@ -56,11 +57,11 @@ class Units:
             self.count, self.width, self.example_shape = shape[1], None, tuple(shape[2:])
             return
         if params["store_deltas"]:
-            raise ValueError(f"{path} stores deltas; train from an array of static channels")
+            raise ConfigError(f"{path} stores deltas; train from an array of static channels")
         window_s = store.segment_s if window_s is None else window_s
         k = int(round(window_s / store.segment_s))
         if k < 1 or abs(k * store.segment_s - window_s) > 1e-9 or k > store.n_segments:
-            raise ValueError(f"window_s={window_s} must be a whole number of {store.segment_s} s segments, at most the clip")
+            raise ConfigError(f"window_s={window_s} must be a whole number of {store.segment_s} s segments, at most the clip")
         self.deltas = deltas
         self.frames_per_segment = int(params["frames_per_segment"])
         self.delta_width = int(params["audio"]["delta_width"])
@@ -106,7 +107,7 @@ class StoreSource:
         values = self.reader.read(row, out=buffer)
         # an unwritten clip reads as all fill value (NaN): a sparse sample of the values finds it
         if values.dtype.kind == "f" and np.isnan(values.reshape(-1)[:: max(1, values.size // 4096)]).any():
-            raise ValueError(f"clip {self.clip_ids[row]!r} is not written in {self.units.path!r} (run the stage that makes it)")
+            raise ConfigError(f"clip {self.clip_ids[row]!r} is not written in {self.units.path!r} (run the stage that makes it)")
         return values
 
     def load(self, rows: np.ndarray) -> None:
@@ -288,9 +289,9 @@ def training_batches(store: Store, input_array: str, *, split: str | None = "tra
     labels = store.label_indices(clips["label"])
     unlabelled = [str(c) for c in clips["clip_id"].to_numpy()[rows[labels[rows] < 0]]]
     if unlabelled:
-        raise ValueError(f"clips without a known label cannot be trained on: {unlabelled[:5]}")
+        raise ConfigError(f"clips without a known label cannot be trained on: {unlabelled[:5]}")
     if len(rows) == 0:
-        raise ValueError(f"no clips done in {input_array!r} to read")
+        raise ConfigError(f"no clips done in {input_array!r} to read")
     units = Units(store, input_array, window_s, deltas=deltas)
     source = StoreSource(store, units, options.get("workers", 0))
     return TrainingBatches(units, source, labels, len(store.classes), units.index(rows, units_per_clip), **options)

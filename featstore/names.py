@@ -16,6 +16,8 @@ re-run. Each is refused here, once, with a :class:`~featstore.errors.ConfigError
 
 >>> array_path("embeddings/aud-mel/fc1024")
 'embeddings/aud-mel/fc1024'
+>>> unknown("model", "aud-mle", ["aud-mel", "vis-inc"])
+"no model 'aud-mle' (there are: aud-mel, vis-inc; did you mean 'aud-mel'?)"
 >>> single_name("_featstore", "--name")
 Traceback (most recent call last):
 ...
@@ -24,8 +26,10 @@ featstore.errors.ConfigError: --name '_featstore': must start with a letter or d
 
 from __future__ import annotations
 
+import difflib
 import re
 import unicodedata
+from collections.abc import Iterable
 
 from featstore.errors import ConfigError
 
@@ -93,3 +97,25 @@ def clip_id(value: str, where: str = "clip_id") -> str:
     if value != value.strip():
         raise ConfigError(f"{where}: clip_id {value!r} starts or ends with a space")
     return value
+
+
+def closest(name: str, existing: Iterable[str]) -> str:
+    """``"; did you mean 'X'?"`` for the name in ``existing`` closest to ``name`` (difflib), or ``""``."""
+    match = difflib.get_close_matches(str(name), [str(e) for e in existing], n=1, cutoff=0.5)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def unknown(what: str, name: str, existing: Iterable[str], fix: str = "") -> str:
+    """The one-line message for an unknown ``name`` of kind ``what``: what exists, the closest match,
+    and ``fix`` (how to make one) when nothing does."""
+    existing = sorted(str(e) for e in existing)
+    if not existing:
+        return f"no {what} {name!r}" + (f" ({fix})" if fix else "")
+    shown = ", ".join(existing[:20]) + (", ..." if len(existing) > 20 else "")
+    return f"no {what} {name!r} (there are: {shown}{closest(name, existing)})"
+
+
+def embedding_path(model: str, layer: str) -> str:
+    """The array of ``model``'s ``layer`` embeddings; a model given as ``NAME/LAYER`` names its own layer
+    (``concat`` of ``aud-mel`` fc1024 and ``ResNet50/avg_pool``)."""
+    return f"embeddings/{model}" if "/" in model else f"embeddings/{model}/{layer}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from featstore.chunks import ClipReader
+from featstore.errors import ConfigError
 from featstore.packed import packed_segment_embeddings
 from featstore.store import Store
 
@@ -40,7 +41,7 @@ def _clip(store: Store, path: str, clip_id: str) -> np.ndarray:
 
 def _checked(values: np.ndarray, path: str, clip_id: str) -> np.ndarray:
     if values.dtype.kind == "f" and np.isnan(values).any():
-        raise ValueError(f"clip {clip_id!r} is not written in {path!r} (run the stage that makes it)")
+        raise ConfigError(f"clip {clip_id!r} is not written in {path!r} (run the stage that makes it)")
     return values
 
 
@@ -100,7 +101,7 @@ def _segment_windows(store, path, read_clip, *, per_segment: int, time_axis: int
     window_s = store.segment_s if window_s is None else window_s
     k = int(round(window_s / store.segment_s))
     if k < 1 or abs(k * store.segment_s - window_s) > 1e-9 or k > store.n_segments:
-        raise ValueError(f"window_s={window_s} must be a whole number of {store.segment_s} s segments, at most the clip")
+        raise ConfigError(f"window_s={window_s} must be a whole number of {store.segment_s} s segments, at most the clip")
     clips = store.clips
     selected = np.ones(len(clips), bool) if split is None else clips["split"].to_numpy() == split
     done = clips["clip_id"].isin(list(store.ledger(path).entries)).to_numpy()
@@ -159,7 +160,7 @@ def embeddings(store: Store, model: str, layer: str = "fc1024", *, per: str = "s
     the packed cache (:func:`featstore.packed.packed_segment_embeddings`).
     """
     if per not in ("segment", "clip"):
-        raise ValueError(f"per must be 'segment' or 'clip', got {per!r}")
+        raise ConfigError(f"per must be 'segment' or 'clip', got {per!r}")
     path = f"predictions/{model}" if layer == "predictions" else f"embeddings/{model}/{layer}"
     segments, rows = packed_segment_embeddings(store, path)
     labels = store.label_indices(store.clips["label"])[rows]

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from featstore.errors import NotFoundError, StoreError
+from featstore.names import unknown
 from featstore.store import Store
 
 REGISTRY = "models.json"
@@ -78,7 +79,7 @@ def registered_models(store: Store) -> list[str]:
 def model_entry(store: Store, name: str) -> dict[str, Any]:
     entries = _entries(store)
     if name not in entries:
-        raise NotFoundError(f"no model {name!r} registered in the store (train-backbone, or embed --model-file)")
+        raise NotFoundError(unknown("model registered as", name, entries, "train-backbone, or embed --model-file, registers one"))
     return entries[name]
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from featstore.errors import NotFoundError
+from featstore.names import unknown
 from featstore.store import Store
 
 
@@ -62,7 +63,8 @@ def save_run(store: Store, record: dict[str, Any]) -> None:
 def load_run(store: Store, name: str) -> dict[str, Any]:
     raw = store.side.read(f"runs/{name}.json")
     if raw is None:
-        raise NotFoundError(f"no run {name!r} in the store (featstore fuse or ensemble make runs)")
+        existing = [n[: -len(".json")] for n in store.side.listdir("runs") if n.endswith(".json")]
+        raise NotFoundError(unknown("run", name, existing, "featstore fuse or ensemble make runs"))
     return json.loads(raw)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import time
 import warnings
@@ -35,8 +36,8 @@ from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from featstore import clips as clips_mod
 from featstore import names
-from featstore.constants import CLASSES, CLIP_DURATION_S, SEGMENT_S
-from featstore.errors import DamagedFile, NotFoundError, ParamsMismatch, StoreError
+from featstore.constants import CLASSES, CLIP_DURATION_S, MAX_CLIP_DURATION_S, MIN_SEGMENT_S, SEGMENT_S
+from featstore.errors import ConfigError, DamagedFile, NotFoundError, ParamsMismatch, StoreError
 from featstore.fingerprint import library_versions, stable_hash
 from featstore.ledger import Failures, Ledger, ledger_name
 from featstore.provenance import Provenance
@@ -230,7 +231,7 @@ class Store:
             with self._naming_damaged_metadata():
                 node = self.group[path]
         except KeyError:
-            raise NotFoundError(f"no array {path!r} in the store (run the stage that makes it)") from None
+            raise NotFoundError(names.unknown("array", path, self.array_paths(), "run the stage that makes it")) from None
         if not isinstance(node, zarr.Array):
             raise NotFoundError(f"{path!r} is a group, not an array")
         return node.with_config(WRITE_CONFIG)
@@ -389,8 +390,8 @@ def init_store(
     """
     url = normalise_url(url)
     wanted = {"segment_s": float(segment_s), "clip_duration_s": float(clip_duration_s), "classes": list(classes)}
-    if segment_s <= 0 or clip_duration_s < segment_s:
-        raise StoreError(f"need 0 < segment_s <= clip_duration_s, got {segment_s} and {clip_duration_s}")
+    if not (math.isfinite(segment_s) and math.isfinite(clip_duration_s) and MIN_SEGMENT_S <= segment_s <= clip_duration_s <= MAX_CLIP_DURATION_S):
+        raise ConfigError(f"--segment-s and --clip-duration-s must be finite with {MIN_SEGMENT_S} <= segment_s <= clip_duration_s <= {MAX_CLIP_DURATION_S} (seconds), got {segment_s} and {clip_duration_s}")
     try:
         group = zarr.open_group(zarr_store(url, storage_options), mode="r+")
     except FileNotFoundError:

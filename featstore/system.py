@@ -3,7 +3,8 @@
 A :class:`System` holds
 
 * the extraction config of every input array (``audio/mel``, ``frames/rgb``...), rebuilt from the
-  arrays' provenance (:func:`featstore.pipelines.stages.config_for_array`);
+  arrays' provenance by the resolver the caller passes (the pipelines' ``config_for_array``: this
+  library module never imports the pipelines);
 * the segment grid step and the label map;
 * each backbone: its ``.keras`` file, fingerprint and input array;
 * the decision part: a fusion run (its head ``.keras``, method, layer and model order) or an
@@ -20,7 +21,8 @@ Exported (``featstore export-system``), it is a directory::
 Keras files load in safe mode only (no pickle, no arbitrary code). :attr:`System.digest` (the
 SHA-256 of the manifest) names the system in the predictions it makes.
 
->>> system = System.from_run(store, "fuse-f4-av")          # doctest: +SKIP
+>>> from featstore.pipelines.stages import system_from_run   # doctest: +SKIP
+>>> system = system_from_run(store, "fuse-f4-av")          # doctest: +SKIP
 >>> system.export("systems/f4")                             # doctest: +SKIP
 >>> System.load("systems/f4").decision["method"]            # doctest: +SKIP
 'f4'
@@ -32,10 +34,12 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from featstore.errors import ConfigError, StoreError
+from featstore.names import embedding_path
 from featstore.registry import model_bytes, model_entry
 from featstore.runs import load_run, run_head_bytes
 from featstore.store import Store
@@ -106,12 +110,15 @@ class System:
 
     # ------------------------------------------------------------------ making one
     @classmethod
-    def from_run(cls, store: Store, run: str) -> System:
+    def from_run(cls, store: Store, run: str, config_for_array: Callable[[Store, str], Any]) -> System:
         """The system that run ``run`` of ``store`` (a fusion run, or an ensemble of backbones and
         fusion runs) applies; refused when a run was trained on embeddings of another version of a
-        registered model (re-embed and re-fuse first)."""
-        from featstore.pipelines.stages import config_for_array
+        registered model (re-embed and re-fuse first).
 
+        ``config_for_array(store, path)`` gives the stage config that made an input array (an
+        object with ``stage`` and ``to_dict()``): :func:`featstore.pipelines.stages.system_from_run`
+        passes the stage registry's.
+        """
         files: dict[str, bytes] = {}
         backbones: dict[str, dict[str, Any]] = {}
 
@@ -126,8 +133,6 @@ class System:
         def decision_of(name: str, *, nested: bool) -> dict[str, Any]:
             record = load_run(store, name)
             if record["kind"] == "fuse":
-                from featstore.pipelines.fuse import embedding_path
-
                 for model in record["models"]:  # "NAME" (at the run's layer) or "NAME/LAYER"
                     add_backbone(model.split("/")[0], embedding_path(model, record["layer"]))
                 files[f"heads/{name}.keras"] = run_head_bytes(store, name)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from featstore.errors import ConfigError
 from featstore.media import MediaError
 
 RESIZE_MODES = ("squash", "crop")
@@ -78,7 +79,7 @@ def decode_frames(path: str, *, fps: float, duration_s: float, size: int, resize
     import av
 
     if resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
     targets = np.arange(int(round(fps * duration_s))) / fps
     to_rgb = FrameConverter(size, resize)
     kept: list[np.ndarray] = []

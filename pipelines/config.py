@@ -9,7 +9,9 @@ stage writes records, beside its fingerprinted parameters, the config that makes
 :func:`featstore.pipelines.stages.config_for_array`.
 
 The CLI's options are generated from these dataclasses (``featstore.cli.common.config_options``):
-each field's ``metadata`` holds its help text and, where the values are a closed set, its choices.
+each field's ``metadata`` holds its help text, where the values are a closed set its choices, and
+its range; ``__post_init__`` checks both (:func:`check_fields`), so the Python API and the CLI
+refuse the same values with the same one-line :class:`~featstore.errors.ConfigError`.
 
 >>> from featstore.pipelines.extract_audio import AudioConfig
 >>> AudioConfig().sr, AudioConfig.from_dict(AudioConfig(features=("mel",)).to_dict()).features
@@ -19,9 +21,11 @@ each field's ``metadata`` holds its help text and, where the values are a closed
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from featstore.errors import ConfigError, StoreError
+from featstore.names import closest
 
 if TYPE_CHECKING:
     from featstore.provenance import Provenance
@@ -30,38 +34,95 @@ if TYPE_CHECKING:
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, cli: bool = True, kind: type | None = None,
-           flag: str | None = None, kw_only: Any = dataclasses.MISSING) -> Any:
-    """A config field with its default, help text and (optional) closed set of choices.
+           flag: str | None = None, kw_only: Any = dataclasses.MISSING, min: float | None = None, max: float | None = None,
+           above: float | None = None, below: float | None = None) -> Any:
+    """A config field with its default, help text, (optional) closed set of choices and range.
 
     A tuple-valued field is a comma-separated list on the command line (with choices, a subset).
     ``kind`` is the type of the value (of each item, for a tuple) when the default does not show it:
     ``option(None, "...", kind=int)``, or ``kind=int`` for a tuple of ints. ``cli=False`` keeps a
     field out of the generated command-line options; ``flag`` spells its option when not
-    ``--field-name`` (``--weights`` for ``weights_file``).
+    ``--field-name`` (``--weights`` for ``weights_file``). ``default=dataclasses.MISSING`` makes a
+    field without a default, a required option on the command line.
+
+    The range is checked when the config is made (:func:`check_field`), for the Python API and the
+    CLI alike: ``min`` / ``max`` are closed bounds (``value >= min``), ``above`` / ``below`` open
+    ones (``value > above``); every float is also refused when NaN or infinite. A tuple's range
+    applies to each item; ``None`` (where the default is ``None``) is always allowed.
     """
-    metadata = {"help": help, "choices": choices, "cli": cli, "kind": kind, "flag": flag}
+    bounds = {k: v for k, v in (("min", min), ("max", max), ("above", above), ("below", below)) if v is not None}
+    metadata = {"help": help, "choices": choices, "cli": cli, "kind": kind, "flag": flag, "range": bounds}
+    if default is dataclasses.MISSING:
+        return dataclasses.field(kw_only=kw_only, metadata=metadata)
     return dataclasses.field(default=default, kw_only=kw_only, metadata=metadata)
 
 
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line spelling of field ``f`` (``--batch-size``), as errors name it."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def describe_range(bounds: dict[str, float]) -> str:
+    """``{"min": 1}`` -> ``">= 1"``; ``{"above": 0, "below": 1}`` -> ``"> 0 and < 1"``."""
+    signs = {"min": ">=", "above": ">", "max": "<=", "below": "<"}
+    return " and ".join(f"{signs[k]} {bounds[k]:g}" for k in ("min", "above", "max", "below") if k in bounds)
+
+
+def _out_of_range(value: Any, bounds: dict[str, float]) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):
+        return True
+    return (("min" in bounds and value < bounds["min"]) or ("max" in bounds and value > bounds["max"])
+            or ("above" in bounds and value <= bounds["above"]) or ("below" in bounds and value >= bounds["below"]))
+
+
+def check_field(f: dataclasses.Field, value: Any) -> None:
+    """Refuse ``value`` for field ``f`` when it is outside the field's choices or range, with a
+    :class:`~featstore.errors.ConfigError` naming the option, the allowed values and the closest
+    choice."""
+    if value is None:
+        return
+    flag, values = flag_of(f), value if isinstance(value, tuple) else (value,)
+    choices, bounds = f.metadata.get("choices"), f.metadata.get("range") or {}
+    if choices is not None:
+        unknown = [str(v) for v in values if v not in choices]
+        if unknown:
+            raise ConfigError(f"{flag} must be {'a subset' if isinstance(value, tuple) else 'one'} of {', '.join(choices)}, "
+                              f"got {', '.join(map(str, values))}{closest(unknown[0], choices)}")
+    bad = [v for v in values if _out_of_range(v, bounds)]
+    if bad:
+        allowed, finite = describe_range(bounds), isinstance(bad[0], float) and not math.isfinite(bad[0])
+        what = "a finite number" + (f" {allowed}" if allowed else "") if finite or not allowed else allowed
+        raise ConfigError(f"{flag} must be {what}, got {bad[0]}")
+
+
+def check_fields(config: Any) -> None:
+    """:func:`check_field` for every field of the dataclass instance ``config``."""
+    for f in dataclasses.fields(config):
+        check_field(f, getattr(config, f.name))
+
+
 #: The optimisation options every training command shares (``train-backbone``, ``train-joint``,
-#: ``fuse``): name -> (default, help). :class:`TrainingConfig` declares them.
-TRAINING_OPTIONS: dict[str, tuple[Any, str]] = {
-    "epochs": (10, "Training epochs; the epoch with the lowest validation loss is kept."),
-    "batch_size": (32, "Examples per batch."),
-    "lr": (1e-3, "Adam learning rate."),
-    "mixup_alpha": (0.4, "Mixup on inputs and labels, coefficient ~ Beta(alpha, alpha); 0 turns mixup off."),
-    "l2": (1e-4, "L2 penalty on the head's weights."),
-    "val_fraction": (0.2, "Share of train clips held out for validation, by recording location."),
-    "seed": (0, "Random seed (initial weights, shuffling, mixup)."),
+#: ``fuse``): name -> (default, help, range as :func:`option` takes it). :class:`TrainingConfig`
+#: declares them.
+TRAINING_OPTIONS: dict[str, tuple[Any, str, dict[str, float]]] = {
+    "epochs": (10, "Training epochs; the epoch with the lowest validation loss is kept.", {"min": 1}),
+    "batch_size": (32, "Examples per batch.", {"min": 1}),
+    "lr": (1e-3, "Adam learning rate.", {"above": 0}),
+    "mixup_alpha": (0.4, "Mixup on inputs and labels, coefficient ~ Beta(alpha, alpha); 0 turns mixup off.", {"min": 0}),
+    "l2": (1e-4, "L2 penalty on the head's weights.", {"min": 0}),
+    "val_fraction": (0.2, "Share of train clips held out for validation, by recording location.", {"above": 0, "below": 1}),
+    "seed": (0, "Random seed (initial weights, shuffling, mixup).", {"min": 0}),
 }
 
 
 def training_option(name: str, default: Any = dataclasses.MISSING) -> Any:
     """The keyword-only field of the shared optimisation option ``name`` (:data:`TRAINING_OPTIONS`),
-    with its help text and the shared default, or ``default`` where a command trains differently
-    (``FuseConfig``: 30 epochs of 256 examples)."""
-    shared, help_text = TRAINING_OPTIONS[name]
-    return option(shared if default is dataclasses.MISSING else default, help_text, kw_only=True)
+    with its help text, range and the shared default, or ``default`` where a command trains
+    differently (``FuseConfig``: 30 epochs of 256 examples)."""
+    shared, help_text, bounds = TRAINING_OPTIONS[name]
+    return option(shared if default is dataclasses.MISSING else default, help_text, kw_only=True, **bounds)
 
 
 @dataclasses.dataclass
@@ -78,6 +139,9 @@ class TrainingConfig:
     val_fraction: float = training_option("val_fraction")
     seed: int = training_option("seed")
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
@@ -87,15 +151,7 @@ class StageConfig:
     stage: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value, choices = getattr(self, f.name), f.metadata.get("choices")
-            if choices is None:
-                continue
-            values = value if isinstance(value, tuple) else (value,)
-            unknown = [v for v in values if v not in choices]
-            if unknown:
-                flag = "--" + f.name.replace("_", "-")
-                raise ConfigError(f"{flag} must be {'a subset' if isinstance(value, tuple) else 'one'} of {', '.join(choices)}, got {', '.join(map(str, values))}")
+        check_fields(self)
 
     # ------------------------------------------------------------------ what subclasses provide
     def build(self, store: Store) -> Stage:

@@ -36,7 +36,6 @@ DEMO_MODELS = (
 )
 #: Modality sets fused and ensembled, with the tag in their run names.
 MODALITY_SETS = ((("audio",), "audio"), (("visual",), "visual"), (("audio", "visual"), "av"))
-FUSE_METHODS = ("f1", "f2", "f3", "f4", "f5", "f6")
 LATE_RULES = ("mean", "prod", "max")
 #: Evaluate clips the demo cuts into 1 s files to show the exported system at work.
 EVAL_CLIPS = 4
@@ -98,12 +97,13 @@ def _phase_two(store, settings: DemoSettings, echo) -> dict[str, dict[str, list[
     {tag: {"fuse": [...], "late": [...]}}."""
     from featstore.models import MODELS
     from featstore.pipelines.ensemble import ensemble
-    from featstore.pipelines.fuse import FuseConfig, fuse_methods
+    from featstore.pipelines.fuse import ALL_METHODS, FuseConfig, fuse_methods
 
     records = {}
     for modalities, tag in MODALITY_SETS:
         start = time.perf_counter()
-        fused = fuse_methods(store, FUSE_METHODS, FuseConfig(method="f1", modalities=modalities, name=f"demo-{tag}", seed=settings.seed, **settings.fuse))
+        config = FuseConfig(method=ALL_METHODS, modalities=modalities, name=f"demo-{tag}", seed=settings.seed, **settings.fuse)
+        fused = fuse_methods(store, config.methods(), config)
         table = class_table(fused, store.classes).rename(columns={r["name"]: r["method"] for r in fused})
         echo(f"[demo] fuse f1..f6 on {tag} embeddings ({time.perf_counter() - start:.0f} s), evaluate clip accuracy (%):")
         echo(markdown_table(table.loc[["overall"]]))
@@ -192,6 +192,7 @@ def to_submission(store, workdir: str, *, run: str = "demo-av-f4", n_clips: int 
 
     from featstore.evalset import write_eval_layout
     from featstore.pipelines.predict import predict, write_predict_submission
+    from featstore.pipelines.stages import system_from_run
     from featstore.system import System
 
     system_dir = os.path.join(workdir, f"system-{run}")
@@ -199,7 +200,7 @@ def to_submission(store, workdir: str, *, run: str = "demo-av-f4", n_clips: int 
     eval_store = os.path.join(workdir, "eval.zarr")
     for path in (system_dir, eval_root, eval_store):
         shutil.rmtree(path, ignore_errors=True)
-    System.from_run(store, run).export(system_dir)
+    system_from_run(store, run).export(system_dir)
     sources = list(store.clips.loc[store.clips["split"] == "evaluate", "clip_id"][:n_clips])
     write_eval_layout(store, sources, eval_root)
     evaluation = featstore.init_store(eval_store, segment_s=store.segment_s, clip_duration_s=store.segment_s)

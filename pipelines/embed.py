@@ -29,6 +29,8 @@ from featstore.registry import load_keras, model_entry, model_file, register_mod
 from featstore.store import Store
 
 LAYERS = ("fc1024", "fc10")
+#: ``embed --layer all``: every layer of :data:`LAYERS`.
+ALL_LAYERS = "all"
 #: ``embed --model keras:ResNet50`` builds that keras.applications model.
 APPLICATION_PREFIX = "keras:"
 #: Parameters whose change means "new model or new input": recompute instead of refusing.
@@ -155,6 +157,11 @@ class EmbedConfig(StageConfig):
     def from_legacy(cls, prov: Provenance) -> EmbedConfig:
         layer = prov.params["layer"]
         return cls(model=prov.params["model"], layers=() if layer == "softmax" else (layer,))
+
+
+def embed_layers(value: str) -> tuple[str, ...]:
+    """``embed --layer``'s value as layer names: ``"all"`` is :data:`LAYERS`, else a comma-separated list."""
+    return LAYERS if value == ALL_LAYERS else tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 def _upstream_done(store: Store, input_array: str, clips: str | list[str] | None) -> tuple[str | list[str] | None, list[str]]:

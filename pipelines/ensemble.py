@@ -15,16 +15,37 @@ Only clips done in every input are combined.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
+from featstore.constants import SPLITS
+from featstore.errors import ConfigError, NotFoundError
 from featstore.metrics import EPS, classification_metrics
+from featstore.names import unknown
+from featstore.pipelines.config import check_fields, option
 from featstore.packed import packed_segment_embeddings
 from featstore.runs import save_run, utc_now, write_predictions
 from featstore.store import Store
 
 RULES = ("mean", "prod", "max")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleConfig:
+    """Every choice of a late-fusion run; each option's only default (the command's options come
+    from here). ``name`` is checked by the command."""
+
+    rule: str = option(dataclasses.MISSING, "Combination rule.", choices=RULES)
+    inputs: tuple[str, ...] = option(dataclasses.MISSING, "Comma-separated models or runs with stored predictions.", kind=str)
+    name: str | None = option(None, "Run name (default: ensemble-RULE-A+B...).", cli=False)
+    split: str = option("evaluate", "Split the metrics are computed on.", choices=SPLITS)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if len(self.inputs) < 2:
+            raise ConfigError(f"an ensemble needs at least two --inputs, got {','.join(self.inputs) or 'none'}")
 
 
 def combine(clip_probs: np.ndarray, rule: str) -> np.ndarray:
@@ -38,19 +59,20 @@ def combine(clip_probs: np.ndarray, rule: str) -> np.ndarray:
     elif rule == "max":
         out = p.max(axis=0)
     else:
-        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
+        raise ConfigError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     return out / out.sum(axis=-1, keepdims=True)
 
 
 def ensemble(store: Store, inputs: list[str], *, rule: str, name: str | None = None, split: str = "evaluate") -> dict[str, Any]:
     """Combine the predictions of ``inputs``; write and register the run; return its record."""
-    if len(inputs) < 2:
-        raise ValueError("an ensemble needs at least two inputs")
+    config = EnsembleConfig(rule=rule, inputs=tuple(inputs), name=name, split=split)
+    inputs = list(config.inputs)
     name = name or f"ensemble-{rule}-{'+'.join(inputs)}"
     paths = [f"predictions/{i}" for i in inputs]
-    for path in paths:
+    for item, path in zip(inputs, paths):
         if not store.has_array(path):
-            raise KeyError(f"no {path} in the store (embed a model, or fuse a run, first)")
+            existing = [p.split("/", 1)[1] for p in store.array_paths() if p.startswith("predictions/")]
+            raise NotFoundError(unknown("predictions of", item, existing, "embed a model, or fuse a run, first") + " (--inputs)")
     per_input = [packed_segment_embeddings(store, p) for p in paths]  # (clip, segment, class), rows
     rows = per_input[0][1]
     for _, r in per_input[1:]:

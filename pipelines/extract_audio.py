@@ -51,10 +51,10 @@ class AudioConfig(StageConfig):
     stage: ClassVar[str] = "extract-audio"
 
     features: tuple[str, ...] = option(FEATURES, "Features to compute (comma-separated).", choices=FEATURES)
-    sr: int = option(32_000, "Sample rate after resampling (Hz).")
-    n_bins: int = option(128, "Frequency bins of each feature.")
-    win_ms: float = option(80.0, "STFT window (ms).")
-    hop_ms: float = option(14.0, "Hop (ms).")
+    sr: int = option(32_000, "Sample rate after resampling (Hz).", min=1000)
+    n_bins: int = option(128, "Frequency bins of each feature.", min=1)
+    win_ms: float = option(80.0, "STFT window (ms).", above=0)
+    hop_ms: float = option(14.0, "Hop (ms).", above=0)
     dtype: str = option("float16", "Stored dtype.", choices=("float16", "float32"))
     store_deltas: bool = option(False, "Store 6 channels (static, delta, delta-delta) instead of deriving deltas at read time.")
     name: str = option("audio", "Array group: writes NAME/mel, NAME/gam, NAME/cqt.")

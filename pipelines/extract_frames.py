@@ -38,8 +38,8 @@ class FramesConfig(StageConfig):
 
     stage: ClassVar[str] = "extract-frames"
 
-    fps: float = option(2.0, "Frames kept per second of video.")
-    size: int = option(224, "Output frames are SIZE x SIZE RGB.")
+    fps: float = option(2.0, "Frames kept per second of video.", above=0)
+    size: int = option(224, "Output frames are SIZE x SIZE RGB.", min=1)
     resize: str = option("squash", "squash: scale the whole frame (the papers); crop: centre-crop to square first.", choices=RESIZE_MODES)
     name: str = option("frames", "Array group: writes NAME/rgb and NAME/time_s.")
 

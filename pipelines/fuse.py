@@ -36,12 +36,16 @@ confident than evaluation ones.
 from __future__ import annotations
 
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
+from featstore.constants import SPLITS
 from featstore.errors import ConfigError
+from featstore.models import HEADS, LAYER_OF, METHODS
+from featstore.names import embedding_path  # noqa: F401 - re-exported: predict imports it from here
 from featstore.metrics import classification_metrics, evaluate_predictions
 from featstore.packed import packed_segment_embeddings
 from featstore.pipelines.config import TrainingConfig, option, training_option
@@ -51,6 +55,8 @@ from featstore.store import Store, StoreError
 from featstore.splits import validation_split
 
 MODALITIES = ("audio", "visual")
+#: ``--method all``: every Fusion Layer method (:data:`featstore.models.METHODS`).
+ALL_METHODS = "all"
 #: The papers' five backbones, in the order embeddings are stacked (other models follow by name).
 PAPER_MODELS = ("aud-mel", "aud-gam", "aud-cqt", "vis-inc", "vis-conv")
 
@@ -60,27 +66,35 @@ class FuseConfig(TrainingConfig):
     """Every choice of a fusion run (recorded with it); each option's only default. ``method`` has
     none (the command takes ``all`` too); ``name`` is checked by the command."""
 
-    method: str
+    method: str = option(dataclasses.MISSING, "Fusion layer (f1-f3 on fc1024, f4-f6 on fc10; all = the six), mlp (one model's "
+                         "embeddings) or concat (joint modeling).", choices=(*METHODS, *HEADS, ALL_METHODS))
     modalities: tuple[str, ...] = option(MODALITIES, "Modalities whose models are fused.", choices=MODALITIES)
     models: tuple[str, ...] | None = option(
         None, "Comma-separated models (default: every model of --modalities with embeddings of the layer); "
         "NAME/LAYER reads that model's LAYER instead (mlp, concat).", kind=str)
     epochs: int = training_option("epochs", 30)
     batch_size: int = training_option("batch_size", 256)
-    joint_mixup: float = option(0.0, "FRACTION of examples whose audio and visual embeddings are mixed with independent coefficients.")
+    joint_mixup: float = option(0.0, "FRACTION of examples whose audio and visual embeddings are mixed with independent coefficients.", min=0, max=1)
     name: str | None = option(None, "Run name.", cli=False)
-    split: str = option("evaluate", "Split the metrics are computed on.")
+    split: str = option("evaluate", "Split the metrics are computed on.", choices=SPLITS)
     layer: str = option("fc1024", "Embedding layer mlp and concat read, e.g. avg_pool of a keras application (f1-f3 read fc1024, f4-f6 fc10).")
     widths: tuple[int, ...] | None = option(
         None, "Comma-separated hidden FC widths of mlp (default 8192,8192,1024) or concat (projection per modality, "
-        "then FC layers; default 512,512).", kind=int)
+        "then FC layers; default 512,512).", kind=int, min=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.modalities:
+            raise ConfigError(f"--modalities must name at least one of {', '.join(MODALITIES)}")
+
+    def methods(self) -> tuple[str, ...]:
+        """The methods this config runs: the six Fusion Layer methods for ``all``, else its own."""
+        return METHODS if self.method == ALL_METHODS else (self.method,)
 
     def embedding_layer(self) -> str:
         """The embedding layer this run reads."""
-        from featstore.models.fusion import HEADS, LAYER_OF, METHODS
-
         if self.method not in METHODS + HEADS:
-            raise ConfigError(f"--method must be one of {', '.join(METHODS + HEADS)} or all, got {self.method!r}")
+            raise ConfigError(f"--method must be one of {', '.join(METHODS + HEADS)} for one run (all: fuse_methods), got {self.method!r}")
         return LAYER_OF.get(self.method, self.layer)
 
     def run_name(self, models: tuple[str, ...] = ()) -> str:
@@ -108,12 +122,6 @@ class FusionData:
     widths: tuple[int, ...]
 
 
-def embedding_path(model: str, layer: str) -> str:
-    """The array of ``model``'s ``layer`` embeddings; a model given as ``NAME/LAYER`` names its own layer
-    (``concat`` of ``aud-mel`` fc1024 and ``ResNet50/avg_pool``)."""
-    return f"embeddings/{model}" if "/" in model else f"embeddings/{model}/{layer}"
-
-
 def model_modality(store: Store, model: str, layer: str) -> str:
     """"visual" when ``model``'s ``layer`` embeddings were made from frames, else "audio"."""
     return store.provenance(embedding_path(model, layer)).modality
@@ -126,7 +134,7 @@ def _model_order(model: str) -> tuple[int, str]:
 def select_models(store: Store, modalities: tuple[str, ...], models: tuple[str, ...] | None, layer: str) -> tuple[str, ...]:
     """The models to fuse: ``models`` (checked), or every model of ``modalities`` embedded at ``layer``."""
     if not modalities or not set(modalities) <= set(MODALITIES):
-        raise ValueError(f"--modalities must be audio, visual or audio,visual, got {','.join(modalities)}")
+        raise ConfigError(f"--modalities must be audio, visual or audio,visual, got {','.join(modalities)}")
     if models is None:
         embedded = sorted({p.split("/")[1] for p in store.array_paths() if p.startswith("embeddings/") and p.endswith(f"/{layer}")}, key=_model_order)
         models = tuple(m for m in embedded if model_modality(store, m, layer) in modalities)
@@ -293,7 +301,7 @@ def fuse(store: Store, config: FuseConfig, *, data: FusionData | None = None) ->
     clips = store.clips.iloc[data.rows].reset_index(drop=True)
     train, val = validation_split(clips, fraction=config.val_fraction, seed=config.seed)
     if len(train) == 0 or len(val) == 0:
-        raise ValueError("fuse needs embedded train clips from at least two recording locations (one goes to validation)")
+        raise ConfigError("fuse needs embedded train clips from at least two recording locations (one goes to validation)")
     classes = store.classes
     model, trainer, history = train_head(data, train, val, config, len(classes))
     trained = time.perf_counter()

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from featstore import names
 from featstore.errors import ConfigError, StoreError
 from featstore.lock import WriterLock
 from featstore.metrics import evaluate_predictions
@@ -180,7 +181,7 @@ def predict(store: Store, system: System, *, name: str | None = None, clips: str
     """
     start = time.perf_counter()
     check_compatible(store, system)
-    name = name or system.name
+    name = names.single_name(name or system.name, "--name")
     report = PredictReport(name=name, system=system.digest)
     selected = np.array(sorted(select_clips(store, clips)), dtype=np.int64)
     clip_ids = [str(c) for c in store.clips["clip_id"].to_numpy()[selected]]

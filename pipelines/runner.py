@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from featstore.errors import ConfigError
+from featstore.errors import ConfigError, MediaError
 from featstore.clips import resolve_source
 from featstore.lock import WriterLock
 from featstore.store import Store, open_array
@@ -195,9 +195,9 @@ def _compute_clip(compute, params, outputs, task: ClipTask) -> tuple[dict[str, n
     for spec, _ in outputs:
         value = np.ascontiguousarray(result.arrays[spec.name]).astype(spec.dtype, copy=False)
         if value.shape != spec.per_clip_shape:
-            raise ValueError(f"{spec.path}: computed shape {value.shape}, expected {spec.per_clip_shape}")
+            raise MediaError(f"{spec.path}: computed shape {value.shape}, expected {spec.per_clip_shape}")
         if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise ValueError(f"{spec.path}: non-finite values (NaN or Inf) in the computed features")
+            raise MediaError(f"{spec.path}: non-finite values (NaN or Inf) in the computed features")
         values[spec.path] = value
     return values, result.info
 
@@ -351,6 +351,7 @@ def run_stage(
     report = StageReport(stage=stage.name, arrays=paths)
     # the lock comes first: a refused writer must not touch (or --overwrite) the arrays
     with WriterLock(store.side, paths, stage.name):
+        selected = select_clips(store, clips)  # a bad --clips is refused before any array is made
         arrays = {
             spec.path: store.create_array(
                 spec.path,
@@ -369,7 +370,7 @@ def run_stage(
         failures = store.failures_record(paths)
         columns = {c: store.clips[c].to_numpy() for c in store.clips.columns}
         todo, input_fps = [], {}
-        for i in select_clips(store, clips):
+        for i in selected:
             clip_id = str(columns["clip_id"][i])
             fp = stage.input_fingerprint(_row(columns, i))
             if not redo and all(ledger.is_done(clip_id, fp) for ledger in ledgers.values()):

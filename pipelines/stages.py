@@ -14,6 +14,7 @@ from featstore.pipelines.embed import EmbedConfig
 from featstore.pipelines.extract_audio import AudioConfig
 from featstore.pipelines.extract_frames import FramesConfig
 from featstore.store import Store
+from featstore.system import System
 
 #: Stage name (as users type it and provenance records it) -> its config class.
 STAGES: dict[str, type[StageConfig]] = {c.stage: c for c in (AudioConfig, FramesConfig, EmbedConfig)}
@@ -30,3 +31,9 @@ def config_for_array(store: Store, path: str) -> StageConfig:
     if config_class is None:
         raise StoreError(f"{path}: made by {prov.stage!r}, which is not a batch stage featstore can re-run; re-import or recompute it")
     return config_class.from_provenance(prov)
+
+
+def system_from_run(store: Store, run: str) -> System:
+    """:meth:`System.from_run <featstore.system.System.from_run>` with this registry's
+    :func:`config_for_array`: the system run ``run`` of ``store`` applies, ready to export."""
+    return System.from_run(store, run, config_for_array)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ import numpy as np
 
 from featstore.errors import ConfigError
 from featstore.loader import DEFAULT_BLOCK_CLIPS, tf_dataset, training_batches
+from featstore.models import MODELS
 from featstore.models.audio import ARCHS
 from featstore.pipelines.config import TrainingConfig, option
 from featstore.registry import register_model, save_training_clips
@@ -44,31 +46,36 @@ DELTAS = ("model", "loader")
 class TrainConfig(TrainingConfig):
     """Every training choice (recorded with the registered model); each option's only default.
 
-    ``model``, ``input_array`` and ``window_s`` have none: the command derives them (the model's
-    default input, one segment). ``extra``: further visual-backbone keywords, e.g.
+    ``model`` has no default; ``input_array`` and ``window_s`` default to the model's input and
+    one segment of the store (:meth:`resolved`, which :func:`train_backbone` applies). ``extra``: further visual-backbone keywords, e.g.
     ``{"arch": "tiny", "widths": [16, 32]}`` (:mod:`featstore.models.visual`).
     """
 
-    model: str
-    input_array: str
-    window_s: float
+    model: str = option(dataclasses.MISSING, "Backbone to train.", choices=tuple(MODELS))
+    input_array: str | None = option(None, "Input array (default: audio/mel, audio/gam, audio/cqt or frames/rgb by model).", kind=str, flag="--input")
+    window_s: float | None = option(None, "Audio window in seconds, a whole number of segments (default: the segment).", kind=float, above=0)
     arch: str = option("inception", "Audio backbone.", choices=ARCHS)
-    widths: tuple[int, ...] = option((64, 128, 256), "Comma-separated channels per stage of the audio backbone.")
-    head_units: int = option(1024, "Width of the head's FC(1024) layer.")
+    widths: tuple[int, ...] = option((64, 128, 256), "Comma-separated channels per stage of the audio backbone.", min=1)
+    head_units: int = option(1024, "Width of the head's FC(1024) layer.", min=1)
     weights_file: str | None = option(None, "Local ImageNet weights file for vis-inc / vis-conv (never downloaded).", kind=str, flag="--weights")
-    units_per_clip: int | None = option(None, "Windows (audio) or frames (visual) per clip and epoch, evenly spaced (default: all).", kind=int)
+    units_per_clip: int | None = option(None, "Windows (audio) or frames (visual) per clip and epoch, evenly spaced (default: all).", kind=int, min=1)
     augment: bool = option(True, "Random resized crop + horizontal flip of training frames (visual models only).")
     mixed_precision: bool = option(False, "Keras mixed_float16 (for GPUs).")
-    block_clips: int = option(DEFAULT_BLOCK_CLIPS, "Clips per shuffle block of the loader (see README, Training loader).")
-    loader_workers: int = option(2, "Loader threads (0 = in the training thread).")
+    block_clips: int = option(DEFAULT_BLOCK_CLIPS, "Clips per shuffle block of the loader (see README, Training loader).", min=1)
+    loader_workers: int = option(2, "Loader threads (0 = in the training thread).", min=0)
     deltas: str = option("model", "Audio deltas computed by the model's first layer, or by the loader (a 6-channel model, as before).", choices=DELTAS)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved(self, store: Store) -> TrainConfig:
+        """This config with ``input_array`` and ``window_s`` filled in from the model and ``store``."""
+        return dataclasses.replace(self, input_array=self.input_array or MODELS[self.model][1], window_s=self.window_s or store.segment_s)
 
 
 def train_backbone(store: Store, config: TrainConfig) -> dict[str, Any]:
     """Train, keep the best epoch, save and register the model; return its registry entry."""
     import keras
 
+    config = config.resolved(store)
     previous = keras.mixed_precision.global_policy()
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -81,7 +88,7 @@ def train_backbone(store: Store, config: TrainConfig) -> dict[str, Any]:
 def _train(store: Store, config: TrainConfig) -> dict[str, Any]:
     import keras
 
-    from featstore.models import MODELS, build_model
+    from featstore.models import build_model
 
     keras.utils.set_random_seed(config.seed)
     clips = store.clips
@@ -91,7 +98,7 @@ def _train(store: Store, config: TrainConfig) -> dict[str, Any]:
     row_map = np.flatnonzero(usable)
     train_rows, val_rows = row_map[train_rows], row_map[val_rows]
     if len(train_rows) == 0 or len(val_rows) == 0:
-        raise ValueError("need train clips from at least two recording locations (one goes to validation)")
+        raise ConfigError("need train clips from at least two recording locations (one goes to validation)")
     visual = MODELS[config.model][0] == "visual"
     if config.deltas not in DELTAS:
         raise ConfigError(f"deltas must be one of {', '.join(DELTAS)}, got {config.deltas!r}")

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from featstore.constants import SPLITS
 from featstore.errors import ConfigError
 from featstore.metrics import evaluate_predictions
 from featstore.models.joint import ENCODERS
@@ -52,11 +53,11 @@ class JointConfig(TrainingConfig):
     visual_model: str | None = option(None, "Model whose cached embeddings are the visual input (omit: audio only, the baseline).", kind=str)
     visual_layer: str = option("fc1024", "Its embedding layer.")
     encoder: str = option("cnn1d", "Acoustic encoder.", choices=ENCODERS)
-    widths: tuple[int, ...] = option((64, 128, 256), "Comma-separated encoder widths.")
-    head_units: int = option(1024, "Width of the head's FC(1024) layer.")
-    window_s: float | None = option(None, "Audio window in seconds, a whole number of segments (default: one segment).", kind=float)
-    units_per_clip: int | None = option(None, "Windows per clip and epoch, evenly spaced (default: all).", kind=int)
-    split: str = option("evaluate", "Split the registered metrics are computed on.")
+    widths: tuple[int, ...] = option((64, 128, 256), "Comma-separated encoder widths.", min=1)
+    head_units: int = option(1024, "Width of the head's FC(1024) layer.", min=1)
+    window_s: float | None = option(None, "Audio window in seconds, a whole number of segments (default: one segment).", kind=float, above=0)
+    units_per_clip: int | None = option(None, "Windows per clip and epoch, evenly spaced (default: all).", kind=int, min=1)
+    split: str = option("evaluate", "Split the registered metrics are computed on.", choices=SPLITS)
 
 
 class AudioWindows:

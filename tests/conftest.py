@@ -1,13 +1,21 @@
-"""Shared fixtures: a generated demo dataset (3 s clips) and stores built from it.
+"""Shared fixtures: a generated demo dataset (3 s clips) and stores built from it; the test tiers.
 
 Nothing is downloaded: audio is synthesised with numpy, video encoded with PyAV.
+
+Two tiers: ``bash bootstrap.sh test -m "not slow"`` runs the fast tier (unit tests: no subprocess,
+no dask cluster, no training), ``bash bootstrap.sh test`` everything. A test is marked ``slow``
+here, at collection, when its body or a fixture it uses (directly or through other fixtures) calls
+one of :data:`SLOW_CALLS`, so a new test lands in the right tier without being marked by hand.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -42,9 +50,56 @@ def demo_store(tmp_path, demo_root) -> featstore.Store:
 
 
 @pytest.fixture(autouse=True)
-def _quiet_numba(monkeypatch):
-    monkeypatch.setenv("PYTHONWARNINGS", "ignore")
-    yield
+def _quiet_numba():
+    """numba's own warnings (its deprecations, first-compile notices), which librosa's import and the
+    mixup kernel trigger, are not about featstore: silence those and nothing else."""
+    with warnings.catch_warnings():
+        for category in _numba_warnings():
+            warnings.simplefilter("ignore", category)
+        yield
+
+
+def _numba_warnings() -> list[type[Warning]]:
+    try:
+        from numba.core import errors
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return []
+    return [v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, Warning)]
+
+
+#: What makes a test slow: a subprocess (the CLI's real entry point), a dask cluster (workers > 0,
+#: a scheduler), training (Keras fit, fuse, train-joint, the demo).
+SLOW_CALLS = re.compile(
+    r"\brun_cli\(|subprocess\.|Popen\(|LocalCluster\(|Client\(|workers=[1-9]|\"--workers\", \"[1-9]"
+    r"|train_backbone\(|\bfuse\(|fuse_methods\(|run_train_joint\(|train_joint\(|\.fit\(|run_demo\(|train_head\("
+)
+
+
+def _source(func) -> str:
+    try:
+        return inspect.getsource(func)
+    except (OSError, TypeError):
+        return ""
+
+
+def _is_slow(item: pytest.Item) -> bool:
+    seen, todo, sources = set(), list(item.fixturenames), [_source(getattr(item, "function", None))]
+    defs = item._fixtureinfo.name2fixturedefs
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in defs:
+            continue
+        seen.add(name)
+        for fixturedef in defs[name]:
+            sources.append(_source(fixturedef.func))
+            todo.extend(fixturedef.argnames)
+    return any(SLOW_CALLS.search(src) for src in sources)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "slow" not in item.keywords and _is_slow(item):
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_configure(config):

@@ -32,6 +32,7 @@ from featstore.pipelines.extract_frames import FramesConfig, extract_frames
 from featstore.pipelines.fuse import FuseConfig, fuse
 from featstore.pipelines.ingest import ingest
 from featstore.pipelines.predict import predict, predict_file
+from featstore.pipelines.stages import system_from_run
 from featstore.system import System
 from tests.conftest import CLIP_S, run_cli
 
@@ -107,7 +108,7 @@ def trained(tmp_path_factory, demo_root):
     fuse(store, FuseConfig(method="f4", epochs=2))
     systems = {}
     for run in ("fuse-f4-audio", "fuse-f4-visual", "fuse-f4-av"):
-        systems[run] = System.from_run(store, run).export(str(work / "systems" / run))
+        systems[run] = system_from_run(store, run).export(str(work / "systems" / run))
     return store, systems, work
 
 
@@ -316,7 +317,7 @@ def test_a_concat_head_of_models_of_different_widths_applies_as_trained(trained,
     store, _, _ = trained
     record = fuse(store, FuseConfig(method="concat", models=("aud-mel", "tiny-vis"), widths=(8, 8), epochs=1, name="concat-small"))
     assert record["models"] == ["aud-mel", "tiny-vis"]
-    system_dir = System.from_run(store, "concat-small").export(str(tmp_path / "sys"))
+    system_dir = system_from_run(store, "concat-small").export(str(tmp_path / "sys"))
     fresh = featstore.init_store(str(tmp_path / "fresh.zarr"), clip_duration_s=CLIP_S)
     ingest(fresh, store.dataset_root)
     assert predict(fresh, System.load(system_dir), workers=0).done == 20

@@ -23,6 +23,8 @@ from featstore.models import MODELS, build_model
 from featstore.pipelines.embed import LAYERS, EmbedConfig, embed
 from featstore.pipelines.extract_audio import AudioConfig, extract_audio
 from featstore.pipelines.extract_frames import FramesConfig, extract_frames
+from featstore.pipelines.fuse import FuseConfig
+from featstore.pipelines.train_backbone import TrainConfig
 from featstore.pipelines.stages import STAGES, config_for_array
 from tests.conftest import run_cli
 
@@ -42,8 +44,8 @@ def _training_configs():
 @pytest.mark.parametrize("command, config_class", [("extract-audio", AudioConfig), ("extract-frames", FramesConfig), *_training_configs()])
 def test_every_cli_default_equals_its_config_default(command, config_class):
     """Every option of a config with a default is a CLI option with that default (one home), and the
-    shared optimisation options have one help text in every training command."""
-    from featstore.pipelines.config import TRAINING_OPTIONS
+    shared optimisation options have one help text in every training command; a range is shown."""
+    from featstore.pipelines.config import TRAINING_OPTIONS, describe_range
 
     params = _command_params(command)
     for f in dataclasses.fields(config_class):
@@ -57,7 +59,9 @@ def test_every_cli_default_equals_its_config_default(command, config_class):
         if f.metadata["choices"] and not isinstance(f.default, tuple):
             assert list(option.type.choices) == list(f.metadata["choices"])
         if f.name in TRAINING_OPTIONS:
-            assert option.help == TRAINING_OPTIONS[f.name][1]
+            assert option.help.startswith(TRAINING_OPTIONS[f.name][1])
+        if f.metadata["range"]:
+            assert option.help.endswith(f"Allowed: {describe_range(f.metadata['range'])}.")
 
 
 def test_fuse_trains_longer_on_bigger_batches_than_the_backbones():
@@ -81,6 +85,11 @@ def test_cli_choices_come_from_the_registries():
     assert {f.name: f.default for f in dataclasses.fields(EmbedConfig)}["layers"] == LAYERS
     assert list(_command_params("ensemble")["rule"].type.choices) == list(RULES)
     assert set(_command_params("fuse")["method"].type.choices) == {*METHODS, *HEADS, "all"}
+    assert FuseConfig(method="all").methods() == METHODS and FuseConfig(method="f5").methods() == ("f5",)
+    import featstore.models as registries
+    import featstore.pipelines.demo as demo
+
+    assert METHODS is registries.METHODS and not hasattr(demo, "FUSE_METHODS")  # one registry, no copies
     assert set(STAGES) == {"extract-audio", "extract-frames", "embed"}
     assert all(name in main.commands for name in STAGES)
 
@@ -120,6 +129,30 @@ def test_invalid_options_are_config_errors_that_name_the_option():
         FramesConfig(resize="stretch")
     with pytest.raises(featstore.ConfigError, match="registered model"):
         EmbedConfig()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: FuseConfig(method="f4", batch_size=0), "--batch-size must be >= 1, got 0"),
+    (lambda: FuseConfig(method="f4", lr=float("nan")), "--lr must be a finite number > 0"),
+    (lambda: FuseConfig(method="f4", modalities=()), "--modalities must name at least one"),
+    (lambda: TrainConfig("aud-mle"), "did you mean 'aud-mel'"),
+    (lambda: AudioConfig(sr=0), "--sr must be >= 1000, got 0"),
+    (lambda: AudioConfig(win_ms=float("inf")), "--win-ms must be a finite number > 0"),
+    (lambda: FramesConfig(size=-5), "--size must be >= 1, got -5"),
+    (lambda: featstore.init_store("memory://never", segment_s=float("nan")), "--segment-s"),
+])
+def test_the_python_api_refuses_what_the_cli_refuses(make, message):
+    with pytest.raises(featstore.ConfigError, match=message.replace("(", r"\(")):
+        make()
+
+
+def test_an_unknown_backbone_is_an_error_not_a_fallback():
+    from featstore.models.visual import visual_backbone
+
+    with pytest.raises(featstore.ConfigError, match="did you mean 'aud-mel'"):
+        build_model("aud-mle", input_shape=(8, 8, 2))
+    with pytest.raises(featstore.ConfigError, match="no visual backbone 'vis-convnext'.*did you mean 'vis-conv'"):
+        visual_backbone("vis-convnext", keras.Input((16, 16, 3)), arch="tiny")
 
 
 def test_errors_share_one_root_and_keep_builtin_bases():

@@ -1,5 +1,6 @@
-"""Phase I backbones (Keras 3 on TensorFlow). Importing this package imports TensorFlow; importing
-:mod:`featstore` does not.
+"""Phase I backbones (Keras 3 on TensorFlow) and the model registries. Importing this package does
+not import TensorFlow (the CLI reads :data:`MODELS`, :data:`METHODS` and :data:`HEADS` from here);
+building a model does, as do its submodules (``featstore.models.fusion``...).
 
 Five models, each a backbone followed by the shared head (:mod:`featstore.models.head`):
 
@@ -25,6 +26,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from featstore.errors import ConfigError
+from featstore.names import unknown
+
 #: Batch-norm momentum of every backbone: 0.9 (PyTorch's default, which the audio papers' code uses)
 #: instead of Keras' 0.99, whose moving statistics need thousands of steps to settle; with fewer, a
 #: model trained briefly or on a small set predicts from wrong statistics at inference.
@@ -38,6 +42,13 @@ MODELS: dict[str, tuple[str, str]] = {
     "vis-inc": ("visual", "frames/rgb"),
     "vis-conv": ("visual", "frames/rgb"),
 }
+
+#: Phase II fusion methods (:mod:`featstore.models.fusion`, which imports Keras) -> the embedding
+#: layer each fuses; the ``fuse`` command's choices and its ``all`` come from here.
+LAYER_OF: dict[str, str] = {"f1": "fc1024", "f2": "fc1024", "f3": "fc1024", "f4": "fc10", "f5": "fc10", "f6": "fc10"}
+METHODS: tuple[str, ...] = tuple(LAYER_OF)
+#: The heads that are not a Fusion Layer; they read any embedding layer (``fc1024`` by default).
+HEADS: tuple[str, ...] = ("mlp", "concat")
 
 
 def build_model(name: str, *, input_shape: tuple[int, ...], n_classes: int = 10, head_units: int = 1024, dropout: float = 0.4, l2: float = 1e-4, **backbone: Any):
@@ -53,7 +64,7 @@ def build_model(name: str, *, input_shape: tuple[int, ...], n_classes: int = 10,
     from featstore.models.head import add_head
 
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r} (one of {', '.join(MODELS)})")
+        raise ConfigError(unknown("model to build", name, MODELS))
     inputs = keras.Input(shape=input_shape, name="input")
     if MODELS[name][0] == "audio":
         from featstore.models.audio import audio_backbone

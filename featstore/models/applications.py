@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 
 from featstore.errors import ConfigError, FeatstoreWarning
+from featstore.names import closest
 
 #: Name of the preprocessing layer every application model starts with.
 PREPROCESS = "preprocess"
@@ -41,7 +42,8 @@ def application_function(name: str):
 
     function = getattr(keras.applications, name, None)
     if function is None or not callable(function) or name[:1].islower():
-        raise ConfigError(f"keras.applications has no model {name!r} (e.g. ResNet50, VGG19, Xception, InceptionV3, MobileNetV2, DenseNet121)")
+        known = [n for n in dir(keras.applications) if n[:1].isupper()]
+        raise ConfigError(f"keras.applications has no model {name!r} (e.g. ResNet50, VGG19, Xception, InceptionV3, MobileNetV2, DenseNet121){closest(name, known)}")
     return function
 
 
@@ -118,7 +120,7 @@ def is_pooled(model, layer: str) -> bool:
 def _layer(model, layer: str):
     names = [candidate.name for candidate in model.layers]
     if layer not in names:
-        raise ConfigError(f"model {model.name!r} has no layer {layer!r}; its last layers are {', '.join(names[-5:])}")
+        raise ConfigError(f"model {model.name!r} has no layer {layer!r}; its last layers are {', '.join(names[-5:])}{closest(layer, names)}")
     return model.get_layer(layer)
 
 

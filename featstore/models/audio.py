@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from featstore.errors import ConfigError
+
 #: the audio backbones' architectures (``arch``)
 ARCHS = ("inception", "vgg14")
 
@@ -76,7 +78,7 @@ def audio_backbone(inputs, *, arch: str = "inception", widths: Sequence[int] = (
             x = keras.layers.Dropout(drop, name=f"vgg{g}_drop")(x)
         return keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
     if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+        raise ConfigError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
     x = _conv(inputs, widths[0], 3, "stem")
     for s, width in enumerate(widths):
         x = inception_block(x, width, f"stage{s}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import keras
 
 from featstore.audio import delta_matrix
+from featstore.errors import ConfigError
 
 
 @keras.saving.register_keras_serializable(package="featstore")
@@ -46,7 +47,7 @@ class SpectrogramDeltas(keras.layers.Layer):
         bins, frames, channels = x.shape[1:]
         fps = self.frames_per_segment
         if frames % fps:
-            raise ValueError(f"{frames} frames is not a whole number of {fps}-frame segments")
+            raise ConfigError(f"{frames} frames is not a whole number of {fps}-frame segments")
         segments = ops.reshape(x, (-1, bins, frames // fps, fps, channels))
         both = ops.einsum("nbkfc,fg->nbkgc", segments, ops.convert_to_tensor(self.matrix, dtype=x.dtype))
         delta = ops.reshape(both[:, :, :, :fps], (-1, bins, frames, channels))
@@ -73,6 +74,6 @@ def model_wants_deltas(model, static_channels: int) -> bool:
     (a model saved without :class:`SpectrogramDeltas`), rather than the static channels."""
     width = model.inputs[0].shape[-1]
     if width not in (static_channels, 3 * static_channels):
-        raise ValueError(f"model {model.name!r} takes {width} input channels; the array has {static_channels} (or {3 * static_channels} with deltas)")
+        raise ConfigError(f"model {model.name!r} takes {width} input channels; the array has {static_channels} (or {3 * static_channels} with deltas)")
     return width == 3 * static_channels
 

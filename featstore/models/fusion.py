@@ -47,17 +47,15 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-METHODS = ("f1", "f2", "f3", "f4", "f5", "f6")
-#: The heads that are not a Fusion Layer; they read any embedding layer (``fc1024`` by default).
-HEADS = ("mlp", "concat")
+from featstore.errors import ConfigError
+from featstore.models import HEADS, LAYER_OF, METHODS  # noqa: F401 - the registries (Keras-free), re-exported
+
 #: Pham et al. 2021: FC 8192 - 8192 - 1024 - Softmax on a frozen image network's embedding.
 MLP_WIDTHS = (8192, 8192, 1024)
 #: Our choice (Wang et al. 2022 give no widths we follow): FC(512) per modality, then FC(512).
 CONCAT_WIDTHS = (512, 512)
 #: Dropout after every hidden FC of ``mlp`` and ``concat`` (Pham et al. 2021: 40%).
 HEAD_DROPOUT = 0.4
-#: The embedding layer each method fuses.
-LAYER_OF = {"f1": "fc1024", "f2": "fc1024", "f3": "fc1024", "f4": "fc10", "f5": "fc10", "f6": "fc10"}
 #: The form of each method (f4..f6 share f1..f3's).
 FORM_OF = {"f1": "sum", "f2": "modality_weighted", "f3": "concat", "f4": "sum", "f5": "modality_weighted", "f6": "concat"}
 
@@ -72,9 +70,9 @@ class FusionLayer(keras.layers.Layer):
     def __init__(self, form: str, modalities: tuple[str, ...], **kwargs):
         super().__init__(**kwargs)
         if form not in ("sum", "modality_weighted", "concat"):
-            raise ValueError(f"unknown fusion form {form!r}")
+            raise ConfigError(f"unknown fusion form {form!r}")
         if not modalities or not set(modalities) <= {"audio", "visual"}:
-            raise ValueError(f"modalities must be 'audio' or 'visual', got {modalities!r}")
+            raise ConfigError(f"modalities must be 'audio' or 'visual', got {modalities!r}")
         self.form = form
         self.modalities = tuple(modalities)
         # the modalities present, audio first (the concat order of f3)
@@ -83,7 +81,7 @@ class FusionLayer(keras.layers.Layer):
     def build(self, input_shape):
         n_models, dim = int(input_shape[1]), int(input_shape[2])
         if n_models != len(self.modalities):
-            raise ValueError(f"{n_models} embeddings stacked but {len(self.modalities)} modalities given")
+            raise ConfigError(f"{n_models} embeddings stacked but {len(self.modalities)} modalities given")
         self.w = self.add_weight(shape=(n_models, dim), initializer="ones", name="w")
         if self.form == "modality_weighted":
             self.w_modality = {m: self.add_weight(shape=(dim,), initializer="ones", name=f"w_{m[0]}") for m in self.present}
@@ -117,7 +115,7 @@ def build_fusion_model(method: str, *, modalities: tuple[str, ...], dim: int, n_
     Layers are named ``fusion``, ``fc10`` and ``softmax``.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     inputs = keras.Input(shape=(len(modalities), dim), name="embeddings")
     fused = FusionLayer(FORM_OF[method], tuple(modalities), name="fusion")(inputs)
     reg = keras.regularizers.L2(l2) if l2 else None
@@ -134,7 +132,7 @@ class SelectEmbeddings(keras.layers.Layer):
     def __init__(self, indices: tuple[int, ...], widths: tuple[int, ...], **kwargs):
         super().__init__(**kwargs)
         if len(indices) != len(widths) or not indices:
-            raise ValueError(f"one width per selected embedding, got indices {indices} and widths {widths}")
+            raise ConfigError(f"one width per selected embedding, got indices {indices} and widths {widths}")
         self.indices, self.widths = tuple(int(i) for i in indices), tuple(int(w) for w in widths)
 
     def call(self, x):
@@ -183,9 +181,9 @@ def build_concat_model(*, modalities: tuple[str, ...], embedding_widths: tuple[i
     ``select_{modality}``, ``proj_{modality}1`` (FC(widths[0])), ``concat``, ``fc1..`` (widths[1:]).
     """
     if len(modalities) != len(embedding_widths):
-        raise ValueError(f"{len(modalities)} modalities but {len(embedding_widths)} embedding widths")
+        raise ConfigError(f"{len(modalities)} modalities but {len(embedding_widths)} embedding widths")
     if not widths:
-        raise ValueError("concat needs at least the projection width")
+        raise ConfigError("concat needs at least the projection width")
     inputs = keras.Input(shape=(len(modalities), max(embedding_widths)), name="embeddings")
     projected = []
     for modality in ("audio", "visual"):
@@ -205,12 +203,12 @@ def build_head(method: str, *, modalities: tuple[str, ...], embedding_widths: tu
     """
     if method in METHODS:
         if len(set(embedding_widths)) != 1:
-            raise ValueError(f"the fusion layer adds embeddings element-wise, so they need one width; got {embedding_widths}")
+            raise ConfigError(f"the fusion layer adds embeddings element-wise, so they need one width; got {embedding_widths}")
         return build_fusion_model(method, modalities=modalities, dim=embedding_widths[0], n_classes=n_classes, l2=l2)
     if method == "mlp":
         if len(modalities) != 1:
-            raise ValueError(f"mlp trains on one model's embeddings, got {len(modalities)} models")
+            raise ConfigError(f"mlp trains on one model's embeddings, got {len(modalities)} models")
         return build_mlp_model(dim=embedding_widths[0], widths=tuple(widths or MLP_WIDTHS), n_classes=n_classes, dropout=dropout, l2=l2)
     if method == "concat":
         return build_concat_model(modalities=modalities, embedding_widths=embedding_widths, widths=tuple(widths or CONCAT_WIDTHS), n_classes=n_classes, dropout=dropout, l2=l2)
-    raise ValueError(f"method must be one of {', '.join(METHODS + HEADS)}, got {method!r}")
+    raise ConfigError(f"method must be one of {', '.join(METHODS + HEADS)}, got {method!r}")

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from featstore.errors import ConfigError
+
 ENCODERS = ("cnn1d", "inception", "vgg14")
 
 
@@ -40,7 +42,7 @@ def audio_encoder(inputs, *, encoder: str = "cnn1d", widths: Sequence[int] = (64
     if encoder in ("inception", "vgg14"):
         return audio_backbone(inputs, arch=encoder, widths=widths, frames_per_segment=frames_per_segment, delta_width=delta_width)
     if encoder != "cnn1d":
-        raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+        raise ConfigError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
     inputs = deltas_front(inputs, frames_per_segment, delta_width)
     bins, frames, channels = inputs.shape[1:]
     x = keras.layers.Permute((2, 1, 3), name="time_first")(inputs)

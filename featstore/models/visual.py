@@ -65,6 +65,10 @@ def _tiny_convnext(x, widths: Sequence[int]):
     return keras.layers.LayerNormalization(epsilon=1e-6, name="head_ln")(x)
 
 
+#: visual backbone -> its tiny network (the keras.applications model of each is :data:`APPLICATIONS`)
+TINY = {"vis-inc": _tiny_inception, "vis-conv": _tiny_convnext}
+
+
 def visual_backbone(name: str, inputs, *, arch: str = "paper", widths: Sequence[int] = TINY_WIDTHS, weights_file: str | None = None):
     """(batch, size, size, 3) uint8 -> (batch, features): model ``name`` ("vis-inc" or "vis-conv")
     at ``arch`` ("paper" or "tiny"); ``widths`` applies to "tiny" only, ``weights_file`` to "paper" only."""
@@ -72,14 +76,17 @@ def visual_backbone(name: str, inputs, *, arch: str = "paper", widths: Sequence[
 
     from featstore.errors import ConfigError
     from featstore.models import BATCHNORM_MOMENTUM
+    from featstore.names import unknown
 
     if arch not in ARCHS:
         raise ConfigError(f"visual arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    if name not in APPLICATIONS:
+        raise ConfigError(unknown("visual backbone", name, APPLICATIONS))
     if arch == "tiny":
         if weights_file:
             raise ConfigError("the tiny visual backbones have no ImageNet weights; drop weights_file or use arch='paper'")
         x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inputs)
-        return (_tiny_inception if name == "vis-inc" else _tiny_convnext)(x, widths)
+        return TINY[name](x, widths)
     scale, offset = RESCALE[name]
     x = keras.layers.Rescaling(scale, offset=offset, name="preprocess")(inputs)
     base = getattr(keras.applications, APPLICATIONS[name])(include_top=False, weights=None, input_shape=tuple(inputs.shape[1:]), pooling="avg")
