@@ -8,7 +8,6 @@ done and recorded; re-run the same command to retry only the failed ones).
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -16,8 +15,11 @@ import click
 import featstore
 from featstore.info import format_info, store_info
 
-# TensorFlow's C++ info logs (oneDNN notices...) drown the CLI's output; a user's setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's start-up notices (absl, oneDNN) drown the CLI's output: filtered at its first import
+# (featstore.tflog; a command's --verbose shows them).
+from featstore import tflog  # noqa: E402
+
+tflog.install()
 
 from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, config_options, install_warning_format, open_store, single_name_option  # noqa: E402
 from featstore.cli.phase2 import ensemble, fuse, report, train_joint  # noqa: E402
@@ -28,6 +30,7 @@ from featstore.pipelines.extract_frames import FramesConfig  # noqa: E402
 from featstore.pipelines.train_backbone import TrainConfig  # noqa: E402
 from featstore.pipelines.ingest import FORMATS as INGEST_FORMATS  # noqa: E402
 from featstore.models import MODELS  # noqa: E402
+from featstore.cli.watch import start_watching, watch_options  # noqa: E402
 
 
 @click.group(cls=FeatstoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -231,7 +234,8 @@ def import_h5_cmd(store: str, source: str) -> None:
 @click.option("--input", "input_array", default=None, help="Input array (default: audio/mel, audio/gam, audio/cqt or frames/rgb by model).")
 @click.option("--window-s", type=float, default=None, help="Audio window in seconds, a whole number of segments (default: the segment).")
 @config_options(TrainConfig)
-def train_backbone_cmd(store, model, input_array, window_s, **options):
+@watch_options
+def train_backbone_cmd(store, model, input_array, window_s, quiet, verbose, **options):
     """Train a Phase I backbone on the train split (validation carved by location), register it.
 
     \b
@@ -240,9 +244,10 @@ def train_backbone_cmd(store, model, input_array, window_s, **options):
     """
     from featstore.pipelines.train_backbone import train_backbone
 
+    progress = start_watching(quiet, verbose)
     s = open_store(store)
     config = TrainConfig(model=model, input_array=input_array or MODELS[model][1], window_s=window_s or s.segment_s, **options)
-    entry = train_backbone(s, config)
+    entry = train_backbone(s, config, progress=progress)
     m = entry["config"]["metrics"]
     click.echo(f"{model}: best epoch {m['best_epoch']}, val_loss {m['val_loss']:.4f}, val_accuracy {m['val_accuracy']:.3f}; registered (fingerprint {entry['fingerprint'][:12]})")
 
@@ -260,7 +265,8 @@ def train_backbone_cmd(store, model, input_array, window_s, **options):
 @click.option("--overwrite", is_flag=True, help="Recompute every clip.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def embed_cmd(store, model, model_file, input_array, weights_file, layer, workers, scheduler, clips, overwrite, as_json, quiet):
+@click.option("--verbose", is_flag=True, help="Show TensorFlow's start-up messages.")
+def embed_cmd(store, model, model_file, input_array, weights_file, layer, workers, scheduler, clips, overwrite, as_json, quiet, verbose):
     """Cache a backbone's FC(1024) / FC(10) embeddings and softmax predictions for every clip.
 
     One forward pass per clip writes embeddings/MODEL/fc1024, embeddings/MODEL/fc10 (pre-softmax)
@@ -274,6 +280,7 @@ def embed_cmd(store, model, model_file, input_array, weights_file, layer, worker
     """
     from featstore.pipelines.embed import embed
 
+    tflog.set_verbose(verbose)
     s = open_store(store)
     layers = LAYERS if layer == "all" else tuple(v.strip() for v in layer.split(",") if v.strip())
 

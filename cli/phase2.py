@@ -8,6 +8,7 @@ import json
 import click
 
 from featstore.cli.common import config_options, open_store, single_name_option
+from featstore.cli.watch import start_watching, watch_options
 from featstore.pipelines.ensemble import RULES
 from featstore.pipelines.fuse import FuseConfig
 from featstore.pipelines.train_joint import JointConfig
@@ -36,7 +37,8 @@ def _summary(record: dict) -> str:
 @config_options(FuseConfig)
 @click.option("--name", default=None, callback=single_name_option, help="Run name (default fuse-METHOD-av|audio|visual, fuse-mlp-MODEL; with --method all, NAME-f1 ... NAME-f6).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record(s).")
-def fuse(store, method, name, as_json, **options):
+@watch_options
+def fuse(store, method, name, as_json, quiet, verbose, **options):
     """Phase II: train a head on cached embeddings, evaluate, save the run.
 
     Backbones are not run: only embeddings/MODEL/fc1024 (f1-f3), fc10 (f4-f6) or --layer (mlp,
@@ -53,6 +55,7 @@ def fuse(store, method, name, as_json, **options):
     from featstore.pipelines.fuse import fuse_methods
     from featstore.runs import class_table, markdown_table
 
+    start_watching(quiet, verbose)
     s = open_store(store)
     config = FuseConfig(method=method, name=name, **options)
     methods = ("f1", "f2", "f3", "f4", "f5", "f6") if method == "all" else (method,)
@@ -123,7 +126,8 @@ def report(store, out_dir, split, submission_split):
 @click.option("--name", required=True, help="Name the joint model is registered under (embed/fuse/ensemble take it like a backbone).")
 @config_options(JointConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print the registry entry.")
-def train_joint(store, name, as_json, **options):
+@watch_options
+def train_joint(store, name, as_json, quiet, verbose, **options):
     """Train an acoustic encoder jointly with a classifier that also sees the cached visual embedding
     of the same window (Chen et al. 2022); the visual encoder never runs. Registers the model.
 
@@ -134,7 +138,8 @@ def train_joint(store, name, as_json, **options):
     """
     from featstore.pipelines.train_joint import train_joint as run_train_joint
 
-    entry = run_train_joint(open_store(store), JointConfig(name=name, **options))
+    progress = start_watching(quiet, verbose)
+    entry = run_train_joint(open_store(store), JointConfig(name=name, **options), progress=progress)
     if as_json:
         click.echo(json.dumps(entry))
         return
