@@ -25,7 +25,7 @@ from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, con
 from featstore.cli.phase2 import ensemble, fuse, report, train_joint  # noqa: E402
 from featstore.cli.system import export_system, predict_cmd  # noqa: E402
 from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
-from featstore.pipelines.embed import APPLICATION_PREFIX, LAYERS  # noqa: E402
+from featstore.pipelines.embed import APPLICATION_PREFIX, LAYERS, WAVEFORM_PREFIXES  # noqa: E402
 from featstore.pipelines.extract_frames import FramesConfig  # noqa: E402
 from featstore.pipelines.train_backbone import TrainConfig  # noqa: E402
 from featstore.pipelines.ingest import FORMATS as INGEST_FORMATS  # noqa: E402
@@ -118,7 +118,9 @@ def demo_data(out: str, clips_per_class: int, seed: int, duration_s: float) -> N
 
 
 def _embed_model_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """``--model``: a model name, or ``keras:`` followed by one."""
+    """``--model``: a model name, ``keras:`` followed by one, or ``hear:MODULE`` / ``torch:PKG.MODULE:FACTORY``."""
+    if value.startswith(WAVEFORM_PREFIXES):
+        return value
     prefix = APPLICATION_PREFIX if value.startswith(APPLICATION_PREFIX) else ""
     return prefix + single_name_option(ctx, param, value.removeprefix(prefix))
 
@@ -254,10 +256,10 @@ def train_backbone_cmd(store, model, input_array, window_s, quiet, verbose, **op
 
 @main.command("embed")
 @click.argument("store")
-@click.option("--model", "model", required=True, callback=_embed_model_option, help="Registered model name (aud-mel, aud-gam, aud-cqt, vis-inc, vis-conv, or your own), or keras:NAME for a keras.applications model (e.g. keras:ResNet50).")
+@click.option("--model", "model", required=True, callback=_embed_model_option, help="Registered model name (aud-mel, aud-gam, aud-cqt, vis-inc, vis-conv, or your own), keras:NAME for a keras.applications model (e.g. keras:ResNet50), hear:MODULE for an installed HEAR-API package, or torch:PKG.MODULE:FACTORY for a torch.nn.Module factory (both on the clips' source audio).")
 @click.option("--model-file", default=None, help="Register this .keras file under --model first (a backbone with layers fc1024, fc10, softmax; any model with --layer NAME).")
 @click.option("--input", "input_array", default=None, help="Input array of a --model-file or keras:NAME model (default: by model name, e.g. audio/mel; frames/rgb for keras:NAME).")
-@click.option("--weights", "weights_file", default=None, help="Local ImageNet weights file of a keras:NAME model (never downloaded; random weights and a warning without).")
+@click.option("--weights", "weights_file", default=None, help="Local weights file: ImageNet weights of a keras:NAME model (never downloaded; random weights and a warning without), the file a hear:MODULE's load_model takes, or a torch:... model's state_dict.")
 @click.option("--layer", default="all", show_default=True, help="fc1024, fc10, all (both), or comma-separated layer names of the model (spatial outputs globally averaged).")
 @click.option("--workers", type=int, default=0, show_default=True, help="Dask workers (0 = in-process; TensorFlow uses every core itself).")
 @click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
