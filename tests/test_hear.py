@@ -7,15 +7,17 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile
 import soxr
-import torch
 
 from featstore.pipelines.embed import embed
 from featstore.pipelines.fuse import FuseConfig, fuse
 from featstore.runs import load_run
-from tests import hear_tiny, torch_tiny
 from tests.conftest import run_cli
+
+torch = pytest.importorskip("torch")  # the optional torch extra; the tiny models below need it
+from tests import hear_tiny, torch_tiny
 
 HEAR = "tests.hear_tiny"
 TORCH = "tests.torch_tiny.tiny_net"
