@@ -8,7 +8,6 @@ done and recorded; re-run the same command to retry only the failed ones).
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -16,18 +15,22 @@ import click
 import featstore
 from featstore.info import format_info, store_info
 
-# TensorFlow's C++ info logs (oneDNN notices...) drown the CLI's output; a user's setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's start-up notices (absl, oneDNN) drown the CLI's output: filtered at its first import
+# (featstore.tflog; a command's --verbose shows them).
+from featstore import tflog  # noqa: E402
+
+tflog.install()
 
 from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, config_options, install_warning_format, open_store, single_name_option  # noqa: E402
 from featstore.cli.phase2 import ensemble, fuse, report, train_joint  # noqa: E402
 from featstore.cli.system import export_system, predict_cmd  # noqa: E402
 from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
-from featstore.pipelines.embed import ALL_LAYERS, APPLICATION_PREFIX, embed_layers  # noqa: E402
+from featstore.pipelines.embed import ALL_LAYERS, APPLICATION_PREFIX, WAVEFORM_PREFIXES, embed_layers  # noqa: E402
 from featstore.pipelines.extract_frames import FramesConfig  # noqa: E402
 from featstore.pipelines.train_backbone import TrainConfig  # noqa: E402
 from featstore.pipelines.ingest import FORMATS as INGEST_FORMATS  # noqa: E402
 from featstore.constants import CLIP_DURATION_S, SEGMENT_S  # noqa: E402
+from featstore.cli.watch import start_watching, watch_options  # noqa: E402
 
 
 @click.group(cls=FeatstoreGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -115,7 +118,9 @@ def demo_data(out: str, clips_per_class: int, seed: int, duration_s: float) -> N
 
 
 def _embed_model_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """``--model``: a model name, or ``keras:`` followed by one."""
+    """``--model``: a model name, ``keras:`` followed by one, or ``hear:MODULE`` / ``torch:PKG.MODULE:FACTORY``."""
+    if value.startswith(WAVEFORM_PREFIXES):
+        return value
     prefix = APPLICATION_PREFIX if value.startswith(APPLICATION_PREFIX) else ""
     return prefix + single_name_option(ctx, param, value.removeprefix(prefix))
 
@@ -233,7 +238,8 @@ def import_h5_cmd(store: str, source: str) -> None:
 @main.command("train-backbone")
 @click.argument("store")
 @config_options(TrainConfig)
-def train_backbone_cmd(store, **options):
+@watch_options
+def train_backbone_cmd(store, quiet, verbose, **options):
     """Train a Phase I backbone on the train split (validation carved by location), register it.
 
     \b
@@ -242,21 +248,23 @@ def train_backbone_cmd(store, **options):
     """
     from featstore.pipelines.train_backbone import train_backbone
 
+    progress = start_watching(quiet, verbose)
     config = TrainConfig(**options)
-    entry = train_backbone(open_store(store), config)
+    entry = train_backbone(open_store(store), config, progress=progress)
     m = entry["config"]["metrics"]
     click.echo(f"{config.model}: best epoch {m['best_epoch']}, val_loss {m['val_loss']:.4f}, val_accuracy {m['val_accuracy']:.3f}; registered (fingerprint {entry['fingerprint'][:12]})")
 
 
 @main.command("embed")
 @click.argument("store")
-@click.option("--model", "model", required=True, callback=_embed_model_option, help="Registered model name (aud-mel, aud-gam, aud-cqt, vis-inc, vis-conv, or your own), or keras:NAME for a keras.applications model (e.g. keras:ResNet50).")
+@click.option("--model", "model", required=True, callback=_embed_model_option, help="Registered model name (aud-mel, aud-gam, aud-cqt, vis-inc, vis-conv, or your own), keras:NAME for a keras.applications model (e.g. keras:ResNet50), hear:MODULE for an installed HEAR-API package, or torch:PKG.MODULE:FACTORY for a torch.nn.Module factory (both on the clips' source audio).")
 @click.option("--model-file", default=None, help="Register this .keras file under --model first (a backbone with layers fc1024, fc10, softmax; any model with --layer NAME).")
 @click.option("--input", "input_array", default=None, help="Input array of a --model-file or keras:NAME model (default: by model name, e.g. audio/mel; frames/rgb for keras:NAME).")
-@click.option("--weights", "weights_file", default=None, help="Local ImageNet weights file of a keras:NAME model (never downloaded; random weights and a warning without).")
+@click.option("--weights", "weights_file", default=None, help="Local weights file: ImageNet weights of a keras:NAME model (never downloaded; random weights and a warning without), the file a hear:MODULE's load_model takes, or a torch:... model's state_dict.")
 @click.option("--layer", default=ALL_LAYERS, show_default=True, help="fc1024, fc10, all (both), or comma-separated layer names of the model (spatial outputs globally averaged).")
 @stage_options(workers=0, workers_help="Dask workers (0 = in-process; TensorFlow uses every core itself).")
-def embed_cmd(store, model, model_file, input_array, weights_file, layer, workers, scheduler, clips, overwrite, as_json, quiet):
+@click.option("--verbose", is_flag=True, help="Show TensorFlow's start-up messages.")
+def embed_cmd(store, model, model_file, input_array, weights_file, layer, workers, scheduler, clips, overwrite, as_json, quiet, verbose):
     """Cache a backbone's FC(1024) / FC(10) embeddings and softmax predictions for every clip.
 
     One forward pass per clip writes embeddings/MODEL/fc1024, embeddings/MODEL/fc10 (pre-softmax)
@@ -270,6 +278,7 @@ def embed_cmd(store, model, model_file, input_array, weights_file, layer, worker
     """
     from featstore.pipelines.embed import embed
 
+    tflog.set_verbose(verbose)
     s = open_store(store)
     layers = embed_layers(layer)
 

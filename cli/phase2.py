@@ -10,6 +10,7 @@ import click
 from featstore.cli.common import Choice, config_options, open_store, single_name_option
 from featstore.constants import SPLITS
 from featstore.pipelines.ensemble import EnsembleConfig
+from featstore.cli.watch import start_watching, watch_options
 from featstore.pipelines.fuse import FuseConfig
 from featstore.pipelines.train_joint import JointConfig
 
@@ -32,7 +33,8 @@ def _summary(record: dict) -> str:
 @config_options(FuseConfig)
 @click.option("--name", default=None, callback=single_name_option, help="Run name (default fuse-METHOD-av|audio|visual, fuse-mlp-MODEL; with --method all, NAME-f1 ... NAME-f6).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record(s).")
-def fuse(store, name, as_json, **options):
+@watch_options
+def fuse(store, name, as_json, quiet, verbose, **options):
     """Phase II: train a head on cached embeddings, evaluate, save the run.
 
     Backbones are not run: only embeddings/MODEL/fc1024 (f1-f3), fc10 (f4-f6) or --layer (mlp,
@@ -49,6 +51,7 @@ def fuse(store, name, as_json, **options):
     from featstore.pipelines.fuse import fuse_methods
     from featstore.runs import class_table, markdown_table
 
+    start_watching(quiet, verbose)
     config = FuseConfig(name=name, **options)
     s = open_store(store)
     several = len(config.methods()) > 1
@@ -117,7 +120,8 @@ def report(store, out_dir, split, submission_split):
 @click.option("--name", required=True, help="Name the joint model is registered under (embed/fuse/ensemble take it like a backbone).")
 @config_options(JointConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print the registry entry.")
-def train_joint(store, name, as_json, **options):
+@watch_options
+def train_joint(store, name, as_json, quiet, verbose, **options):
     """Train an acoustic encoder jointly with a classifier that also sees the cached visual embedding
     of the same window (Chen et al. 2022); the visual encoder never runs. Registers the model.
 
@@ -128,8 +132,9 @@ def train_joint(store, name, as_json, **options):
     """
     from featstore.pipelines.train_joint import train_joint as run_train_joint
 
+    progress = start_watching(quiet, verbose)
     config = JointConfig(name=name, **options)
-    entry = run_train_joint(open_store(store), config)
+    entry = run_train_joint(open_store(store), config, progress=progress)
     if as_json:
         click.echo(json.dumps(entry))
         return

@@ -71,6 +71,15 @@ def register_model(store: Store, name: str, model_file: str, *, input_array: str
     return entry
 
 
+def register_entry(store: Store, name: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """Record a model that has no ``.keras`` file (a HEAR or torch model, its ``kind`` saying which:
+    :mod:`featstore.pipelines.embed_waveform`) under ``name``; returns the entry."""
+    entries = _entries(store)
+    entries[name] = {"name": name, **entry}
+    store.side.write(REGISTRY, json.dumps(entries, indent=1).encode())
+    return entries[name]
+
+
 def registered_models(store: Store) -> list[str]:
     """Names of the models registered in ``store``."""
     return sorted(_entries(store))

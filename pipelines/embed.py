@@ -33,8 +33,12 @@ LAYERS = ("fc1024", "fc10")
 ALL_LAYERS = "all"
 #: ``embed --model keras:ResNet50`` builds that keras.applications model.
 APPLICATION_PREFIX = "keras:"
+#: ``embed --model hear:MODULE`` / ``torch:PKG.MODULE:FACTORY``: raw-audio models (featstore.models.hear).
+WAVEFORM_PREFIXES = ("hear:", "torch:")
+#: Their registry entries' ``kind``.
+WAVEFORM_KINDS = ("hear", "torch")
 #: Parameters whose change means "new model or new input": recompute instead of refusing.
-INVALIDATING = {"model_fingerprint", "input_fingerprint"}
+INVALIDATING = {"model_fingerprint", "input_fingerprint", "weights_file"}
 
 _MODELS: dict[tuple, Any] = {}
 
@@ -125,6 +129,10 @@ class EmbedConfig(StageConfig):
 
     def build(self, store: Store) -> Stage:
         entry = model_entry(store, self.model)
+        if entry.get("kind") in WAVEFORM_KINDS:  # a HEAR or torch model on raw audio
+            from featstore.pipelines.embed_waveform import waveform_stage
+
+            return waveform_stage(store, self, entry, LAYERS)
         head = entry.get("head", True)  # models registered before the flag had to have the head
         if not head and not self.layers:
             raise ConfigError(f"model {self.model!r} has no softmax head: name the layer(s) to embed with --layer")
@@ -201,12 +209,19 @@ def embed(
     a warning without one; never downloaded) and registers it as NAME, once per weights file.
     ``layers`` are ``fc1024``, ``fc10`` or any layer name of the model (a spatial output is globally
     averaged; the layer name is part of the array path, so another layer is another array).
+    ``model = "hear:MODULE"`` or ``"torch:PKG.MODULE:FACTORY"`` registers that raw-audio model
+    (``weights_file``: its weights) and embeds each segment of the clips' source audio
+    (:mod:`featstore.pipelines.embed_waveform`; the default ``layers`` mean all of its layers).
     ``workers`` defaults to 0 (in-process): one TensorFlow process uses every core by itself.
     """
     from featstore.models import MODELS
 
     custom_layers = any(layer not in LAYERS for layer in layers)
-    if model.startswith(APPLICATION_PREFIX):
+    if model.startswith(WAVEFORM_PREFIXES):
+        from featstore.pipelines.embed_waveform import register_waveform_model
+
+        model = register_waveform_model(store, model, weights_file)
+    elif model.startswith(APPLICATION_PREFIX):
         model = _register_application(store, model.removeprefix(APPLICATION_PREFIX), weights_file, input_array or "frames/rgb")
     elif model_file_path:
         source = input_array or MODELS.get(model, (None, None))[1]
@@ -214,7 +229,7 @@ def embed(
             raise ConfigError(f"--input is needed for a model file named {model!r} (not one of {', '.join(MODELS)})")
         register_model(store, model, model_file_path, input_array=source, config={"source": "model file"}, require_head=not custom_layers)
     stage = EmbedConfig(model=model, layers=layers).build(store)
-    clips, upstream_missing = _upstream_done(store, stage.params["input"], clips)
+    clips, upstream_missing = (clips, []) if stage.params.get("kind") in WAVEFORM_KINDS else _upstream_done(store, stage.params["input"], clips)
     note = None
     try:
         report = run_stage(store, stage, clips=clips, workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress)

@@ -28,6 +28,10 @@ Evaluation: segment-level and clip-level (mean of the segments' probabilities) m
 ``predictions/{run}`` for every clip that has all the embeddings (all splits, so ``test`` clips get a
 submission), the record with config and metrics, and the trained head as ``runs/{run}.keras``.
 
+Progress (:mod:`featstore.progress`): one logged line per epoch (each epoch is one compiled call, so
+there is no bar within it), the history (``loss``, ``val_log_loss``, ``val_accuracy``, ``seconds``
+per epoch) in the run record, as ``runs/NAME.history.csv`` and as TensorBoard event files.
+
 The run also says how many of its training clips each backbone was itself trained on (DESIGN 6):
 the papers train Phase II on the same train split as Phase I, which makes training embeddings more
 confident than evaluation ones.
@@ -49,6 +53,7 @@ from featstore.names import embedding_path  # noqa: F401 - re-exported: predict 
 from featstore.metrics import classification_metrics, evaluate_predictions
 from featstore.packed import packed_segment_embeddings
 from featstore.pipelines.config import TrainingConfig, option, training_option
+from featstore.progress import TrainingProgress
 from featstore.registry import training_clips
 from featstore.runs import save_run, save_run_head, utc_now, write_predictions
 from featstore.store import Store, StoreError
@@ -246,10 +251,11 @@ class FusionTrainer:
         return np.concatenate([np.asarray(self.model(x[s : s + batch_size], training=False)) for s in range(0, len(x), batch_size)])
 
 
-def train_head(data: FusionData, train: np.ndarray, val: np.ndarray, config: FuseConfig, n_classes: int):
+def train_head(data: FusionData, train: np.ndarray, val: np.ndarray, config: FuseConfig, n_classes: int, *, progress: TrainingProgress | None = None):
     """Train a fusion head on clips ``train`` (indices into ``data``); keep the best epoch on ``val``.
 
-    Returns (model, trainer, history); history has per-epoch ``loss`` and ``val_log_loss``.
+    Returns (model, trainer, history); history has per-epoch ``loss``, ``val_log_loss``,
+    ``val_accuracy`` and ``seconds`` (as reported to ``progress``, one kept in memory without).
     """
     import keras
 
@@ -264,19 +270,21 @@ def train_head(data: FusionData, train: np.ndarray, val: np.ndarray, config: Fus
     val_ex = (val[:, None] * n_seg + np.arange(n_seg)).ravel()
     model = build_head(config.method, modalities=data.modalities, embedding_widths=data.widths, widths=config.widths, n_classes=n_classes, l2=config.l2)
     trainer = FusionTrainer(model, examples[train_ex], onehot[train_ex], batch_size=config.batch_size, lr=config.lr)
-    history: dict[str, list[float]] = {"loss": [], "val_log_loss": []}
+    progress = progress or TrainingProgress(config.method, config.epochs, bar=False)
     best, best_weights = np.inf, model.get_weights()
     for _ in range(config.epochs):
+        progress.begin_epoch()
         order = rng.permutation(len(train_ex))
         lam_x, lam_y = _mixing(len(order), data.modalities, config, rng)
-        history["loss"].append(trainer.epoch(order, rng.permutation(len(train_ex)), lam_x, lam_y))
+        loss = trainer.epoch(order, rng.permutation(len(train_ex)), lam_x, lam_y)
         val_probs = trainer.predict(examples[val_ex])
-        val_loss = classification_metrics(val_probs, np.repeat(data.labels[val], n_seg), [str(c) for c in range(n_classes)])["log_loss"]
-        history["val_log_loss"].append(val_loss)
-        if val_loss < best:
-            best, best_weights = val_loss, model.get_weights()
+        scores = classification_metrics(val_probs, np.repeat(data.labels[val], n_seg), [str(c) for c in range(n_classes)])
+        progress.end_epoch({"loss": loss, "val_log_loss": scores["log_loss"], "val_accuracy": scores["accuracy"]})
+        if scores["log_loss"] < best:
+            best, best_weights = scores["log_loss"], model.get_weights()
+    progress.close()
     model.set_weights(best_weights)
-    return model, trainer, history
+    return model, trainer, {k: v for k, v in progress.history().items() if k != "epoch"}
 
 
 def _backbone_overlap(store: Store, models: tuple[str, ...], train_clip_ids: list[str]) -> dict[str, float]:
@@ -303,12 +311,13 @@ def fuse(store: Store, config: FuseConfig, *, data: FusionData | None = None) ->
     if len(train) == 0 or len(val) == 0:
         raise ConfigError("fuse needs embedded train clips from at least two recording locations (one goes to validation)")
     classes = store.classes
-    model, trainer, history = train_head(data, train, val, config, len(classes))
+    name = config.run_name(data.models)
+    watch = TrainingProgress(name, config.epochs, store=store, kind="runs", bar=False)
+    model, trainer, history = train_head(data, train, val, config, len(classes), progress=watch)
     trained = time.perf_counter()
 
     n_clips, n_seg, n_models, dim = data.x.shape
     probs = trainer.predict(data.x.reshape(-1, n_models, dim)).reshape(n_clips, n_seg, -1)
-    name = config.run_name(data.models)
     write_predictions(store, name, data.rows, probs, stage="fuse", params={"method": config.method, "models": list(data.models), "layer": layer}, unit="segment")
     in_split = (clips["split"].to_numpy() == config.split) & (data.labels >= 0)
     metrics = evaluate_predictions(probs[in_split], data.labels[in_split], classes) if in_split.any() else {}

@@ -15,7 +15,10 @@
   against them, plus L2 on the head (``l2``); Adam; the best epoch by validation loss is kept.
 - ``mixed_precision``: Keras ``mixed_float16`` while the model is built and trained (for GPUs).
 - The best model is saved as ``.keras`` in the store and registered (see :mod:`featstore.registry`)
-  with its config, validation metrics and the list of clips it was trained on.
+  with its config, validation metrics, per-epoch ``history`` and the list of clips it was trained on.
+- Progress (:mod:`featstore.progress`): one logged line per epoch, a bar within the epoch on a
+  terminal (``progress=False`` turns it off), the history as ``models/NAME.history.csv`` and
+  TensorBoard event files in the store.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from featstore.loader import DEFAULT_BLOCK_CLIPS, tf_dataset, training_batches
 from featstore.models import MODELS
 from featstore.models.audio import ARCHS
 from featstore.pipelines.config import TrainingConfig, option
+from featstore.progress import TrainingProgress, keras_callback
 from featstore.registry import register_model, save_training_clips
 from featstore.splits import validation_split
 from featstore.store import Store
@@ -71,8 +75,11 @@ class TrainConfig(TrainingConfig):
         return dataclasses.replace(self, input_array=self.input_array or MODELS[self.model][1], window_s=self.window_s or store.segment_s)
 
 
-def train_backbone(store: Store, config: TrainConfig) -> dict[str, Any]:
-    """Train, keep the best epoch, save and register the model; return its registry entry."""
+def train_backbone(store: Store, config: TrainConfig, *, progress: bool | None = None) -> dict[str, Any]:
+    """Train, keep the best epoch, save and register the model; return its registry entry.
+
+    ``progress``: the within-epoch bar (None: on a terminal; False: never); the epoch lines are
+    logged either way (:mod:`featstore.progress`)."""
     import keras
 
     config = config.resolved(store)
@@ -80,12 +87,12 @@ def train_backbone(store: Store, config: TrainConfig) -> dict[str, Any]:
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        return _train(store, config)
+        return _train(store, config, progress)
     finally:
         keras.mixed_precision.set_global_policy(previous)
 
 
-def _train(store: Store, config: TrainConfig) -> dict[str, Any]:
+def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str, Any]:
     import keras
 
     from featstore.models import build_model
@@ -115,6 +122,7 @@ def _train(store: Store, config: TrainConfig) -> dict[str, Any]:
         backbone = {"arch": config.arch, "widths": tuple(config.widths), **in_model}
     model = build_model(config.model, input_shape=input_shape, n_classes=len(store.classes), head_units=config.head_units, l2=config.l2, **backbone)
     model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=keras.losses.KLDivergence(), metrics=["categorical_accuracy"])
+    watch = TrainingProgress(config.model, config.epochs, store=store, kind="models", bar=progress)
     with tempfile.TemporaryDirectory() as work:
         best = os.path.join(work, f"{config.model}.keras")
         history = model.fit(
@@ -123,13 +131,13 @@ def _train(store: Store, config: TrainConfig) -> dict[str, Any]:
             epochs=config.epochs,
             shuffle=False,  # the loader reshuffles every epoch itself
             verbose=0,
-            callbacks=[keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True)],
+            callbacks=[keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True), keras_callback(watch)],
         )
         losses = history.history["val_loss"]
         best_epoch = int(np.argmin(losses))
         trained_on = clips["clip_id"].to_numpy()[train_rows].tolist()
         metrics = {"best_epoch": best_epoch + 1, "val_loss": float(losses[best_epoch]), "val_accuracy": float(history.history["val_categorical_accuracy"][best_epoch])}
-        cfg = {**asdict(config), "metrics": metrics, "n_train_clips": len(train_rows), "n_val_clips": len(val_rows)}
+        cfg = {**asdict(config), "metrics": metrics, "history": watch.history(), "n_train_clips": len(train_rows), "n_val_clips": len(val_rows)}
         entry = register_model(store, config.model, best, input_array=config.input_array, config=cfg)
     save_training_clips(store, config.model, trained_on)
     return entry

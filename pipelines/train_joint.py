@@ -17,7 +17,11 @@ cached, frozen visual embedding of the same window (Chen et al. 2022), off the s
   feed it (:func:`visual_inputs`), with segment- and clip-level metrics on ``split``.
 - No ``visual_model``: the same encoder and head on audio alone (the audio-only baseline).
 - ``epoch_seconds`` in the entry's config: the wall time of each epoch (its validation pass
-  included; the first also traces the graph), what ``benchmarks/bench_joint.py`` compares.
+  included; the first also traces the graph), what ``benchmarks/bench_joint.py`` compares; beside
+  it the per-epoch ``history``.
+- Progress (:mod:`featstore.progress`): one logged line per epoch, a bar within the epoch on a
+  terminal (``progress=False`` turns it off), the history as ``models/NAME.history.csv`` and
+  TensorBoard event files in the store.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from featstore.errors import ConfigError
 from featstore.metrics import evaluate_predictions
 from featstore.models.joint import ENCODERS
 from featstore.pipelines.config import TrainingConfig, option
+from featstore.progress import TrainingProgress, keras_callback
 from featstore.packed import packed_segment_embeddings
 from featstore.registry import load_keras, register_model, save_training_clips
 from featstore.store import Store, StoreError
@@ -224,8 +229,10 @@ def _evaluate(store: Store, model, reader: AudioWindows, visual, rows: np.ndarra
     return evaluate_predictions(predict_windows(model, reader, visual, rows), labels, store.classes) if len(rows) else {}
 
 
-def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frames_array: str = "frames/rgb") -> dict[str, Any]:
+def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frames_array: str = "frames/rgb", progress: bool | None = None) -> dict[str, Any]:
     """Train, keep the best epoch, evaluate on ``config.split``, register; return the registry entry.
+
+    ``progress``: the within-epoch bar (None: on a terminal; False: never).
 
     ``frames_encoder`` (benchmark only): a frozen Keras model (frames -> embedding) run on the
     window's frames of ``frames_array`` at every step instead of reading the cached embeddings;
@@ -250,13 +257,14 @@ def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frame
     model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=keras.losses.KLDivergence(), metrics=["categorical_accuracy"])
     batches = {"batch_size": config.batch_size, "seed": config.seed}
     epoch_s = _epoch_timer()
+    watch = TrainingProgress(config.name, config.epochs, store=store if frames_encoder is None else None, kind="models", bar=progress)
     with tempfile.TemporaryDirectory() as work:
         best = os.path.join(work, f"{config.name}.keras")
         history = model.fit(
             _batches(reader, visual, train_pairs, shuffle=True, alpha=config.mixup_alpha, **batches),
             validation_data=_batches(reader, visual, val_pairs, shuffle=False, alpha=0.0, **batches),
             epochs=config.epochs, shuffle=False, verbose=0,
-            callbacks=[keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True), epoch_s],
+            callbacks=[keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True), epoch_s, keras_callback(watch)],
         )
         losses = history.history["val_loss"]
         best_epoch = int(np.argmin(losses))
@@ -267,7 +275,7 @@ def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frame
         }
         identifiers = store.clips["identifier"].to_numpy()
         cfg = {
-            **asdict(config), "window_s": window_s, "metrics": metrics, "epoch_seconds": epoch_s.seconds,
+            **asdict(config), "window_s": window_s, "metrics": metrics, "epoch_seconds": epoch_s.seconds, "history": watch.history(),
             "n_train_clips": len(train_rows), "n_val_clips": len(val_rows), "val_locations": sorted(set(identifiers[val_rows])),
             "visual_input": {"array": visual.path, "fingerprint": visual.fingerprint} if isinstance(visual, CachedVisual) else None,
         }
