@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-import featstore
 from featstore.pipelines.extract_audio import extract_audio
 from featstore.pipelines.fuse import FuseConfig, fuse
 from featstore.pipelines.ingest import ingest
 from featstore.pipelines.train_backbone import TrainConfig, train_backbone
+
+import featstore
 from featstore.registry import load_keras, model_file
 from featstore.runs import load_run
 from tests.conftest import CLIP_S
