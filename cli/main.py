@@ -338,7 +338,8 @@ def verify(store: str, arrays: str | None, repair: bool, workers: int, as_json: 
 @click.option("--clips-per-class", type=click.IntRange(min=1), default=None, help="Clips per class (default: 12; 30% of them, whole locations, are evaluated).")
 @click.option("--paper-visual", is_flag=True, help="Train the papers' InceptionV3 and ConvNeXtTiny (random weights, 75 px) instead of the tiny visual CNNs: much slower on a CPU.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Local dask worker processes (default: cores).")
-def demo(workdir: str, clips_per_class: int | None, paper_visual: bool, workers: int | None) -> None:
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of the generated data and of every training run (default: 0).")
+def demo(workdir: str, clips_per_class: int | None, paper_visual: bool, workers: int | None, seed: int | None) -> None:
     """The main job end to end on generated demo data, in WORKDIR: demo-data, init, ingest, every
     stage (five backbones, fuse f1..f6 and late fusion per modality), report, info, and a summary in
     the layout of the two-phase paper's Table II.
@@ -354,6 +355,8 @@ def demo(workdir: str, clips_per_class: int | None, paper_visual: bool, workers:
     settings = replace(DemoSettings(), visual_arch="paper" if paper_visual else "tiny")
     if clips_per_class is not None:
         settings = replace(settings, clips_per_class=clips_per_class)
+    if seed is not None:
+        settings = replace(settings, seed=seed)
     sys.exit(run_demo(workdir, settings, workers=workers, echo=click.echo))
 
 

@@ -102,8 +102,9 @@ def ensemble(store, rule, inputs, name, split, as_json):
 @click.option("--split", type=Choice(SPLITS), default="evaluate", show_default=True, help="Split the metrics are computed on.")
 @click.option("--submission-split", type=Choice(SPLITS), default="test", show_default=True, help="Clips written to the DCASE submission files.")
 def report(store, out_dir, split, submission_split):
-    """An HTML and Markdown report of every run and model: runs table, per-class (Table I) and
-    meta-class accuracy, confusion matrices, accuracy over seconds seen, DCASE submission files.
+    """An HTML and Markdown report of every run and model: a leaderboard (best per modality marked),
+    per-class bars and Table I, meta-class accuracy, confusion matrices with counts, learning curves,
+    accuracy over seconds seen, DCASE submission files.
 
     \b
     Example:

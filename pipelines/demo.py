@@ -76,8 +76,15 @@ class DemoSettings:
         return TrainConfig(model=model, input_array=input_array, window_s=store.segment_s, seed=self.seed, **settings)
 
 
+def _log_stage(report, echo) -> int:
+    """One log line for a stage report, printed when the stage ends; returns its exit code."""
+    echo(f"[demo] {report.stage} {', '.join(report.arrays)}: {report.done} done, {report.skipped} already done, {report.failed} failed, {report.seconds:.1f} s")
+    return 0 if report.ok else 3
+
+
 def _train_and_embed(store, settings: DemoSettings, echo) -> list:
-    """Train (unless registered already) and embed the five backbones; return the embed reports."""
+    """Train (unless registered already) and embed the five backbones, logging each as it ends;
+    return the embed reports."""
     from featstore.pipelines.embed import embed
     from featstore.pipelines.train_backbone import train_backbone
     from featstore.registry import registered_models
@@ -89,6 +96,7 @@ def _train_and_embed(store, settings: DemoSettings, echo) -> list:
             metrics = train_backbone(store, settings.train_config(store, name, input_array))["config"]["metrics"]
             echo(f"[demo] train-backbone {name}: val_accuracy {metrics['val_accuracy']:.2f} (best epoch {metrics['best_epoch']}, {time.perf_counter() - start:.0f} s)")
         reports.append(embed(store, name, workers=0)[0])
+        _log_stage(reports[-1], echo)
     return reports
 
 
@@ -157,14 +165,15 @@ def run_pipeline(workdir: str, settings: DemoSettings, *, workers: int | None = 
     store = featstore.init_store(os.path.join(workdir, "store.zarr"), clip_duration_s=settings.duration_s)
     summary = ingest(store, data)
     echo(f"[demo] ingest: added {summary.added}, {summary.total} clips in the store")
-    reports = [extract_audio(store, workers=workers), extract_frames(store, workers=workers, size=settings.frame_size)]
+    reports = []
+    for stage in (lambda: extract_audio(store, workers=workers), lambda: extract_frames(store, workers=workers, size=settings.frame_size)):
+        reports.append(stage())
+        _log_stage(reports[-1], echo)
     reports += _train_and_embed(store, settings, echo)
-    exit_code = 0
-    for report in reports:
-        echo(f"[demo] {report.stage} {', '.join(report.arrays)}: {report.done} done, {report.skipped} already done, {report.failed} failed, {report.seconds:.1f} s")
-        exit_code = exit_code or (0 if report.ok else 3)
+    exit_code = max((0 if r.ok else 3) for r in reports)
     records = _phase_two(store, settings, echo)
     paths = build_report(store, os.path.join(workdir, "report"), submission_split="evaluate")
+    echo(f"[demo] report: {paths['html']}")
     return DemoResult(exit_code, store, records, paths["html"])
 
 
@@ -172,21 +181,32 @@ def run_demo(workdir: str, settings: DemoSettings | None = None, *, workers: int
     """Run :func:`run_pipeline` at ``settings`` (default :class:`DemoSettings`), print ``featstore
     info``, Table II and where the report is; return the exit code."""
     settings = settings or DemoSettings()
+    start = time.perf_counter()
     visual = "tiny InceptionV3-like and ConvNeXt-like CNNs" if settings.visual_arch == "tiny" else "InceptionV3 and ConvNeXtTiny from random weights"
-    echo(f"[demo] visual backbones: {visual}, on {settings.frame_size} px frames")
+    echo(f"[demo] visual backbones: {visual}, on {settings.frame_size} px frames; seed {settings.seed}")
     result = run_pipeline(workdir, settings, workers=workers, echo=echo)
-    echo(format_info(store_info(result.store)))
+    applied = None if result.exit_code else to_submission(result.store, workdir, echo=echo)
     n_clips = int((result.store.clips["split"] == "evaluate").sum())
-    echo(f"[demo] Table II: evaluate split, {n_clips} clips from locations not seen in training, clip level:")
+    rule = "=" * 100
+    echo(f"\n{rule}\nfeatstore demo: summary ({time.perf_counter() - start:.0f} s, seed {settings.seed})\n{rule}")
+    echo(format_info(store_info(result.store)))
+    echo(f"\nTable II: evaluate split, {n_clips} clips from locations not seen in training, clip level.")
+    echo("Late fusion is the best of MEAN / PROD / MAX chosen on the evaluate split itself (optimistic); f4 validates on train.")
     echo(table_two(result.records))
-    echo(f"[demo] report (Table I, confusion matrices, submissions): {result.report_html}")
-    return result.exit_code or to_submission(result.store, workdir, echo=echo)
+    if applied is not None:
+        echo(f"\nSystem {applied['system']}: {applied['right']:.1f}% of {applied['files']} one-second files right "
+             f"(cut from {applied['sources']} evaluate clips, the challenge's layout: {applied['eval_root']})")
+        echo(f"Submission file: {applied['submission']}")
+    echo(f"Report: {result.report_html}\n{rule}")
+    return result.exit_code or (0 if applied and applied["ok"] else 3)
 
 
-def to_submission(store, workdir: str, *, run: str = "demo-av-f4", n_clips: int = EVAL_CLIPS, echo: Callable[[str], None] = print) -> int:
+def to_submission(store, workdir: str, *, run: str = "demo-av-f4", n_clips: int = EVAL_CLIPS, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """From development to submission: export ``run`` as a system, cut ``n_clips`` evaluate clips into
     the challenge's evaluation layout (1 s files), ingest them into a 1 s store, predict, and write
-    the submission file. Made anew on every run (the fusion runs are retrained). Returns the exit code."""
+    the submission file. Made anew on every run (the fusion runs are retrained).
+
+    Returns {system, eval_root, submission, files, sources, right (% of files decided right), ok}."""
     import csv
     import shutil
 
@@ -212,7 +232,6 @@ def to_submission(store, workdir: str, *, run: str = "demo-av-f4", n_clips: int 
         decided = {r["filename_audio"]: r["scene_label"] for r in csv.DictReader(f, delimiter="\t")}
         truth = {r["filename_audio"]: r["scene_label"] for r in csv.DictReader(g, delimiter="\t")}
     right = sum(decided.get(name) == label for name, label in truth.items())
-    echo(f"[demo] exported {run} to {system_dir}; applied to {rows} one-second clips cut from {len(sources)} evaluate clips "
-         f"(the challenge's layout, {eval_root}): {100 * right / max(len(truth), 1):.1f}% right, one decision per second")
-    echo(f"[demo] submission file: {submission}")
-    return 0 if report.ok else 3
+    echo(f"[demo] export-system {run} -> {system_dir}; predict on {rows} one-second files -> {submission}")
+    return {"system": system_dir, "eval_root": eval_root, "submission": submission, "files": rows, "sources": len(sources),
+            "right": 100 * right / max(len(truth), 1), "ok": report.ok}

@@ -261,7 +261,9 @@ def train_head(data: FusionData, train: np.ndarray, val: np.ndarray, config: Fus
 
     from featstore.models.fusion import build_head
 
-    keras.utils.set_random_seed(config.seed)
+    from featstore.seeding import seed_everything
+
+    seed_everything(config.seed)  # every seed and TensorFlow op determinism: same seed, same weights
     rng = np.random.default_rng(config.seed)
     n_seg, n_models, dim = data.x.shape[1:]
     examples = data.x.reshape(-1, n_models, dim)

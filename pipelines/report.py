@@ -1,20 +1,25 @@
-"""`featstore report`: one page (HTML and Markdown) about every prediction source in a store.
+"""`featstore report`: one page (HTML and Markdown) that answers "which run is best, and where does it fail".
 
 Sources are the runs (``fuse``, ``ensemble``; see :mod:`featstore.runs`) and the backbones' own
 predictions (``predictions/{model}`` from ``embed``). Everything is computed from the stored
 probabilities on one split (default ``evaluate``), at clip level (a clip's probability is the mean of
-its segments'), so every source is measured the same way:
+its segments'), so every source is measured the same way. The page, in percent throughout:
 
-- the runs table: accuracy, class-wise accuracy, log-loss, class-wise log-loss (clip and segment level);
-- the per-class table in the layout of the paper's Table I (rows: classes and overall, columns: sources);
-- a confusion matrix picture per source (matplotlib PNG, row-normalised percentages);
-- accuracy versus seconds of the clip seen: the clip decided from its first k segments, k = 1..n
-  (Figure 4 of the frameworks paper); sources with one unit per clip (ensembles) have no curve;
-- meta-class accuracy: true and predicted classes mapped to indoor / outdoor / transportation;
+- the leaderboard (:mod:`featstore.pipelines.leaderboard`): sorted by accuracy, the best source of
+  each modality marked, with method, models, epochs, seed and validation numbers beside the split's
+  accuracy and log-loss; late fusion is marked as chosen on the split itself;
+- per-class accuracy of the best source of each modality (grouped bars, Table I layout);
+- meta-class accuracy (indoor / outdoor / transportation) of those sources;
+- their confusion matrices in one grid, with clip counts;
+- learning curves from the runs' recorded history;
+- accuracy versus seconds of the clip seen for the best few sources (Figure 4 of the frameworks
+  paper); sources with one unit per clip (ensembles) have no curve;
 - a DCASE 2021 Task 1B submission file per source for the clips of ``submission_split`` (default
   ``test``): tab-separated ``filename_audio``, ``scene_label``, then one probability column per class
   in the store's label order. For the development set, ``fold1_test`` lists the evaluate clips, so
   ``--submission-split evaluate`` writes that fold's submission.
+
+Every picture is sized to fit a page 1400 px wide.
 """
 
 from __future__ import annotations
@@ -25,9 +30,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from featstore.pipelines.leaderboard import (
+    best_per_modality,
+    describe_sources,
+    leaderboard,
+)
 
-from featstore.figures import plot_confusion, plot_over_time
-from featstore.metrics import accuracy_over_time, classification_metrics, meta_class_accuracy
+from featstore.figures import (
+    plot_class_bars,
+    plot_confusion_grid,
+    plot_learning_curves,
+    plot_over_time,
+)
+from featstore.metrics import (
+    accuracy_over_time,
+    classification_metrics,
+    meta_class_accuracy,
+)
 from featstore.packed import packed_segment_embeddings
 from featstore.report_pages import render_html, render_markdown
 from featstore.runs import class_table, load_runs
@@ -94,39 +113,53 @@ def write_submission(store: Store, source: Source, split: str | None, path: str)
     return int(keep.sum())
 
 
+#: Sources drawn in the accuracy-over-time picture and the learning curves (the best by accuracy).
+BEST_FEW = 5
+
+
 def build_report(store: Store, out_dir: str, *, split: str = "evaluate", submission_split: str = "test") -> dict[str, str]:
     """Write ``report.html``, ``report.md``, the PNGs and the submissions to ``out_dir``; return their paths."""
     os.makedirs(out_dir, exist_ok=True)
     sources = prediction_sources(store)
     records = [{"name": s.name, "kind": s.kind, "metrics": source_metrics(store, s, split)} for s in sources]
     measured = [r for r in records if r["metrics"]]
-    runs_rows = []
-    for r in measured:
-        clip, seg = r["metrics"]["clip"], r["metrics"].get("segment", {})
-        runs_rows.append({
-            "source": r["name"], "kind": r["kind"], "clips": clip["n"],
-            "segment accuracy": seg.get("accuracy", np.nan), "clip accuracy": clip["accuracy"],
-            "class-wise accuracy": clip["class_wise_accuracy"], "log-loss": clip["log_loss"],
-            "class-wise log-loss": clip["class_wise_log_loss"],
-        })
-    runs_table = pd.DataFrame(runs_rows).set_index("source") if runs_rows else pd.DataFrame()
-    per_class = class_table(measured, store.classes)
-    meta, curves, pictures, submissions = {}, {}, {}, {}
+    described = describe_sources(store, [r["name"] for r in measured])
+    board = leaderboard(measured, described)
+    best = best_per_modality(board)
+    by_name = {r["name"]: r for r in measured}
+    pictures: dict[str, str] = {}
+    submissions = {}
+    curves = {}
     for s in sources:
         probs, labels = _in_split(store, s, split)
-        if len(labels):
-            meta[s.name] = meta_class_accuracy(probs, labels, store.classes)
-            if probs.shape[1] > 1:
-                curves[s.name] = accuracy_over_time(probs, labels)
-            confusion = next(r for r in records if r["name"] == s.name)["metrics"]["clip"]["confusion"]
-            pictures[s.name] = f"confusion-{s.name}.png"
-            plot_confusion(np.array(confusion), store.classes, f"{s.name} ({split}, clip level)", os.path.join(out_dir, pictures[s.name]))
+        if len(labels) and probs.shape[1] > 1:
+            curves[s.name] = accuracy_over_time(probs, labels)
         rows = write_submission(store, s, submission_split, os.path.join(out_dir, f"submission-{s.name}.tsv"))
         if rows:
             submissions[s.name] = f"submission-{s.name}.tsv"
-    if curves:
-        plot_over_time(curves, store.segment_s, os.path.join(out_dir, "accuracy-over-time.png"))
-    sections = _sections(store, split, submission_split, runs_table, per_class, pd.DataFrame(meta), curves, pictures, submissions)
+    meta = {}
+    if best:
+        labelled = {f"{name} (best {modality})": name for modality, name in best.items()}
+        per_class = class_table([by_name[n] for n in labelled.values()], store.classes).rename(columns={n: k for k, n in labelled.items()})
+        plot_class_bars({k: per_class[k].iloc[:-1].to_numpy() for k in labelled}, store.classes, os.path.join(out_dir, "per-class.png"))
+        pictures["per-class"] = "per-class.png"
+        plot_confusion_grid({k: np.array(by_name[n]["metrics"]["clip"]["confusion"]) for k, n in labelled.items()}, store.classes, os.path.join(out_dir, "confusion-best.png"))
+        pictures["confusion"] = "confusion-best.png"
+        for k, n in labelled.items():
+            s = next(x for x in sources if x.name == n)
+            meta[k] = meta_class_accuracy(*_in_split(store, s, split), store.classes)
+        top = list(dict.fromkeys([*best.values(), *board["source"]]))
+        histories = {n: described[n]["history"] for n in top if described[n]["history"]}
+        if histories:
+            plot_learning_curves(dict(list(histories.items())[:BEST_FEW]), os.path.join(out_dir, "learning-curves.png"))
+            pictures["learning"] = "learning-curves.png"
+        ranked = [n for n in board["source"] if n in curves][:BEST_FEW]
+        if ranked:
+            plot_over_time({n: curves[n] for n in ranked}, store.segment_s, os.path.join(out_dir, "accuracy-over-time.png"))
+            pictures["time"] = "accuracy-over-time.png"
+    else:
+        per_class = pd.DataFrame()
+    sections = _sections(store, split, submission_split, board, per_class, pd.DataFrame(meta), pictures, submissions)
     paths = {"html": os.path.join(out_dir, "report.html"), "markdown": os.path.join(out_dir, "report.md")}
     with open(paths["markdown"], "w") as f:
         f.write(render_markdown(sections))
@@ -135,22 +168,56 @@ def build_report(store: Store, out_dir: str, *, split: str = "evaluate", submiss
     return paths
 
 
-def _sections(store, split, submission_split, runs_table, per_class, meta, curves, pictures, submissions) -> list[tuple[str, str, Any]]:
+def _percent(v) -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * float(v):.1f}"
+
+
+def _number(v, fmt: str = "{:.3f}") -> str:
+    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
+
+
+def format_leaderboard(board: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The leaderboard as display strings: percent with one decimal, log-loss with three, ranks from 1."""
+    late = board["kind"] == "ensemble"
+    shown = pd.DataFrame({
+        "source": board["source"], "best": board["best"], "modality": board["modality"],
+        "method": [f"{m} (late fusion, chosen on {split}) †" if is_late else str(m) for m, is_late in zip(board["method"], late)],
+        "models": board["models"],
+        "epochs": [_number(v, "{:.0f}") for v in board["epochs"]], "seed": [_number(v, "{:.0f}") for v in board["seed"]],
+        "val accuracy (%)": [_percent(v) for v in board["val accuracy"]],
+        "val log-loss": [_number(v) for v in board["val log-loss"]],
+        f"{split} accuracy (%)": [_percent(v) for v in board["accuracy"]],
+        f"{split} log-loss": [_number(v) for v in board["log-loss"]],
+        "segment accuracy (%)": [_percent(v) for v in board["segment accuracy"]],
+        "clips": board["clips"].astype(int).astype(str),
+    })
+    shown.index = pd.RangeIndex(1, len(shown) + 1, name="rank")
+    return shown
+
+
+def _sections(store, split, submission_split, board, per_class, meta, pictures, submissions) -> list[tuple[str, str, Any]]:
     """(title, kind, content) blocks for :mod:`featstore.report_pages` (kind: text, table, table-raw,
     image, links)."""
-    sections: list[tuple[str, str, Any]] = [("featstore report", "text", f"Store {store.url}: {store.n_clips} clips; metrics on the {split!r} split, clip level unless named.")]
-    if runs_table.empty:
-        sections.append(("Runs", "text", f"No predictions with labelled {split!r} clips in this store."))
+    sections: list[tuple[str, str, Any]] = [("featstore report", "text", f"Store {store.url}: {store.n_clips} clips. Metrics on the {split!r} split, clip level (a clip's probability is the mean of its segments'), in percent.")]
+    if board.empty:
+        sections.append(("Leaderboard", "text", f"No predictions with labelled {split!r} clips in this store."))
         return sections
+    sections.append(("Leaderboard", "table-raw", format_leaderboard(board, split)))
+    if (board["kind"] == "ensemble").any():
+        caveat = (f"† Late fusion trains nothing and has no validation split: the rule and the inputs worth reporting are picked by "
+                  f"looking at the {split!r} split itself, so these rows are optimistic beside the fusion runs and backbones, "
+                  "which kept their best epoch on validation clips carved from train.")
+        sections.append(("About late fusion", "text", caveat))
     sections += [
-        ("Runs", "table-raw", runs_table),
+        ("Per-class accuracy of the best source of each modality", "image", pictures["per-class"]),
         ("Per-class accuracy (%), Table I layout", "table", per_class),
         ("Meta-class accuracy (%)", "table", meta),
+        ("Confusion matrices of the best sources (cells: clips)", "image", pictures["confusion"]),
     ]
-    if curves:
-        sections.append(("Accuracy versus seconds of the clip seen", "image", "accuracy-over-time.png"))
-    for name, png in pictures.items():
-        sections.append((f"Confusion matrix: {name}", "image", png))
+    if "learning" in pictures:
+        sections.append(("Learning curves (per-epoch history of the runs)", "image", pictures["learning"]))
+    if "time" in pictures:
+        sections.append((f"Accuracy versus seconds of the clip seen (the best {BEST_FEW} by accuracy)", "image", pictures["time"]))
     title = f"DCASE 2021 Task 1B submissions ({submission_split!r} clips)"
     if submissions:
         sections.append((title, "links", submissions))

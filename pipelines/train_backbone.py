@@ -97,7 +97,9 @@ def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str
 
     from featstore.models import build_model
 
-    keras.utils.set_random_seed(config.seed)
+    from featstore.seeding import seed_everything
+
+    seed_everything(config.seed)  # every seed and TensorFlow op determinism: same seed, same weights
     clips = store.clips
     done = set(store.ledger(config.input_array).entries)
     usable = clips["clip_id"].isin(list(done)).to_numpy()

@@ -242,7 +242,9 @@ def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frame
 
     from featstore.models.joint import build_joint_model
 
-    keras.utils.set_random_seed(config.seed)
+    from featstore.seeding import seed_everything
+
+    seed_everything(config.seed)  # every seed and TensorFlow op determinism: same seed, same weights
     window_s = config.window_s or store.segment_s
     reader = AudioWindows(store, config.audio_input, window_s)
     visual = _visual_source(store, config, reader, frames_encoder, frames_array)
