@@ -257,7 +257,6 @@ def train_head(data: FusionData, train: np.ndarray, val: np.ndarray, config: Fus
     Returns (model, trainer, history); history has per-epoch ``loss``, ``val_log_loss``,
     ``val_accuracy`` and ``seconds`` (as reported to ``progress``, one kept in memory without).
     """
-    import keras
 
     from featstore.models.fusion import build_head
 
