@@ -41,6 +41,7 @@ def test_fusing_twice_gives_bitwise_equal_predictions(tmp_path):
     for name in ("a", "b"):
         fuse(store, FuseConfig(method="f4", name=name, epochs=3, seed=0))
         probs.append(store.array(f"predictions/{name}")[:])
-        histories.append(load_run(store, name)["history"])
+        # every metric of every epoch; wall-clock seconds are the one thing allowed to differ
+        histories.append({k: v for k, v in load_run(store, name)["history"].items() if k != "seconds"})
     assert probs[0].tobytes() == probs[1].tobytes()
     assert histories[0] == histories[1]
