@@ -144,13 +144,16 @@ def stft_power(windows: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     Equal, to float32 rounding, to ``abs(librosa.stft(w, n_fft, hop_length, window="hann",
     center=True, pad_mode="constant")) ** 2`` with the last two axes swapped (frames first, so that
     a filterbank is one matrix product over every frame). The power is taken straight from the
-    complex spectrum (``re^2 + im^2``, numpy's pocketfft in single precision), without a square root.
+    complex spectrum (``re^2 + im^2``), without a square root. The FFT is ``scipy.fft.rfft`` in
+    single precision, one thread (3-4x numpy's ``rfft`` on float32 frames here).
     """
+    import scipy.fft
+
     pad = n_fft // 2
     padded = np.pad(windows, ((0, 0), (pad, pad)))
     n_frames = 1 + windows.shape[-1] // hop_length
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop_length][:, :n_frames]
-    spectrum = np.fft.rfft(frames * _hann(n_fft), axis=-1)
+    spectrum = scipy.fft.rfft(frames * _hann(n_fft), axis=-1, workers=1)
     power = np.square(spectrum.real)
     power += np.square(spectrum.imag)
     return power
