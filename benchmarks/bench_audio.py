@@ -9,6 +9,13 @@ one ``np.save`` per clip and feature. featstore: the stage runner with 1 and 2 l
 
     python benchmarks/bench_audio.py --clips-per-class 4
 
+``--spectrograms-only`` times the transforms alone, one thread, on the same segment windows of one
+10 s stereo clip (32 kHz, 1 s segments): featstore's ``spectrograms`` per feature against
+``librosa.feature.melspectrogram`` + ``power_to_db`` (MEL) and librosa's ``stft`` + gammatone's
+FFT weights (GAM) called on the same windows, alternating rounds, medians.
+
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/bench_audio.py --spectrograms-only
+
 Prints clips/s and the ratios: featstore per core vs the baseline (one core), and 2 vs 1 workers.
 """
 
@@ -53,10 +60,50 @@ def featstore_run(demo_root: str, work: str, workers: int, n_clips: int) -> floa
     return report.seconds
 
 
+def spectrogram_rounds(rounds: int) -> None:
+    """Print the median ms per 10 s stereo clip of each transform (see the module docstring)."""
+    import librosa
+    from gammatone.fftweight import fft_weights
+
+    from featstore.audio import AudioParams, spectrograms
+
+    p = AudioParams(sr=32000, n_bins=128, win_ms=80.0, hop_ms=14.0, segment_s=1.0, n_segments=10)
+    windows = (0.1 * np.random.default_rng(0).standard_normal((2, 10, 32000))).astype(np.float32)
+    weights, _ = fft_weights(p.n_fft, p.sr, p.n_bins, 1, 50.0, p.sr / 2, p.n_fft / 2 + 1)
+
+    def librosa_mel():
+        mel = librosa.feature.melspectrogram(y=windows, sr=p.sr, n_fft=p.n_fft, hop_length=p.hop_length, n_mels=p.n_bins, fmax=p.sr / 2, pad_mode="constant")
+        return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
+
+    def librosa_gam():
+        mag = np.abs(librosa.stft(windows, n_fft=p.n_fft, hop_length=p.hop_length, pad_mode="constant"))
+        return librosa.amplitude_to_db(np.einsum("bf,csft->csbt", weights, mag) / p.n_fft, ref=1.0, amin=1e-5, top_db=None)
+
+    runs = {"featstore mel": lambda: spectrograms(windows, p, ("mel",)), "librosa melspectrogram": librosa_mel,
+            "featstore gam": lambda: spectrograms(windows, p, ("gam",)), "librosa stft + gammatone weights": librosa_gam}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for fn in runs.values():
+        fn()  # warm-up: filter banks, imports
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    med = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+    print(f"{'transform (one 10 s stereo clip, one thread)':<46} {'median ms':>10}")
+    for name, ms in med.items():
+        print(f"{name:<46} {ms:>10.1f}")
+    print(f"mel: featstore / librosa = {med['featstore mel'] / med['librosa melspectrogram']:.2f}x; gam: {med['featstore gam'] / med['librosa stft + gammatone weights']:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips-per-class", type=int, default=4)
+    parser.add_argument("--spectrograms-only", action="store_true", help="Time the transforms alone (see the docstring).")
+    parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
+    if args.spectrograms_only:
+        return spectrogram_rounds(args.rounds)
 
     import featstore
     from featstore.demo import make_demo_dataset

@@ -180,3 +180,15 @@ def test_bad_audio_is_recorded_and_run_goes_on(tmp_path):
     again = extract_audio(featstore.open_store(store.url), workers=0, features=("mel",))
     assert again.done == 1 and again.skipped == 3 and again.failed == 2
     assert "nan" not in set(featstore.open_store(store.url).failures.clip_id)
+
+
+def test_stft_power_equals_librosa_squared_magnitude():
+    """The power taken straight from the complex spectrum, block by block, is librosa's |STFT|^2."""
+    from featstore.audio import SEGMENTS_PER_BLOCK, stft_power
+
+    rng = np.random.default_rng(1)
+    windows = (0.1 * rng.standard_normal((SEGMENTS_PER_BLOCK + 1, 32000))).astype(np.float32)
+    ref = np.abs(librosa.stft(windows, n_fft=2560, hop_length=448, pad_mode="constant")) ** 2
+    got = stft_power(windows, 2560, 448)
+    assert got.dtype == np.float32 and got.shape == (SEGMENTS_PER_BLOCK + 1, 72, 1281)
+    np.testing.assert_allclose(got, ref.transpose(0, 2, 1), rtol=1e-3, atol=1e-6 * ref.max())
