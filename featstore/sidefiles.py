@@ -78,9 +78,12 @@ class SideFiles:
         raw = self.read(name)
         return None if raw is None else parse_json(raw, self.path(name))
 
-    def read_parquet(self, name: str) -> pd.DataFrame | None:
-        """The file read as a Parquet table, or None when it does not exist; :class:`DamagedFile` when unreadable."""
-        raw = self.read(name)
+    def read_parquet(self, name: str, raw: bytes | None = None) -> pd.DataFrame | None:
+        """The file read as a Parquet table, or None when it does not exist; :class:`DamagedFile` when unreadable.
+
+        ``raw``: the file's bytes when the caller has read them already.
+        """
+        raw = self.read(name) if raw is None else raw
         if raw is None:
             return None
         try:

@@ -41,6 +41,7 @@ from featstore.fingerprint import library_versions, stable_hash
 from featstore.ledger import Failures, Ledger, ledger_name
 from featstore.provenance import Provenance
 from featstore.sidefiles import SideFiles
+from featstore.upgrade import FORMAT_VERSION, check_format_version, clips_checksum_recorded
 
 CLIPS_NAME = "clips.parquet"
 ATTRS_KEY = "featstore"
@@ -115,7 +116,36 @@ class Store:
             raise missing from None
         if ATTRS_KEY not in self.group.attrs:
             raise StoreError(f"{self.url} is a Zarr group but not a featstore store")
+        check_format_version(self.settings, self.url)
         self._clips: pd.DataFrame | None = None
+        self._clips_lock_depth = 0
+
+    @contextlib.contextmanager
+    def changing_clips(self, command: str) -> Iterator[None]:
+        """Hold the clips table's lock (:func:`featstore.lock.clips_lock`) and read the table and the
+        root metadata afresh: what another process added meanwhile is merged, not overwritten.
+        Re-entrant within this object (ingest holds it around the dataset root and the new rows)."""
+        if self._clips_lock_depth:
+            self._clips_lock_depth += 1
+            try:
+                yield
+            finally:
+                self._clips_lock_depth -= 1
+            return
+        from featstore.lock import clips_lock
+
+        with clips_lock(self.side, command):
+            self._clips_lock_depth = 1
+            try:
+                self.refresh()
+                yield
+            finally:
+                self._clips_lock_depth = 0
+
+    def refresh(self) -> None:
+        """Read the root metadata and the clips table again (another process may have changed them)."""
+        self.group = zarr.open_group(zarr_store(self.url, self.storage_options), mode="r+")
+        self._clips = None
 
     # ---------------------------------------------------------------- settings
     @property
@@ -156,8 +186,9 @@ class Store:
         Every clip's files must resolve inside the new root (:class:`~featstore.errors.UnsafePath`).
         """
         root = os.path.abspath(root)
-        clips_mod.checked_clips(self.clips, root)
-        self._update_settings(dataset_root=root)
+        with self.changing_clips("set-dataset-root"):
+            clips_mod.checked_clips(self.clips, root)
+            self._update_settings(dataset_root=root)
 
     def source_path(self, relative: str) -> str:
         """Real absolute path of a source file named in the clips table, checked to be inside the root."""
@@ -170,23 +201,57 @@ class Store:
     def clips(self) -> pd.DataFrame:
         """The clips table (a copy is cheap to take; do not mutate in place)."""
         if self._clips is None:
-            table = self.side.read_parquet(CLIPS_NAME)
+            raw = self.side.read(CLIPS_NAME)
+            self._check_clips_identity(raw)
+            table = self.side.read_parquet(CLIPS_NAME, raw)
             self._clips = clips_mod.normalise_clips(table) if table is not None else clips_mod.empty_clips()
         return self._clips
+
+    def _check_clips_identity(self, raw: bytes | None) -> None:
+        """Refuse a clips table that is not the one this store last wrote (:class:`DamagedFile`).
+
+        The root metadata records the checksum of the table as written (and the one before, so that
+        a crash between the two writes of :meth:`add_clips` leaves a table that still opens). A table
+        copied in from another store, edited by hand or damaged matches neither: every command
+        refuses it before it writes anything, since rows and arrays would no longer line up.
+        """
+        settings = self.settings
+        if not clips_checksum_recorded(settings):
+            return  # a store made before the checksum was recorded (featstore.upgrade)
+        digest = clips_mod.table_checksum(raw)
+        if digest not in (settings["clips_checksum"], settings.get("clips_checksum_previous")):
+            raise DamagedFile(
+                f"{self.side.path(CLIPS_NAME)}: not this store's clips table (its checksum differs from the one the "
+                "store recorded when it wrote it: replaced, edited or damaged); restore it from a backup of this store"
+            )
 
     @property
     def n_clips(self) -> int:
         return len(self.clips)
 
     def add_clips(self, new: pd.DataFrame) -> int:
-        """Append clips the store does not have yet; return how many were added (0 = no-op)."""
-        table, n_added = clips_mod.merge_clips(self.clips, clips_mod.checked_clips(new, self.dataset_root))
-        if n_added:
-            buf = io.BytesIO()
-            table.to_parquet(buf, index=False)
-            self.side.write(CLIPS_NAME, buf.getvalue())
-            self._clips = table
+        """Append clips the store does not have yet; return how many were added (0 = no-op).
+
+        Done under the clips table's lock (:meth:`changing_clips`), on the table as it is on disk, so
+        that two processes adding clips at once never lose each other's rows.
+        """
+        with self.changing_clips("add-clips"):
+            table, n_added = clips_mod.merge_clips(self.clips, clips_mod.checked_clips(new, self.dataset_root))
+            if n_added:
+                self.write_clips(table)
         return n_added
+
+    def write_clips(self, table: pd.DataFrame) -> None:
+        """Replace the clips table with ``table`` and record its checksum (call under :meth:`changing_clips`)."""
+        buf = io.BytesIO()
+        table.to_parquet(buf, index=False)
+        data = buf.getvalue()
+        current = self.settings.get("clips_checksum")
+        # the new checksum is recorded first, the old one kept: a crash between the writes leaves a table that opens
+        self._update_settings(clips_checksum=clips_mod.table_checksum(data), clips_checksum_previous=current,
+                              format_version=FORMAT_VERSION)
+        self.side.write(CLIPS_NAME, data)
+        self._clips = table
 
     def clip_index(self, clip_id: str) -> int:
         """Row of ``clip_id`` in the clips table (= its index along every array's first axis)."""
@@ -397,7 +462,7 @@ def init_store(
         group = zarr.create_group(zarr_store(url, storage_options))
     current = group.attrs.get(ATTRS_KEY)
     if current is None:
-        group.attrs[ATTRS_KEY] = {**wanted, "format_version": 1, "dataset_root": None}
+        group.attrs[ATTRS_KEY] = {**wanted, "format_version": FORMAT_VERSION, "dataset_root": None, "clips_checksum": ""}
     else:
         differing = {k: (current.get(k), v) for k, v in wanted.items() if current.get(k) != v}
         if differing:

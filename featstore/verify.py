@@ -95,8 +95,10 @@ def verify_store(store: Store, arrays: list[str] | None = None, *, clean: bool =
         report.partial_files_removed = _remove_partial_files(store)
     try:
         clips = store.clips
-    except DamagedFile:
-        return report  # named by the diagnosis; no clip can be located without the table
+    except DamagedFile as exc:  # unreadable (named by the diagnosis) or not this store's table
+        if str(exc) not in report.problems:
+            report.problems.append(str(exc))
+        return report  # no clip can be located without the table
     if clips["clip_id"].duplicated().any():
         report.problems.append("clips table: duplicate clip_id values")
     row_of = {cid: i for i, cid in enumerate(clips["clip_id"])}

@@ -54,13 +54,14 @@ def ingest(store: Store, source: str, *, fmt: str = "tau2021", fold: int = 1) ->
         report = read_csv_manifest(source, classes=store.classes)
     else:
         raise IngestError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
-    if store.dataset_root is None:
-        store.set_dataset_root(report.root)
-    elif os.path.realpath(store.dataset_root) != os.path.realpath(report.root):
-        _rebase(report, store.dataset_root)
-    added = store.add_clips(report.clips)
-    failures = store.failures_record()
-    for clip_id, message in report.missing:
-        failures.record("ingest", "", clip_id, "MissingFile", message)
-    failures.flush()
+    with store.changing_clips("ingest"):  # another ingest's clips and dataset root are seen, not overwritten
+        if store.dataset_root is None:
+            store.set_dataset_root(report.root)
+        elif os.path.realpath(store.dataset_root) != os.path.realpath(report.root):
+            _rebase(report, store.dataset_root)
+        added = store.add_clips(report.clips)
+        failures = store.failures_record()
+        for clip_id, message in report.missing:
+            failures.record("ingest", "", clip_id, "MissingFile", message)
+        failures.flush()
     return IngestSummary(added=added, total=store.n_clips, missing=report.missing)

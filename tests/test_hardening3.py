@@ -1,0 +1,71 @@
+"""Hardening, third round, one test per point: a store recognises its own clips table and locks it,
+caches carry the code version that made them, damage is repaired or reported, side files and
+systems are checksummed, resources stay bounded, and the smaller confusions. Real stores, real
+processes, real media."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import featstore
+from featstore.errors import DamagedFile, StoreError
+from featstore.pipelines.extract_audio import AudioConfig, extract_audio
+from featstore.pipelines.ingest import ingest
+from tests.conftest import CLIP_S, run_cli
+from tests.test_hardening import _no_traceback, _small_dataset, _small_store
+
+
+# ------------------------------------------------------------------------------------------ point 1
+def test_1_a_foreign_clips_table_is_refused_before_anything_is_written(demo_root, tmp_path):
+    ours = _small_store(demo_root, tmp_path / "a")
+    extract_audio(ours, features=("mel",), workers=0, progress=False)
+    other = featstore.init_store(str(tmp_path / "other.zarr"), clip_duration_s=CLIP_S)
+    ingest(other, demo_root)
+    clips_file = os.path.join(ours.url, "_featstore", "clips.parquet")
+    shutil.copy(os.path.join(other.url, "_featstore", "clips.parquet"), clips_file)
+    before = sorted(os.listdir(os.path.join(ours.url, "audio")))
+    for args in (("info", ours.url), ("extract-audio", ours.url, "--features", "gam", "--workers", "0"),
+                 ("ingest", ours.url, "--format", "csv", str(tmp_path / "a" / "data" / "m.csv"))):
+        proc = run_cli(*args)
+        assert proc.returncode != 0, (args, proc.stdout)
+        _no_traceback(proc)
+        assert "not this store's clips table" in proc.stderr and proc.stderr.count("\n") == 1
+    assert sorted(os.listdir(os.path.join(ours.url, "audio"))) == before  # nothing written
+    assert "not this store's clips table" in run_cli("verify", ours.url).stdout
+
+
+_INGEST = textwrap.dedent("""
+    import sys, time
+    import featstore
+    from featstore.pipelines.ingest import ingest
+    store = featstore.open_store(sys.argv[1])
+    store.clips  # a long-lived handle: the table as it was before the other ingest wrote
+    start = float(sys.argv[4])
+    time.sleep(max(0.0, start - time.time()))
+    ingest(store, sys.argv[2], fmt=sys.argv[3])
+""")
+
+
+def test_1_two_concurrent_ingests_never_lose_clips(demo_root, tmp_path):
+    import time
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    manifest = _small_dataset(demo_root, str(root))  # 3 more clips, same root
+    n_tau = len(os.listdir(root / "audio"))
+    for attempt in range(2):
+        url = str(tmp_path / f"s{attempt}.zarr")
+        featstore.init_store(url, clip_duration_s=CLIP_S).set_dataset_root(str(root))
+        start = time.time() + 6
+        procs = [subprocess.Popen([sys.executable, "-c", _INGEST, url, src, fmt, str(start)], stderr=subprocess.PIPE, text=True)
+                 for src, fmt in ((str(root), "tau2021"), (manifest, "csv"))]
+        for p in procs:
+            assert p.wait(timeout=120) == 0, p.stderr.read()
+        assert featstore.open_store(url).n_clips == n_tau + 3
