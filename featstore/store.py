@@ -36,12 +36,12 @@ from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 from featstore import clips as clips_mod
 from featstore import names
 from featstore.constants import CLASSES, CLIP_DURATION_S, SEGMENT_S
-from featstore.errors import DamagedFile, NotFoundError, ParamsMismatch, StoreError
-from featstore.fingerprint import library_versions, stable_hash
+from featstore.errors import DamagedFile, FeatstoreWarning, NotFoundError, ParamsMismatch, StoreError
+from featstore.fingerprint import array_fingerprint, library_versions
 from featstore.ledger import Failures, Ledger, ledger_name
 from featstore.provenance import Provenance
 from featstore.sidefiles import SideFiles
-from featstore.upgrade import FORMAT_VERSION, check_format_version, clips_checksum_recorded
+from featstore.upgrade import FORMAT_VERSION, check_format_version, clips_checksum_recorded, code_version_of
 
 CLIPS_NAME = "clips.parquet"
 ATTRS_KEY = "featstore"
@@ -325,6 +325,7 @@ class Store:
         config: dict[str, Any] | None = None,
         modality: str | None = None,
         overwrite: bool = False,
+        code_version: int = 1,
     ) -> zarr.Array:
         """Create (or reuse) the per-clip array ``path`` of shape ``(n_clips, *per_clip_shape)``.
 
@@ -337,11 +338,16 @@ class Store:
         array and its ledger first, whatever its fingerprint, so that every clip is recomputed.
         ``config`` (the stage config that makes exactly this array) and ``modality`` ("audio" or
         "visual") are recorded beside the parameters, outside the fingerprint.
+
+        ``code_version`` is the stage's code version (``StageConfig.code_version``), part of the
+        fingerprint: an array made by an older version of the stage's code, with the same
+        parameters, is stale and is made again (with a warning), every clip recomputed.
+
+        The array's ledger belongs to this version of the array: a new array (none at ``path``, its
+        folder deleted by hand, or replaced) starts with no done-marks.
         """
         names.array_path(path)
-        fingerprint = stable_hash(
-            {"stage": stage, "params": params, "per_clip_shape": list(per_clip_shape), "dtype": dtype}
-        )
+        fingerprint = array_fingerprint(stage, params, per_clip_shape, dtype, code_version)
         n_clips = self.n_clips
         if self.has_array(path):
             existing = self.array(path)
@@ -350,6 +356,13 @@ class Store:
                 if existing.shape[0] < n_clips:
                     existing.resize((n_clips, *existing.shape[1:]))
                 return existing
+            old_version = code_version_of(old)
+            if not overwrite and old_version != code_version and old["fingerprint"] == array_fingerprint(
+                stage, params, per_clip_shape, dtype, old_version
+            ):
+                warnings.warn(f"{path}: made by version {old_version} of {stage}'s code, now {code_version}: recomputing it",
+                              FeatstoreWarning, stacklevel=2)
+                overwrite = True
             if not overwrite:
                 keys = sorted(set(old["params"]) | set(params))
                 diffs = {k: (old["params"].get(k), params.get(k)) for k in keys if old["params"].get(k) != params.get(k)}
@@ -359,7 +372,7 @@ class Store:
                     diffs["dtype"] = (old.get("dtype"), dtype)
                 raise ParamsMismatch(path, diffs)
             del self.group[path]
-            self.side.delete(ledger_name(path))
+        self.side.delete(ledger_name(path))  # done-marks of an array that is no longer there
         is_float = np.dtype(dtype).kind == "f"
         array = self.group.create_array(
             path,
@@ -377,6 +390,7 @@ class Store:
             **({"config": config} if config is not None else {}),
             **({"modality": modality} if modality else {}),
             "fingerprint": fingerprint,
+            "code_version": int(code_version),
             "per_clip_shape": list(per_clip_shape),
             "dtype": dtype,
             "dims": ["clip", *dims],

@@ -122,6 +122,8 @@ class Stage:
     clips_per_task: int = 1
     #: "audio" or "visual": what the outputs' values come from (recorded in their provenance).
     modality: str = ""
+    #: The stage's code version (``StageConfig.code_version``), part of the outputs' fingerprints.
+    code_version: int = 1
 
 
 @dataclass
@@ -362,6 +364,7 @@ def run_stage(
                 config=spec.config,
                 modality=stage.modality,
                 overwrite=overwrite,
+                code_version=stage.code_version,
             )
             for spec in stage.outputs
         }

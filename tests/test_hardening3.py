@@ -5,6 +5,7 @@ processes, real media."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,11 +16,11 @@ import numpy as np
 import pytest
 
 import featstore
-from featstore.errors import DamagedFile, StoreError
+from featstore.errors import FeatstoreWarning
 from featstore.pipelines.extract_audio import AudioConfig, extract_audio
 from featstore.pipelines.ingest import ingest
 from tests.conftest import CLIP_S, run_cli
-from tests.test_hardening import _no_traceback, _small_dataset, _small_store
+from tests.test_hardening import N_CLIPS, _no_traceback, _small_dataset, _small_store
 
 
 # ------------------------------------------------------------------------------------------ point 1
@@ -69,3 +70,45 @@ def test_1_two_concurrent_ingests_never_lose_clips(demo_root, tmp_path):
         for p in procs:
             assert p.wait(timeout=120) == 0, p.stderr.read()
         assert featstore.open_store(url).n_clips == n_tau + 3
+
+
+# ------------------------------------------------------------------------------------------ point 11
+def test_11_a_code_version_bump_recomputes_and_arrays_made_before_keep_matching(demo_root, tmp_path):
+    from featstore.pipelines.runner import run_stage
+
+    store = _small_store(demo_root, tmp_path)
+    extract_audio(store, features=("mel",), workers=0, progress=False)
+    before = store.array("audio/mel")[:]
+    # an array made before code versions were recorded: no code_version in its provenance
+    attrs = dict(store.array("audio/mel").attrs["featstore"])
+    del attrs["code_version"]
+    store.array("audio/mel").attrs["featstore"] = attrs
+    again = extract_audio(store, features=("mel",), workers=0, progress=False)
+    assert (again.done, again.skipped) == (0, N_CLIPS)  # still matches: no recompute
+
+    class FixedMel(AudioConfig):  # a developer fixed the MEL code and bumped the version
+        code_version = 2
+
+    with pytest.warns(FeatstoreWarning, match="version 1 of extract-audio's code, now 2"):
+        bumped = run_stage(store, FixedMel(features=("mel",)).build(store), workers=0, progress=False)
+    assert (bumped.done, bumped.skipped) == (N_CLIPS, 0)
+    prov = store.provenance("audio/mel")
+    assert prov["code_version"] == 2 and prov.fingerprint != attrs["fingerprint"]
+    np.testing.assert_array_equal(store.array("audio/mel")[:], before)  # same code here, so the same values
+    assert run_stage(store, FixedMel(features=("mel",)).build(store), workers=0, progress=False).done == 0
+
+
+# ------------------------------------------------------------------------------------------ point 12
+def test_12_a_deleted_array_folder_is_never_claimed_done(demo_root, tmp_path):
+    store = _small_store(demo_root, tmp_path)
+    extract_audio(store, features=("mel",), workers=0, progress=False)
+    shutil.rmtree(os.path.join(store.url, "audio", "mel"))
+    for extra in ((), ("--overwrite",)):
+        proc = run_cli("extract-audio", store.url, "--features", "mel", "--workers", "0", *extra, "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["done"] == N_CLIPS
+        info = json.loads(run_cli("info", store.url, "--json", check=True).stdout)
+        mel = next(a for a in info["arrays"] if a["path"] == "audio/mel")
+        assert mel["done"] == N_CLIPS and mel["bytes_on_disk"] > 0
+        assert run_cli("verify", store.url).returncode == 0
+        shutil.rmtree(os.path.join(store.url, "audio", "mel"))
