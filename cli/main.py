@@ -312,7 +312,7 @@ def verify(store: str, arrays: str | None, repair: bool, workers: int, as_json: 
     selected = [a.strip() for a in arrays.split(",")] if arrays else None
     report = verify_store(s, selected)
     if repair and report.damaged:
-        for run in run_repair(s, report, workers=workers):
+        for run in run_repair(s, report, workers=workers, on_unrepairable=lambda line: click.echo(line, err=True)):
             click.echo(f"repaired {run.done} clip(s) of {', '.join(run.arrays)}", err=True)
         report = verify_store(s, selected)
     if as_json:

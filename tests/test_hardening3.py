@@ -112,3 +112,86 @@ def test_12_a_deleted_array_folder_is_never_claimed_done(demo_root, tmp_path):
         assert mel["done"] == N_CLIPS and mel["bytes_on_disk"] > 0
         assert run_cli("verify", store.url).returncode == 0
         shutil.rmtree(os.path.join(store.url, "audio", "mel"))
+
+
+# ------------------------------------------------------------------------------------------ points 3-5
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory, demo_root):
+    """A store of the demo with MEL, one tiny backbone and one audio fusion run (one epoch)."""
+    import keras
+
+    from featstore.models import build_model
+    from featstore.pipelines.embed import embed
+    from featstore.pipelines.fuse import FuseConfig, fuse
+
+    work = tmp_path_factory.mktemp("fused")
+    store = featstore.init_store(str(work / "s.zarr"), clip_duration_s=CLIP_S)
+    ingest(store, demo_root)
+    extract_audio(store, AudioConfig(features=("mel",)), workers=0)
+    keras.utils.set_random_seed(0)
+    build_model("aud-mel", input_shape=(128, 72, 6), widths=(4, 8), head_units=16).save(str(work / "aud.keras"))
+    embed(store, "aud-mel", model_file_path=str(work / "aud.keras"))
+    fuse(store, FuseConfig(method="f4", modalities=("audio",), epochs=1))
+    return store, work
+
+
+def _copy_store(store: featstore.Store, target) -> featstore.Store:
+    return featstore.open_store(shutil.copytree(store.url, str(target)))
+
+
+def _flip_byte(path: str) -> None:
+    raw = bytearray(open(path, "rb").read())
+    raw[len(raw) // 2] ^= 0x01
+    open(path, "wb").write(bytes(raw))
+
+
+def _damage_chunk(store: featstore.Store, path: str, row: int) -> None:
+    array = store.array(path)
+    array[row] = np.zeros(array.shape[1:], array.dtype)  # a sound chunk with other values than the ledger's
+
+
+def test_3_repair_repairs_what_it_can_and_names_the_rest(fused, tmp_path):
+    store = _copy_store(fused[0], tmp_path / "s.zarr")
+    _damage_chunk(store, "predictions/fuse-f4-audio", 0)
+    _damage_chunk(store, "audio/mel", 1)
+    proc = run_cli("verify", store.url, "--repair")
+    assert proc.returncode != 0
+    assert "cannot repair predictions/fuse-f4-audio" in proc.stderr and "Traceback" not in proc.stderr
+    assert "repaired 1 clip(s) of audio/mel" in proc.stderr
+    damaged = [line for line in proc.stdout.splitlines() if line.startswith("DAMAGED")]
+    assert len(damaged) == 1 and "predictions/fuse-f4-audio" in damaged[0]
+
+
+def test_4_damaged_models_and_heads_are_found_and_not_exported(fused, tmp_path):
+    for victim in ("models/aud-mel.keras", "runs/fuse-f4-audio.keras", "runs/fuse-f4-audio.json"):
+        store = _copy_store(fused[0], tmp_path / victim.replace("/", "-"))
+        _flip_byte(os.path.join(store.url, "_featstore", victim))
+        proc = run_cli("verify", store.url)
+        assert proc.returncode != 0 and f"_featstore/{victim}: damaged" in proc.stdout, proc.stdout
+        if victim.endswith(".keras"):
+            proc = run_cli("export-system", store.url, "--run", "fuse-f4-audio", "--to", str(tmp_path / f"sys-{victim[:4]}"))
+            assert proc.returncode != 0 and victim in proc.stderr, proc.stderr
+            _no_traceback(proc)
+            assert not os.path.exists(tmp_path / f"sys-{victim[:4]}" / "manifest.json")
+
+
+def test_5_a_swapped_backbone_is_refused_on_load(fused, tmp_path):
+    import hashlib
+
+    from featstore.system import CHECKSUMS, System
+
+    import keras
+
+    from featstore.models import build_model
+
+    store, _ = fused
+    target = System.from_run(store, "fuse-f4-audio").export(str(tmp_path / "sys"))
+    keras.utils.set_random_seed(1)  # another backbone of the same shape, checksums regenerated
+    build_model("aud-mel", input_shape=(128, 72, 6), widths=(4, 8), head_units=16).save(os.path.join(target, "backbones", "aud-mel.keras"))
+    lines = []
+    for line in open(os.path.join(target, CHECKSUMS)):
+        relative = line.rstrip("\n").split("  ", 1)[1]
+        lines.append(f"{hashlib.sha256(open(os.path.join(target, relative), 'rb').read()).hexdigest()}  {relative}\n")
+    open(os.path.join(target, CHECKSUMS), "w").writelines(lines)
+    with pytest.raises(featstore.ConfigError, match="not the backbone 'aud-mel' the manifest names"):
+        System.load(target)
