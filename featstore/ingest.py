@@ -77,15 +77,19 @@ def _require_columns(path: str, rows: list[dict[str, str]], fieldnames: list[str
 
 
 def _header(path: str, sep: str) -> list[str]:
+    """The header's column names, read by the csv module (quoted fields, e.g. ``csv.QUOTE_ALL``, are fine)."""
     with open(path, newline="", encoding="utf-8-sig") as f:
-        first = f.readline().rstrip("\r\n")
-    return [c.strip() for c in first.split(sep)]
+        first = next(csv.reader(f, delimiter=sep), [])
+    return [c.strip() for c in first]
 
 
 def _inside_root(root: str, path: str, where: str) -> str:
-    """``path`` relative to ``root``, symlinks resolved; IngestError when it is not inside ``root``."""
+    """``path`` relative to ``root``, symlinks resolved; IngestError when it is not inside ``root``.
+
+    Backslashes are folder separators (a manifest written on Windows) and become ``/``.
+    """
     try:
-        return relative_source(root, path, where)
+        return relative_source(root, path.replace("\\", "/"), where)
     except UnsafePath as exc:
         raise IngestError(str(exc)) from None
 
@@ -131,7 +135,7 @@ def _check_unique(rows: list[dict], where: str) -> None:
 
 def _check_label(label: str, classes: list[str] | None, where: str) -> None:
     if label and classes is not None and label not in classes:
-        raise IngestError(f"{where}: unknown label {label!r} (classes: {', '.join(classes)})")
+        raise IngestError(f"{where}: unknown label {label!r} (classes: {', '.join(classes)}; a store's classes are set by `featstore init --classes`)")
 
 
 def _find_setup_file(root: str, name: str) -> str | None:
@@ -226,6 +230,11 @@ def read_tau2021_eval(root: str, *, fold: int = 1) -> IngestReport:
     return IngestReport(table.drop(columns="__line__"), root, missing)
 
 
+def csv_labels(path: str) -> list[str]:
+    """The ``label`` column of a CSV manifest (nothing else is checked here)."""
+    return [row.get("label", "") for row in _read_table(os.path.abspath(path), ",")]
+
+
 def read_csv_manifest(path: str, *, classes: list[str] | None = None) -> IngestReport:
     """Read a generic CSV manifest (``audio, video, label, split[, clip_id]``)."""
     path = os.path.abspath(path)
@@ -240,9 +249,9 @@ def read_csv_manifest(path: str, *, classes: list[str] | None = None) -> IngestR
         _check_label(row["label"], classes, where)
         if row["split"] not in ("train", "evaluate", "test", ""):
             raise IngestError(f"{where}: unknown split {row['split']!r} (train, evaluate, test or empty)")
+        if not audio and not video:
+            raise IngestError(f"{where}: neither audio nor video is given (a clip needs at least one media file)")
         clip_id = row.get("clip_id") or os.path.splitext(os.path.basename(audio or video))[0]
-        if not clip_id:
-            raise IngestError(f"{where}: neither audio nor video is given")
         _clip_id(clip_id, where)
         rows.append(
             {

@@ -180,6 +180,16 @@ class Store:
         """Directory that the clips' paths are relative to (set at the first ingest)."""
         return self.settings.get("dataset_root")
 
+    def adopt_classes(self, labels: list[str]) -> bool:
+        """Take the label map from the data: when ``init`` was given no classes, the store has no
+        clips yet and ``labels`` name one outside the default map, the classes become ``labels``'
+        distinct values, sorted. Returns whether it did (call under :meth:`changing_clips`)."""
+        distinct = sorted({str(x) for x in labels if str(x)})
+        if self.settings.get("classes_given", True) or self.n_clips or not distinct or set(distinct) <= set(self.classes):
+            return False
+        self._update_settings(classes=distinct, classes_given=True)
+        return True
+
     def set_dataset_root(self, root: str | os.PathLike) -> None:
         """Point the store at a (moved) dataset; paths in the clips table stay relative.
 
@@ -457,17 +467,21 @@ def init_store(
     *,
     segment_s: float = SEGMENT_S,
     clip_duration_s: float = CLIP_DURATION_S,
-    classes: list[str] | tuple[str, ...] = CLASSES,
+    classes: list[str] | tuple[str, ...] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> Store:
     """Create a store (or open an existing one with the same settings).
 
     ``segment_s`` is the segment grid step and ``clip_duration_s`` the nominal clip length, both in
-    seconds; ``classes`` is the label map; ``storage_options`` go to fsspec for a remote URL.
+    seconds; ``classes`` is the label map (default: TAU's ten scenes, replaced by the labels of the
+    first CSV manifest ingested when it names a label outside them, see :meth:`Store.adopt_classes`);
+    ``storage_options`` go to fsspec for a remote URL.
     Reopening with other settings raises :class:`StoreError`.
     """
     url = normalise_url(url)
-    wanted = {"segment_s": float(segment_s), "clip_duration_s": float(clip_duration_s), "classes": list(classes)}
+    wanted = {"segment_s": float(segment_s), "clip_duration_s": float(clip_duration_s), "classes": list(classes or CLASSES)}
+    if classes is not None and (not classes or len(set(classes)) != len(classes) or not all(str(c).strip() for c in classes)):
+        raise StoreError(f"classes must be distinct, non-empty names, got {list(classes)}")
     if segment_s <= 0 or clip_duration_s < segment_s:
         raise StoreError(f"need 0 < segment_s <= clip_duration_s, got {segment_s} and {clip_duration_s}")
     try:
@@ -476,8 +490,11 @@ def init_store(
         group = zarr.create_group(zarr_store(url, storage_options))
     current = group.attrs.get(ATTRS_KEY)
     if current is None:
-        group.attrs[ATTRS_KEY] = {**wanted, "format_version": FORMAT_VERSION, "dataset_root": None, "clips_checksum": ""}
+        group.attrs[ATTRS_KEY] = {**wanted, "format_version": FORMAT_VERSION, "dataset_root": None, "clips_checksum": "",
+                                  "classes_given": classes is not None}
     else:
+        if classes is None:
+            wanted.pop("classes")
         differing = {k: (current.get(k), v) for k, v in wanted.items() if current.get(k) != v}
         if differing:
             raise StoreError(f"store {url} exists with other settings: {differing}")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from featstore.clips import relative_source
 from featstore.errors import UnsafePath
-from featstore.ingest import IngestError, IngestReport, is_tau2021_eval, read_csv_manifest, read_tau2021, read_tau2021_eval
+from featstore.ingest import IngestError, IngestReport, csv_labels, is_tau2021_eval, read_csv_manifest, read_tau2021, read_tau2021_eval
 from featstore.store import Store
 
 FORMATS = ("tau2021", "tau2021-eval", "csv")
@@ -51,6 +51,8 @@ def ingest(store: Store, source: str, *, fmt: str = "tau2021", fold: int = 1) ->
     elif fmt == "tau2021":
         report = read_tau2021(source, fold=fold, classes=store.classes)
     elif fmt == "csv":
+        with store.changing_clips("ingest"):  # a store initialised without classes takes the manifest's
+            store.adopt_classes(csv_labels(source))
         report = read_csv_manifest(source, classes=store.classes)
     else:
         raise IngestError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")

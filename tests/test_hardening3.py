@@ -5,6 +5,7 @@ processes, real media."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 import featstore
-from featstore.errors import FeatstoreWarning
+from featstore.errors import FeatstoreWarning, IngestError
 from featstore.pipelines.extract_audio import AudioConfig, extract_audio
 from featstore.pipelines.ingest import ingest
 from tests.conftest import CLIP_S, run_cli
@@ -195,3 +196,67 @@ def test_5_a_swapped_backbone_is_refused_on_load(fused, tmp_path):
     open(os.path.join(target, CHECKSUMS), "w").writelines(lines)
     with pytest.raises(featstore.ConfigError, match="not the backbone 'aud-mel' the manifest names"):
         System.load(target)
+
+
+# ------------------------------------------------------------------------------------------ point 7
+def test_7_a_cluster_without_workers_is_an_error_naming_the_scheduler(demo_root, tmp_path):
+    from distributed import LocalCluster
+
+    store = _small_store(demo_root, tmp_path)
+    proc = run_cli("extract-audio", store.url, "--features", "mel", "--workers", "-1")
+    assert proc.returncode != 0 and "--workers must be 0" in proc.stderr
+    _no_traceback(proc)
+    with LocalCluster(n_workers=0, dashboard_address=None, processes=True) as cluster:  # every worker gone
+        env = {**os.environ, "FEATSTORE_LOST_CLUSTER_S": "2"}
+        proc = run_cli("extract-audio", store.url, "--features", "mel", "--scheduler", cluster.scheduler_address, env=env, timeout=120)
+    assert proc.returncode != 0 and f"no dask worker at scheduler {cluster.scheduler_address}" in proc.stderr, proc.stderr
+    _no_traceback(proc)
+
+
+# ------------------------------------------------------------------------------------------ point 10
+def test_10_locks_csvs_and_info_say_what_is_true(demo_root, tmp_path):
+    store = _small_store(demo_root, tmp_path)
+    # a lock naming a live pid of another program (this test's own process started before the lock's time)
+    lock = os.path.join(store.url, "_featstore", "locks", "audio--mel.json")
+    os.makedirs(os.path.dirname(lock))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import socket
+
+        holder = {"host": socket.gethostname(), "pid": other.pid, "process_start": "1", "started": "x", "stage": "extract-audio"}
+        open(lock, "w").write(json.dumps(holder))
+        assert extract_audio(store, features=("mel",), workers=0, progress=False).done == N_CLIPS  # pid reused: stale
+        holder.pop("process_start")  # an older lock: honoured, and the message says how to break it
+        open(lock, "w").write(json.dumps(holder))
+        open(lock.replace("mel", "gam"), "w").write(json.dumps(holder))
+        proc = run_cli("extract-audio", store.url, "--features", "gam", "--workers", "0")
+        assert proc.returncode != 0 and "audio--gam.json" in proc.stderr and "featstore unlock" in proc.stderr, proc.stderr
+        assert "removed 2 lock(s)" in run_cli("unlock", store.url, check=True).stdout
+        assert run_cli("extract-audio", store.url, "--features", "gam", "--workers", "0").returncode == 0
+    finally:
+        other.kill()
+        other.wait()
+    # CSVs: backslashes are separators, a row with no media is refused, quoted TAU files are read
+    root = tmp_path / "data"
+    (root / "sub").mkdir()
+    shutil.copy(root / "c0.wav", root / "sub" / "x0.wav")
+    (root / "win.csv").write_text("audio,video,label,split\nsub\\x0.wav,,park,train\n")
+    ingest(store, str(root / "win.csv"), fmt="csv")
+    assert store.clips.set_index("clip_id").loc["x0", "audio_path"] == "sub/x0.wav"
+    (root / "none.csv").write_text("audio,video,label,split,clip_id\n,,park,train,ghost\n")
+    with pytest.raises(IngestError, match="line 2: neither audio nor video"):
+        ingest(store, str(root / "none.csv"), fmt="csv")
+    tau = tmp_path / "tau"
+    shutil.copytree(demo_root, tau)
+    meta = tau / "evaluation_setup" / "meta.csv" if (tau / "evaluation_setup" / "meta.csv").exists() else tau / "meta.csv"
+    rows = list(csv.reader(open(meta), delimiter="\t"))
+    with open(meta, "w", newline="") as f:
+        csv.writer(f, delimiter="\t", quoting=csv.QUOTE_ALL).writerows(rows)
+    quoted = featstore.init_store(str(tmp_path / "q.zarr"), clip_duration_s=CLIP_S)
+    assert ingest(quoted, str(tau)).added == len(rows) - 1
+    # info: a clip that failed at ingest and was computed since counts as done only
+    failures = store.failures_record()
+    failures.record("ingest", "", "c0", "MissingFile", "audio file not found: c0.wav")
+    failures.flush()
+    info = json.loads(run_cli("info", store.url, "--json", check=True).stdout)
+    assert info["failures"] == 0
