@@ -9,8 +9,11 @@ Two formats:
   clip_id = the audio file's stem; split from the fold files. A clip listed in both ``evaluate`` and
   ``test`` (the official ``fold1_test`` lists the evaluate clips without labels) gets ``evaluate``;
   one in no fold file gets ``""``.
-* ``csv``: a generic comma-separated file with ``audio``, ``video`` (either may be empty), ``label``,
-  ``split`` and optional ``clip_id`` columns; paths are relative to the CSV's folder.
+* ``csv``: a generic comma-separated file with ``audio``, ``video`` (either may be empty, not both),
+  ``label``, ``split`` and optional ``clip_id`` and ``location`` columns (the recording location,
+  which the location-disjoint validation split keeps together; ``identifier`` is read the same way);
+  paths are relative to the CSV's folder, ``\`` or ``/`` separated. Quoted fields are read as the
+  csv module reads them.
 
 Bad metadata raises :class:`IngestError` naming the file and line (header = line 1): a missing
 column, a file with no rows, a field over csv's 128 KiB limit, a bad clip_id (see :mod:`featstore.names`), a media
@@ -259,7 +262,7 @@ def read_csv_manifest(path: str, *, classes: list[str] | None = None) -> IngestR
                 "label": row["label"],
                 "split": row["split"],
                 "fold": 0,
-                "identifier": row.get("identifier", ""),
+                "identifier": row.get("location") or row.get("identifier", ""),
                 "audio_path": audio,
                 "video_path": video,
                 "__line__": row["__line__"],

@@ -260,3 +260,40 @@ def test_10_locks_csvs_and_info_say_what_is_true(demo_root, tmp_path):
     failures.flush()
     info = json.loads(run_cli("info", store.url, "--json", check=True).stdout)
     assert info["failures"] == 0
+
+
+# ------------------------------------------------------------------------------------------ format version
+def test_format_version_is_read_on_open(tmp_path):
+    from featstore.upgrade import FORMAT_VERSION
+
+    store = featstore.init_store(str(tmp_path / "s.zarr"), clip_duration_s=CLIP_S)
+    assert store.settings["format_version"] == FORMAT_VERSION
+    store.group.attrs["featstore"] = {**store.settings, "format_version": FORMAT_VERSION + 1}
+    proc = run_cli("info", store.url)
+    assert proc.returncode != 0 and f"store format version {FORMAT_VERSION + 1} is newer" in proc.stderr
+    _no_traceback(proc)
+
+
+# ------------------------------------------------------------------------------------------ your own data
+def test_own_data_classes_and_locations(demo_root, tmp_path):
+    root = tmp_path / "data"
+    manifest = _small_dataset(demo_root, str(root))
+    rows = open(manifest).read().splitlines()
+    labels, locations = ("kitchen", "office", "kitchen"), ("home-1", "work-1", "home-2")
+    lines = [rows[0] + ",location"] + [r.replace(",park,", f",{lab},") + f",{loc}" for r, lab, loc in zip(rows[1:], labels, locations)]
+    (root / "own.csv").write_text("\n".join(lines) + "\n")
+    # classes taken from the first CSV when init was given none
+    url = str(tmp_path / "a.zarr")
+    run_cli("init", url, "--clip-duration-s", str(CLIP_S), check=True)
+    run_cli("ingest", url, "--format", "csv", str(root / "own.csv"), check=True)
+    store = featstore.open_store(url)
+    assert store.classes == ["kitchen", "office"]
+    assert list(store.clips["identifier"]) == list(locations)
+    # classes given: a label outside them is one line naming the fix
+    url = str(tmp_path / "b.zarr")
+    run_cli("init", url, "--clip-duration-s", str(CLIP_S), "--classes", "kitchen,garden", check=True)
+    assert featstore.open_store(url).classes == ["kitchen", "garden"]
+    proc = run_cli("ingest", url, "--format", "csv", str(root / "own.csv"))
+    assert proc.returncode != 0 and "unknown label 'office'" in proc.stderr and "init --classes" in proc.stderr
+    _no_traceback(proc)
+    assert proc.stderr.count("\n") == 1
