@@ -17,6 +17,10 @@ Provenance of arrays made before stage code versions were recorded
     as it was when code versions were introduced; version 1 also fingerprints as before
     (:func:`featstore.fingerprint.array_fingerprint`), so those arrays keep their fingerprints.
 
+The failures record of stores made before one file per array
+    :func:`legacy_failures`: a store's single ``failures.parquet`` is read as the first content of
+    each per-array file (:class:`featstore.ledger.Failures`); it is never written again.
+
 Side files made before they were checksummed
     A model, run or ledger written without its ``.b2sum`` beside it is read unchecked
     (:meth:`featstore.sidefiles.SideFiles.read_verified`).
@@ -53,3 +57,16 @@ def clips_checksum_recorded(settings: dict[str, Any]) -> bool:
 def code_version_of(raw_provenance: dict[str, Any]) -> int:
     """The stage code version that made an array: 1 when its provenance predates code versions."""
     return int(raw_provenance.get("code_version", 1))
+
+
+def legacy_failures(side: Any, only: set[str] | None) -> dict[str, Any]:
+    """``{scope: rows}`` of the single ``failures.parquet`` of an older store, split by the scope
+    each row lives in now (only the scopes in ``only``, when given); empty when there is none."""
+    from featstore.ledger import LEGACY_FAILURES_NAME, failures_scope
+
+    legacy = side.read_parquet(LEGACY_FAILURES_NAME)
+    if legacy is None or legacy.empty:
+        return {}
+    legacy = legacy.assign(array=legacy["array"].astype(str).str.split(",")).explode("array", ignore_index=True)
+    scopes = [failures_scope(stage, array) for stage, array in zip(legacy["stage"], legacy["array"])]
+    return {scope: rows.reset_index(drop=True) for scope, rows in legacy.groupby(scopes, sort=True) if only is None or scope in only}

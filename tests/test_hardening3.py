@@ -268,6 +268,13 @@ def test_format_version_is_read_on_open(tmp_path):
 
     store = featstore.init_store(str(tmp_path / "s.zarr"), clip_duration_s=CLIP_S)
     assert store.settings["format_version"] == FORMAT_VERSION
+    # an older store's single failures file is read through featstore.upgrade
+    import pandas as pd
+
+    old = pd.DataFrame({"stage": ["extract-audio"], "array": ["audio/mel,audio/gam"], "clip_id": ["c0"], "error_type": ["E"],
+                        "message": ["m"], "time": [pd.Timestamp(0, unit="s", tz="UTC")]})
+    store.side.write("failures.parquet", old.to_parquet(index=False))
+    assert sorted(store.failures["array"]) == ["audio/gam", "audio/mel"]
     store.group.attrs["featstore"] = {**store.settings, "format_version": FORMAT_VERSION + 1}
     proc = run_cli("info", store.url)
     assert proc.returncode != 0 and f"store format version {FORMAT_VERSION + 1} is newer" in proc.stderr
