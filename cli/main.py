@@ -53,14 +53,16 @@ def main() -> None:
 @click.argument("store")
 @click.option("--segment-s", type=float, default=SEGMENT_S, show_default=True, help="Segment grid step (seconds).")
 @click.option("--clip-duration-s", type=float, default=CLIP_DURATION_S, show_default=True, help="Nominal clip length (seconds).")
-def init(store: str, segment_s: float, clip_duration_s: float) -> None:
+@click.option("--classes", default=None, help="Comma-separated class names, the label map (default: TAU's ten scenes, or the labels of the first CSV manifest ingested when it has others).")
+def init(store: str, segment_s: float, clip_duration_s: float, classes: str | None) -> None:
     """Create a store at STORE (a directory, or an fsspec URL such as memory://x or s3://bucket/x).
 
     \b
     Example:
       featstore init store.zarr --segment-s 1.0
     """
-    s = featstore.init_store(store, segment_s=segment_s, clip_duration_s=clip_duration_s)
+    names = [c.strip() for c in classes.split(",")] if classes is not None else None
+    s = featstore.init_store(store, segment_s=segment_s, clip_duration_s=clip_duration_s, classes=names)
     click.echo(f"store ready at {s.url}")
 
 
@@ -94,6 +96,24 @@ def ingest(store: str, source: str, fmt: str, fold: int, as_json: bool) -> None:
             click.echo(f"  missing: {clip_id}: {message}", err=True)
     if summary.missing:
         sys.exit(EXIT_PARTIAL)
+
+
+@main.command()
+@click.argument("store")
+@click.option("--array", "arrays", multiple=True, help="Only this array's lock (repeatable; default: every lock of the store).")
+def unlock(store: str, arrays: tuple[str, ...]) -> None:
+    """Break the locks of STORE left by a process that no longer writes it (another program reusing its pid).
+
+    Only when no featstore command is writing the store: a live writer's lock keeps it safe.
+
+    \b
+    Example:
+      featstore unlock store.zarr --array audio/mel
+    """
+    from featstore.lock import break_locks
+
+    removed = break_locks(open_store(store).side, list(arrays) or None)
+    click.echo(f"removed {len(removed)} lock(s)" + "".join(f"\n  {path}" for path in removed))
 
 
 @main.command("demo-data")
@@ -317,7 +337,7 @@ def verify(store: str, arrays: str | None, repair: bool, workers: int, as_json: 
     selected = [a.strip() for a in arrays.split(",")] if arrays else None
     report = verify_store(s, selected)
     if repair and report.damaged:
-        for run in run_repair(s, report, workers=workers):
+        for run in run_repair(s, report, workers=workers, on_unrepairable=lambda line: click.echo(line, err=True)):
             click.echo(f"repaired {run.done} clip(s) of {', '.join(run.arrays)}", err=True)
         report = verify_store(s, selected)
     if as_json:

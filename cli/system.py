@@ -39,8 +39,10 @@ def export_system(store: str, run: str, target: str) -> None:
 @click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
 @click.option("--submission", default=None, help="Also write the DCASE 2021 Task 1B submission file (TSV) of the predicted clips.")
 @click.option("--file", "video", default=None, help="Classify one video file (a temporary store) and print its probabilities.")
+@click.option("--audio", "audio", default=None, help="With --file: take the audio from this file (e.g. a WAV) instead of the video's own track.")
+@click.option("--per-segment", is_flag=True, help="With --file: print every segment's probabilities, not only the summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submission, video, as_json):
+def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submission, video, audio, per_segment, as_json):
     """Apply a trained system to the clips of STORE, recomputing only what is missing.
 
     Extraction with the system's parameters, embedding with its backbones (same cache keys as
@@ -52,6 +54,7 @@ def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submiss
       featstore predict eval.zarr --system systems/f4 --submission submission.tsv
       featstore predict store.zarr --run fuse-f4-av
       featstore predict --system systems/f4 --file my_video.mp4
+      featstore predict --system systems/f4 --file my_video.mp4 --audio my_audio.wav
     """
     from featstore.errors import ConfigError
     from featstore.pipelines.predict import predict, predict_file, write_predict_submission
@@ -63,8 +66,8 @@ def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submiss
     if video is not None:
         if system_dir is None:
             raise ConfigError("--file needs --system")
-        result = predict_file(System.load(system_dir), video)
-        click.echo(json.dumps(result) if as_json else _format_file_result(result))
+        result = predict_file(System.load(system_dir), video, audio)
+        click.echo(json.dumps(result) if as_json else _format_file_result(result, per_segment))
         return
     if store is None:
         raise ConfigError("STORE is required (or --file VIDEO)")
@@ -85,11 +88,18 @@ def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submiss
         sys.exit(EXIT_PARTIAL)
 
 
-def _format_file_result(result: dict) -> str:
+def _format_file_result(result: dict, per_segment: bool = False) -> str:
+    """The clip's label and probabilities; each segment's row only with ``per_segment`` (a summary of
+    the segments' labels otherwise: a 10-minute file has 600)."""
     lines = [f"{result['file']}: {result['label']} ({result['probability']:.3f})"]
     classes = result["classes"]
     lines.append("second  " + "  ".join(f"{c[:8]:>8}" for c in classes))
-    for k, probs in enumerate(result["per_segment"]):
-        lines.append(f"{k:>6}  " + "  ".join(f"{p:8.3f}" for p in probs))
+    if per_segment:
+        for k, probs in enumerate(result["per_segment"]):
+            lines.append(f"{k:>6}  " + "  ".join(f"{p:8.3f}" for p in probs))
     lines.append("clip    " + "  ".join(f"{p:8.3f}" for p in result["clip"]))
+    if not per_segment:
+        winners = [classes[max(range(len(p)), key=p.__getitem__)] for p in result["per_segment"]]
+        counts = sorted(((winners.count(c), c) for c in set(winners)), reverse=True)
+        lines.append(f"{len(winners)} segments, labelled " + ", ".join(f"{c} {n}" for n, c in counts) + " (--per-segment prints each)")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ crafted table cannot make a stage read ``/etc/passwd`` nor a symlink swapped in 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 
@@ -138,6 +139,11 @@ def merge_clips(existing: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame
     added = normalise_clips(pd.DataFrame(fresh, columns=new.columns))
     table = added if existing.empty else pd.concat([existing, added], ignore_index=True)
     return table, len(added)
+
+
+def table_checksum(raw: bytes | None) -> str:
+    """Checksum of the clips table's file bytes (BLAKE2b, hex; ``""`` when there is no file yet)."""
+    return "" if raw is None else hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 def segments_per_clip(clip_duration_s: float, segment_s: float) -> int:

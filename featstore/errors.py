@@ -42,6 +42,10 @@ class LockHeld(FeatstoreError, RuntimeError):
     """Another live process is writing the array."""
 
 
+class ClusterLost(FeatstoreError, RuntimeError):
+    """The dask cluster a run was given lost its scheduler, or every worker for too long."""
+
+
 class IngestError(FeatstoreError, ValueError):
     """Metadata that cannot be ingested; the message names file and line."""
 

@@ -27,6 +27,19 @@ def stable_hash(obj: Any) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
+def array_fingerprint(stage: str, params: dict[str, Any], per_clip_shape: tuple[int, ...] | list[int], dtype: str, code_version: int = 1) -> str:
+    """Fingerprint of a per-clip array: its stage, parameters, shape, dtype and the stage's code version.
+
+    Code version 1 is hashed without it, as arrays were before code versions existed, so that those
+    arrays keep their fingerprints (:func:`featstore.upgrade.code_version_of`); any later version is
+    part of the hash.
+    """
+    record: dict[str, Any] = {"stage": stage, "params": params, "per_clip_shape": list(per_clip_shape), "dtype": dtype}
+    if code_version != 1:
+        record["code_version"] = int(code_version)
+    return stable_hash(record)
+
+
 def file_fingerprint(path: str | os.PathLike) -> str:
     """Content fingerprint of a source file: its size and up to three 1 MiB samples of its bytes.
 

@@ -27,10 +27,15 @@ def store_info(store: Store) -> dict[str, Any]:
     by_label = clips.groupby("label").size().to_dict() if len(clips) else {}
     failures = store.failures
     arrays = []
+    done_anywhere: set[str] = set()
     for path in store.array_paths():
         array = store.array(path)
         prov = store.provenance(path)
-        n_done = len(store.ledger(path).entries)
+        done = store.ledger(path).entries
+        n_done = len(done)
+        done_anywhere.update(done)
+        if len(failures):  # a clip done since it failed (by another run) counts as done only
+            failures = failures[~((failures["array"] == path) & failures["clip_id"].isin(list(done)))]
         arrays.append(
             {
                 "path": path,
@@ -46,6 +51,8 @@ def store_info(store: Store) -> dict[str, Any]:
                 "failures": int((failures["array"] == path).sum()) if len(failures) else 0,
             }
         )
+    if len(failures):  # an ingest failure (a missing file) of a clip that stages have since computed
+        failures = failures[~((failures["array"] == "") & failures["clip_id"].isin(list(done_anywhere)))]
     return {
         "url": store.url,
         "dataset_root": store.dataset_root,

@@ -1,4 +1,4 @@
-"""Read a dataset's metadata into a store's clips table.
+r"""Read a dataset's metadata into a store's clips table.
 
 Two formats:
 
@@ -9,8 +9,11 @@ Two formats:
   clip_id = the audio file's stem; split from the fold files. A clip listed in both ``evaluate`` and
   ``test`` (the official ``fold1_test`` lists the evaluate clips without labels) gets ``evaluate``;
   one in no fold file gets ``""``.
-* ``csv``: a generic comma-separated file with ``audio``, ``video`` (either may be empty), ``label``,
-  ``split`` and optional ``clip_id`` columns; paths are relative to the CSV's folder.
+* ``csv``: a generic comma-separated file with ``audio``, ``video`` (either may be empty, not both),
+  ``label``, ``split`` and optional ``clip_id`` and ``location`` columns (the recording location,
+  which the location-disjoint validation split keeps together; ``identifier`` is read the same way);
+  paths are relative to the CSV's folder, ``\`` or ``/`` separated. Quoted fields are read as the
+  csv module reads them.
 
 Bad metadata raises :class:`IngestError` naming the file and line (header = line 1): a missing
 column, a file with no rows, a field over csv's 128 KiB limit, a bad clip_id (see :mod:`featstore.names`), a media
@@ -77,15 +80,19 @@ def _require_columns(path: str, rows: list[dict[str, str]], fieldnames: list[str
 
 
 def _header(path: str, sep: str) -> list[str]:
+    """The header's column names, read by the csv module (quoted fields, e.g. ``csv.QUOTE_ALL``, are fine)."""
     with open(path, newline="", encoding="utf-8-sig") as f:
-        first = f.readline().rstrip("\r\n")
-    return [c.strip() for c in first.split(sep)]
+        first = next(csv.reader(f, delimiter=sep), [])
+    return [c.strip() for c in first]
 
 
 def _inside_root(root: str, path: str, where: str) -> str:
-    """``path`` relative to ``root``, symlinks resolved; IngestError when it is not inside ``root``."""
+    """``path`` relative to ``root``, symlinks resolved; IngestError when it is not inside ``root``.
+
+    Backslashes are folder separators (a manifest written on Windows) and become ``/``.
+    """
     try:
-        return relative_source(root, path, where)
+        return relative_source(root, path.replace("\\", "/"), where)
     except UnsafePath as exc:
         raise IngestError(str(exc)) from None
 
@@ -131,7 +138,7 @@ def _check_unique(rows: list[dict], where: str) -> None:
 
 def _check_label(label: str, classes: list[str] | None, where: str) -> None:
     if label and classes is not None and label not in classes:
-        raise IngestError(f"{where}: unknown label {label!r} (classes: {', '.join(classes)})")
+        raise IngestError(f"{where}: unknown label {label!r} (classes: {', '.join(classes)}; a store's classes are set by `featstore init --classes`)")
 
 
 def _find_setup_file(root: str, name: str) -> str | None:
@@ -226,6 +233,11 @@ def read_tau2021_eval(root: str, *, fold: int = 1) -> IngestReport:
     return IngestReport(table.drop(columns="__line__"), root, missing)
 
 
+def csv_labels(path: str) -> list[str]:
+    """The ``label`` column of a CSV manifest (nothing else is checked here)."""
+    return [row.get("label", "") for row in _read_table(os.path.abspath(path), ",")]
+
+
 def read_csv_manifest(path: str, *, classes: list[str] | None = None) -> IngestReport:
     """Read a generic CSV manifest (``audio, video, label, split[, clip_id]``)."""
     path = os.path.abspath(path)
@@ -240,9 +252,9 @@ def read_csv_manifest(path: str, *, classes: list[str] | None = None) -> IngestR
         _check_label(row["label"], classes, where)
         if row["split"] not in ("train", "evaluate", "test", ""):
             raise IngestError(f"{where}: unknown split {row['split']!r} (train, evaluate, test or empty)")
+        if not audio and not video:
+            raise IngestError(f"{where}: neither audio nor video is given (a clip needs at least one media file)")
         clip_id = row.get("clip_id") or os.path.splitext(os.path.basename(audio or video))[0]
-        if not clip_id:
-            raise IngestError(f"{where}: neither audio nor video is given")
         _clip_id(clip_id, where)
         rows.append(
             {
@@ -250,7 +262,7 @@ def read_csv_manifest(path: str, *, classes: list[str] | None = None) -> IngestR
                 "label": row["label"],
                 "split": row["split"],
                 "fold": 0,
-                "identifier": row.get("identifier", ""),
+                "identifier": row.get("location") or row.get("identifier", ""),
                 "audio_path": audio,
                 "video_path": video,
                 "__line__": row["__line__"],

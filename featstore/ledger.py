@@ -120,14 +120,10 @@ class Failures:
         self._dirty: set[str] = set()
 
     def _seed_from_legacy(self) -> None:
-        legacy = self.side.read_parquet(LEGACY_FAILURES_NAME)
-        if legacy is None or legacy.empty:
-            return
-        legacy = legacy.assign(array=legacy["array"].astype(str).str.split(",")).explode("array", ignore_index=True)
-        scopes = [failures_scope(stage, array) for stage, array in zip(legacy["stage"], legacy["array"])]
-        for scope, rows in legacy.groupby(scopes, sort=True):
-            if scope not in self._tables and (self._only is None or scope in self._only):
-                self._tables[scope] = rows.reset_index(drop=True)
+        from featstore.upgrade import legacy_failures
+
+        for scope, rows in legacy_failures(self.side, self._only).items():
+            self._tables.setdefault(scope, rows)
 
     @property
     def table(self) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import tempfile
 import time
 from typing import Any
 
-from featstore.errors import NotFoundError, StoreError
+from featstore.errors import DamagedFile, NotFoundError, StoreError
 from featstore.names import unknown
 from featstore.store import Store
 
@@ -94,9 +94,11 @@ def model_entry(store: Store, name: str) -> dict[str, Any]:
 
 def model_bytes(store: Store, name: str) -> bytes:
     """The registered model's ``.keras`` bytes."""
-    data = store.side.read(f"models/{name}.keras")
+    data = store.side.read_verified(f"models/{name}.keras")
     if data is None:
         raise NotFoundError(f"model {name!r} is registered but its file models/{name}.keras is missing")
+    if hashlib.blake2b(data, digest_size=16).hexdigest() != model_entry(store, name)["fingerprint"]:
+        raise DamagedFile(f"{store.side.path(f'models/{name}.keras')}: damaged, not the model registered as {name!r} (its fingerprint differs); register it again")
     return data
 
 

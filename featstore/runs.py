@@ -81,7 +81,7 @@ def save_run_head(store: Store, name: str, model: Any) -> None:
 
 def run_head_bytes(store: Store, name: str) -> bytes:
     """The bytes of fusion run ``name``'s head (``.keras``); refused for a run without one."""
-    data = store.side.read(f"runs/{name}.keras")
+    data = store.side.read_verified(f"runs/{name}.keras")
     if data is None:
         raise NotFoundError(f"run {name!r} has no trained head in the store (only fusion runs have one)")
     return data

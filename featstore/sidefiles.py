@@ -13,6 +13,7 @@ A file that exists but cannot be parsed (truncated, overwritten) raises
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import os
@@ -26,6 +27,17 @@ from fsspec.implementations.local import LocalFileSystem
 from featstore.errors import DamagedFile
 
 SIDE_DIR = "_featstore"
+#: Side files that get a checksum file beside them (``NAME.b2sum``, BLAKE2b of the bytes), checked by
+#: ``verify``, by :meth:`SideFiles.read_verified` and before ``export-system`` copies a file: models,
+#: the model registry, runs (records and heads) and ledgers. The clips table's checksum lives in the
+#: store's root metadata instead (it is the store's identity).
+CHECKSUMMED = ("models/", "models.json", "runs/", "ledger/")
+SUM_SUFFIX = ".b2sum"
+
+
+def checksum(data: bytes) -> str:
+    """BLAKE2b (16 bytes, hex) of ``data``: the checksum of a side file."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 @functools.cache
@@ -78,9 +90,12 @@ class SideFiles:
         raw = self.read(name)
         return None if raw is None else parse_json(raw, self.path(name))
 
-    def read_parquet(self, name: str) -> pd.DataFrame | None:
-        """The file read as a Parquet table, or None when it does not exist; :class:`DamagedFile` when unreadable."""
-        raw = self.read(name)
+    def read_parquet(self, name: str, raw: bytes | None = None) -> pd.DataFrame | None:
+        """The file read as a Parquet table, or None when it does not exist; :class:`DamagedFile` when unreadable.
+
+        ``raw``: the file's bytes when the caller has read them already.
+        """
+        raw = self.read(name) if raw is None else raw
         if raw is None:
             return None
         try:
@@ -89,8 +104,32 @@ class SideFiles:
             reason = str(exc).replace("Could not open Parquet input source '<Buffer>': ", "")  # names no file
             raise DamagedFile(f"{self.path(name)}: damaged, not a readable Parquet table ({reason}); restore or delete it") from None
 
+    def read_verified(self, name: str) -> bytes | None:
+        """The file's bytes (None when absent), checked against its checksum file;
+        :class:`DamagedFile` when they differ. A file written before checksums has none and is not checked."""
+        raw = self.read(name)
+        problem = None if raw is None else self.checksum_problem(name, raw)
+        if problem:
+            raise DamagedFile(problem)
+        return raw
+
+    def checksum_problem(self, name: str, raw: bytes) -> str | None:
+        """Why ``raw`` (the bytes of ``name``) does not match its checksum file, or None when it does or has none."""
+        recorded = self.read(name + SUM_SUFFIX)
+        if recorded is None or recorded.decode(errors="replace").strip() == checksum(raw):
+            return None
+        return f"{self.path(name)}: damaged, its bytes differ from the checksum recorded when it was written; restore it or make it again"
+
     def write(self, name: str, data: bytes) -> None:
-        """Replace the file's content atomically: a reader sees the old or the new bytes, never a mix."""
+        """Replace the file's content atomically: a reader sees the old or the new bytes, never a mix.
+
+        A file under :data:`CHECKSUMMED` gets its checksum file first (a crash between the two writes
+        leaves a mismatch that ``verify`` reports, never a damaged file taken as sound)."""
+        if name.startswith(CHECKSUMMED) and not name.endswith(SUM_SUFFIX):
+            self._write(name + SUM_SUFFIX, checksum(data).encode())
+        self._write(name, data)
+
+    def _write(self, name: str, data: bytes) -> None:
         target = self.path(name)
         if not self.is_local:
             self.fs.pipe_file(target, data)
@@ -111,8 +150,9 @@ class SideFiles:
             raise
 
     def delete(self, name: str) -> None:
-        if self.exists(name):
-            self.fs.rm(self.path(name))
+        for each in (name, name + SUM_SUFFIX):
+            if self.exists(each):
+                self.fs.rm(self.path(each))
 
     def listdir(self, name: str) -> list[str]:
         """Names of the files directly under ``name`` (empty when the folder does not exist)."""

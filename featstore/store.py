@@ -37,11 +37,12 @@ from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 from featstore import clips as clips_mod
 from featstore import names
 from featstore.constants import CLASSES, CLIP_DURATION_S, MAX_CLIP_DURATION_S, MIN_SEGMENT_S, SEGMENT_S
-from featstore.errors import ConfigError, DamagedFile, NotFoundError, ParamsMismatch, StoreError
-from featstore.fingerprint import library_versions, stable_hash
+from featstore.errors import ConfigError, DamagedFile, FeatstoreWarning, NotFoundError, ParamsMismatch, StoreError
+from featstore.fingerprint import array_fingerprint, library_versions
 from featstore.ledger import Failures, Ledger, ledger_name
 from featstore.provenance import Provenance
 from featstore.sidefiles import SideFiles
+from featstore.upgrade import FORMAT_VERSION, check_format_version, clips_checksum_recorded, code_version_of
 
 CLIPS_NAME = "clips.parquet"
 ATTRS_KEY = "featstore"
@@ -116,7 +117,36 @@ class Store:
             raise missing from None
         if ATTRS_KEY not in self.group.attrs:
             raise StoreError(f"{self.url} is a Zarr group but not a featstore store")
+        check_format_version(self.settings, self.url)
         self._clips: pd.DataFrame | None = None
+        self._clips_lock_depth = 0
+
+    @contextlib.contextmanager
+    def changing_clips(self, command: str) -> Iterator[None]:
+        """Hold the clips table's lock (:func:`featstore.lock.clips_lock`) and read the table and the
+        root metadata afresh: what another process added meanwhile is merged, not overwritten.
+        Re-entrant within this object (ingest holds it around the dataset root and the new rows)."""
+        if self._clips_lock_depth:
+            self._clips_lock_depth += 1
+            try:
+                yield
+            finally:
+                self._clips_lock_depth -= 1
+            return
+        from featstore.lock import clips_lock
+
+        with clips_lock(self.side, command):
+            self._clips_lock_depth = 1
+            try:
+                self.refresh()
+                yield
+            finally:
+                self._clips_lock_depth = 0
+
+    def refresh(self) -> None:
+        """Read the root metadata and the clips table again (another process may have changed them)."""
+        self.group = zarr.open_group(zarr_store(self.url, self.storage_options), mode="r+")
+        self._clips = None
 
     # ---------------------------------------------------------------- settings
     @property
@@ -151,14 +181,25 @@ class Store:
         """Directory that the clips' paths are relative to (set at the first ingest)."""
         return self.settings.get("dataset_root")
 
+    def adopt_classes(self, labels: list[str]) -> bool:
+        """Take the label map from the data: when ``init`` was given no classes, the store has no
+        clips yet and ``labels`` name one outside the default map, the classes become ``labels``'
+        distinct values, sorted. Returns whether it did (call under :meth:`changing_clips`)."""
+        distinct = sorted({str(x) for x in labels if str(x)})
+        if self.settings.get("classes_given", True) or self.n_clips or not distinct or set(distinct) <= set(self.classes):
+            return False
+        self._update_settings(classes=distinct, classes_given=True)
+        return True
+
     def set_dataset_root(self, root: str | os.PathLike) -> None:
         """Point the store at a (moved) dataset; paths in the clips table stay relative.
 
         Every clip's files must resolve inside the new root (:class:`~featstore.errors.UnsafePath`).
         """
         root = os.path.abspath(root)
-        clips_mod.checked_clips(self.clips, root)
-        self._update_settings(dataset_root=root)
+        with self.changing_clips("set-dataset-root"):
+            clips_mod.checked_clips(self.clips, root)
+            self._update_settings(dataset_root=root)
 
     def source_path(self, relative: str) -> str:
         """Real absolute path of a source file named in the clips table, checked to be inside the root."""
@@ -171,23 +212,57 @@ class Store:
     def clips(self) -> pd.DataFrame:
         """The clips table (a copy is cheap to take; do not mutate in place)."""
         if self._clips is None:
-            table = self.side.read_parquet(CLIPS_NAME)
+            raw = self.side.read(CLIPS_NAME)
+            self._check_clips_identity(raw)
+            table = self.side.read_parquet(CLIPS_NAME, raw)
             self._clips = clips_mod.normalise_clips(table) if table is not None else clips_mod.empty_clips()
         return self._clips
+
+    def _check_clips_identity(self, raw: bytes | None) -> None:
+        """Refuse a clips table that is not the one this store last wrote (:class:`DamagedFile`).
+
+        The root metadata records the checksum of the table as written (and the one before, so that
+        a crash between the two writes of :meth:`add_clips` leaves a table that still opens). A table
+        copied in from another store, edited by hand or damaged matches neither: every command
+        refuses it before it writes anything, since rows and arrays would no longer line up.
+        """
+        settings = self.settings
+        if not clips_checksum_recorded(settings):
+            return  # a store made before the checksum was recorded (featstore.upgrade)
+        digest = clips_mod.table_checksum(raw)
+        if digest not in (settings["clips_checksum"], settings.get("clips_checksum_previous")):
+            raise DamagedFile(
+                f"{self.side.path(CLIPS_NAME)}: not this store's clips table (its checksum differs from the one the "
+                "store recorded when it wrote it: replaced, edited or damaged); restore it from a backup of this store"
+            )
 
     @property
     def n_clips(self) -> int:
         return len(self.clips)
 
     def add_clips(self, new: pd.DataFrame) -> int:
-        """Append clips the store does not have yet; return how many were added (0 = no-op)."""
-        table, n_added = clips_mod.merge_clips(self.clips, clips_mod.checked_clips(new, self.dataset_root))
-        if n_added:
-            buf = io.BytesIO()
-            table.to_parquet(buf, index=False)
-            self.side.write(CLIPS_NAME, buf.getvalue())
-            self._clips = table
+        """Append clips the store does not have yet; return how many were added (0 = no-op).
+
+        Done under the clips table's lock (:meth:`changing_clips`), on the table as it is on disk, so
+        that two processes adding clips at once never lose each other's rows.
+        """
+        with self.changing_clips("add-clips"):
+            table, n_added = clips_mod.merge_clips(self.clips, clips_mod.checked_clips(new, self.dataset_root))
+            if n_added:
+                self.write_clips(table)
         return n_added
+
+    def write_clips(self, table: pd.DataFrame) -> None:
+        """Replace the clips table with ``table`` and record its checksum (call under :meth:`changing_clips`)."""
+        buf = io.BytesIO()
+        table.to_parquet(buf, index=False)
+        data = buf.getvalue()
+        current = self.settings.get("clips_checksum")
+        # the new checksum is recorded first, the old one kept: a crash between the writes leaves a table that opens
+        self._update_settings(clips_checksum=clips_mod.table_checksum(data), clips_checksum_previous=current,
+                              format_version=FORMAT_VERSION)
+        self.side.write(CLIPS_NAME, data)
+        self._clips = table
 
     def clip_index(self, clip_id: str) -> int:
         """Row of ``clip_id`` in the clips table (= its index along every array's first axis)."""
@@ -261,6 +336,7 @@ class Store:
         config: dict[str, Any] | None = None,
         modality: str | None = None,
         overwrite: bool = False,
+        code_version: int = 1,
     ) -> zarr.Array:
         """Create (or reuse) the per-clip array ``path`` of shape ``(n_clips, *per_clip_shape)``.
 
@@ -273,11 +349,16 @@ class Store:
         array and its ledger first, whatever its fingerprint, so that every clip is recomputed.
         ``config`` (the stage config that makes exactly this array) and ``modality`` ("audio" or
         "visual") are recorded beside the parameters, outside the fingerprint.
+
+        ``code_version`` is the stage's code version (``StageConfig.code_version``), part of the
+        fingerprint: an array made by an older version of the stage's code, with the same
+        parameters, is stale and is made again (with a warning), every clip recomputed.
+
+        The array's ledger belongs to this version of the array: a new array (none at ``path``, its
+        folder deleted by hand, or replaced) starts with no done-marks.
         """
         names.array_path(path)
-        fingerprint = stable_hash(
-            {"stage": stage, "params": params, "per_clip_shape": list(per_clip_shape), "dtype": dtype}
-        )
+        fingerprint = array_fingerprint(stage, params, per_clip_shape, dtype, code_version)
         n_clips = self.n_clips
         if self.has_array(path):
             existing = self.array(path)
@@ -286,6 +367,13 @@ class Store:
                 if existing.shape[0] < n_clips:
                     existing.resize((n_clips, *existing.shape[1:]))
                 return existing
+            old_version = code_version_of(old)
+            if not overwrite and old_version != code_version and old["fingerprint"] == array_fingerprint(
+                stage, params, per_clip_shape, dtype, old_version
+            ):
+                warnings.warn(f"{path}: made by version {old_version} of {stage}'s code, now {code_version}: recomputing it",
+                              FeatstoreWarning, stacklevel=2)
+                overwrite = True
             if not overwrite:
                 keys = sorted(set(old["params"]) | set(params))
                 diffs = {k: (old["params"].get(k), params.get(k)) for k in keys if old["params"].get(k) != params.get(k)}
@@ -295,7 +383,7 @@ class Store:
                     diffs["dtype"] = (old.get("dtype"), dtype)
                 raise ParamsMismatch(path, diffs)
             del self.group[path]
-            self.side.delete(ledger_name(path))
+        self.side.delete(ledger_name(path))  # done-marks of an array that is no longer there
         is_float = np.dtype(dtype).kind == "f"
         array = self.group.create_array(
             path,
@@ -313,6 +401,7 @@ class Store:
             **({"config": config} if config is not None else {}),
             **({"modality": modality} if modality else {}),
             "fingerprint": fingerprint,
+            "code_version": int(code_version),
             "per_clip_shape": list(per_clip_shape),
             "dtype": dtype,
             "dims": ["clip", *dims],
@@ -379,17 +468,21 @@ def init_store(
     *,
     segment_s: float = SEGMENT_S,
     clip_duration_s: float = CLIP_DURATION_S,
-    classes: list[str] | tuple[str, ...] = CLASSES,
+    classes: list[str] | tuple[str, ...] | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> Store:
     """Create a store (or open an existing one with the same settings).
 
     ``segment_s`` is the segment grid step and ``clip_duration_s`` the nominal clip length, both in
-    seconds; ``classes`` is the label map; ``storage_options`` go to fsspec for a remote URL.
+    seconds; ``classes`` is the label map (default: TAU's ten scenes, replaced by the labels of the
+    first CSV manifest ingested when it names a label outside them, see :meth:`Store.adopt_classes`);
+    ``storage_options`` go to fsspec for a remote URL.
     Reopening with other settings raises :class:`StoreError`.
     """
     url = normalise_url(url)
-    wanted = {"segment_s": float(segment_s), "clip_duration_s": float(clip_duration_s), "classes": list(classes)}
+    wanted = {"segment_s": float(segment_s), "clip_duration_s": float(clip_duration_s), "classes": list(classes or CLASSES)}
+    if classes is not None and (not classes or len(set(classes)) != len(classes) or not all(str(c).strip() for c in classes)):
+        raise ConfigError(f"--classes must be distinct, non-empty names, got {list(classes)}")
     if not (math.isfinite(segment_s) and math.isfinite(clip_duration_s) and MIN_SEGMENT_S <= segment_s <= clip_duration_s <= MAX_CLIP_DURATION_S):
         raise ConfigError(f"--segment-s and --clip-duration-s must be finite with {MIN_SEGMENT_S} <= segment_s <= clip_duration_s <= {MAX_CLIP_DURATION_S} (seconds), got {segment_s} and {clip_duration_s}")
     try:
@@ -398,8 +491,11 @@ def init_store(
         group = zarr.create_group(zarr_store(url, storage_options))
     current = group.attrs.get(ATTRS_KEY)
     if current is None:
-        group.attrs[ATTRS_KEY] = {**wanted, "format_version": 1, "dataset_root": None}
+        group.attrs[ATTRS_KEY] = {**wanted, "format_version": FORMAT_VERSION, "dataset_root": None, "clips_checksum": "",
+                                  "classes_given": classes is not None}
     else:
+        if classes is None:
+            wanted.pop("classes")
         differing = {k: (current.get(k), v) for k, v in wanted.items() if current.get(k) != v}
         if differing:
             raise StoreError(f"store {url} exists with other settings: {differing}")

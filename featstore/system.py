@@ -17,7 +17,9 @@ Exported (``featstore export-system``), it is a directory::
     heads/RUN.keras         one per fusion run
     SHA256SUMS              the SHA-256 of every other file (``sha256sum -c`` reads it)
 
-:meth:`System.load` checks every checksum first and refuses a file whose bytes differ, naming it;
+:meth:`System.load` checks every checksum first and refuses a file whose bytes differ, naming it,
+then each backbone file against the fingerprint its manifest entry records (a swapped backbone
+with regenerated checksums is refused too);
 Keras files load in safe mode only (no pickle, no arbitrary code). :attr:`System.digest` (the
 SHA-256 of the manifest) names the system in the predictions it makes.
 
@@ -210,4 +212,9 @@ class System:
         manifest = json.loads(files.pop(MANIFEST))
         if manifest.get("format") != FORMAT:
             raise ConfigError(f"{directory}: system format {manifest.get('format')!r}, this featstore reads {FORMAT!r}")
+        for model, spec in manifest.get("backbones", {}).items():  # SHA256SUMS can be regenerated; the manifest names the model
+            data = files.get(spec.get("file", ""))
+            if data is None or hashlib.blake2b(data, digest_size=16).hexdigest() != spec.get("fingerprint"):
+                raise ConfigError(f"{os.path.join(directory, spec.get('file', '?'))}: not the backbone {model!r} the manifest names "
+                                  "(its fingerprint differs); refusing to load the system")
         return cls(manifest, files)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from featstore.errors import DamagedFile
+from featstore.errors import DamagedFile, NotFoundError
 from featstore.ledger import FAILURES_DIR, LEGACY_FAILURES_NAME
 from featstore.store import CLIPS_NAME, Store
 
@@ -84,6 +84,23 @@ def diagnose_files(store: Store) -> tuple[list[str], list[str]]:
             read(name)
         except DamagedFile as exc:
             problems.append(str(exc))
+    for folder, suffix in (("models", ".keras"), ("runs", ".keras"), ("runs", ".json"), ("ledger", ".json"), ("", "models.json")):
+        for name in ([f"{folder}/{n}" for n in side.listdir(folder) if n.endswith(suffix)] if folder else [suffix]):
+            raw = side.read(name)
+            problem = None if raw is None else side.checksum_problem(name, raw)
+            if problem and problem not in problems:
+                problems.append(problem)
+    try:
+        from featstore.registry import model_bytes, registered_models
+
+        for model in registered_models(store):
+            try:
+                model_bytes(store, model)
+            except (DamagedFile, NotFoundError) as exc:
+                if not any(str(exc).split(":")[0] in p for p in problems):
+                    problems.append(str(exc))
+    except (DamagedFile, ValueError):
+        pass  # an unparsable registry is named above
     return arrays, problems
 
 
@@ -95,8 +112,10 @@ def verify_store(store: Store, arrays: list[str] | None = None, *, clean: bool =
         report.partial_files_removed = _remove_partial_files(store)
     try:
         clips = store.clips
-    except DamagedFile:
-        return report  # named by the diagnosis; no clip can be located without the table
+    except DamagedFile as exc:  # unreadable (named by the diagnosis) or not this store's table
+        if str(exc) not in report.problems:
+            report.problems.append(str(exc))
+        return report  # no clip can be located without the table
     if clips["clip_id"].duplicated().any():
         report.problems.append("clips table: duplicate clip_id values")
     row_of = {cid: i for i, cid in enumerate(clips["clip_id"])}

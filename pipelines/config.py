@@ -149,6 +149,12 @@ class StageConfig:
 
     #: The stage's name as users type it and as provenance records it.
     stage: ClassVar[str] = ""
+    #: Version of the code that computes the stage's arrays, part of their fingerprint. Bump it (in
+    #: the subclass) with any change that changes the values an array holds for the same options: a
+    #: bug fix in a spectrogram, another resampler, a new default inside the per-clip function. Arrays
+    #: made by the older version are then recomputed, instead of being served as if still right. Do not
+    #: bump it for changes that leave every value bitwise the same (speed, refactoring, messages).
+    code_version: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
         check_fields(self)

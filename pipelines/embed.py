@@ -159,7 +159,7 @@ class EmbedConfig(StageConfig):
             **({"visual_input": visual_input} if (visual_input := entry.get("config", {}).get("visual_input")) else {}),
         }
         upstream = store.ledger(entry["input"]).entries
-        return Stage(self.stage, params, tuple(outputs), compute_embed, lambda row: str(upstream.get(row["clip_id"], {}).get("crc32", "missing")), modality=input_prov.modality, clips_per_task=8)
+        return Stage(self.stage, params, tuple(outputs), compute_embed, lambda row: str(upstream.get(row["clip_id"], {}).get("crc32", "missing")), modality=input_prov.modality, clips_per_task=8, code_version=self.code_version)
 
     @classmethod
     def from_legacy(cls, prov: Provenance) -> EmbedConfig:

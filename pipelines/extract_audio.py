@@ -87,7 +87,7 @@ class AudioConfig(StageConfig):
             for f in self.features
         )
         params = {"audio": p.to_dict(), "dtype": self.dtype, "store_deltas": self.store_deltas, "frames_per_segment": p.frames_per_segment}
-        return Stage(self.stage, params, outputs, compute_audio, input_fingerprint=_audio_fingerprint, modality="audio", clips_per_task=CLIPS_PER_TASK)
+        return Stage(self.stage, params, outputs, compute_audio, input_fingerprint=_audio_fingerprint, modality="audio", clips_per_task=CLIPS_PER_TASK, code_version=self.code_version)
 
     @classmethod
     def from_legacy(cls, prov: Provenance) -> AudioConfig:

@@ -61,7 +61,7 @@ class FramesConfig(StageConfig):
             OutputSpec("rgb", f"{self.name}/rgb", (n_frames, self.size, self.size, 3), "uint8", ("frame", "height", "width", "rgb"), config=config),
             OutputSpec("time_s", f"{self.name}/time_s", (n_frames,), "float32", ("frame",), config=config),
         )
-        return Stage(self.stage, params, outputs, compute_frames, input_fingerprint=_video_fingerprint, modality="visual", clips_per_task=CLIPS_PER_TASK)
+        return Stage(self.stage, params, outputs, compute_frames, input_fingerprint=_video_fingerprint, modality="visual", clips_per_task=CLIPS_PER_TASK, code_version=self.code_version)
 
     @classmethod
     def from_legacy(cls, prov: Provenance) -> FramesConfig:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from featstore.clips import relative_source
 from featstore.errors import UnsafePath
-from featstore.ingest import IngestError, IngestReport, is_tau2021_eval, read_csv_manifest, read_tau2021, read_tau2021_eval
+from featstore.ingest import IngestError, IngestReport, csv_labels, is_tau2021_eval, read_csv_manifest, read_tau2021, read_tau2021_eval
 from featstore.store import Store
 
 FORMATS = ("tau2021", "tau2021-eval", "csv")
@@ -51,16 +51,19 @@ def ingest(store: Store, source: str, *, fmt: str = "tau2021", fold: int = 1) ->
     elif fmt == "tau2021":
         report = read_tau2021(source, fold=fold, classes=store.classes)
     elif fmt == "csv":
+        with store.changing_clips("ingest"):  # a store initialised without classes takes the manifest's
+            store.adopt_classes(csv_labels(source))
         report = read_csv_manifest(source, classes=store.classes)
     else:
         raise IngestError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
-    if store.dataset_root is None:
-        store.set_dataset_root(report.root)
-    elif os.path.realpath(store.dataset_root) != os.path.realpath(report.root):
-        _rebase(report, store.dataset_root)
-    added = store.add_clips(report.clips)
-    failures = store.failures_record()
-    for clip_id, message in report.missing:
-        failures.record("ingest", "", clip_id, "MissingFile", message)
-    failures.flush()
+    with store.changing_clips("ingest"):  # another ingest's clips and dataset root are seen, not overwritten
+        if store.dataset_root is None:
+            store.set_dataset_root(report.root)
+        elif os.path.realpath(store.dataset_root) != os.path.realpath(report.root):
+            _rebase(report, store.dataset_root)
+        added = store.add_clips(report.clips)
+        failures = store.failures_record()
+        for clip_id, message in report.missing:
+            failures.record("ingest", "", clip_id, "MissingFile", message)
+        failures.flush()
     return IngestSummary(added=added, total=store.n_clips, missing=report.missing)

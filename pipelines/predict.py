@@ -268,13 +268,15 @@ def segment_probabilities(store: Store, system: System, rows: np.ndarray) -> np.
     return combine(stacked.reshape(n_in, -1, n_classes), decision["rule"]).reshape(n_clips, n_seg, n_classes)
 
 
-def predict_file(system: System, video_path: str) -> dict[str, Any]:
-    """Classify one video file (audio from its own audio track) in a temporary store.
+def predict_file(system: System, video_path: str, audio_path: str | None = None) -> dict[str, Any]:
+    """Classify one video file (audio from its own audio track, or from ``audio_path``) in a temporary store.
 
     The clip is cut to whole segments of the system's grid (at least one). Returns ``{"file",
     "label", "probability", "classes", "clip": [class probabilities], "per_segment": [[...], ...]}``;
-    a file that cannot be decoded raises :class:`~featstore.errors.MediaError` naming it.
+    a file that cannot be decoded raises :class:`~featstore.errors.MediaError` naming it, once.
     """
+    import contextlib
+    import io
     import os
     import tempfile
 
@@ -287,21 +289,25 @@ def predict_file(system: System, video_path: str) -> dict[str, Any]:
     from featstore.store import init_store
 
     video_path = os.path.abspath(video_path)
-    if not os.path.isfile(video_path):
-        raise MediaError(f"{video_path}: no such file")
+    audio_path = os.path.abspath(audio_path) if audio_path else video_path
+    for path in {video_path, audio_path}:
+        if not os.path.isfile(path):
+            raise MediaError(f"{path}: no such file")
     duration_s = probe_duration_s(video_path)
     if not np.isfinite(duration_s) or duration_s < system.segment_s * 0.5:
         raise MediaError(f"{video_path}: cannot read its duration, or shorter than one {system.segment_s} s segment")
     n_segments = max(1, int(duration_s / system.segment_s + 1e-3))  # whole segments; a tail shorter than one is dropped
     with tempfile.TemporaryDirectory() as work:
         store = init_store(os.path.join(work, "file.zarr"), segment_s=system.segment_s, clip_duration_s=n_segments * system.segment_s, classes=system.classes)
-        store.set_dataset_root(os.path.dirname(video_path))
-        name, fingerprint = os.path.basename(video_path), file_fingerprint(video_path)
+        root = os.path.commonpath([os.path.dirname(video_path), os.path.dirname(audio_path)])
+        store.set_dataset_root(root)
         store.add_clips(normalise_clips(pd.DataFrame({
-            "clip_id": [os.path.splitext(name)[0]], "split": ["test"], "audio_path": [name], "video_path": [name],
-            "duration_s": [duration_s], "audio_fingerprint": [fingerprint], "video_fingerprint": [fingerprint],
+            "clip_id": [os.path.splitext(os.path.basename(video_path))[0]],
+            "split": ["test"], "audio_path": [os.path.relpath(audio_path, root)], "video_path": [os.path.relpath(video_path, root)],
+            "duration_s": [duration_s], "audio_fingerprint": [file_fingerprint(audio_path)], "video_fingerprint": [file_fingerprint(video_path)],
         })))
-        report = predict(store, system, workers=0)
+        with contextlib.redirect_stderr(io.StringIO()):  # each stage's own failure line: the error below says it once
+            report = predict(store, system, workers=0)
         if not report.ok:
             raise MediaError(f"{video_path}: {report.failures[0]['error']}")
         rows = np.array([0])

@@ -48,6 +48,9 @@ WORKER_ENV = {
 IN_FLIGHT_PER_WORKER = 3
 #: Seconds between ledger flushes (env FEATSTORE_FLUSH_S): a crash loses at most this much work.
 FLUSH_EVERY_S = float(os.environ.get("FEATSTORE_FLUSH_S", "2.0"))
+#: Seconds a run waits with tasks pending and no dask worker alive before it stops with an error
+#: naming the scheduler (env FEATSTORE_LOST_CLUSTER_S).
+LOST_CLUSTER_S = float(os.environ.get("FEATSTORE_LOST_CLUSTER_S", "60"))
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class Stage:
     clips_per_task: int = 1
     #: "audio" or "visual": what the outputs' values come from (recorded in their provenance).
     modality: str = ""
+    #: The stage's code version (``StageConfig.code_version``), part of the outputs' fingerprints.
+    code_version: int = 1
 
 
 @dataclass
@@ -288,10 +293,12 @@ def _executor(
     :func:`run_clips` over ``clips_per_task`` clips, a few tasks in flight per worker.
     """
     scheduler = scheduler or os.environ.get("FEATSTORE_SCHEDULER")
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--workers must be 0 (in-process) or more, got {workers}")
     if workers == 0 and not scheduler:
         return (lambda job, tasks, clips_per_task: iter_clips(*job, tasks)), (lambda: None)
 
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, LocalCluster, wait
 
     if scheduler:
         client, cluster = Client(scheduler), None
@@ -305,17 +312,27 @@ def _executor(
     def dask_run(job, tasks, clips_per_task):
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
         pending = _batches(tasks, clips_per_task)
-        window = as_completed()
+        window = set()
         for batch in pending:
             window.add(client.submit(run_clips, *job, batch, pure=False))
-            if window.count() >= IN_FLIGHT_PER_WORKER * n_workers:
+            if len(window) >= IN_FLIGHT_PER_WORKER * n_workers:
                 break
-        for future in window:
-            yield from future.result()
-            future.release()
-            nxt = next(pending, None)
-            if nxt is not None:
-                window.add(client.submit(run_clips, *job, nxt, pure=False))
+        no_workers_since = None
+        while window:
+            try:
+                finished, window = wait(window, timeout=1.0, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                finished = set()
+            if not finished:
+                no_workers_since = _check_cluster(client, no_workers_since)
+                continue
+            no_workers_since = None
+            for future in finished:
+                yield from future.result()
+                future.release()
+                nxt = next(pending, None)
+                if nxt is not None:
+                    window.add(client.submit(run_clips, *job, nxt, pure=False))
 
     def close():
         client.close()
@@ -323,6 +340,27 @@ def _executor(
             cluster.close()
 
     return dask_run, close
+
+
+def _check_cluster(client, no_workers_since: float | None) -> float | None:
+    """When the scheduler has had no worker for :data:`LOST_CLUSTER_S`, :class:`ClusterLost` naming it;
+    otherwise the time since when it has had none (None while it has workers)."""
+    from distributed.utils import TimeoutError as DaskTimeout
+
+    from featstore.errors import ClusterLost
+
+    address = client.scheduler.address
+    try:
+        n_workers = len(client.nthreads())
+    except (OSError, DaskTimeout) as exc:
+        raise ClusterLost(f"lost the dask scheduler at {address} ({type(exc).__name__}); start it again and re-run (done clips are kept)") from None
+    if n_workers:
+        return None
+    since = no_workers_since if no_workers_since is not None else time.monotonic()
+    if time.monotonic() - since > LOST_CLUSTER_S:
+        raise ClusterLost(f"no dask worker at scheduler {address} for {LOST_CLUSTER_S:.0f} s with tasks pending; "
+                          "start workers (dask worker ADDRESS) and re-run: done clips are kept")
+    return since
 
 
 def run_stage(
@@ -363,6 +401,7 @@ def run_stage(
                 config=spec.config,
                 modality=stage.modality,
                 overwrite=overwrite,
+                code_version=stage.code_version,
             )
             for spec in stage.outputs
         }

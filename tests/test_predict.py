@@ -247,7 +247,7 @@ def test_one_video_file(trained):
     np.testing.assert_allclose(result["per_segment"], expected, atol=1e-5)
     np.testing.assert_allclose(result["clip"], expected.mean(axis=0), atol=1e-5)
     assert result["label"] == featstore.CLASSES[int(np.argmax(result["clip"]))]
-    text = run_cli("predict", "--system", systems["fuse-f4-visual"], "--file", video).stdout
+    text = run_cli("predict", "--system", systems["fuse-f4-visual"], "--file", video, "--per-segment").stdout
     assert text.splitlines()[0].endswith(f"{result['label']} ({result['probability']:.3f})") and len(text.splitlines()) == 2 + int(CLIP_S) + 1
     with pytest.raises(featstore.MediaError):  # the demo videos have no audio track
         predict_file(System.load(systems["fuse-f4-audio"]), video)
