@@ -116,3 +116,11 @@ def config_options(config_class: type) -> Callable:
 def _is_list(f: dataclasses.Field) -> bool:
     """Whether a field's annotation is a tuple (``tuple[int, ...] | None``)."""
     return "tuple" in str(f.type)
+
+
+def batch_units_option(func: Callable) -> Callable:
+    """``--batch-units`` of embed and predict: default and help from ``EmbedConfig.batch_units``."""
+    from featstore.pipelines.embed import EmbedConfig
+
+    field = {f.name: f for f in dataclasses.fields(EmbedConfig)}["batch_units"]
+    return click.option("--batch-units", type=click.IntRange(min=1), default=field.default, show_default=True, help=field.metadata["help"])(func)

@@ -19,7 +19,7 @@ from featstore.info import format_info, store_info
 # TensorFlow's C++ info logs (oneDNN notices...) drown the CLI's output; a user's setting wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, config_options, install_warning_format, open_store, single_name_option  # noqa: E402
+from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, batch_units_option, config_options, install_warning_format, open_store, single_name_option  # noqa: E402
 from featstore.cli.phase2 import ensemble, fuse, report, train_joint  # noqa: E402
 from featstore.cli.system import export_system, predict_cmd  # noqa: E402
 from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
@@ -258,13 +258,14 @@ def train_backbone_cmd(store, model, input_array, window_s, **options):
 @click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
 @click.option("--clips", default=None, help="Only these clips: a split name or a file of clip_ids.")
 @click.option("--overwrite", is_flag=True, help="Recompute every clip.")
+@batch_units_option
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def embed_cmd(store, model, model_file, input_array, weights_file, layer, workers, scheduler, clips, overwrite, as_json, quiet):
+def embed_cmd(store, model, model_file, input_array, weights_file, layer, workers, scheduler, clips, overwrite, batch_units, as_json, quiet):
     """Cache a backbone's FC(1024) / FC(10) embeddings and softmax predictions for every clip.
 
-    One forward pass per clip writes embeddings/MODEL/fc1024, embeddings/MODEL/fc10 (pre-softmax)
-    and predictions/MODEL. A re-run with the same model and inputs does no inference; a new model
+    Forward passes over the units of many clips at once (--batch-units) write
+    embeddings/MODEL/fc1024, embeddings/MODEL/fc10 (pre-softmax) and predictions/MODEL. A re-run with the same model and inputs does no inference; a new model
     file or re-made input invalidates and recomputes, saying so.
 
     \b
@@ -280,7 +281,7 @@ def embed_cmd(store, model, model_file, input_array, weights_file, layer, worker
     def run(progress):
         report, note = embed(
             s, model, model_file_path=model_file, input_array=input_array, weights_file=weights_file, layers=layers, clips=clips,
-            workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress,
+            workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress, batch_units=batch_units,
         )
         if note:
             click.echo(f"featstore: {note}", err=True)

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from featstore.cli.common import EXIT_PARTIAL, open_store
+from featstore.cli.common import EXIT_PARTIAL, batch_units_option, open_store
 
 
 @click.command("export-system")
@@ -38,9 +38,10 @@ def export_system(store: str, run: str, target: str) -> None:
 @click.option("--workers", type=int, default=None, help="Local dask worker processes for extraction (default: cores; 0 = in-process).")
 @click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
 @click.option("--submission", default=None, help="Also write the DCASE 2021 Task 1B submission file (TSV) of the predicted clips.")
+@batch_units_option
 @click.option("--file", "video", default=None, help="Classify one video file (a temporary store) and print its probabilities.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submission, video, as_json):
+def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submission, batch_units, video, as_json):
     """Apply a trained system to the clips of STORE, recomputing only what is missing.
 
     Extraction with the system's parameters, embedding with its backbones (same cache keys as
@@ -69,7 +70,7 @@ def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submiss
         raise ConfigError("STORE is required (or --file VIDEO)")
     s = open_store(store)
     system = System.load(system_dir) if system_dir else System.from_run(s, run)
-    report = predict(s, system, name=name, clips=clips, workers=workers, scheduler=scheduler, progress=None)
+    report = predict(s, system, name=name, clips=clips, workers=workers, scheduler=scheduler, progress=None, batch_units=batch_units)
     for failure in report.failures:
         click.echo(f"featstore: clip {failure['clip_id']} failed: {failure['error']}", err=True)
     if submission:

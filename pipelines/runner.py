@@ -122,6 +122,11 @@ class Stage:
     clips_per_task: int = 1
     #: "audio" or "visual": what the outputs' values come from (recorded in their provenance).
     modality: str = ""
+    #: Optional batched work, used by the workers in place of ``compute`` when set:
+    #: ``compute_batch(tasks, params, names)`` takes an iterable of tasks and yields, in any order,
+    #: one ``(task, ClipResult | Exception)`` per task (an Exception is that clip's failure alone).
+    #: A module-level function, or a ``functools.partial`` of one.
+    compute_batch: Callable[[Iterable[ClipTask], dict[str, Any], tuple[str, ...]], Iterator[tuple[ClipTask, ClipResult | Exception]]] | None = None
 
 
 @dataclass
@@ -182,6 +187,13 @@ def _failure(task: ClipTask, exc: Exception) -> dict[str, Any]:
     return {"ok": False, "clip_id": task.clip_id, "error_type": type(exc).__name__, "message": str(exc)}
 
 
+@dataclass(frozen=True)
+class Batched:
+    """A stage's ``compute_batch``, handed to the workers in place of its per-clip ``compute``."""
+
+    compute_batch: Callable
+
+
 def _compute_clip(compute, params, outputs, task: ClipTask) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Compute one clip's outputs, cast and checked: ({path: value}, notes). Raises for a bad clip.
 
@@ -191,6 +203,11 @@ def _compute_clip(compute, params, outputs, task: ClipTask) -> tuple[dict[str, n
     """
     with _single_threaded_blas():
         result = compute(task, params, tuple(spec.name for spec, _ in outputs))
+    return _checked(outputs, result)
+
+
+def _checked(outputs, result: ClipResult) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A clip's result cast to its outputs' dtypes and checked (shape, finite): ({path: value}, notes)."""
     values = {}
     for spec, _ in outputs:
         value = np.ascontiguousarray(result.arrays[spec.name]).astype(spec.dtype, copy=False)
@@ -224,17 +241,33 @@ def iter_clips(compute, params: dict[str, Any], outputs, tasks: Iterable[ClipTas
 
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = None  # (task, future) of the write in flight
-        for task in tasks:
-            try:
-                values, info = _compute_clip(compute, params, outputs, task)
-            except Exception as exc:  # noqa: BLE001 - every per-clip error becomes a recorded failure
-                yield _failure(task, exc)
+        for task, computed in _computed(compute, params, outputs, tasks):
+            if isinstance(computed, Exception):
+                yield _failure(task, computed)
                 continue
+            values, info = computed
             if pending is not None:
                 yield _written(*pending)
             pending = (task, writer.submit(_write_clip, outputs, task, values, info))
         if pending is not None:
             yield _written(*pending)
+
+
+def _computed(compute, params, outputs, tasks: Iterable[ClipTask]) -> Iterator[tuple[ClipTask, tuple | Exception]]:
+    """Each task with its checked values and notes, or the exception that is its failure: one clip
+    at a time, or through the stage's batched work (``compute`` a :class:`Batched`)."""
+    if isinstance(compute, Batched):
+        for task, result in compute.compute_batch(tasks, params, tuple(spec.name for spec, _ in outputs)):
+            try:
+                yield task, (result if isinstance(result, Exception) else _checked(outputs, result))
+            except Exception as exc:  # noqa: BLE001
+                yield task, exc
+        return
+    for task in tasks:
+        try:
+            yield task, _compute_clip(compute, params, outputs, task)
+        except Exception as exc:  # noqa: BLE001 - every per-clip error becomes a recorded failure
+            yield task, exc
 
 
 def _written(task: ClipTask, write) -> dict[str, Any]:
@@ -406,7 +439,7 @@ def _execute(store, stage, tasks, n_tasks, input_fps, outputs, ledgers, failures
         failures.flush()
 
     try:
-        job = (stage.compute, stage.params, outputs)
+        job = (Batched(stage.compute_batch) if stage.compute_batch else stage.compute, stage.params, outputs)
         for result in run(job, tasks, stage.clips_per_task):
             clip_id = result["clip_id"]
             if result["ok"]:
