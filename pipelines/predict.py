@@ -196,9 +196,11 @@ def predict(store: Store, system: System, *, name: str | None = None, clips: str
         ready = todo
         for p in decision_inputs(system.decision):
             ready = np.intersect1d(ready, _done_rows(store, p))
+        ids = store.clips["clip_id"].to_numpy()
+        failures = store.failures if len(ready) < len(todo) else None  # read once, not per failed clip
         for row in np.setdiff1d(todo, ready):
-            clip_id = str(store.clips["clip_id"].iloc[row])
-            report.failures.append({"clip_id": clip_id, "error": _upstream_failure(store, clip_id)})
+            clip_id = str(ids[row])
+            report.failures.append({"clip_id": clip_id, "error": _upstream_failure(failures, clip_id)})
         report.failed = len(todo) - len(ready)
         if len(ready):
             probs = apply_decision(store, system, system.decision, ready)
@@ -207,7 +209,7 @@ def predict(store: Store, system: System, *, name: str | None = None, clips: str
                 ledger = store.ledger(path)
                 for row, values in zip(ready, probs):
                     array[int(row)] = values
-                    ledger.mark_done(str(store.clips["clip_id"].iloc[row]), system.digest, zlib.crc32(values.tobytes()))
+                    ledger.mark_done(str(ids[row]), system.digest, zlib.crc32(values.tobytes()))
                 ledger.flush(store.side)
             report.done = len(ready)
     report.seconds = time.perf_counter() - start
@@ -216,10 +218,9 @@ def predict(store: Store, system: System, *, name: str | None = None, clips: str
     return report
 
 
-def _upstream_failure(store: Store, clip_id: str) -> str:
-    """Why a clip has no predictions: its first recorded failure in pipeline order (extraction
-    before embedding), the root cause."""
-    failures = store.failures
+def _upstream_failure(failures, clip_id: str) -> str:
+    """Why a clip has no predictions: its first row in ``failures`` (the store's failures table) in
+    pipeline order (extraction before embedding), the root cause."""
     mine = failures[failures["clip_id"] == clip_id]
     if len(mine):
         order = {stage: i for i, stage in enumerate(("ingest", *STAGES))}
