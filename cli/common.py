@@ -165,3 +165,11 @@ def _annotation_type(f: dataclasses.Field) -> type:
     """``int`` / ``float`` / ``str`` from a field's annotation (a required option's value type)."""
     text = str(f.type)
     return int if text.startswith("int") else float if text.startswith("float") else str
+
+
+def batch_units_option(func: Callable) -> Callable:
+    """``--batch-units`` of embed and predict: default and help from ``EmbedConfig.batch_units``."""
+    from featstore.pipelines.embed import EmbedConfig
+
+    field = {f.name: f for f in dataclasses.fields(EmbedConfig)}["batch_units"]
+    return click.option("--batch-units", type=click.IntRange(min=1), default=field.default, show_default=True, help=field.metadata["help"])(func)

@@ -21,7 +21,7 @@ from featstore import tflog  # noqa: E402
 
 tflog.install()
 
-from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, config_options, install_warning_format, open_store, single_name_option  # noqa: E402
+from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, batch_units_option, config_options, install_warning_format, open_store, single_name_option  # noqa: E402
 from featstore.cli.phase2 import ensemble, fuse, report, train_joint  # noqa: E402
 from featstore.cli.system import export_system, predict_cmd  # noqa: E402
 from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
@@ -283,12 +283,13 @@ def train_backbone_cmd(store, quiet, verbose, **options):
 @click.option("--weights", "weights_file", default=None, help="Local weights file: ImageNet weights of a keras:NAME model (never downloaded; random weights and a warning without), the file a hear:MODULE's load_model takes, or a torch:... model's state_dict.")
 @click.option("--layer", default=ALL_LAYERS, show_default=True, help="fc1024, fc10, all (both), or comma-separated layer names of the model (spatial outputs globally averaged).")
 @stage_options(workers=0, workers_help="Dask workers (0 = in-process; TensorFlow uses every core itself).")
+@batch_units_option
 @click.option("--verbose", is_flag=True, help="Show TensorFlow's start-up messages.")
-def embed_cmd(store, model, model_file, input_array, weights_file, layer, workers, scheduler, clips, overwrite, as_json, quiet, verbose):
+def embed_cmd(store, model, model_file, input_array, weights_file, layer, workers, scheduler, clips, overwrite, batch_units, as_json, quiet, verbose):
     """Cache a backbone's FC(1024) / FC(10) embeddings and softmax predictions for every clip.
 
-    One forward pass per clip writes embeddings/MODEL/fc1024, embeddings/MODEL/fc10 (pre-softmax)
-    and predictions/MODEL. A re-run with the same model and inputs does no inference; a new model
+    Forward passes over the units of many clips at once (--batch-units) write
+    embeddings/MODEL/fc1024, embeddings/MODEL/fc10 (pre-softmax) and predictions/MODEL. A re-run with the same model and inputs does no inference; a new model
     file or re-made input invalidates and recomputes, saying so.
 
     \b
@@ -305,7 +306,7 @@ def embed_cmd(store, model, model_file, input_array, weights_file, layer, worker
     def run(progress):
         report, note = embed(
             s, model, model_file_path=model_file, input_array=input_array, weights_file=weights_file, layers=layers, clips=clips,
-            workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress,
+            workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress, batch_units=batch_units,
         )
         if note:
             click.echo(f"featstore: {note}", err=True)

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from featstore.cli.common import EXIT_PARTIAL, open_store, single_name_option
+from featstore.cli.common import EXIT_PARTIAL, batch_units_option, open_store, single_name_option
 
 
 @click.command("export-system")
@@ -38,11 +38,12 @@ def export_system(store: str, run: str, target: str) -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="Local dask worker processes for extraction (default: cores; 0 = in-process).")
 @click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
 @click.option("--submission", default=None, help="Also write the DCASE 2021 Task 1B submission file (TSV) of the predicted clips.")
+@batch_units_option
 @click.option("--file", "video", default=None, help="Classify one video file (a temporary store) and print its probabilities.")
 @click.option("--audio", "audio", default=None, help="With --file: take the audio from this file (e.g. a WAV) instead of the video's own track.")
 @click.option("--per-segment", is_flag=True, help="With --file: print every segment's probabilities, not only the summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submission, video, audio, per_segment, as_json):
+def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submission, batch_units, video, audio, per_segment, as_json):
     """Apply a trained system to the clips of STORE, recomputing only what is missing.
 
     Extraction with the system's parameters, embedding with its backbones (same cache keys as
@@ -73,7 +74,7 @@ def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submiss
         raise ConfigError("STORE is required (or --file VIDEO)")
     s = open_store(store)
     system = System.load(system_dir) if system_dir else system_from_run(s, run)
-    report = predict(s, system, name=name, clips=clips, workers=workers, scheduler=scheduler, progress=None)
+    report = predict(s, system, name=name, clips=clips, workers=workers, scheduler=scheduler, progress=None, batch_units=batch_units)
     for failure in report.failures:
         click.echo(f"featstore: clip {failure['clip_id']} failed: {failure['error']}", err=True)
     if submission:

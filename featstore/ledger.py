@@ -118,6 +118,7 @@ class Failures:
             for key in zip(table["stage"], table["clip_id"]):
                 self._scopes_of.setdefault(key, set()).add(scope)
         self._dirty: set[str] = set()
+        self._pending: dict[str, list[list]] = {}  # rows recorded since the scope's table was last built
 
     def _seed_from_legacy(self) -> None:
         from featstore.upgrade import legacy_failures
@@ -128,6 +129,7 @@ class Failures:
     @property
     def table(self) -> pd.DataFrame:
         """Every row of the opened files, one table."""
+        self._materialise()
         tables = [t for _, t in sorted(self._tables.items()) if not t.empty]
         return pd.concat(tables, ignore_index=True) if tables else _empty_failures()
 
@@ -136,13 +138,10 @@ class Failures:
         scope = failures_scope(stage, array)
         if self._only is not None and scope not in self._only:
             raise StoreError(f"this failures record holds arrays {sorted(self._only)}, not {array!r}")
-        self._drop(scope, stage, clip_id)
-        row = pd.DataFrame(
-            [[stage, array, clip_id, error_type, message, pd.Timestamp(time.time(), unit="s", tz="UTC")]],
-            columns=FAILURE_COLUMNS,
-        )
-        old = self._tables.get(scope)
-        self._tables[scope] = row if old is None or old.empty else pd.concat([old, row], ignore_index=True)
+        if scope in self._scopes_of.get((stage, clip_id), ()):
+            self._drop(scope, stage, clip_id)
+        # kept as a plain row until the table is read or flushed: a concat per failure is O(n^2) over a run
+        self._pending.setdefault(scope, []).append([stage, array, clip_id, error_type, message, pd.Timestamp(time.time(), unit="s", tz="UTC")])
         self._scopes_of.setdefault((stage, clip_id), set()).add(scope)
         self._dirty.add(scope)
 
@@ -151,7 +150,17 @@ class Failures:
         for scope in self._scopes_of.pop((stage, clip_id), set()):
             self._drop(scope, stage, clip_id)
 
+    def _materialise(self, scope: str | None = None) -> None:
+        """Append the pending rows of ``scope`` (None: of every scope) to its table."""
+        for name in [scope] if scope is not None else list(self._pending):
+            rows = self._pending.pop(name, None)
+            if rows:
+                new = pd.DataFrame(rows, columns=FAILURE_COLUMNS)
+                old = self._tables.get(name)
+                self._tables[name] = new if old is None or old.empty else pd.concat([old, new], ignore_index=True)
+
     def _drop(self, scope: str, stage: str, clip_id: str) -> None:
+        self._materialise(scope)
         table = self._tables.get(scope)
         if table is None:
             return
@@ -162,6 +171,7 @@ class Failures:
 
     def flush(self) -> None:
         """Write each changed file atomically (an emptied file stays, so an old record cannot show through)."""
+        self._materialise()
         for scope in sorted(self._dirty):
             buf = io.BytesIO()
             table = self._tables[scope]

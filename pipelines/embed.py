@@ -1,6 +1,8 @@
 """`featstore embed`: run a registered backbone over every clip not yet cached, on the stage runner.
 
-One forward pass per clip gives every output at once:
+One forward pass gives every output at once, for the units of many clips together (``batch_units``
+per call, through the model's compiled graph, the next batch read meanwhile; a clip whose input
+cannot be read fails alone):
 ``embeddings/{model}/fc1024`` (clip, unit, dim), ``embeddings/{model}/fc10`` (clip, unit, classes,
 the FC(10) values before the softmax) and ``predictions/{model}`` (clip, unit, classes, softmax),
 where a unit is a segment of the grid for audio models (its window: the static channels for models
@@ -15,7 +17,10 @@ the embeddings: they are recomputed, and the report says so.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -89,22 +94,139 @@ def wants_host_deltas(store: Store, input_array: str, model) -> bool:
     return model_wants_deltas(model, store.array(input_array).shape[1])
 
 
-def compute_embed(task: ClipTask, params: dict[str, Any], names: tuple[str, ...]) -> ClipResult:
-    """Worker side: one forward pass over the clip's windows or frames (with a joint model's cached
-    visual embedding of each window as its second input)."""
-    store = task.open_store()
-    layers = tuple("softmax" if n == "predictions" else n for n in names)
-    embedder = _embedder(model_file(store, params["model"], params["model_fingerprint"]), params["model_fingerprint"], layers)
-    x = model_inputs(store, params["input"], task.clip_id, deltas=wants_host_deltas(store, params["input"], embedder))
+def clip_inputs(store: Store, params: dict[str, Any], clip_id: str, embedder) -> list[np.ndarray]:
+    """The model's inputs for one clip, each (unit, ...): its windows or frames (see
+    :func:`model_inputs`), and a joint model's cached visual embedding of each window."""
+    x = [model_inputs(store, params["input"], clip_id, deltas=wants_host_deltas(store, params["input"], embedder))]
     if params.get("visual_input"):
         from featstore.pipelines.train_joint import visual_inputs
 
-        x = [x, visual_inputs(store, {"config": {"visual_input": params["visual_input"]}}, task.clip_id)]
+        x.append(visual_inputs(store, {"config": {"visual_input": params["visual_input"]}}, clip_id))
+    return x
+
+
+def _call(model, x: list, **kwargs):
+    """``model`` on its inputs ``x`` (a list, one array per model input): a list of outputs."""
     with warnings.catch_warnings():  # Keras notes that a bare array is not the input dict it names
         warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
-        values = embedder(x, training=False)
-    values = values if isinstance(values, list | tuple) else [values]
+        values = model(x if len(x) > 1 else x[0], training=False, **kwargs)
+    return list(values) if isinstance(values, list | tuple) else [values]
+
+
+def compute_embed(task: ClipTask, params: dict[str, Any], names: tuple[str, ...]) -> ClipResult:
+    """Worker side, one clip: one eager forward pass over the clip's windows or frames (the
+    reference :func:`compute_embed_batch` equals, to float32 rounding)."""
+    store = task.open_store()
+    embedder = _embedder(model_file(store, params["model"], params["model_fingerprint"]), params["model_fingerprint"], _layers(names))
+    values = _call(embedder, clip_inputs(store, params, task.clip_id, embedder))
     return ClipResult({n: np.asarray(v).astype(np.float32) for n, v in zip(names, values)})
+
+
+def _layers(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple("softmax" if n == "predictions" else n for n in names)
+
+
+def compute_embed_batch(tasks: Iterable[ClipTask], params: dict[str, Any], names: tuple[str, ...], *, batch_units: int) -> Iterator[tuple[ClipTask, ClipResult | Exception]]:
+    """Worker side, many clips: the units of consecutive clips forwarded together, at most
+    ``batch_units`` per call (a clip with more is forwarded in slices), through the model's compiled
+    forward function (:func:`forward_function`); the next batch's inputs are read on a thread while
+    the current batch runs. Yields ``(task, ClipResult)``, or ``(task, exception)`` for a clip whose
+    input could not be read; if a batch's forward pass fails, its clips are forwarded one by one, so
+    a bad clip fails alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tasks = iter(tasks)
+    first = next(tasks, None)
+    if first is None:
+        return
+    store = first.open_store()
+    embedder = _embedder(model_file(store, params["model"], params["model_fingerprint"]), params["model_fingerprint"], _layers(names))
+    forward = forward_function(embedder, batch_units)
+    read = _BatchReader(store, params, embedder, itertools.chain([first], tasks), batch_units)
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        upcoming = reader.submit(read.next_batch)
+        while batch := upcoming.result():
+            upcoming = reader.submit(read.next_batch)
+            yield from _forward_batch(forward, batch, names)
+
+
+class _BatchReader:
+    """Reads consecutive clips' inputs into batches of at most ``batch_units`` units (one call at a
+    time: the clip that would overflow a batch starts the next one)."""
+
+    def __init__(self, store: Store, params: dict[str, Any], embedder, tasks: Iterator[ClipTask], batch_units: int):
+        self.store, self.params, self.embedder, self.tasks, self.batch_units = store, params, embedder, tasks, batch_units
+        self.carry: tuple[ClipTask, list[np.ndarray] | Exception] | None = None
+
+    def next_batch(self) -> list[tuple[ClipTask, list[np.ndarray] | Exception]]:
+        """The next batch: (task, inputs or the exception reading them); [] at the end."""
+        batch, units = [], 0
+        while True:
+            item = self.carry if self.carry is not None else self._read(next(self.tasks, None))
+            self.carry = None
+            if item is None:
+                return batch
+            n = 0 if isinstance(item[1], Exception) else len(item[1][0])
+            if units and units + n > self.batch_units:
+                self.carry = item
+                return batch
+            batch.append(item)
+            units += n
+            if units >= self.batch_units:
+                return batch
+
+    def _read(self, task: ClipTask | None):
+        if task is None:
+            return None
+        try:
+            return task, clip_inputs(self.store, self.params, task.clip_id, self.embedder)
+        except Exception as exc:  # noqa: BLE001 - a clip whose input is broken fails alone
+            return task, exc
+
+
+def _forward_batch(forward, batch, names: tuple[str, ...]) -> Iterator[tuple[ClipTask, ClipResult | Exception]]:
+    """Results of one batch: read failures as they are, the other clips' outputs split per clip."""
+    good = [(task, x) for task, x in batch if not isinstance(x, Exception)]
+    yield from ((task, x) for task, x in batch if isinstance(x, Exception))
+    if not good:
+        return
+    try:
+        outputs = forward([np.concatenate(parts) for parts in zip(*(x for _, x in good))])
+    except Exception:  # find the clip(s) at fault: each alone
+        if len(good) == 1:
+            raise
+        for item in good:
+            yield from _forward_batch(forward, [item], names)
+        return
+    start = 0
+    for task, x in good:
+        end = start + len(x[0])
+        yield task, ClipResult({n: out[start:end] for n, out in zip(names, outputs)})
+        start = end
+
+
+_FORWARDS: dict[tuple[int, int], Any] = {}
+
+
+def forward_function(embedder, batch_units: int):
+    """``forward(inputs) -> [output per layer]``: ``inputs`` one (unit, ...) array per model input,
+    any number of units (sliced into calls of at most ``batch_units``); outputs float32 numpy
+    (unit, dim). Each call runs the model as one compiled TensorFlow graph (traced once per model,
+    whatever the number of units), not eagerly."""
+    key = (id(embedder), batch_units)
+    if key not in _FORWARDS:
+        import tensorflow as tf
+
+        graph = tf.function(lambda x: _call(embedder, x), reduce_retracing=True)
+
+        def forward(inputs: list[np.ndarray]) -> list[np.ndarray]:
+            n = len(inputs[0])
+            parts = [graph([x[s : s + batch_units] for x in inputs]) for s in range(0, n, batch_units)]
+            return [np.concatenate([np.asarray(p[i]) for p in parts]).astype(np.float32, copy=False) for i in range(len(parts[0]))]
+
+        forward.graph = graph  # the tf.function, for its tracing count
+        _FORWARDS[key] = forward
+    return _FORWARDS[key]
 
 
 @dataclass(frozen=True)
@@ -118,11 +240,14 @@ class EmbedConfig(StageConfig):
 
     model: str = option("", "Registered model name.", cli=False)
     layers: tuple[str, ...] = option(LAYERS, "Embedding layers to cache: fc1024, fc10, or any layer name of the model.", cli=False)
+    batch_units: int = option(256, "Units (segments, or frames) of many clips forwarded in one call; more keeps a GPU busier, at more memory.", cli=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.model:
             raise ConfigError("embed needs a registered model name (--model)")
+        if self.batch_units < 1:
+            raise ConfigError(f"--batch-units must be at least 1, got {self.batch_units}")
 
     def for_output(self, leaf: str) -> EmbedConfig:
         return replace(self, layers=() if leaf == "predictions" else (leaf,))
@@ -159,7 +284,8 @@ class EmbedConfig(StageConfig):
             **({"visual_input": visual_input} if (visual_input := entry.get("config", {}).get("visual_input")) else {}),
         }
         upstream = store.ledger(entry["input"]).entries
-        return Stage(self.stage, params, tuple(outputs), compute_embed, lambda row: str(upstream.get(row["clip_id"], {}).get("crc32", "missing")), modality=input_prov.modality, clips_per_task=8, code_version=self.code_version)
+        return Stage(self.stage, params, tuple(outputs), compute_embed, lambda row: str(upstream.get(row["clip_id"], {}).get("crc32", "missing")), modality=input_prov.modality,
+                     clips_per_task=max(8, -(-self.batch_units // units)), compute_batch=functools.partial(compute_embed_batch, batch_units=self.batch_units), code_version=self.code_version)
 
     @classmethod
     def from_legacy(cls, prov: Provenance) -> EmbedConfig:
@@ -198,6 +324,7 @@ def embed(
     scheduler: str | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
+    batch_units: int = EmbedConfig.batch_units,
 ) -> tuple[StageReport, str | None]:
     """Embed every clip with registered model ``model``; returns the report and a note (cached
     embeddings invalidated by a new model or input, clips skipped because their input failed).
@@ -213,6 +340,7 @@ def embed(
     (``weights_file``: its weights) and embeds each segment of the clips' source audio
     (:mod:`featstore.pipelines.embed_waveform`; the default ``layers`` mean all of its layers).
     ``workers`` defaults to 0 (in-process): one TensorFlow process uses every core by itself.
+    ``batch_units``: units (segments or frames) of many clips forwarded in one compiled call.
     """
     from featstore.models import MODELS
 
@@ -228,7 +356,7 @@ def embed(
         if source is None:
             raise ConfigError(f"--input is needed for a model file named {model!r} (not one of {', '.join(MODELS)})")
         register_model(store, model, model_file_path, input_array=source, config={"source": "model file"}, require_head=not custom_layers)
-    stage = EmbedConfig(model=model, layers=layers).build(store)
+    stage = EmbedConfig(model=model, layers=layers, batch_units=batch_units).build(store)
     clips, upstream_missing = (clips, []) if stage.params.get("kind") in WAVEFORM_KINDS else _upstream_done(store, stage.params["input"], clips)
     note = None
     try:

@@ -34,7 +34,7 @@ from featstore.errors import ConfigError, StoreError
 from featstore.lock import WriterLock
 from featstore.metrics import evaluate_predictions
 from featstore.packed import packed_segment_embeddings
-from featstore.pipelines.embed import LAYERS, embed
+from featstore.pipelines.embed import LAYERS, EmbedConfig, embed
 from featstore.pipelines.ensemble import combine
 from featstore.pipelines.fuse import embedding_path, load_fusion_data
 from featstore.pipelines.runner import StageReport, run_stage, select_clips
@@ -87,7 +87,7 @@ def check_compatible(store: Store, system: System) -> None:
             raise ConfigError(f"the store has another model named {model!r} than the system's (fingerprint {model_entry(store, model)['fingerprint'][:12]}, system {spec['fingerprint'][:12]}); predict into another store")
 
 
-def _upstream(store: Store, system: System, clip_ids: list[str], report: PredictReport, workers, scheduler, progress) -> None:
+def _upstream(store: Store, system: System, clip_ids: list[str], report: PredictReport, workers, scheduler, progress, batch_units: int) -> None:
     """Steps 1 and 2: extract the inputs and embed with every backbone, skipping what is done."""
     import tempfile
 
@@ -104,7 +104,7 @@ def _upstream(store: Store, system: System, clip_ids: list[str], report: Predict
                 with open(path, "wb") as f:
                     f.write(system.files[spec["file"]])
                 register_model(store, model, path, input_array=spec["input"], config={"source": "system", "system": system.digest})
-        stage_report, _ = embed(store, model, layers=LAYERS, clips=clip_ids, workers=0 if workers is None else workers, scheduler=scheduler, progress=progress)
+        stage_report, _ = embed(store, model, layers=LAYERS, clips=clip_ids, workers=0 if workers is None else workers, scheduler=scheduler, progress=progress, batch_units=batch_units)
         note(stage_report)
 
 
@@ -173,11 +173,13 @@ def _predictions_array(store: Store, system: System, path: str, per_clip_shape: 
 
 
 def predict(store: Store, system: System, *, name: str | None = None, clips: str | list[str] | None = None,
-            workers: int | None = None, scheduler: str | None = None, progress: bool | None = False) -> PredictReport:
+            workers: int | None = None, scheduler: str | None = None, progress: bool | None = False,
+            batch_units: int = EmbedConfig.batch_units) -> PredictReport:
     """Apply ``system`` to the selected ``clips`` of ``store`` (see the module docstring).
 
     ``name``: the predictions' name (default: the system's run name); ``workers`` / ``scheduler``:
-    as for every batch stage (extraction runs on dask; embedding defaults to in-process).
+    as for every batch stage (extraction runs on dask; embedding defaults to in-process);
+    ``batch_units``: units of many clips per forward pass of each backbone (see ``embed``).
     """
     start = time.perf_counter()
     check_compatible(store, system)
@@ -190,14 +192,16 @@ def predict(store: Store, system: System, *, name: str | None = None, clips: str
     todo_ids = [c for c in clip_ids if c not in already]
     report.skipped = len(clip_ids) - len(todo_ids)
     if todo_ids:
-        _upstream(store, system, todo_ids, report, workers, scheduler, progress)
+        _upstream(store, system, todo_ids, report, workers, scheduler, progress, batch_units)
         todo = selected[np.isin(clip_ids, todo_ids)]
         ready = todo
         for p in decision_inputs(system.decision):
             ready = np.intersect1d(ready, _done_rows(store, p))
+        ids = store.clips["clip_id"].to_numpy()
+        failures = store.failures if len(ready) < len(todo) else None  # read once, not per failed clip
         for row in np.setdiff1d(todo, ready):
-            clip_id = str(store.clips["clip_id"].iloc[row])
-            report.failures.append({"clip_id": clip_id, "error": _upstream_failure(store, clip_id)})
+            clip_id = str(ids[row])
+            report.failures.append({"clip_id": clip_id, "error": _upstream_failure(failures, clip_id)})
         report.failed = len(todo) - len(ready)
         if len(ready):
             probs = apply_decision(store, system, system.decision, ready)
@@ -206,7 +210,7 @@ def predict(store: Store, system: System, *, name: str | None = None, clips: str
                 ledger = store.ledger(path)
                 for row, values in zip(ready, probs):
                     array[int(row)] = values
-                    ledger.mark_done(str(store.clips["clip_id"].iloc[row]), system.digest, zlib.crc32(values.tobytes()))
+                    ledger.mark_done(str(ids[row]), system.digest, zlib.crc32(values.tobytes()))
                 ledger.flush(store.side)
             report.done = len(ready)
     report.seconds = time.perf_counter() - start
@@ -215,10 +219,9 @@ def predict(store: Store, system: System, *, name: str | None = None, clips: str
     return report
 
 
-def _upstream_failure(store: Store, clip_id: str) -> str:
-    """Why a clip has no predictions: its first recorded failure in pipeline order (extraction
-    before embedding), the root cause."""
-    failures = store.failures
+def _upstream_failure(failures, clip_id: str) -> str:
+    """Why a clip has no predictions: its first row in ``failures`` (the store's failures table) in
+    pipeline order (extraction before embedding), the root cause."""
     mine = failures[failures["clip_id"] == clip_id]
     if len(mine):
         order = {stage: i for i, stage in enumerate(("ingest", *STAGES))}

@@ -46,7 +46,8 @@ WORKER_ENV = {
 }
 #: Tasks in flight per worker: enough to hide scheduling latency, small enough to bound memory.
 IN_FLIGHT_PER_WORKER = 3
-#: Seconds between ledger flushes (env FEATSTORE_FLUSH_S): a crash loses at most this much work.
+#: Least seconds between ledger flushes (env FEATSTORE_FLUSH_S; longer when a flush is slow, see
+#: _execute): a crash loses at most that much work.
 FLUSH_EVERY_S = float(os.environ.get("FEATSTORE_FLUSH_S", "2.0"))
 #: Seconds a run waits with tasks pending and no dask worker alive before it stops with an error
 #: naming the scheduler (env FEATSTORE_LOST_CLUSTER_S).
@@ -127,6 +128,11 @@ class Stage:
     modality: str = ""
     #: The stage's code version (``StageConfig.code_version``), part of the outputs' fingerprints.
     code_version: int = 1
+    #: Optional batched work, used by the workers in place of ``compute`` when set:
+    #: ``compute_batch(tasks, params, names)`` takes an iterable of tasks and yields, in any order,
+    #: one ``(task, ClipResult | Exception)`` per task (an Exception is that clip's failure alone).
+    #: A module-level function, or a ``functools.partial`` of one.
+    compute_batch: Callable[[Iterable[ClipTask], dict[str, Any], tuple[str, ...]], Iterator[tuple[ClipTask, ClipResult | Exception]]] | None = None
 
 
 @dataclass
@@ -187,6 +193,13 @@ def _failure(task: ClipTask, exc: Exception) -> dict[str, Any]:
     return {"ok": False, "clip_id": task.clip_id, "error_type": type(exc).__name__, "message": str(exc)}
 
 
+@dataclass(frozen=True)
+class Batched:
+    """A stage's ``compute_batch``, handed to the workers in place of its per-clip ``compute``."""
+
+    compute_batch: Callable
+
+
 def _compute_clip(compute, params, outputs, task: ClipTask) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Compute one clip's outputs, cast and checked: ({path: value}, notes). Raises for a bad clip.
 
@@ -196,6 +209,11 @@ def _compute_clip(compute, params, outputs, task: ClipTask) -> tuple[dict[str, n
     """
     with _single_threaded_blas():
         result = compute(task, params, tuple(spec.name for spec, _ in outputs))
+    return _checked(outputs, result)
+
+
+def _checked(outputs, result: ClipResult) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A clip's result cast to its outputs' dtypes and checked (shape, finite): ({path: value}, notes)."""
     values = {}
     for spec, _ in outputs:
         value = np.ascontiguousarray(result.arrays[spec.name]).astype(spec.dtype, copy=False)
@@ -229,17 +247,33 @@ def iter_clips(compute, params: dict[str, Any], outputs, tasks: Iterable[ClipTas
 
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = None  # (task, future) of the write in flight
-        for task in tasks:
-            try:
-                values, info = _compute_clip(compute, params, outputs, task)
-            except Exception as exc:  # noqa: BLE001 - every per-clip error becomes a recorded failure
-                yield _failure(task, exc)
+        for task, computed in _computed(compute, params, outputs, tasks):
+            if isinstance(computed, Exception):
+                yield _failure(task, computed)
                 continue
+            values, info = computed
             if pending is not None:
                 yield _written(*pending)
             pending = (task, writer.submit(_write_clip, outputs, task, values, info))
         if pending is not None:
             yield _written(*pending)
+
+
+def _computed(compute, params, outputs, tasks: Iterable[ClipTask]) -> Iterator[tuple[ClipTask, tuple | Exception]]:
+    """Each task with its checked values and notes, or the exception that is its failure: one clip
+    at a time, or through the stage's batched work (``compute`` a :class:`Batched`)."""
+    if isinstance(compute, Batched):
+        for task, result in compute.compute_batch(tasks, params, tuple(spec.name for spec, _ in outputs)):
+            try:
+                yield task, (result if isinstance(result, Exception) else _checked(outputs, result))
+            except Exception as exc:  # noqa: BLE001
+                yield task, exc
+        return
+    for task in tasks:
+        try:
+            yield task, _compute_clip(compute, params, outputs, task)
+        except Exception as exc:  # noqa: BLE001 - every per-clip error becomes a recorded failure
+            yield task, exc
 
 
 def _written(task: ClipTask, write) -> dict[str, Any]:
@@ -438,15 +472,20 @@ def _execute(store, stage, tasks, n_tasks, input_fps, outputs, ledgers, failures
     bar = tqdm(total=n_tasks, desc=stage.name, unit="clip", disable=not show, file=sys.stderr)
     in_process_only = store.url.startswith("memory://")
     run, close = _executor(workers, scheduler, in_process_only)
-    last_flush = time.monotonic()
+    last_flush, flush_every = time.monotonic(), FLUSH_EVERY_S
 
     def flush():
+        # a flush rewrites every mark (O(clips)): spacing flushes by 20x their cost keeps them under
+        # ~5% of a run at any size, where a fixed interval would make them O(clips^2) over a run
+        nonlocal flush_every
+        started = time.monotonic()
         for ledger in ledgers.values():
             ledger.flush(store.side)
         failures.flush()
+        flush_every = max(FLUSH_EVERY_S, 20 * (time.monotonic() - started))
 
     try:
-        job = (stage.compute, stage.params, outputs)
+        job = (Batched(stage.compute_batch) if stage.compute_batch else stage.compute, stage.params, outputs)
         for result in run(job, tasks, stage.clips_per_task):
             clip_id = result["clip_id"]
             if result["ok"]:
@@ -462,7 +501,7 @@ def _execute(store, stage, tasks, n_tasks, input_fps, outputs, ledgers, failures
                 report.failures.append({"clip_id": clip_id, "error": message})
                 bar.write(f"featstore: clip {clip_id} failed: {message}", file=sys.stderr)
             bar.update(1)
-            if time.monotonic() - last_flush > FLUSH_EVERY_S:
+            if time.monotonic() - last_flush > flush_every:
                 flush()
                 last_flush = time.monotonic()
     finally:
