@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import zlib
 from collections import defaultdict
 from collections.abc import Callable
 
-from featstore.errors import StoreError
+import numpy as np
+
+from featstore.errors import FeatstoreError, StoreError
+from featstore.lock import WriterLock
 
 from featstore.pipelines.runner import StageReport, run_stage
 from featstore.pipelines.stages import config_for_array
@@ -21,21 +25,53 @@ def repair(store: Store, report: VerifyReport, *, workers: int | None = 0, sched
     so it has the same fingerprint (the runner would refuse otherwise) and writes the same bytes an
     undamaged run wrote. Any batch stage's array can be repaired: spectrograms, frames, embeddings
     and a backbone's predictions. The damaged clips keep their done-marks (and old checksums) until
-    recomputed, so a repair killed half-way leaves the rest still reported as damaged. An array no
-    batch stage made (a fusion run's or an ensemble's predictions, an import) cannot be rebuilt here:
-    ``on_unrepairable`` gets a line naming it, and the rest are repaired.
+    recomputed, so a repair killed half-way leaves the rest still reported as damaged. A fusion run's
+    or an ensemble's predictions are re-made from the saved run (its head or rule, applied to the
+    arrays it reads, as ``predict --run`` applies it). Anything else (an import, a run whose record is
+    gone): ``on_unrepairable`` gets a line naming it, and the rest are repaired.
     """
     damaged: dict[str, set[str]] = defaultdict(set)
     for d in report.damaged:
         damaged[d.array].add(d.clip_id)
-    stages = {}
-    for path in sorted(damaged):  # every stage built before anything is touched
+    stages, runs = {}, {}
+    for path in sorted(damaged):  # every stage (or saved run) resolved before anything is touched
         try:
             stages[path] = config_for_array(store, path).build(store)
-        except StoreError as exc:  # not a batch stage's array: named, the others repaired all the same
-            if on_unrepairable is not None:
-                on_unrepairable(f"cannot repair {path} ({len(damaged[path])} damaged clip(s)): {exc}")
-    return [
+        except StoreError as exc:
+            try:
+                runs[path] = _saved_run_system(store, path)
+            except FeatstoreError:  # neither a batch stage's array nor a saved run's: named, the others repaired
+                if on_unrepairable is not None:
+                    on_unrepairable(f"cannot repair {path} ({len(damaged[path])} damaged clip(s)): {exc}")
+    reports = [
         run_stage(store, stage, clips=sorted(damaged[path]), redo=True, workers=workers, scheduler=scheduler, progress=False)
         for path, stage in stages.items()
     ]
+    return reports + [_remake_predictions(store, path, system, sorted(damaged[path])) for path, system in runs.items()]
+
+
+def _saved_run_system(store: Store, path: str):
+    """The system of the fusion or ensemble run whose predictions are ``path`` (``predictions/RUN``)."""
+    from featstore.pipelines.stages import system_from_run
+
+    if not path.startswith("predictions/"):
+        raise StoreError(f"{path} is not a run's predictions")
+    return system_from_run(store, path.split("/", 1)[1])
+
+
+def _remake_predictions(store: Store, path: str, system, clip_ids: list[str]) -> StageReport:
+    """Re-make the damaged clips of a saved run's predictions and re-mark them (same input
+    fingerprint, the new checksum): the head or rule applied as ``predict`` applies it."""
+    from featstore.pipelines.predict import apply_decision
+
+    rows = np.array([store.clip_index(c) for c in clip_ids], dtype=np.int64)
+    probs = apply_decision(store, system, system.decision, rows)
+    with WriterLock(store.side, [path], "verify --repair"):
+        array, ledger = store.array(path), store.ledger(path)
+        for row, clip_id, values in zip(rows, clip_ids, probs):
+            values = np.ascontiguousarray(values, dtype=array.dtype)
+            array[int(row)] = values
+            entry = ledger.entries.get(clip_id, {})
+            ledger.mark_done(clip_id, entry.get("input", system.digest), zlib.crc32(values.tobytes()), entry.get("info"))
+        ledger.flush(store.side)
+    return StageReport(stage="repair", arrays=[path], done=len(rows))

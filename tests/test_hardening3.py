@@ -150,16 +150,25 @@ def _damage_chunk(store: featstore.Store, path: str, row: int) -> None:
     array[row] = np.zeros(array.shape[1:], array.dtype)  # a sound chunk with other values than the ledger's
 
 
-def test_3_repair_repairs_what_it_can_and_names_the_rest(fused, tmp_path):
+def test_3_repair_remakes_fusion_predictions_and_names_what_it_cannot(fused, tmp_path):
     store = _copy_store(fused[0], tmp_path / "s.zarr")
+    before = store.array("predictions/fuse-f4-audio")[0]
     _damage_chunk(store, "predictions/fuse-f4-audio", 0)
     _damage_chunk(store, "audio/mel", 1)
+    proc = run_cli("verify", store.url, "--repair")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "repaired 1 clip(s) of predictions/fuse-f4-audio" in proc.stderr and "Traceback" not in proc.stderr
+    assert "repaired 1 clip(s) of audio/mel" in proc.stderr
+    assert not [line for line in proc.stdout.splitlines() if line.startswith("DAMAGED")]
+    np.testing.assert_allclose(featstore.open_store(store.url).array("predictions/fuse-f4-audio")[0], before, rtol=1e-5, atol=1e-6)
+    # a run whose record is gone cannot be re-made: named, the rest still repaired
+    _damage_chunk(store, "predictions/fuse-f4-audio", 2)
+    _damage_chunk(store, "audio/mel", 3)
+    store.side.delete("runs/fuse-f4-audio.json")
     proc = run_cli("verify", store.url, "--repair")
     assert proc.returncode != 0
     assert "cannot repair predictions/fuse-f4-audio" in proc.stderr and "Traceback" not in proc.stderr
     assert "repaired 1 clip(s) of audio/mel" in proc.stderr
-    damaged = [line for line in proc.stdout.splitlines() if line.startswith("DAMAGED")]
-    assert len(damaged) == 1 and "predictions/fuse-f4-audio" in damaged[0]
 
 
 def test_4_damaged_models_and_heads_are_found_and_not_exported(fused, tmp_path):
