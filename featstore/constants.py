@@ -34,3 +34,7 @@ SPLITS: tuple[str, ...] = ("train", "evaluate", "test")
 CLIP_DURATION_S = 10.0
 SEGMENT_S = 1.0
 
+#: Uncompressed MiB per shard of a new store's per-clip arrays (0: one object per clip); see
+#: :mod:`featstore.shards`.
+SHARD_MB = 128.0
+

@@ -3,7 +3,9 @@
 Layout of a store at ``<url>``::
 
     zarr.json                       group attributes: {"featstore": {segment grid, classes, dataset root}}
-    audio/mel, audio/gam, ...       per-clip arrays, first axis = clip index, one chunk per clip
+    audio/mel, audio/gam, ...       per-clip arrays, first axis = clip index, one inner chunk per
+                                    clip, many clips per shard (featstore.shards; stores made before
+                                    sharding: one chunk object per clip)
     frames/rgb, embeddings/...      (same rule)
     _featstore/clips.parquet        the clips table (see featstore.clips)
     _featstore/failures/*.parquet   the failures record, one file per array (see featstore.ledger)
@@ -34,8 +36,8 @@ import zarr.storage
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from featstore import clips as clips_mod
-from featstore import names
-from featstore.constants import CLASSES, CLIP_DURATION_S, SEGMENT_S
+from featstore import names, shards
+from featstore.constants import CLASSES, CLIP_DURATION_S, SEGMENT_S, SHARD_MB
 from featstore.errors import DamagedFile, NotFoundError, ParamsMismatch, StoreError
 from featstore.fingerprint import library_versions, stable_hash
 from featstore.ledger import Failures, Ledger, ledger_name
@@ -91,6 +93,18 @@ def open_array(url: str, path: str, storage_options: dict[str, Any] | None = Non
     return zarr.open_array(zarr_store(url, storage_options), path=path, mode="r+").with_config(WRITE_CONFIG)
 
 
+def dimension_names(path: str, dims: tuple[str, ...]) -> tuple[str, ...]:
+    """Zarr dimension names of array ``path`` with provenance ``dims``, unique within its group.
+
+    xarray opens a group as one Dataset, in which a name means one size: an embedding's vector axis
+    is named after its layer (``fc1024``, ``fc10``) rather than ``dim``, and a per-clip unit axis
+    of length one (a clip-level prediction) is ``clip_unit``, not a second ``clip``.
+    """
+    leaf = path.rsplit("/", 1)[-1]
+    named = [leaf if d == "dim" else d for d in dims]
+    return tuple(n if n not in named[:k] else f"{n}_unit" for k, n in enumerate(named))
+
+
 def normalise_url(path_or_url: str | os.PathLike) -> str:
     """Absolute local path, or the URL unchanged."""
     text = str(path_or_url)
@@ -139,6 +153,12 @@ class Store:
     def n_segments(self) -> int:
         """Segments per clip on the grid."""
         return clips_mod.segments_per_clip(self.clip_duration_s, self.segment_s)
+
+    @property
+    def shard_mb(self) -> float:
+        """Uncompressed MiB per shard of the store's new arrays (0: one object per clip, as in
+        stores made before sharding)."""
+        return float(self.settings.get("shard_mb", 0.0))
 
     @property
     def classes(self) -> list[str]:
@@ -260,6 +280,7 @@ class Store:
         config: dict[str, Any] | None = None,
         modality: str | None = None,
         overwrite: bool = False,
+        clips_per_shard: int | None = None,
     ) -> zarr.Array:
         """Create (or reuse) the per-clip array ``path`` of shape ``(n_clips, *per_clip_shape)``.
 
@@ -272,6 +293,10 @@ class Store:
         array and its ledger first, whatever its fingerprint, so that every clip is recomputed.
         ``config`` (the stage config that makes exactly this array) and ``modality`` ("audio" or
         "visual") are recorded beside the parameters, outside the fingerprint.
+
+        Layout: ``clips_per_shard`` clips per shard (default: from the store's ``shard_mb`` and this
+        array's clip size, :func:`featstore.shards.clips_per_shard`; one object per clip when the
+        store is not sharded). An existing array keeps its own layout.
         """
         names.array_path(path)
         fingerprint = stable_hash(
@@ -296,14 +321,17 @@ class Store:
             del self.group[path]
             self.side.delete(ledger_name(path))
         is_float = np.dtype(dtype).kind == "f"
+        if clips_per_shard is None:
+            clips_per_shard = shards.clips_per_shard(int(np.prod(per_clip_shape)) * np.dtype(dtype).itemsize, self.shard_mb)
         array = self.group.create_array(
             path,
             shape=(n_clips, *per_clip_shape),
             chunks=(1, *per_clip_shape),
+            shards=(clips_per_shard, *per_clip_shape) if clips_per_shard else None,
             dtype=dtype,
             fill_value=np.nan if is_float else 0,
             compressors=compressors_for(dtype),
-            dimension_names=("clip", *dims),
+            dimension_names=dimension_names(path, ("clip", *dims)),
             config=WRITE_CONFIG,
         )
         array.attrs[ATTRS_KEY] = {
@@ -315,6 +343,7 @@ class Store:
             "per_clip_shape": list(per_clip_shape),
             "dtype": dtype,
             "dims": ["clip", *dims],
+            "clips_per_shard": clips_per_shard or 1,
             "library_versions": library_versions(*RECORDED_LIBRARIES),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -380,24 +409,29 @@ def init_store(
     clip_duration_s: float = CLIP_DURATION_S,
     classes: list[str] | tuple[str, ...] = CLASSES,
     storage_options: dict[str, Any] | None = None,
+    shard_mb: float = SHARD_MB,
 ) -> Store:
     """Create a store (or open an existing one with the same settings).
 
     ``segment_s`` is the segment grid step and ``clip_duration_s`` the nominal clip length, both in
     seconds; ``classes`` is the label map; ``storage_options`` go to fsspec for a remote URL.
+    ``shard_mb``: uncompressed MiB per shard of the store's arrays (0: one object per clip); it
+    applies to arrays created later and is not compared when the store exists.
     Reopening with other settings raises :class:`StoreError`.
     """
     url = normalise_url(url)
     wanted = {"segment_s": float(segment_s), "clip_duration_s": float(clip_duration_s), "classes": list(classes)}
     if segment_s <= 0 or clip_duration_s < segment_s:
         raise StoreError(f"need 0 < segment_s <= clip_duration_s, got {segment_s} and {clip_duration_s}")
+    if shard_mb < 0:
+        raise StoreError(f"need shard_mb >= 0 (0: one object per clip), got {shard_mb}")
     try:
         group = zarr.open_group(zarr_store(url, storage_options), mode="r+")
     except FileNotFoundError:
         group = zarr.create_group(zarr_store(url, storage_options))
     current = group.attrs.get(ATTRS_KEY)
     if current is None:
-        group.attrs[ATTRS_KEY] = {**wanted, "format_version": 1, "dataset_root": None}
+        group.attrs[ATTRS_KEY] = {**wanted, "format_version": 1, "dataset_root": None, "shard_mb": float(shard_mb)}
     else:
         differing = {k: (current.get(k), v) for k, v in wanted.items() if current.get(k) != v}
         if differing:
