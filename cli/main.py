@@ -14,6 +14,7 @@ import sys
 import click
 
 import featstore
+from featstore.constants import SHARD_MB
 from featstore.info import format_info, store_info
 
 # TensorFlow's C++ info logs (oneDNN notices...) drown the CLI's output; a user's setting wins.
@@ -50,14 +51,15 @@ def main() -> None:
 @click.argument("store")
 @click.option("--segment-s", type=float, default=1.0, show_default=True, help="Segment grid step (seconds).")
 @click.option("--clip-duration-s", type=float, default=10.0, show_default=True, help="Nominal clip length (seconds).")
-def init(store: str, segment_s: float, clip_duration_s: float) -> None:
+@click.option("--shard-mb", type=float, default=SHARD_MB, show_default=True, help="Uncompressed MiB of clips per stored object of each array (0: one object per clip).")
+def init(store: str, segment_s: float, clip_duration_s: float, shard_mb: float) -> None:
     """Create a store at STORE (a directory, or an fsspec URL such as memory://x or s3://bucket/x).
 
     \b
     Example:
       featstore init store.zarr --segment-s 1.0
     """
-    s = featstore.init_store(store, segment_s=segment_s, clip_duration_s=clip_duration_s)
+    s = featstore.init_store(store, segment_s=segment_s, clip_duration_s=clip_duration_s, shard_mb=shard_mb)
     click.echo(f"store ready at {s.url}")
 
 

@@ -117,7 +117,7 @@ class ClipReader:
     def _read_local(self, row: int) -> bytes | None:
         path = os.path.join(self.directory, self._object_key(row))
         try:
-            file = open(path, "rb")
+            file = open(path, "rb")  # noqa: SIM115 - closed below, after the missing-file case
         except FileNotFoundError:
             return None
         with file:

@@ -37,7 +37,7 @@ from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from featstore import clips as clips_mod
 from featstore import names, shards
-from featstore.constants import CLASSES, CLIP_DURATION_S, SEGMENT_S, SHARD_MB
+from featstore.constants import CLASSES, CLIP_DURATION_S, SEGMENT_S
 from featstore.errors import DamagedFile, NotFoundError, ParamsMismatch, StoreError
 from featstore.fingerprint import library_versions, stable_hash
 from featstore.ledger import Failures, Ledger, ledger_name
@@ -409,14 +409,15 @@ def init_store(
     clip_duration_s: float = CLIP_DURATION_S,
     classes: list[str] | tuple[str, ...] = CLASSES,
     storage_options: dict[str, Any] | None = None,
-    shard_mb: float = SHARD_MB,
+    shard_mb: float = 0.0,
 ) -> Store:
     """Create a store (or open an existing one with the same settings).
 
     ``segment_s`` is the segment grid step and ``clip_duration_s`` the nominal clip length, both in
     seconds; ``classes`` is the label map; ``storage_options`` go to fsspec for a remote URL.
-    ``shard_mb``: uncompressed MiB per shard of the store's arrays (0: one object per clip); it
-    applies to arrays created later and is not compared when the store exists.
+    ``shard_mb``: uncompressed MiB per shard of the store's arrays (0, here: one object per clip;
+    ``featstore init`` shards by default, :data:`featstore.constants.SHARD_MB`); it applies to
+    arrays created later and is not compared when the store exists.
     Reopening with other settings raises :class:`StoreError`.
     """
     url = normalise_url(url)
