@@ -141,3 +141,8 @@ def test_init_shards_by_default_and_dimension_names_are_unique(tmp_path):
     assert array.shards is not None and array.metadata.dimension_names == ("clip", "segment", "fc10")
     clip_level = store.create_array("predictions/r", per_clip_shape=(1, 10), dtype="float32", dims=("clip", "class"), stage="t", params={})
     assert clip_level.metadata.dimension_names == ("clip", "clip_unit", "class")
+    array[:] = np.ones((0, 3, 10), np.float32)
+    import xarray as xr
+
+    dataset = xr.open_zarr(store.url, group="embeddings/m", consolidated=False)
+    assert dataset["fc10"].dims == ("clip", "segment", "fc10")
