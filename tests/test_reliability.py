@@ -289,3 +289,24 @@ def test_sigkill_mid_shard_then_resume_is_bitwise_equal(demo_root, tmp_path):
     ingest(reference, demo_root)
     extract_audio(reference, workers=0, features=("mel",), progress=False)
     _same_arrays(featstore.open_store(killed.url), reference, ["audio/mel"])
+
+
+def test_sharded_store_on_s3_reads_as_local(s3_server, demo_root, tmp_path):
+    """A sharded store on the S3 server: ClipReader's ranged, concurrent reads and the loader give
+    the local store's values."""
+    from featstore.chunks import ClipReader
+    from featstore.loader import training_batches
+
+    local = featstore.init_store(str(tmp_path / "local.zarr"), clip_duration_s=CLIP_S, shard_mb=0.25)
+    remote = featstore.init_store(f"{s3_server}/sharded", clip_duration_s=CLIP_S, shard_mb=0.25)
+    for store in (local, remote):
+        ingest(store, demo_root)
+        assert extract_audio(store, workers=0, features=("mel",), progress=False).done == 20
+    reader = ClipReader(featstore.open_store(remote.url).array("audio/mel"))
+    assert reader.direct and not reader.local and reader.clips_per_shard
+    expected = local.array("audio/mel")[:]
+    assert np.stack(reader.read_clips(list(range(20)))).tobytes() == expected.tobytes()
+    assert reader.read(13).tobytes() == expected[13].tobytes()
+    options = {"split": None, "batch_size": 8, "block_clips": 4, "seed": 1}
+    for (xa, _), (xb, _) in zip(training_batches(local, "audio/mel", **options), training_batches(remote, "audio/mel", **options)):
+        assert xa.tobytes() == xb.tobytes()
