@@ -10,8 +10,9 @@ the rest, once for all stages:
 * skips clips whose ledger entry matches the clip's input fingerprint (resume, skip-if-done);
 * runs ``compute`` on dask workers (a local cluster of ``workers`` processes, an existing cluster at
   ``scheduler``, or in-process with ``workers=0``), at most a few tasks per worker in flight so memory
-  stays bounded whatever the clip count; each task writes its clip's whole chunks itself and returns
-  only checksums and notes, never the arrays;
+  stays bounded whatever the clip count; tasks are planned by shard (:func:`plan_tasks`), so each
+  task owns whole shards of every output and writes them itself, once each, returning only
+  checksums and notes, never the arrays;
 * marks a clip done in the ledger only after its task reports every chunk written; records a clip
   whose task raised as a failure (stage, clip_id, exception type, message) and goes on;
 * flushes ledgers and the failures record atomically every couple of seconds and at the end.
@@ -118,8 +119,9 @@ class Stage:
     outputs: tuple[OutputSpec, ...]
     compute: Callable[[ClipTask, dict[str, Any], tuple[str, ...]], ClipResult]
     input_fingerprint: Callable[[dict[str, Any]], str]
-    #: Clips per dask task. Batching amortises the few milliseconds each task costs the scheduler and
-    #: the client, and lets a clip's write overlap the next clip's compute (see iter_clips). A lost
+    #: Clips per dask task, at least (a task holds whole shards, so a sharded stage's tasks may be
+    #: larger). Batching amortises the few milliseconds each task costs the scheduler and the
+    #: client, and lets a clip's write overlap the next clip's compute (see iter_clips). A lost
     #: worker's batch is simply recomputed (tasks are idempotent).
     clips_per_task: int = 1
     #: "audio" or "visual": what the outputs' values come from (recorded in their provenance).
