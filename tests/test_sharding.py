@@ -8,16 +8,16 @@ import os
 
 import numpy as np
 import pytest
-
-import featstore
-from featstore.chunks import ClipReader
-from featstore.hdf5 import export_h5, import_h5
-from featstore.loader import training_batches
 from featstore.pipelines.extract_audio import extract_audio
 from featstore.pipelines.extract_frames import extract_frames
 from featstore.pipelines.ingest import ingest
 from featstore.pipelines.runner import plan_tasks
 from featstore.pipelines.verify import repair
+
+import featstore
+from featstore.chunks import ClipReader
+from featstore.hdf5 import export_h5, import_h5
+from featstore.loader import training_batches
 from featstore.shards import clips_per_shard, group_rows
 from featstore.verify import verify_store
 from tests.conftest import CLIP_S, run_cli
@@ -92,7 +92,8 @@ def _inner_chunks(store: featstore.Store, path: str, shard: int) -> tuple[str, l
     array = store.array(path)
     s = array.shards[0]
     file = os.path.join(store.url, path, array.metadata.chunk_key_encoding.encode_chunk_key((shard,) + (0,) * (array.ndim - 1)))
-    data = open(file, "rb").read()
+    with open(file, "rb") as f:
+        data = f.read()
     index = np.frombuffer(data[-4 - 16 * s : -4], "<u8").reshape(s, 2)
     return file, [data[int(o) : int(o + n)] if o != 2**64 - 1 else b"" for o, n in index]
 
@@ -104,13 +105,15 @@ def test_verify_names_one_damaged_inner_chunk_and_repair_restores_it_alone(pair,
     before = store.array(path)[:]
     file, chunks = _inner_chunks(store, path, 1)
     victim = s + 1  # the second clip of the second shard
-    data = bytearray(open(file, "rb").read())
+    with open(file, "rb") as f:
+        data = bytearray(f.read())
     offset = data.find(chunks[1])
     data[offset + len(chunks[1]) // 2] ^= 0xFF
-    open(file, "wb").write(bytes(data))
+    with open(file, "wb") as f:
+        f.write(bytes(data))
     report = verify_store(store, [path])
     assert [(d.array, d.clip_id) for d in report.damaged] == [(path, store.clips.clip_id.iloc[victim])]
-    assert f"inner chunk 1" in report.damaged[0].reason
+    assert "inner chunk 1" in report.damaged[0].reason
     repair(store, report)
     assert verify_store(store, [path]).ok
     assert store.array(path)[:].tobytes() == before.tobytes()
