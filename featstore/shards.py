@@ -85,16 +85,18 @@ def write_clips(array: zarr.Array, rows: Sequence[int], values: Sequence[np.ndar
 
     Every shard touched is written once: rows of it that are not given keep their stored values
     (read back first), so no write covers part of a shard. For an unsharded array this is one write
-    per clip. The caller must be the shard's only writer.
+    clips, written concurrently. The caller must be the shard's only writer.
     """
     value_of = {int(r): v for r, v in zip(rows, values)}
     unit = shard_clips(array)
     n = array.shape[0]
+    if unit == 1:  # one object per clip: every write is whole; zarr writes them concurrently
+        order = sorted(value_of)
+        if order:
+            array.oindex[order] = np.stack([value_of[r] for r in order])
+        return
     for shard, group in group_rows(list(value_of), unit):
         start, stop = shard * unit, min(n, (shard + 1) * unit)
-        if unit == 1:
-            array[start] = value_of[start]
-            continue
         block = np.full((stop - start, *array.shape[1:]), array.metadata.fill_value, dtype=array.dtype)
         given = set(group)
         for row, value in read_back(array, [r for r in range(start, stop) if r not in given]).items():
