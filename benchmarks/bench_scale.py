@@ -6,7 +6,9 @@ Measures, in the same run:
   bare loop that computes and writes the same chunks with plain zarr (the baseline);
 - the client's peak memory (RSS sampled every 10 ms) at 1/4 of the clips and at all of them, to
   show that it does not grow with the clip count beyond the clips table and ledger;
-- the number of objects in the store per array (one chunk per clip + zarr.json);
+- the number of objects in the store per array, one object per clip against sharded (the
+  default of ``featstore init``, 128 MiB of clips per shard), and the in-process runner's time in
+  both layouts;
 - a re-run where everything is done (fingerprint checks only).
 
     python benchmarks/bench_scale.py --clips 12291 --workers 2 --clips-per-task 32
@@ -35,8 +37,8 @@ def cheap_clip(task, params, names):
     return ClipResult({"x": np.full(VALUES, task.clip_index, np.float32)}, {})
 
 
-def make_store(path: str, n_clips: int) -> featstore.Store:
-    store = featstore.init_store(path)
+def make_store(path: str, n_clips: int, shard_mb: float = 0) -> featstore.Store:
+    store = featstore.init_store(path, shard_mb=shard_mb)
     ids = [f"clip-{i:06d}" for i in range(n_clips)]
     store.add_clips(pd.DataFrame({"clip_id": ids, "label": "park", "split": "train", "audio_fingerprint": ids}))
     return store
@@ -79,14 +81,35 @@ def bare_loop(store: featstore.Store) -> float:
     return time.perf_counter() - started
 
 
+def count_files(url: str) -> int:
+    return sum(len(files) for _, _, files in os.walk(url))
+
+
+def layouts(work: str, n: int) -> list[tuple[float, float, int, int]]:
+    """(shard_mb, in-process runner seconds, objects of the array, files in the store) per layout."""
+    rows = []
+    for shard_mb in (0, featstore.constants.SHARD_MB):
+        store = make_store(os.path.join(work, f"layout-{shard_mb}.zarr"), n, shard_mb)
+        report = run_stage(store, stage(1), workers=0, progress=False)
+        assert report.done == n, report.to_json()
+        rows.append((shard_mb, report.seconds, count_files(os.path.join(store.url, "sim", "x")), count_files(store.url)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=int, default=12_291)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clips-per-task", type=int, default=32)
+    parser.add_argument("--layouts-only", action="store_true", help="Only the sharded vs one-object-per-clip rows.")
     args = parser.parse_args()
     n = args.clips
     with tempfile.TemporaryDirectory() as work:
+        for shard_mb, seconds, objects, files in layouts(work, n):
+            print(f"shard_mb={shard_mb:g}: in-process runner {seconds:.1f} s ({seconds / n * 1e3:.2f} ms/clip), "
+                  f"{objects} objects in the array, {files} files in the store ({files / n:.4f} per clip)")
+        if args.layouts_only:
+            return
         t_bare = bare_loop(make_store(os.path.join(work, "bare.zarr"), n))
         rows = []
         for workers, per_task in ((0, 1), (args.workers, 1), (args.workers, args.clips_per_task)):

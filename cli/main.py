@@ -13,6 +13,7 @@ import sys
 import click
 
 import featstore
+from featstore.constants import SHARD_MB
 from featstore.info import format_info, store_info
 
 # TensorFlow's start-up notices (absl, oneDNN) drown the CLI's output: filtered at its first import
@@ -54,7 +55,8 @@ def main() -> None:
 @click.option("--segment-s", type=float, default=SEGMENT_S, show_default=True, help="Segment grid step (seconds).")
 @click.option("--clip-duration-s", type=float, default=CLIP_DURATION_S, show_default=True, help="Nominal clip length (seconds).")
 @click.option("--classes", default=None, help="Comma-separated class names, the label map (default: TAU's ten scenes, or the labels of the first CSV manifest ingested when it has others).")
-def init(store: str, segment_s: float, clip_duration_s: float, classes: str | None) -> None:
+@click.option("--shard-mb", type=float, default=SHARD_MB, show_default=True, help="Uncompressed MiB of clips per stored object of each array (0: one object per clip).")
+def init(store: str, segment_s: float, clip_duration_s: float, classes: str | None, shard_mb: float) -> None:
     """Create a store at STORE (a directory, or an fsspec URL such as memory://x or s3://bucket/x).
 
     \b
@@ -62,7 +64,7 @@ def init(store: str, segment_s: float, clip_duration_s: float, classes: str | No
       featstore init store.zarr --segment-s 1.0
     """
     names = [c.strip() for c in classes.split(",")] if classes is not None else None
-    s = featstore.init_store(store, segment_s=segment_s, clip_duration_s=clip_duration_s, classes=names)
+    s = featstore.init_store(store, segment_s=segment_s, clip_duration_s=clip_duration_s, classes=names, shard_mb=shard_mb)
     click.echo(f"store ready at {s.url}")
 
 

@@ -38,3 +38,7 @@ SEGMENT_S = 1.0
 MIN_SEGMENT_S = 0.01
 MAX_CLIP_DURATION_S = 86_400.0
 
+#: Uncompressed MiB per shard of a new store's per-clip arrays (0: one object per clip); see
+#: :mod:`featstore.shards`.
+SHARD_MB = 128.0
+

@@ -3,7 +3,8 @@
 Layout of an exported file (same names as in the store)::
 
     /clips/<column>        one dataset per clips-table column (fixed-length UTF-8 bytes, float64, int64)
-    /<array path>          e.g. /audio/mel, chunked one clip per chunk, gzip-compressed
+    /<array path>          e.g. /audio/mel, chunked one clip per chunk, gzip-compressed (from a
+                           sharded array or not alike)
         attrs["featstore"]         the array's provenance, as JSON text
         attrs["featstore_done"]    JSON list of the clip_ids done in the store
         attrs["dims"]              dimension names
@@ -30,8 +31,10 @@ import numpy as np
 import pandas as pd
 
 from featstore import names
+from featstore.chunks import ClipReader
 from featstore.clips import CLIP_COLUMNS, checked_clips
 from featstore.errors import ConfigError, IngestError, UnsafePath
+from featstore.shards import write_clips
 from featstore.store import Store
 
 IMPORT_STAGE = "import-h5"
@@ -59,8 +62,9 @@ def export_h5(store: Store, path: str, arrays: Iterable[str] | None = None) -> l
                 name, shape=array.shape, dtype=array.dtype, chunks=(1, *array.shape[1:]),
                 compression="gzip", compression_opts=4, fillvalue=np.nan if array.dtype.kind == "f" else 0,
             )
+            reader = ClipReader(array)
             for i in range(array.shape[0]):
-                ds[i] = np.asarray(array[i])
+                ds[i] = reader.read(i)
             ds.attrs["featstore"] = json.dumps(dict(prov))
             ds.attrs["featstore_done"] = json.dumps(sorted(store.ledger(name).entries))
             ds.attrs["dims"] = json.dumps(prov.get("dims", []))
@@ -147,12 +151,15 @@ def import_h5(store: Store, path: str) -> list[str]:
                 name, per_clip_shape=tuple(ds.shape[1:]), dtype=str(ds.dtype), dims=spec["dims"], stage=IMPORT_STAGE, params=params
             )
             ledger = store.ledger(name)
+            rows, values = [], []
             for k, clip_id in enumerate(file_ids):
                 if clip_id not in spec["done"]:
                     continue
-                value = np.asarray(ds[k])
-                array[row_of[clip_id]] = value
-                ledger.mark_done(clip_id, "external", zlib.crc32(np.ascontiguousarray(value).tobytes()))
+                value = np.ascontiguousarray(ds[k])
+                rows.append(row_of[clip_id])
+                values.append(value)
+                ledger.mark_done(clip_id, "external", zlib.crc32(value.tobytes()))
+            write_clips(array, rows, values)  # whole shards, each once
             ledger.flush(store.side)
             imported.append(name)
     return imported

@@ -103,8 +103,8 @@ class StoreSource:
         self.free: list[np.ndarray] = []  # released clip buffers, reused by the next reads
         self.bytes_decoded = 0
 
-    def _read(self, row: int, buffer: np.ndarray) -> np.ndarray:
-        values = self.reader.read(row, out=buffer)
+    def _read(self, row: int, buffer: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+        values = self.reader.read(row, out=buffer) if values is None else values
         # an unwritten clip reads as all fill value (NaN): a sparse sample of the values finds it
         if values.dtype.kind == "f" and np.isnan(values.reshape(-1)[:: max(1, values.size // 4096)]).any():
             raise ConfigError(f"clip {self.clip_ids[row]!r} is not written in {self.units.path!r} (run the stage that makes it)")
@@ -114,7 +114,11 @@ class StoreSource:
         """Decompress the chunks of ``rows`` into the cache (one thread loads at a time)."""
         rows = [int(r) for r in rows if int(r) not in self.cache]
         buffers = [self.free.pop() if self.free else np.empty(self.reader.shape, self.reader.dtype) for _ in rows]
-        for row, values in zip(rows, self.pool.map(self._read, rows, buffers) if self.pool else map(self._read, rows, buffers)):
+        read = self._read
+        if not self.reader.local:  # a remote store: every clip's request at once (ClipReader.read_clips)
+            fetched = dict(zip(rows, self.reader.read_clips(rows, buffers)))
+            read = lambda row, buffer: self._read(row, buffer, fetched[row])
+        for row, values in zip(rows, self.pool.map(read, rows, buffers) if self.pool else map(read, rows, buffers)):
             self.bytes_decoded += values.nbytes
             self.units_of[row] = self.units.of_clips(values[None])[0]
             self.cache[row] = values

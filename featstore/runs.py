@@ -25,6 +25,7 @@ import pandas as pd
 
 from featstore.errors import NotFoundError
 from featstore.names import unknown
+from featstore.shards import write_clips
 from featstore.store import Store
 
 
@@ -49,7 +50,7 @@ def write_predictions(store: Store, name: str, rows: np.ndarray, probs: np.ndarr
     clip_ids = store.clips["clip_id"].to_numpy()
     order = np.argsort(rows)
     rows, probs = np.asarray(rows)[order], probs[order]
-    array.oindex[rows] = probs  # whole chunks (one clip each), written concurrently by zarr
+    write_clips(array, rows, probs)  # whole shards (or chunks), each once
     for row, values in zip(rows, probs):
         ledger.mark_done(str(clip_ids[row]), stage, zlib.crc32(values.tobytes()))
     ledger.flush(store.side)

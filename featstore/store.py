@@ -3,7 +3,9 @@
 Layout of a store at ``<url>``::
 
     zarr.json                       group attributes: {"featstore": {segment grid, classes, dataset root}}
-    audio/mel, audio/gam, ...       per-clip arrays, first axis = clip index, one chunk per clip
+    audio/mel, audio/gam, ...       per-clip arrays, first axis = clip index, one inner chunk per
+                                    clip, many clips per shard (featstore.shards; stores made before
+                                    sharding: one chunk object per clip)
     frames/rgb, embeddings/...      (same rule)
     _featstore/clips.parquet        the clips table (see featstore.clips)
     _featstore/failures/*.parquet   the failures record, one file per array (see featstore.ledger)
@@ -35,7 +37,7 @@ import zarr.storage
 from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from featstore import clips as clips_mod
-from featstore import names
+from featstore import names, shards
 from featstore.constants import CLASSES, CLIP_DURATION_S, MAX_CLIP_DURATION_S, MIN_SEGMENT_S, SEGMENT_S
 from featstore.errors import ConfigError, DamagedFile, FeatstoreWarning, NotFoundError, ParamsMismatch, StoreError
 from featstore.fingerprint import array_fingerprint, library_versions
@@ -91,6 +93,18 @@ def open_array(url: str, path: str, storage_options: dict[str, Any] | None = Non
     workers through this function): every handle carries ``write_empty_chunks``.
     """
     return zarr.open_array(zarr_store(url, storage_options), path=path, mode="r+").with_config(WRITE_CONFIG)
+
+
+def dimension_names(path: str, dims: tuple[str, ...]) -> tuple[str, ...]:
+    """Zarr dimension names of array ``path`` with provenance ``dims``, unique within its group.
+
+    xarray opens a group as one Dataset, in which a name means one size: an embedding's vector axis
+    is named after its layer (``fc1024``, ``fc10``) rather than ``dim``, and a per-clip unit axis
+    of length one (a clip-level prediction) is ``clip_unit``, not a second ``clip``.
+    """
+    leaf = path.rsplit("/", 1)[-1]
+    named = [leaf if d == "dim" else d for d in dims]
+    return tuple(n if n not in named[:k] else f"{n}_unit" for k, n in enumerate(named))
 
 
 def normalise_url(path_or_url: str | os.PathLike) -> str:
@@ -170,6 +184,12 @@ class Store:
     def n_segments(self) -> int:
         """Segments per clip on the grid."""
         return clips_mod.segments_per_clip(self.clip_duration_s, self.segment_s)
+
+    @property
+    def shard_mb(self) -> float:
+        """Uncompressed MiB per shard of the store's new arrays (0: one object per clip, as in
+        stores made before sharding)."""
+        return float(self.settings.get("shard_mb", 0.0))
 
     @property
     def classes(self) -> list[str]:
@@ -337,6 +357,7 @@ class Store:
         modality: str | None = None,
         overwrite: bool = False,
         code_version: int = 1,
+        clips_per_shard: int | None = None,
     ) -> zarr.Array:
         """Create (or reuse) the per-clip array ``path`` of shape ``(n_clips, *per_clip_shape)``.
 
@@ -356,6 +377,10 @@ class Store:
 
         The array's ledger belongs to this version of the array: a new array (none at ``path``, its
         folder deleted by hand, or replaced) starts with no done-marks.
+
+        Layout: ``clips_per_shard`` clips per shard (default: from the store's ``shard_mb`` and this
+        array's clip size, :func:`featstore.shards.clips_per_shard`; one object per clip when the
+        store is not sharded). An existing array keeps its own layout.
         """
         names.array_path(path)
         fingerprint = array_fingerprint(stage, params, per_clip_shape, dtype, code_version)
@@ -385,14 +410,17 @@ class Store:
             del self.group[path]
         self.side.delete(ledger_name(path))  # done-marks of an array that is no longer there
         is_float = np.dtype(dtype).kind == "f"
+        if clips_per_shard is None:
+            clips_per_shard = shards.clips_per_shard(int(np.prod(per_clip_shape)) * np.dtype(dtype).itemsize, self.shard_mb)
         array = self.group.create_array(
             path,
             shape=(n_clips, *per_clip_shape),
             chunks=(1, *per_clip_shape),
+            shards=(clips_per_shard, *per_clip_shape) if clips_per_shard else None,
             dtype=dtype,
             fill_value=np.nan if is_float else 0,
             compressors=compressors_for(dtype),
-            dimension_names=("clip", *dims),
+            dimension_names=dimension_names(path, ("clip", *dims)),
             config=WRITE_CONFIG,
         )
         array.attrs[ATTRS_KEY] = {
@@ -405,6 +433,7 @@ class Store:
             "per_clip_shape": list(per_clip_shape),
             "dtype": dtype,
             "dims": ["clip", *dims],
+            "clips_per_shard": clips_per_shard or 1,
             "library_versions": library_versions(*RECORDED_LIBRARIES),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -470,6 +499,7 @@ def init_store(
     clip_duration_s: float = CLIP_DURATION_S,
     classes: list[str] | tuple[str, ...] | None = None,
     storage_options: dict[str, Any] | None = None,
+    shard_mb: float = 0.0,
 ) -> Store:
     """Create a store (or open an existing one with the same settings).
 
@@ -477,6 +507,9 @@ def init_store(
     seconds; ``classes`` is the label map (default: TAU's ten scenes, replaced by the labels of the
     first CSV manifest ingested when it names a label outside them, see :meth:`Store.adopt_classes`);
     ``storage_options`` go to fsspec for a remote URL.
+    ``shard_mb``: uncompressed MiB per shard of the store's arrays (0, here: one object per clip;
+    ``featstore init`` shards by default, :data:`featstore.constants.SHARD_MB`); it applies to
+    arrays created later and is not compared when the store exists.
     Reopening with other settings raises :class:`StoreError`.
     """
     url = normalise_url(url)
@@ -485,6 +518,8 @@ def init_store(
         raise ConfigError(f"--classes must be distinct, non-empty names, got {list(classes)}")
     if not (math.isfinite(segment_s) and math.isfinite(clip_duration_s) and MIN_SEGMENT_S <= segment_s <= clip_duration_s <= MAX_CLIP_DURATION_S):
         raise ConfigError(f"--segment-s and --clip-duration-s must be finite with {MIN_SEGMENT_S} <= segment_s <= clip_duration_s <= {MAX_CLIP_DURATION_S} (seconds), got {segment_s} and {clip_duration_s}")
+    if not (math.isfinite(shard_mb) and shard_mb >= 0):
+        raise ConfigError(f"--shard-mb must be >= 0 (0: one object per clip), got {shard_mb}")
     try:
         group = zarr.open_group(zarr_store(url, storage_options), mode="r+")
     except FileNotFoundError:
@@ -492,7 +527,7 @@ def init_store(
     current = group.attrs.get(ATTRS_KEY)
     if current is None:
         group.attrs[ATTRS_KEY] = {**wanted, "format_version": FORMAT_VERSION, "dataset_root": None, "clips_checksum": "",
-                                  "classes_given": classes is not None}
+                                  "classes_given": classes is not None, "shard_mb": float(shard_mb)}
     else:
         if classes is None:
             wanted.pop("classes")

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from featstore.chunks import ClipReader
 from featstore.errors import DamagedFile, NotFoundError
 from featstore.ledger import FAILURES_DIR, LEGACY_FAILURES_NAME
 from featstore.store import CLIPS_NAME, Store
@@ -130,14 +131,15 @@ def verify_store(store: Store, arrays: list[str] | None = None, *, clean: bool =
             report.problems.append(f"{path}: {array.shape[0]} rows but {len(clips)} clips")
         if list(array.shape[1:]) != list(prov.get("per_clip_shape", array.shape[1:])):
             report.problems.append(f"{path}: shape {array.shape} differs from its provenance")
+        reader = ClipReader(array)
         for clip_id, entry in ledger.entries.items():
             i = row_of.get(clip_id)
             if i is None or i >= array.shape[0]:
                 report.problems.append(f"{path}: done-mark for unknown clip {clip_id!r}")
                 continue
             report.clips_checked += 1
-            try:
-                value = array[i]
+            try:  # one inner chunk (sharded) or chunk object per clip, its crc32c checked
+                value = reader.read(i)
             except Exception as exc:  # noqa: BLE001 - a codec refusing damaged bytes
                 report.damaged.append(Damage(path, clip_id, f"chunk unreadable: {type(exc).__name__}: {exc}"))
                 continue

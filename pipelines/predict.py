@@ -40,6 +40,7 @@ from featstore.pipelines.fuse import embedding_path, load_fusion_data
 from featstore.pipelines.runner import StageReport, run_stage, select_clips
 from featstore.pipelines.stages import STAGES, config_for_array
 from featstore.registry import model_entry, register_model, registered_models
+from featstore.shards import write_clips
 from featstore.runs import load_run, save_run, utc_now
 from featstore.store import Store
 from featstore.system import System
@@ -208,8 +209,8 @@ def predict(store: Store, system: System, *, name: str | None = None, clips: str
             with WriterLock(store.side, [path], "predict"):
                 array = _predictions_array(store, system, path, tuple(probs.shape[1:]))
                 ledger = store.ledger(path)
+                write_clips(array, ready, probs)  # whole shards, each once
                 for row, values in zip(ready, probs):
-                    array[int(row)] = values
                     ledger.mark_done(str(ids[row]), system.digest, zlib.crc32(values.tobytes()))
                 ledger.flush(store.side)
             report.done = len(ready)

@@ -10,8 +10,9 @@ the rest, once for all stages:
 * skips clips whose ledger entry matches the clip's input fingerprint (resume, skip-if-done);
 * runs ``compute`` on dask workers (a local cluster of ``workers`` processes, an existing cluster at
   ``scheduler``, or in-process with ``workers=0``), at most a few tasks per worker in flight so memory
-  stays bounded whatever the clip count; each task writes its clip's whole chunks itself and returns
-  only checksums and notes, never the arrays;
+  stays bounded whatever the clip count; tasks are planned by shard (:func:`plan_tasks`), so each
+  task owns whole shards of every output and writes them itself, once each, returning only
+  checksums and notes, never the arrays;
 * marks a clip done in the ledger only after its task reports every chunk written; records a clip
   whose task raised as a failure (stage, clip_id, exception type, message) and goes on;
 * flushes ledgers and the failures record atomically every couple of seconds and at the end.
@@ -19,6 +20,7 @@ the rest, once for all stages:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -33,6 +35,7 @@ import numpy as np
 from featstore.errors import ConfigError, MediaError
 from featstore.clips import resolve_source
 from featstore.lock import WriterLock
+from featstore.shards import clips_per_shard, group_rows, unit_clips, write_clips
 from featstore.store import Store, open_array
 
 #: Environment of local dask workers: one thread per BLAS / FFT / numba pool, since the cluster
@@ -120,8 +123,9 @@ class Stage:
     outputs: tuple[OutputSpec, ...]
     compute: Callable[[ClipTask, dict[str, Any], tuple[str, ...]], ClipResult]
     input_fingerprint: Callable[[dict[str, Any]], str]
-    #: Clips per dask task. Batching amortises the few milliseconds each task costs the scheduler and
-    #: the client, and lets a clip's write overlap the next clip's compute (see iter_clips). A lost
+    #: Clips per dask task, at least (a task holds whole shards, so a sharded stage's tasks may be
+    #: larger). Batching amortises the few milliseconds each task costs the scheduler and the
+    #: client, and lets a clip's write overlap the next clip's compute (see iter_clips). A lost
     #: worker's batch is simply recomputed (tasks are idempotent).
     clips_per_task: int = 1
     #: "audio" or "visual": what the outputs' values come from (recorded in their provenance).
@@ -225,38 +229,61 @@ def _checked(outputs, result: ClipResult) -> tuple[dict[str, np.ndarray], dict[s
     return values, result.info
 
 
-def _write_clip(outputs, task: ClipTask, values: dict[str, np.ndarray], info: dict[str, Any]) -> dict[str, Any]:
-    """Write each output's whole chunk; return the clip's result (checksums of what was written)."""
-    checksums = {}
+def _write_unit(outputs, computed: list[tuple[ClipTask, dict[str, np.ndarray], dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Write the computed clips of one unit (whole shards of every output); return their results.
+
+    A sharded output's shards are each written once, whole, with the rows not computed here read
+    back and kept (:func:`featstore.shards.write_clips`).
+    """
+    if not computed:
+        return []
     for spec, fingerprint in outputs:
-        _open_array(task, spec.path, fingerprint)[task.clip_index] = values[spec.path]
-        checksums[spec.path] = zlib.crc32(values[spec.path].tobytes())
-    return {"ok": True, "clip_id": task.clip_id, "crc32": checksums, "info": info}
+        array = _open_array(computed[0][0], spec.path, fingerprint)
+        write_clips(array, [task.clip_index for task, _, _ in computed], [values[spec.path] for _, values, _ in computed])
+    return [
+        {"ok": True, "clip_id": task.clip_id, "crc32": {path: zlib.crc32(value.tobytes()) for path, value in values.items()}, "info": info}
+        for task, values, info in computed
+    ]
+
+
+def _unit_of(outputs, task: ClipTask) -> int:
+    """Clips per unit of work of ``outputs`` (whole shards of each; 1 when none is sharded)."""
+    return unit_clips([_open_array(task, spec.path, fingerprint) for spec, fingerprint in outputs])
 
 
 def iter_clips(compute, params: dict[str, Any], outputs, tasks: Iterable[ClipTask]) -> Iterator[dict[str, Any]]:
     """Compute each clip of ``tasks`` and write its whole chunks; yield each clip's result once written.
 
     A result holds checksums and notes, or the exception's type and message (a bad clip never
-    raises, it becomes a recorded failure). Writes are behind by one clip: clip k's chunks are
-    compressed and written on a background thread while clip k+1 is computed (decoders, FFTs and
-    zstd release the GIL), at most one write pending, so at most two clips are in memory. A clip's
-    result is yielded only after its write finished, so the driver never marks an unwritten clip.
+    raises, it becomes a recorded failure). Clips are written a unit at a time: one clip, or the
+    clips of whole shards when the outputs are sharded (tasks come ordered by row, grouped so; see
+    :func:`plan_tasks`). Writes are behind by one unit: unit k is compressed and written on a
+    background thread while unit k+1 is computed (decoders, FFTs and zstd release the GIL), at most
+    one write pending, so at most two units are in memory. A clip's result is yielded only after
+    its write finished, so the driver never marks an unwritten clip.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1) as writer:
-        pending = None  # (task, future) of the write in flight
-        for task, computed in _computed(compute, params, outputs, tasks):
-            if isinstance(computed, Exception):
-                yield _failure(task, computed)
+        pending = None  # (computed clips, future) of the write in flight
+        unit, key, computed = None, None, []
+        for task, result in _computed(compute, params, outputs, tasks):
+            unit = unit or _unit_of(outputs, task)
+            if computed and task.clip_index // unit != key:
+                if pending is not None:
+                    yield from _written(*pending)
+                pending = (computed, writer.submit(_write_unit, outputs, computed))
+                computed = []
+            key = task.clip_index // unit
+            if isinstance(result, Exception):
+                yield _failure(task, result)
                 continue
-            values, info = computed
-            if pending is not None:
-                yield _written(*pending)
-            pending = (task, writer.submit(_write_clip, outputs, task, values, info))
+            values, info = result
+            computed.append((task, values, info))
         if pending is not None:
-            yield _written(*pending)
+            yield from _written(*pending)
+        if computed:
+            yield from _written(computed, writer.submit(_write_unit, outputs, computed))
 
 
 def _computed(compute, params, outputs, tasks: Iterable[ClipTask]) -> Iterator[tuple[ClipTask, tuple | Exception]]:
@@ -276,28 +303,17 @@ def _computed(compute, params, outputs, tasks: Iterable[ClipTask]) -> Iterator[t
             yield task, exc
 
 
-def _written(task: ClipTask, write) -> dict[str, Any]:
-    """The result of a clip's finished write (a failed write is the clip's failure)."""
+def _written(computed, write) -> list[dict[str, Any]]:
+    """The results of a unit's finished write (a failed write is each of its clips' failure)."""
     try:
         return write.result()
     except Exception as exc:  # noqa: BLE001
-        return _failure(task, exc)
+        return [_failure(task, exc) for task, _, _ in computed]
 
 
 def run_clips(compute, params: dict[str, Any], outputs, tasks: list[ClipTask]) -> list[dict[str, Any]]:
     """Worker side, one dask task: :func:`iter_clips` over a batch, returning after every write."""
     return list(iter_clips(compute, params, outputs, tasks))
-
-
-def _batches(items: Iterator[ClipTask], size: int) -> Iterator[list[ClipTask]]:
-    batch: list[ClipTask] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -317,20 +333,44 @@ def select_clips(store: Store, clips: str | list[str] | None) -> list[int]:
     return [store.clip_index(cid) for cid in clips]
 
 
+def plan_tasks(rows: Iterable[int], unit: int, clips_per_task: int) -> list[list[int]]:
+    """The rows of each task, in order: whole units (``unit`` clips: whole shards of every output),
+    consecutive units joined until a task has at least ``clips_per_task`` rows. No unit (so no
+    shard) is split between two tasks."""
+    tasks, current = [], []
+    for _, group in group_rows(rows, unit):
+        current.extend(group)
+        if len(current) >= clips_per_task:
+            tasks.append(current)
+            current = []
+    if current:
+        tasks.append(current)
+    return tasks
+
+
+def stage_clips_per_shard(store: Store, stage: Stage) -> int | None:
+    """Clips per shard of the new arrays of ``stage``: the smallest any output's clip size gives
+    (see :func:`featstore.shards.clips_per_shard`), so that a task owning whole shards of one
+    output owns whole shards of all; None when the store is not sharded."""
+    counts = [clips_per_shard(int(np.prod(spec.per_clip_shape)) * np.dtype(spec.dtype).itemsize, store.shard_mb) for spec in stage.outputs]
+    return min(counts) if all(counts) else None
+
+
 def _executor(
     workers: int | None, scheduler: str | None, in_process_only: bool
-) -> tuple[Callable[[tuple, Iterator[ClipTask], int], Iterator[dict]], Callable[[], None]]:
-    """(run, close): ``run(job, tasks, clips_per_task)`` yields each clip's result as it lands.
+) -> tuple[Callable[[tuple, Iterator[list[ClipTask]]], Iterator[dict]], Callable[[], None]]:
+    """(run, close): ``run(job, batches)`` yields each clip's result as it lands.
 
-    ``job`` is ``(compute, params, outputs)``. In-process, all clips stream through one
+    ``job`` is ``(compute, params, outputs)``; ``batches`` yields each task's list of
+    :class:`ClipTask` (from :func:`plan_tasks`). In-process, all clips stream through one
     :func:`iter_clips`, so writes overlap computes across the whole run. On dask, each task is
-    :func:`run_clips` over ``clips_per_task`` clips, a few tasks in flight per worker.
+    :func:`run_clips` over one batch, a few tasks in flight per worker.
     """
     scheduler = scheduler or os.environ.get("FEATSTORE_SCHEDULER")
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers must be 0 (in-process) or more, got {workers}")
     if workers == 0 and not scheduler:
-        return (lambda job, tasks, clips_per_task: iter_clips(*job, tasks)), (lambda: None)
+        return (lambda job, batches: iter_clips(*job, itertools.chain.from_iterable(batches))), (lambda: None)
 
     from distributed import Client, LocalCluster, wait
 
@@ -343,9 +383,9 @@ def _executor(
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR, **options)
         client = Client(cluster)
 
-    def dask_run(job, tasks, clips_per_task):
+    def dask_run(job, batches):
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-        pending = _batches(tasks, clips_per_task)
+        pending = iter(batches)
         window = set()
         for batch in pending:
             window.add(client.submit(run_clips, *job, batch, pure=False))
@@ -424,6 +464,7 @@ def run_stage(
     # the lock comes first: a refused writer must not touch (or --overwrite) the arrays
     with WriterLock(store.side, paths, stage.name):
         selected = select_clips(store, clips)  # a bad --clips is refused before any array is made
+        per_shard = stage_clips_per_shard(store, stage)
         arrays = {
             spec.path: store.create_array(
                 spec.path,
@@ -436,6 +477,7 @@ def run_stage(
                 modality=stage.modality,
                 overwrite=overwrite,
                 code_version=stage.code_version,
+                clips_per_shard=per_shard,
             )
             for spec in stage.outputs
         }
@@ -454,8 +496,9 @@ def run_stage(
         if todo:
             outputs = tuple((spec, arrays[spec.path].attrs["featstore"]["fingerprint"]) for spec in stage.outputs)
             root = store.dataset_root or ""
-            tasks = (ClipTask(i, str(columns["clip_id"][i]), _row(columns, i), root, store.url, store.storage_options) for i in todo)
-            _execute(store, stage, tasks, len(todo), input_fps, outputs, ledgers, failures, report, workers, scheduler, progress)
+            plan = plan_tasks(todo, unit_clips(list(arrays.values())), stage.clips_per_task)
+            batches = ([ClipTask(i, str(columns["clip_id"][i]), _row(columns, i), root, store.url, store.storage_options) for i in rows] for rows in plan)
+            _execute(store, stage, batches, len(todo), input_fps, outputs, ledgers, failures, report, workers, scheduler, progress)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -465,7 +508,7 @@ def _row(columns: dict[str, np.ndarray], i: int) -> dict[str, Any]:
     return {c: (v[i].item() if hasattr(v[i], "item") else v[i]) for c, v in columns.items()}
 
 
-def _execute(store, stage, tasks, n_tasks, input_fps, outputs, ledgers, failures, report, workers, scheduler, progress):
+def _execute(store, stage, batches, n_tasks, input_fps, outputs, ledgers, failures, report, workers, scheduler, progress):
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress
@@ -486,7 +529,7 @@ def _execute(store, stage, tasks, n_tasks, input_fps, outputs, ledgers, failures
 
     try:
         job = (Batched(stage.compute_batch) if stage.compute_batch else stage.compute, stage.params, outputs)
-        for result in run(job, tasks, stage.clips_per_task):
+        for result in run(job, batches):
             clip_id = result["clip_id"]
             if result["ok"]:
                 for path, crc in result["crc32"].items():

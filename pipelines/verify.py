@@ -10,6 +10,7 @@ import numpy as np
 
 from featstore.errors import FeatstoreError, StoreError
 from featstore.lock import WriterLock
+from featstore.shards import write_clips
 
 from featstore.pipelines.runner import StageReport, run_stage
 from featstore.pipelines.stages import config_for_array
@@ -68,9 +69,9 @@ def _remake_predictions(store: Store, path: str, system, clip_ids: list[str]) ->
     probs = apply_decision(store, system, system.decision, rows)
     with WriterLock(store.side, [path], "verify --repair"):
         array, ledger = store.array(path), store.ledger(path)
-        for row, clip_id, values in zip(rows, clip_ids, probs):
-            values = np.ascontiguousarray(values, dtype=array.dtype)
-            array[int(row)] = values
+        probs = np.ascontiguousarray(probs, dtype=array.dtype)
+        write_clips(array, rows, probs)  # whole shards, each once
+        for clip_id, values in zip(clip_ids, probs):
             entry = ledger.entries.get(clip_id, {})
             ledger.mark_done(clip_id, entry.get("input", system.digest), zlib.crc32(values.tobytes()), entry.get("info"))
         ledger.flush(store.side)

@@ -94,7 +94,7 @@ def trained(tmp_path_factory, demo_root):
     root = str(work / "data-32k")
     shutil.copytree(demo_root, root)
     _resample_to_32k(root)
-    store = featstore.init_store(str(work / "a.zarr"), clip_duration_s=CLIP_S)
+    store = featstore.init_store(str(work / "a.zarr"), clip_duration_s=CLIP_S, shard_mb=0.25)  # sharded, several shards
     ingest(store, root)
     assert extract_audio(store, AudioConfig(features=("mel",)), workers=0).done == 20
     assert extract_frames(store, FRAMES, workers=0).done == 20
@@ -116,7 +116,7 @@ def trained(tmp_path_factory, demo_root):
 def cut_store(trained):
     store, systems, work = trained
     manifest = _cut_one_second_files(store, str(work / "cut"))
-    cut = featstore.init_store(str(work / "b.zarr"), clip_duration_s=1.0)
+    cut = featstore.init_store(str(work / "b.zarr"), clip_duration_s=1.0, shard_mb=0.25)
     ingest(cut, manifest, fmt="csv")
     for run in ("fuse-f4-audio", "fuse-f4-av"):
         report = predict(cut, System.load(systems[run]), workers=0)
