@@ -70,8 +70,11 @@ class FrameConverter:
         return np.ascontiguousarray(rgb)
 
 
-def decode_frames(path: str, *, fps: float, duration_s: float, size: int, resize: str = "squash") -> DecodedFrames:
-    """Decode the frames of ``path`` nearest to ``k / fps`` seconds; see the module docstring.
+def decode_frames(path: str, *, fps: float, duration_s: float, size: int, resize: str = "squash", start_s: float = 0.0) -> DecodedFrames:
+    """Decode the frames of ``path`` nearest to ``start_s + k / fps`` seconds; see the module docstring.
+
+    ``start_s`` (seconds from the stream's start, a whole number of frame periods) gives a window of a longer video the same frames
+    as the whole video's targets at those times; frames before it are decoded but not kept.
 
     Raises :class:`MediaError` for a file without a video stream, one that cannot be decoded, or
     one with no frame at all.
@@ -80,7 +83,7 @@ def decode_frames(path: str, *, fps: float, duration_s: float, size: int, resize
 
     if resize not in RESIZE_MODES:
         raise ConfigError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-    targets = np.arange(int(round(fps * duration_s))) / fps
+    targets = (int(round(start_s * fps)) + np.arange(int(round(fps * duration_s)))) / fps  # the whole video's own targets
     to_rgb = FrameConverter(size, resize)
     kept: list[np.ndarray] = []
     kept_times: list[float] = []

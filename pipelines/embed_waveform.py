@@ -26,18 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from featstore.audio import AudioParams, prepare_waveform
+from featstore.audio import AudioParams
 from featstore.errors import ConfigError, MediaError
-from featstore.media import load_audio
 from featstore.models.hear import load_waveform_model, model_fingerprint, model_name, split_spec
+from featstore.pipelines.extract_audio import read_segments
 from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage
 from featstore.registry import model_entry, register_entry, registered_models
 from featstore.store import Store
 
 #: What the stage's ``input`` parameter names: the clips' source audio files, not an array.
 SOURCE_AUDIO = "source audio"
-#: Decoding stops this far past the clip's grid (as extract-audio).
-READ_MARGIN_S = 1.0
 
 
 def register_waveform_model(store: Store, model: str, weights_file: str | None) -> str:
@@ -69,10 +67,9 @@ def compute_waveform_embed(task: ClipTask, params: dict[str, Any], names: tuple[
     if not path:
         raise MediaError(f"clip {task.clip_id} has no audio file")
     sr, segment_s, n_segments = params["sample_rate"], params["window_s"], params["n_segments"]
-    samples, source_sr = load_audio(path, max_duration_s=n_segments * segment_s + READ_MARGIN_S)
-    # only the grid fields of the front end's parameters are used by prepare_waveform
+    # only the grid fields of the front end's parameters are used by read_segments
     grid = AudioParams(sr=sr, n_bins=0, win_ms=0.0, hop_ms=0.0, segment_s=segment_s, n_segments=n_segments)
-    windows, notes = prepare_waveform(samples, source_sr, grid)
+    windows, notes = read_segments(path, grid, params.get("source_start_s", 0.0))
     embedder = load_waveform_model(params["kind"], params["spec"], params["weights_file"], params["model_fingerprint"])
     values = embedder.embed(windows.mean(axis=0))
     return ClipResult({n: values[n] for n in names}, notes)

@@ -11,8 +11,11 @@ Writes ``{name}/{feature}`` (default ``audio/mel``, ``audio/gam``, ``audio/cqt``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
+
+import numpy as np
 
 from featstore.audio import FEATURES, AudioParams, add_deltas, prepare_waveform, spectrograms
 from featstore.errors import ConfigError, MediaError
@@ -34,13 +37,26 @@ def compute_audio(task: ClipTask, params: dict[str, Any], names: tuple[str, ...]
     if not path:
         raise MediaError(f"clip {task.clip_id} has no audio file")
     p = AudioParams(**params["audio"])
-    samples, sr = load_audio(path, max_duration_s=p.n_segments * p.segment_s + READ_MARGIN_S)
-    windows, notes = prepare_waveform(samples, sr, p)
+    windows, notes = read_segments(path, p, params.get("source_start_s", 0.0))
     specs = spectrograms(windows, p, names)
     if params["store_deltas"]:
         specs = {k: add_deltas(v, p.frames_per_segment, p.delta_width) for k, v in specs.items()}
     dtype = params["dtype"]
     return ClipResult({k: v.astype(dtype) for k, v in specs.items()}, notes)
+
+
+def read_segments(path: str, p: AudioParams, start_s: float = 0.0) -> tuple[np.ndarray, dict[str, Any]]:
+    """The ``p.n_segments`` segment windows (channel, segment, sample) of ``path`` from ``start_s``
+    seconds (a whole number of segments) on, as :func:`featstore.audio.prepare_waveform` makes them.
+
+    From a later start, up to :data:`READ_MARGIN_S` of whole segments before it are decoded and
+    resampled too, then dropped: the resampler sees the same neighbourhood as when the file is read
+    from its start, so a window of a long file has the same samples as the whole file's segments.
+    """
+    lead = min(math.ceil(READ_MARGIN_S / p.segment_s - 1e-9), int(start_s / p.segment_s + 1e-9))
+    samples, sr = load_audio(path, max_duration_s=(p.n_segments + lead) * p.segment_s + READ_MARGIN_S, start_s=start_s - lead * p.segment_s)
+    windows, notes = prepare_waveform(samples, sr, replace(p, n_segments=p.n_segments + lead))
+    return np.ascontiguousarray(windows[:, lead:]), notes
 
 
 @dataclass(frozen=True)

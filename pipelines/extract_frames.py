@@ -27,7 +27,7 @@ def compute_frames(task: ClipTask, params: dict[str, Any], names: tuple[str, ...
     path = task.source("video_path")
     if not path:
         raise MediaError(f"clip {task.clip_id} has no video file")
-    decoded = decode_frames(path, fps=params["fps"], duration_s=params["clip_duration_s"], size=params["size"], resize=params["resize"])
+    decoded = decode_frames(path, fps=params["fps"], duration_s=params["clip_duration_s"], size=params["size"], resize=params["resize"], start_s=params.get("source_start_s", 0.0))
     return ClipResult({"rgb": decoded.rgb, "time_s": decoded.times_s}, decoded.notes)
 
 

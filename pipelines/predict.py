@@ -88,16 +88,23 @@ def check_compatible(store: Store, system: System) -> None:
             raise ConfigError(f"the store has another model named {model!r} than the system's (fingerprint {model_entry(store, model)['fingerprint'][:12]}, system {spec['fingerprint'][:12]}); predict into another store")
 
 
-def _upstream(store: Store, system: System, clip_ids: list[str], report: PredictReport, workers, scheduler, progress, batch_units: int) -> None:
-    """Steps 1 and 2: extract the inputs and embed with every backbone, skipping what is done."""
+def _upstream(store: Store, system: System, clip_ids: list[str], report: PredictReport, workers, scheduler, progress, batch_units: int,
+              source_start_s: float = 0.0) -> None:
+    """Steps 1 and 2: extract the inputs and embed with every backbone, skipping what is done.
+
+    ``source_start_s``: the clips start this many seconds into their source files (a window of a
+    long file, see :func:`predict_file`); the stages that read the files decode from there.
+    """
     import tempfile
+
+    from featstore.pipelines.embed import WAVEFORM_KINDS
 
     def note(stage_report: StageReport) -> None:
         report.stages.append(stage_report.to_json())
 
     for path, spec in system.inputs.items():
         config = STAGES[spec["stage"]].from_dict(spec["config"])
-        note(run_stage(store, config.build(store), clips=clip_ids, workers=workers, scheduler=scheduler, progress=progress))
+        note(run_stage(store, _from_source_start(config.build(store), source_start_s), clips=clip_ids, workers=workers, scheduler=scheduler, progress=progress))
     for model, spec in system.backbones.items():
         if model not in _registered(store):
             with tempfile.TemporaryDirectory() as work:
@@ -105,8 +112,20 @@ def _upstream(store: Store, system: System, clip_ids: list[str], report: Predict
                 with open(path, "wb") as f:
                     f.write(system.files[spec["file"]])
                 register_model(store, model, path, input_array=spec["input"], config={"source": "system", "system": system.digest})
+        if source_start_s and model_entry(store, model).get("kind") in WAVEFORM_KINDS:  # reads the source audio itself
+            stage = EmbedConfig(model=model, layers=LAYERS, batch_units=batch_units).build(store)
+            note(run_stage(store, _from_source_start(stage, source_start_s), clips=clip_ids, workers=0 if workers is None else workers, scheduler=scheduler, progress=progress))
+            continue
         stage_report, _ = embed(store, model, layers=LAYERS, clips=clip_ids, workers=0 if workers is None else workers, scheduler=scheduler, progress=progress, batch_units=batch_units)
         note(stage_report)
+
+
+def _from_source_start(stage, source_start_s: float):
+    """``stage`` reading its clips' source files from ``source_start_s`` seconds on (stages that do
+    not read source files ignore the parameter)."""
+    import dataclasses
+
+    return dataclasses.replace(stage, params={**stage.params, "source_start_s": source_start_s}) if source_start_s else stage
 
 
 def _registered(store: Store) -> set[str]:
@@ -272,25 +291,29 @@ def segment_probabilities(store: Store, system: System, rows: np.ndarray) -> np.
     return combine(stacked.reshape(n_in, -1, n_classes), decision["rule"]).reshape(n_clips, n_seg, n_classes)
 
 
-def predict_file(system: System, video_path: str, audio_path: str | None = None) -> dict[str, Any]:
-    """Classify one video file (audio from its own audio track, or from ``audio_path``) in a temporary store.
+#: Segments of a file that ``predict_file`` decodes, extracts, embeds and decides together: memory
+#: holds one window's audio, frames, features and backbone activations (about 1.5 GB at 60 s of 1 s
+#: segments with an audio-visual system at 224 x 224), whatever the file's length; only each
+#: segment's class probabilities are kept across windows. Longer windows amortise loading the
+#: backbones once per window.
+FILE_WINDOW_SEGMENTS = 60
 
-    The clip is cut to whole segments of the system's grid (at least one). Returns ``{"file",
-    "label", "probability", "classes", "clip": [class probabilities], "per_segment": [[...], ...]}``;
-    a file that cannot be decoded raises :class:`~featstore.errors.MediaError` naming it, once.
+
+def predict_file(system: System, video_path: str, audio_path: str | None = None, *, window_segments: int = FILE_WINDOW_SEGMENTS) -> dict[str, Any]:
+    """Classify one video file (audio from its own audio track, or from ``audio_path``), a window
+    of ``window_segments`` segments at a time, each in a temporary store.
+
+    The file is cut to whole segments of the system's grid (at least one). Each segment is framed
+    on its own (audio) and keeps the frames at its own times (video), so a window gives its
+    segments the same values as the whole file would: memory is bounded by a window, not by the
+    file's length. Returns ``{"file", "label", "probability", "classes", "clip": [class
+    probabilities], "per_segment": [[...], ...]}``; a file that cannot be decoded raises
+    :class:`~featstore.errors.MediaError` naming it, once.
     """
-    import contextlib
-    import io
     import os
-    import tempfile
 
-    import pandas as pd
-
-    from featstore.clips import normalise_clips
     from featstore.errors import MediaError
-    from featstore.fingerprint import file_fingerprint
     from featstore.media import probe_duration_s
-    from featstore.store import init_store
 
     video_path = os.path.abspath(video_path)
     audio_path = os.path.abspath(audio_path) if audio_path else video_path
@@ -301,22 +324,75 @@ def predict_file(system: System, video_path: str, audio_path: str | None = None)
     if not np.isfinite(duration_s) or duration_s < system.segment_s * 0.5:
         raise MediaError(f"{video_path}: cannot read its duration, or shorter than one {system.segment_s} s segment")
     n_segments = max(1, int(duration_s / system.segment_s + 1e-3))  # whole segments; a tail shorter than one is dropped
+    per_segment, leaves = [], {}
+    for first in range(0, n_segments, window_segments):
+        window, window_leaves = _predict_window(system, video_path, audio_path, first, min(window_segments, n_segments - first))
+        per_segment.append(window)
+        for key, values in window_leaves.items():
+            leaves.setdefault(key, []).append(values)
+    means = {key: np.concatenate(parts).astype(np.float64).mean(axis=0) for key, parts in leaves.items()}
+    clip = _clip_probabilities(system.decision, means)
+    best = int(np.argmax(clip))
+    return {"file": video_path, "label": system.classes[best], "probability": float(clip[best]), "classes": system.classes,
+            "clip": clip.round(6).tolist(), "per_segment": np.concatenate(per_segment).round(6).tolist()}
+
+
+def _leaf_key(item: dict[str, Any]) -> str:
+    return f"backbone:{item['model']}" if item["kind"] == "backbone" else f"fusion:{item['head']}"
+
+
+def _leaves(decision: dict[str, Any]) -> list[dict[str, Any]]:
+    """The decision's per-segment sources: its backbones and fusion heads (itself when a fusion)."""
+    if decision["kind"] in ("fusion", "backbone"):
+        return [decision]
+    return [leaf for item in decision["inputs"] for leaf in _leaves(item)]
+
+
+def _clip_probabilities(decision: dict[str, Any], means: dict[str, np.ndarray]) -> np.ndarray:
+    """(class,) float64 clip probabilities from each leaf's mean over the file's segments, as
+    :func:`apply_decision` computes them from whole-file predictions (ensembles rounded to float32)."""
+    if decision["kind"] in ("fusion", "backbone"):
+        return means[_leaf_key(decision)]
+    parts = [_clip_probabilities(item, means)[None, :] for item in decision["inputs"]]  # (1, class) each
+    return combine(np.stack(parts), decision["rule"])[0].astype(np.float32).astype(np.float64)
+
+
+def _predict_window(system: System, video_path: str, audio_path: str, first: int, n_segments: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Segments ``first .. first + n_segments - 1`` of the file, in a temporary store: their
+    (segment, class) displayed probabilities and each leaf's (segment, class) probabilities."""
+    import contextlib
+    import io
+    import os
+    import tempfile
+
+    import pandas as pd
+
+    from featstore.clips import normalise_clips
+    from featstore.errors import MediaError
+    from featstore.fingerprint import file_fingerprint
+    from featstore.store import init_store
+
+    start_s = first * system.segment_s
+    clip_id = os.path.splitext(os.path.basename(video_path))[0]
     with tempfile.TemporaryDirectory() as work:
         store = init_store(os.path.join(work, "file.zarr"), segment_s=system.segment_s, clip_duration_s=n_segments * system.segment_s, classes=system.classes)
         root = os.path.commonpath([os.path.dirname(video_path), os.path.dirname(audio_path)])
         store.set_dataset_root(root)
         store.add_clips(normalise_clips(pd.DataFrame({
-            "clip_id": [os.path.splitext(os.path.basename(video_path))[0]],
-            "split": ["test"], "audio_path": [os.path.relpath(audio_path, root)], "video_path": [os.path.relpath(video_path, root)],
-            "duration_s": [duration_s], "audio_fingerprint": [file_fingerprint(audio_path)], "video_fingerprint": [file_fingerprint(video_path)],
+            "clip_id": [clip_id], "split": ["test"], "audio_path": [os.path.relpath(audio_path, root)], "video_path": [os.path.relpath(video_path, root)],
+            "duration_s": [n_segments * system.segment_s], "audio_fingerprint": [file_fingerprint(audio_path)], "video_fingerprint": [file_fingerprint(video_path)],
         })))
+        check_compatible(store, system)
+        report = PredictReport(name=system.name, system=system.digest)
         with contextlib.redirect_stderr(io.StringIO()):  # each stage's own failure line: the error below says it once
-            report = predict(store, system, workers=0)
-        if not report.ok:
-            raise MediaError(f"{video_path}: {report.failures[0]['error']}")
+            _upstream(store, system, [clip_id], report, 0, None, False, EmbedConfig.batch_units, source_start_s=start_s)
         rows = np.array([0])
-        clip = packed_segment_embeddings(store, f"predictions/{report.name}")[0][0].astype(np.float64).mean(axis=0)
-        per_segment = segment_probabilities(store, system, rows)[0]
-    best = int(np.argmax(clip))
-    return {"file": video_path, "label": system.classes[best], "probability": float(clip[best]), "classes": system.classes,
-            "clip": clip.round(6).tolist(), "per_segment": per_segment.round(6).tolist()}
+        if not all(store.has_array(p) and len(_done_rows(store, p)) for p in decision_inputs(system.decision)):
+            raise MediaError(f"{video_path}: {_upstream_failure(store.failures, clip_id)}")
+        leaves = {}
+        for leaf in _leaves(system.decision):
+            if leaf["kind"] == "backbone":
+                leaves[_leaf_key(leaf)] = _segment_values(store, f"predictions/{leaf['model']}", rows)[0]
+            else:
+                leaves[_leaf_key(leaf)] = apply_decision(store, system, leaf, rows)[0]
+        return segment_probabilities(store, system, rows)[0], leaves
