@@ -112,12 +112,13 @@ class _AudioOptions(StageConfig):
         only. A config the one shared parameter set of earlier versions could express keeps that
         set's exact parameters, so arrays made then keep their fingerprints."""
         config = self.feature_config(name)
-        common = {"dtype": self.dtype, "store_deltas": self.store_deltas, "feature": name}
+        # the readers find the frame rule and the delta width where they always did
+        common = {"dtype": self.dtype, "store_deltas": self.store_deltas, "feature": name, "frames_per_segment": config.frames_per_segment(grid.sr, grid.segment_s)}
         legacy = config.legacy_params(grid)
         if legacy is not None:
-            return {"audio": legacy, **common, "frames_per_segment": config.frames_per_segment(grid.sr, grid.segment_s)}
+            return {"audio": legacy, **common}
         front = {k: getattr(grid, k) for k in ("sr", "segment_s", "n_segments", "channels", "delta_width")}
-        return {"front": front, **common, name: config.to_dict()}
+        return {"audio": front, **common, name: config.to_dict()}
 
     def build(self, store: Store) -> Stage:
         grid = self.audio_params(store)

@@ -82,10 +82,10 @@ def test_mfcc_equals_librosa_mfcc_of_the_same_segments(demo_store):
     spectrogram of the same segments."""
     assert extract_audio(demo_store, features=("mfcc",), dtype="float32", workers=0).done == 20
     params = demo_store.provenance("audio/mfcc")["params"]
-    sr, m = params["front"]["sr"], params["mfcc"]
+    sr, m = params["audio"]["sr"], params["mfcc"]
     n_fft, hop = int(round(m["win_ms"] * sr / 1000)), int(round(m["hop_ms"] * sr / 1000))
     for clip_index in (0, 7):
-        y = _reference_windows(demo_store, clip_index, {"audio": params["front"]})
+        y = _reference_windows(demo_store, clip_index, params)
         mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=n_fft, hop_length=hop, n_mels=m["n_mels"], fmin=m["fmin_hz"], fmax=sr / 2, pad_mode="constant")
         ref = _to_frames(librosa.feature.mfcc(S=librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None), n_mfcc=m["n_mfcc"], axis=-2))
         got = demo_store.audio("mfcc", demo_store.clips.clip_id[clip_index])

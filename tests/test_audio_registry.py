@@ -67,8 +67,8 @@ def test_one_features_option_changes_only_that_features_fingerprint(demo_store):
     grid = base.audio_params(demo_store)
     for feature in ("gam", "cqt"):  # neither is in the old shape now: front end and own config only
         params = changed.output_params(feature, grid)
-        assert set(params) == {"front", "dtype", "store_deltas", "feature", feature}
-        assert params["front"] == {"sr": 32000, "segment_s": 1.0, "n_segments": 3, "channels": 2, "delta_width": 9}
+        assert set(params) == {"audio", "dtype", "store_deltas", "feature", "frames_per_segment", feature}
+        assert params["audio"] == {"sr": 32000, "segment_s": 1.0, "n_segments": 3, "channels": 2, "delta_width": 9}
     assert changed.output_params("gam", grid)["gam"] == {"hop_ms": 14.0, "n_bins": 128, "win_ms": 80.0, "fmin_hz": 30.0}
     assert changed.output_params("cqt", grid)["cqt"]["bins_per_octave"] == 12
     # a MEL-only hop: MEL's fingerprint changes, GAM's and CQT's follow their own options only
@@ -95,6 +95,8 @@ def test_a_feature_with_its_own_hop_round_trips_through_provenance(demo_store):
     assert extract_audio(demo_store, config, workers=0).done == 20
     assert demo_store.array("m20/mel").shape == (20, 2, 128, 3 * (1 + 32000 // 640))
     assert config_for_array(demo_store, "m20/mel") == config
+    clip = demo_store.clips.clip_id[0]
+    assert demo_store.audio("mel", clip, deltas=True, group="m20").shape == (6, 128, 3 * 51)  # read-time deltas per 51-frame segment
     assert extract_audio(demo_store, config_for_array(demo_store, "m20/mel"), workers=0).skipped == 20
     plain = extract_audio(demo_store, features=("mel",), hop_ms=20.0, dtype="float32", name="h20", workers=0)
     assert plain.done == 20
