@@ -77,6 +77,19 @@ def test_dataloader_workers_serve_every_unit_once_per_epoch(store, unit_of, cont
     assert len(loader) == len(dataset) == 15
 
 
+def test_persistent_workers_serve_the_epochs_in_turn_from_the_one_set_first(store, unit_of):
+    dataset = StoreDataset(store, "audio/mel", seed=3, **OPTIONS)
+    dataset.set_epoch(2)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, multiprocessing_context="fork", persistent_workers=True)
+    passes = [served(loader, unit_of) for _ in range(2)]
+    expected = []
+    for epoch in (2, 3):
+        reference = StoreDataset(store, "audio/mel", seed=3, **OPTIONS)
+        reference.set_epoch(epoch)
+        expected.append(served(torch.utils.data.DataLoader(reference, batch_size=None, num_workers=2, multiprocessing_context="fork"), unit_of))
+    assert passes == expected
+
+
 def test_set_epoch_reshuffles_and_the_seed_repeats(store, unit_of):
     def order(seed, epoch):
         dataset = StoreDataset(store.url, "audio/mel", seed=seed, **OPTIONS)
