@@ -9,6 +9,7 @@ value the table lacks, fails."""
 from __future__ import annotations
 
 import collections
+import itertools
 import pickle
 import socket
 
@@ -61,19 +62,27 @@ def every_unit_once(units) -> bool:
     return collections.Counter(units) == collections.Counter((r, u) for r in range(20) for u in range(3))
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_dataloader_workers_serve_every_unit_once_per_epoch(store, unit_of, context):
+def two_worker_order(dataset, epoch, unit_of) -> list[tuple[int, int]]:
+    """The units a 2-worker DataLoader serves at ``epoch``, in order, made in this process: the
+    workers' shares (parts 0 and 1 of the rank's blocks) taken one batch from each in turn."""
+    parts = [list(dataset.batches().epoch(epoch, part=p, parts=2)) for p in range(2)]
+    batches = [b for pair in itertools.zip_longest(*parts) for b in pair if b is not None]
+    return [unit_of[example.tobytes()] for x, _ in batches for example in x]
+
+
+@pytest.mark.parametrize("context, epochs", [("fork", (0, 1)), ("spawn", (1,))])
+def test_dataloader_workers_serve_every_unit_once_per_epoch(store, unit_of, context, epochs):
     dataset = StoreDataset(store, "audio/mel", seed=3, **OPTIONS)
     inline = served(torch.utils.data.DataLoader(dataset, batch_size=None), unit_of)
     assert every_unit_once(inline)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, multiprocessing_context=context)
-    epochs = []
-    for epoch in (0, 1):
+    for epoch in epochs:
         dataset.set_epoch(epoch)
-        epochs.append(served(loader, unit_of))
-        assert every_unit_once(epochs[-1]), f"epoch {epoch} under {context}"
-    assert sorted(epochs[0]) == sorted(inline)
-    assert epochs[0] != epochs[1], "set_epoch reaches the workers: the next pass is reshuffled"
+        units = served(loader, unit_of)
+        assert every_unit_once(units), f"epoch {epoch} under {context}"
+        assert sorted(units) == sorted(inline)
+        assert units == two_worker_order(dataset, epoch, unit_of), "the epoch set reaches the workers, each serves its part"
+    assert two_worker_order(dataset, 0, unit_of) != two_worker_order(dataset, 1, unit_of)
     assert len(loader) == len(dataset) == 15
 
 
@@ -128,6 +137,7 @@ def _ddp_rank(rank: int, port: int, url: str, out: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes
 def test_two_ddp_ranks_split_the_epoch_disjointly_with_equal_batch_counts(store, unit_of, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
