@@ -170,8 +170,10 @@ def main() -> None:
                 got, ref = _labels(sub), _labels(hand_tsv)
                 assert len(got) == len(ref) == n, (len(got), len(ref), n)
                 agree.append(np.mean([got[k] == ref[k] for k in ref]))
-                print(f"round {r + 1}, {n} clips: featstore {times['featstore', n][-1]:.1f} s, by hand {times['hand', n][-1]:.1f} s, "
-                      f"store {files[n]} files, same decision on {100 * agree[-1]:.0f}% of clips")
+                print(
+                    f"round {r + 1}, {n} clips: featstore {times['featstore', n][-1]:.1f} s, by hand {times['hand', n][-1]:.1f} s, "
+                    f"store {files[n]} files, same decision on {100 * agree[-1]:.0f}% of clips"
+                )
 
     med = {key: statistics.median(v) for key, v in times.items()}
     marginal = {kind: (med[kind, large] - med[kind, small]) / (large - small) for kind in ("featstore", "hand")}
@@ -184,8 +186,10 @@ def main() -> None:
         m = marginal[kind]
         vs = "1.00x" if kind == "hand" else f"{ratio:.2f}x (target <= 1.3x)"
         print(f"| {label} | {med[kind, small]:.1f} | {med[kind, large]:.1f} | {1000 * m:.1f} | {vs} | {m * EVAL_CLIPS / 3600:.2f} |")
-    print(f"\nStore files: {files[small]} at {small} clips, {files[large]} at {large}: {files_per_clip:.3f} files per clip "
-          f"(target <= 0.05), about {files[small] + files_per_clip * (EVAL_CLIPS - small):,.0f} files at {EVAL_CLIPS:,} clips")
+    print(
+        f"\nStore files: {files[small]} at {small} clips, {files[large]} at {large}: {files_per_clip:.3f} files per clip "
+        f"(target <= 0.05), about {files[small] + files_per_clip * (EVAL_CLIPS - small):,.0f} files at {EVAL_CLIPS:,} clips"
+    )
     print(f"Decisions equal to the hand-written loop's on {100 * min(agree):.0f}% of clips (lowest round)")
 
 
