@@ -59,11 +59,11 @@ def _eval_layouts(work: str, sizes: list[int]) -> dict[int, str]:
     return {n: write_eval_layout(store, clip_ids[: n // 10], os.path.join(work, f"eval-{n}")) for n in sizes}
 
 
-def _run_featstore(eval_root: str, system_dir: str, store: str, submission: str) -> float:
+def _run_featstore(eval_root: str, system_dir: str, store: str, submission: str, workers: int | None) -> float:
     start = time.perf_counter()
     _featstore("init", store, "--segment-s", "1", "--clip-duration-s", "1")
     _featstore("ingest", store, eval_root)
-    _featstore("predict", store, "--system", system_dir, "--submission", submission)
+    _featstore("predict", store, "--system", system_dir, "--submission", submission, *(["--workers", str(workers)] if workers is not None else []))
     return time.perf_counter() - start
 
 
@@ -133,11 +133,23 @@ def _files(root: str) -> int:
     return sum(len(files) for _, _, files in os.walk(root))
 
 
+def _files_at(store_path: str, n: int, target: int) -> int:
+    """The files of the store at ``store_path`` (``n`` clips) grown to ``target`` clips: each array
+    gains the stored objects (shards, or chunks when unsharded) that ``target`` clips fill."""
+    import featstore
+    from featstore.shards import shard_clips
+
+    store = featstore.open_store(store_path)
+    grown = sum(-(-target // c) - -(-n // c) for c in (shard_clips(store.array(path)) for path in store.array_paths()))
+    return _files(store_path) + grown
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs=2, default=[40, 120], help="Two numbers of one-second clips (multiples of 10).")
     parser.add_argument("--rounds", type=int, default=2, help="Alternating rounds per size.")
     parser.add_argument("--batch-units", type=int, default=256, help="Units per model call of the hand-written loop (predict's default).")
+    parser.add_argument("--workers", type=int, default=None, help="predict --workers (default: predict's own, a local dask cluster of one process per core; 0: in-process, one core like the loop).")
     parser.add_argument("--by-hand", nargs=3, metavar=("EVAL_ROOT", "SYSTEM", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # every process below: no TensorFlow start-up chatter
@@ -154,7 +166,7 @@ def main() -> None:
         roots = _eval_layouts(work, [small, large])
         print(f"system trained and exported, layouts cut: {time.perf_counter() - t:.0f} s")
         times: dict[tuple[str, int], list[float]] = {}
-        files, agree = {}, []
+        files, agree, at_eval = {}, [], 0
         for r in range(args.rounds):
             for n in (small, large):
                 store, sub, hand_tsv = (os.path.join(work, x) for x in (f"eval-{n}.zarr", f"sub-{n}.tsv", f"hand-{n}.tsv"))
@@ -162,8 +174,10 @@ def main() -> None:
                 for kind in order:
                     if kind == "featstore":
                         shutil.rmtree(store, ignore_errors=True)
-                        seconds = _run_featstore(roots[n], system_dir, store, sub)
+                        seconds = _run_featstore(roots[n], system_dir, store, sub, args.workers)
                         files[n] = _files(store)
+                        if n == large:
+                            at_eval = _files_at(store, n, EVAL_CLIPS)
                     else:
                         seconds = _run_by_hand(roots[n], system_dir, hand_tsv, args.batch_units)
                     times.setdefault((kind, n), []).append(seconds)
@@ -179,7 +193,8 @@ def main() -> None:
     marginal = {kind: (med[kind, large] - med[kind, small]) / (large - small) for kind in ("featstore", "hand")}
     files_per_clip = (files[large] - files[small]) / (large - small)
     ratio = marginal["featstore"] / marginal["hand"]
-    print(f"\nOne-second clips, medians of {args.rounds} alternating rounds, whole processes:")
+    workers = "predict's default workers" if args.workers is None else f"predict --workers {args.workers}"
+    print(f"\nOne-second clips, medians of {args.rounds} alternating rounds, whole processes, {workers}:")
     print(f"| run | {small} clips (s) | {large} clips (s) | marginal ms/clip | vs by hand | {EVAL_CLIPS:,} clips per core (h) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for kind, label in (("hand", "by hand, one batched loop"), ("featstore", "featstore init + ingest + predict --submission")):
@@ -188,7 +203,7 @@ def main() -> None:
         print(f"| {label} | {med[kind, small]:.1f} | {med[kind, large]:.1f} | {1000 * m:.1f} | {vs} | {m * EVAL_CLIPS / 3600:.2f} |")
     print(
         f"\nStore files: {files[small]} at {small} clips, {files[large]} at {large}: {files_per_clip:.3f} files per clip "
-        f"(target <= 0.05), about {files[small] + files_per_clip * (EVAL_CLIPS - small):,.0f} files at {EVAL_CLIPS:,} clips"
+        f"(target <= 0.05); grown to {EVAL_CLIPS:,} clips by its arrays' shard sizes: {at_eval:,} files, {at_eval / EVAL_CLIPS:.4f} per clip"
     )
     print(f"Decisions equal to the hand-written loop's on {100 * min(agree):.0f}% of clips (lowest round)")
 
