@@ -186,7 +186,7 @@ def _run_stage(run, as_json: bool, quiet: bool) -> None:
 @config_options(AudioConfig)
 @stage_options
 def extract_audio_cmd(store, workers, scheduler, clips, overwrite, as_json, quiet, **config_fields):
-    """Log MEL / Gammatone / CQT spectrograms of every clip, (clip, 2, bins, frames), on dask.
+    """Log spectrograms (MEL, Gammatone, CQT, MFCC...) of every clip, (clip, 2, bins, frames), on dask.
 
     Resumable: a re-run does no work for clips already done; changed parameters are refused
     unless --overwrite or --name NEW. Exit code 3 when some clips failed (they are recorded).

@@ -1,26 +1,40 @@
 """The training read path: shuffled batches of windows (audio) or frames (visual) from the store.
 
-Why a clip-block shuffle: each clip is one Zarr chunk (DESIGN 7.4). Reading one window or frame at
-random decompresses the whole chunk for it (10-20x the bytes used). Instead each epoch reads the
-clips in a random order, ``block_clips`` clips at a time (one decompression per clip and epoch),
-shuffles all units (windows or frames) of the block together with the previous block's leftovers,
-and serves them as batches: a bounded shuffle buffer, as WebDataset and Mosaic Streaming use.
-Randomness, stated exactly: the clip order is a fresh permutation each epoch; a batch draws from
-the ``block_clips`` clips of its block plus fewer than ``batch_size`` units carried over from the
-block before; within that buffer the order is uniform. Every unit of the selected clips is served
-exactly once per epoch; with ``shuffle=False`` clips and units come in row order.
+Why a clip-block shuffle: each clip is one Zarr chunk. Reading one window or frame at random
+decompresses the whole chunk for it (10-20x the bytes used). Instead each epoch reads the clips in
+a random order, a block of clips at a time (one decompression per clip and epoch), shuffles all
+units (windows or frames) of the block together and serves them as batches: a bounded shuffle
+buffer, as WebDataset and Mosaic Streaming use. A block holds a whole number of batches: its
+``block_clips`` clips are rounded up to a multiple of ``batch_size / gcd(units per clip,
+batch_size)`` (64 stays 64 for 10 windows or 20 frames per clip in batches of 64), so no batch
+spans two blocks and blocks can be served by different processes. Randomness, stated exactly: the
+clip order is a fresh permutation each epoch; a batch draws from the clips of its block; within the
+block the order is uniform. Every unit of the selected clips is served exactly once per epoch;
+with ``shuffle=False`` clips and units come in row order.
+
+Several processes (training ranks, DataLoader workers): the epoch's clip permutation is cut
+disjointly by rank (clip ``i`` of the permutation goes to rank ``i % world_size``), every rank
+getting the same number of clips (``balance="pad"`` repeats clips from the start of the
+permutation, as PyTorch's DistributedSampler pads; ``"drop"`` leaves the remainder out), hence the
+same number of batches. A rank's blocks are then dealt to its workers (block ``b`` to worker ``b %
+parts``, :meth:`TrainingBatches.epoch`); each batch is a pure function of (seed, epoch, rank,
+batch number), the same whatever the number of workers.
 
 The same plan can be served from arrays held in memory (:class:`MemorySource`): identical batches,
 the baseline of ``benchmarks/bench_loader.py``. Arrays written before this module read unchanged:
 it needs nothing but the one-chunk-per-clip layout every store has.
 
 Framework-neutral: :class:`TrainingBatches` yields numpy ``(x, y)``; :func:`tf_dataset` adapts it to
-``tf.data``. PyTorch or JAX users iterate :meth:`TrainingBatches.epoch` directly (README).
+``tf.data`` (:func:`tf_distributed_dataset` for ``tf.distribute``), :class:`featstore.torch.StoreDataset`
+to PyTorch's DataLoader.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
+import math
+import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +50,9 @@ from featstore.store import Store
 #: Clips read per shuffle block: the shuffle buffer holds about this many clips' units
 #: (64 x 20 frames of 224x224x3 uint8 = 193 MB; 64 MEL clips in float16 = 24 MB).
 DEFAULT_BLOCK_CLIPS = 64
+
+#: How ranks get equal shares of an epoch's clips: repeat clips from the start, or drop the remainder
+BALANCE = ("pad", "drop")
 
 
 class Units:
@@ -91,13 +108,14 @@ class StoreSource:
     Clips are read by a :class:`~featstore.chunks.ClipReader` (array opened once; featstore's layout
     decoded without zarr's per-read overhead) into clip buffers that are reused once released, so
     steady-state reading touches no fresh memory. ``workers`` threads decompress clips in parallel
-    (numcodecs releases the GIL); ``bytes_decoded`` counts the decompressed bytes.
+    (numcodecs releases the GIL); they start on the first read, in the process that reads (a thread
+    pool does not survive a fork). ``bytes_decoded`` counts the decompressed bytes.
     """
 
     def __init__(self, store: Store, units: Units, workers: int = 0):
         self.reader, self.units = ClipReader(store.array(units.path)), units
         self.clip_ids = store.clips["clip_id"].to_numpy()
-        self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        self.workers, self._pool, self._pid = workers, None, None
         self.cache: dict[int, np.ndarray] = {}  # row -> its clip's buffer
         self.units_of: dict[int, np.ndarray] = {}  # row -> (unit, ...) view of that buffer
         self.free: list[np.ndarray] = []  # released clip buffers, reused by the next reads
@@ -110,15 +128,23 @@ class StoreSource:
             raise ConfigError(f"clip {self.clip_ids[row]!r} is not written in {self.units.path!r} (run the stage that makes it)")
         return values
 
+    @property
+    def pool(self) -> ThreadPoolExecutor | None:
+        """The decompression threads of this process (None with ``workers`` <= 1)."""
+        if self.workers > 1 and self._pid != os.getpid():
+            self._pool, self._pid = ThreadPoolExecutor(self.workers), os.getpid()
+        return self._pool
+
     def load(self, rows: np.ndarray) -> None:
         """Decompress the chunks of ``rows`` into the cache (one thread loads at a time)."""
-        rows = [int(r) for r in rows if int(r) not in self.cache]
+        rows = list(dict.fromkeys(int(r) for r in rows if int(r) not in self.cache))
         buffers = [self.free.pop() if self.free else np.empty(self.reader.shape, self.reader.dtype) for _ in rows]
         read = self._read
         if not self.reader.local:  # a remote store: every clip's request at once (ClipReader.read_clips)
             fetched = dict(zip(rows, self.reader.read_clips(rows, buffers)))
             read = lambda row, buffer: self._read(row, buffer, fetched[row])
-        for row, values in zip(rows, self.pool.map(read, rows, buffers) if self.pool else map(read, rows, buffers)):
+        pool = self.pool
+        for row, values in zip(rows, pool.map(read, rows, buffers) if pool else map(read, rows, buffers)):
             self.bytes_decoded += values.nbytes
             self.units_of[row] = self.units.of_clips(values[None])[0]
             self.cache[row] = values
@@ -154,31 +180,44 @@ class MemorySource:
 
 @dataclass
 class Block:
-    """One step of an epoch's plan: read ``rows``, serve ``batches`` ((n, 2) pairs each), then drop ``release``."""
+    """One step of an epoch's plan: read ``rows``, serve ``batches`` ((n, 2) pairs each, numbered
+    from ``first`` within the rank's epoch), then drop ``rows``."""
 
     rows: np.ndarray
     batches: list[np.ndarray]
-    release: np.ndarray
+    first: int
 
 
-def epoch_plan(pairs: np.ndarray, *, batch_size: int, block_clips: int, rng: np.random.Generator | None) -> list[Block]:
-    """The clip-block shuffle of ``pairs`` (n, 2) (row, unit); ``rng=None``: row order, no shuffle."""
+def epoch_plan(pairs: np.ndarray, *, batch_size: int, block_clips: int, rng: np.random.Generator | None,
+               rank: int = 0, world_size: int = 1, balance: str = "pad", drop_last: bool = False) -> list[Block]:
+    """Rank ``rank``'s clip-block shuffle of ``pairs`` (n, 2) (row, unit); ``rng=None``: row order.
+
+    Every row of ``pairs`` has the same number of units (what :meth:`Units.index` makes). The
+    clip order (a permutation drawn first from ``rng``, so the same for every rank) is dealt to
+    ``world_size`` ranks, each getting the same number of clips (``balance``); ``drop_last`` leaves
+    out the rank's last batch when it is short.
+    """
     grouped = pairs[np.argsort(pairs[:, 0], kind="stable")]
     rows, starts, counts = np.unique(grouped[:, 0], return_index=True, return_counts=True)
     by_row = {int(r): grouped[i : i + n] for r, i, n in zip(rows, starts, counts)}
     order = rng.permutation(rows) if rng is not None else rows
-    blocks, carry = [], np.empty((0, 2), np.int64)
-    for start in range(0, len(order), block_clips):
-        block_rows = order[start : start + block_clips]
-        held = set(block_rows.tolist()) | set(carry[:, 0].tolist())
-        buffer = np.concatenate([carry, *(by_row[int(r)] for r in block_rows)])
+    share = len(order) // world_size if balance == "drop" else -(-len(order) // world_size)
+    order = np.resize(order, share * world_size)[rank::world_size]  # np.resize repeats from the start
+    per_clip = int(counts[0]) if len(counts) else 1
+    step = batch_size // math.gcd(per_clip, batch_size)  # clips that fill whole batches
+    clips_per_block = -(-block_clips // step) * step
+    blocks, first = [], 0
+    for start in range(0, len(order), clips_per_block):
+        block_rows = order[start : start + clips_per_block]
+        buffer = np.concatenate([by_row[int(r)] for r in block_rows])
         if rng is not None:
             buffer = buffer[rng.permutation(len(buffer))]
-        last = start + block_clips >= len(order)
-        n_served = len(buffer) if last else len(buffer) // batch_size * batch_size
-        carry = buffer[n_served:]
-        batches = [buffer[i : i + batch_size] for i in range(0, n_served, batch_size)]
-        blocks.append(Block(block_rows, batches, np.array(sorted(held - set(carry[:, 0].tolist())), np.int64)))
+        batches = [buffer[i : i + batch_size] for i in range(0, len(buffer), batch_size)]
+        if drop_last and len(batches[-1]) < batch_size:
+            batches.pop()
+        if batches:
+            blocks.append(Block(block_rows, batches, first))
+            first += len(batches)
     return blocks
 
 
@@ -190,20 +229,30 @@ class TrainingBatches:
     here over the whole batch. Visual ``x`` is (batch, size, size, 3), 0-255, after ``augment`` (random
     resized crop and horizontal flip on the uint8 frames). Mixup (``mixup_alpha``; 0 = off) mixes
     the stored values (audio: before deltas, which are linear in them) into float32.
-    A batch is a pure function of (``seed``, epoch, batch number): the same from the store or from
-    memory, with any ``workers``. Iterating the object serves epoch 0, 1, 2... in turn.
+    A batch is a pure function of (``seed``, epoch, ``rank``, batch number): the same from the store
+    or from memory, with any ``workers``, served by any process. Iterating the object serves epoch
+    0, 1, 2... in turn.
 
     ``workers``: 0 = everything in the calling thread; N >= 1 = N threads assemble batches and N
     threads decompress clips, the next block is read while the current one is served.
+    ``rank`` of ``world_size`` training processes: this one's share of every epoch (module
+    docstring), equal in batches on every rank (``balance``: "pad" or "drop"); ``drop_last``: leave
+    out a short last batch.
     """
 
     def __init__(self, units: Units, source, labels: np.ndarray, n_classes: int, pairs: np.ndarray, *,
                  batch_size: int = 64, shuffle: bool = True, block_clips: int = DEFAULT_BLOCK_CLIPS, seed: int = 0,
-                 mixup_alpha: float = 0.0, augment: bool = False, workers: int = 0):
+                 mixup_alpha: float = 0.0, augment: bool = False, workers: int = 0,
+                 rank: int = 0, world_size: int = 1, balance: str = "pad", drop_last: bool = False):
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in 0..world_size - 1, got rank={rank} of world_size={world_size}")
+        if balance not in BALANCE:
+            raise ConfigError(f"balance must be one of {', '.join(BALANCE)}, got {balance!r}")
         self.units, self.source, self.pairs = units, source, pairs
         self.onehot = np.eye(n_classes, dtype=np.float32)[labels]
         self.batch_size, self.shuffle, self.block_clips, self.seed = batch_size, shuffle, block_clips, seed
         self.mixup_alpha, self.augment, self.workers = mixup_alpha, augment, workers
+        self.rank, self.world_size, self.balance, self.drop_last = rank, world_size, balance, drop_last
         self._epochs = itertools.count()
 
     @property
@@ -211,12 +260,19 @@ class TrainingBatches:
         return self.onehot.shape[1]
 
     def plan(self, epoch: int) -> list[Block]:
+        """This rank's blocks of epoch number ``epoch``."""
         rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
-        return epoch_plan(self.pairs, batch_size=self.batch_size, block_clips=self.block_clips, rng=rng)
+        return epoch_plan(self.pairs, batch_size=self.batch_size, block_clips=self.block_clips, rng=rng, rank=self.rank,
+                          world_size=self.world_size, balance=self.balance, drop_last=self.drop_last)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (the same on every rank and in every epoch)."""
+        return sum(len(block.batches) for block in self.plan(0))
 
     def batch(self, pairs: np.ndarray, epoch: int, number: int) -> tuple[np.ndarray, np.ndarray]:
         """Batch ``number`` of ``epoch`` from the units ``pairs`` (their rows loaded)."""
-        rng = np.random.default_rng([self.seed, epoch, number])
+        # numbered across ranks (rank 0 of 1: the batch number itself), so no two ranks mix alike
+        rng = np.random.default_rng([self.seed, epoch, number * self.world_size + self.rank])
         raw = self.source.take(pairs)
         if self.units.visual and self.augment:
             raw = augment_images(raw, rng)
@@ -227,24 +283,24 @@ class TrainingBatches:
             x = with_deltas(x, self.units.frames_per_segment, self.units.delta_width, channels_last=True)
         return x, y
 
-    def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def epoch(self, epoch: int, part: int = 0, parts: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The batches of epoch number ``epoch``; the shuffle buffer is emptied at its end (or when
-        the caller stops early)."""
-        plan = self.plan(epoch)
+        the caller stops early). ``part`` of ``parts``: only blocks ``part``, ``part + parts``, ...
+        of the plan (a DataLoader worker's share)."""
+        plan = self.plan(epoch)[part::parts]
         try:
-            yield from self._threaded(plan, epoch) if self.workers else self._inline(plan, epoch)
+            if plan:
+                yield from self._threaded(plan, epoch) if self.workers else self._inline(plan, epoch)
         finally:
             for block in plan:
                 self.source.release(block.rows)
 
     def _inline(self, plan: list[Block], epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        number = 0
         for block in plan:
             self.source.load(block.rows)
-            for pairs in block.batches:
+            for number, pairs in enumerate(block.batches, block.first):
                 yield self.batch(pairs, epoch, number)
-                number += 1
-            self.source.release(block.release)
+            self.source.release(block.rows)
 
     def _threaded(self, plan: list[Block], epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(self.workers) as assemble:
@@ -256,13 +312,13 @@ class TrainingBatches:
                 loading.result()
                 if b + 1 < len(plan):
                     loading = reader.submit(self.source.load, plan[b + 1].rows)
-                for pairs in block.batches:
-                    pending.append(assemble.submit(self.batch, pairs, epoch, issued))
+                for number, pairs in enumerate(block.batches, block.first):
+                    pending.append(assemble.submit(self.batch, pairs, epoch, number))
                     issued += 1
                     while len(pending) > 2 * self.workers:
                         yield pending.popleft().result()
                         served += 1
-                releases.append((issued, block.release))
+                releases.append((issued, block.rows))
                 while releases and releases[0][0] <= served:
                     self.source.release(releases.popleft()[1])
             while pending:
@@ -270,6 +326,14 @@ class TrainingBatches:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return self.epoch(next(self._epochs))
+
+    def shard(self, rank: int, world_size: int, *, batch_size: int | None = None) -> TrainingBatches:
+        """The same batches' share of process ``rank`` of ``world_size`` (same source and options;
+        ``batch_size`` per process when given); its epochs count from 0."""
+        shard = copy.copy(self)
+        shard.rank, shard.world_size, shard.batch_size = rank, world_size, batch_size or self.batch_size
+        shard._epochs = itertools.count()
+        return shard
 
 
 def training_batches(store: Store, input_array: str, *, split: str | None = "train", rows: np.ndarray | None = None,
@@ -283,7 +347,8 @@ def training_batches(store: Store, input_array: str, *, split: str | None = "tra
     model without a deltas layer wants); ``False`` serves the static channels only, for models that
     start with :class:`~featstore.models.deltas.SpectrogramDeltas` (what ``train-backbone`` builds).
     ``options``: see :class:`TrainingBatches` (batch_size, shuffle, block_clips, seed,
-    mixup_alpha, augment, workers).
+    mixup_alpha, augment, workers, and for several training processes rank, world_size, balance,
+    drop_last).
     """
     clips = store.clips
     if rows is None:
@@ -309,6 +374,21 @@ def tf_dataset(batches: TrainingBatches):
         tf.TensorSpec((None, *batches.units.example_shape), tf.float32),
         tf.TensorSpec((None, batches.n_classes), tf.float32),
     )
-    n_batches = -(-len(batches.pairs) // batches.batch_size)  # every batch full but an epoch's last
     dataset = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=signature)
-    return dataset.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(2)
+    return dataset.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(2)
+
+
+def tf_distributed_dataset(strategy, batches: TrainingBatches):
+    """``batches`` (``batch_size`` = the global batch) distributed by a ``tf.distribute`` ``strategy``.
+
+    Through the strategy's input context: each input pipeline (one per machine) serves its own
+    share of every epoch (rank = pipeline id, world size = number of pipelines) in per-replica
+    batches (the global batch divided by the replicas), and the strategy hands consecutive ones to
+    its replicas (the devices of ``MirroredStrategy``).
+    """
+
+    def make(context):
+        per_replica = context.get_per_replica_batch_size(batches.batch_size)
+        return tf_dataset(batches.shard(context.input_pipeline_id, context.num_input_pipelines, batch_size=per_replica))
+
+    return strategy.distribute_datasets_from_function(make)

@@ -84,16 +84,18 @@ def write_clips(array: zarr.Array, rows: Sequence[int], values: Sequence[np.ndar
     """Write ``values[k]`` (one clip each) to row ``rows[k]`` of ``array``, whole shards at a time.
 
     Every shard touched is written once: rows of it that are not given keep their stored values
-    (read back first), so no write covers part of a shard. For an unsharded array this is one write
-    clips, written concurrently. The caller must be the shard's only writer.
+    (read back first), so no write covers part of a shard. For an unsharded array each clip is one
+    whole-chunk write. The caller must be the shard's only writer.
     """
     value_of = {int(r): v for r, v in zip(rows, values)}
     unit = shard_clips(array)
     n = array.shape[0]
-    if unit == 1:  # one object per clip: every write is whole; zarr writes them concurrently
-        order = sorted(value_of)
-        if order:
-            array.oindex[order] = np.stack([value_of[r] for r in order])
+    if unit == 1:  # one object per clip: every write is whole
+        # one integer row at a time: zarr sees each chunk as wholly covered and never reads it
+        # (an orthogonal selection is read-modify-write, which fails on a damaged chunk that
+        # ``verify --repair`` is about to replace)
+        for row in sorted(value_of):
+            array[row] = value_of[row]
         return
     for shard, group in group_rows(list(value_of), unit):
         start, stop = shard * unit, min(n, (shard + 1) * unit)

@@ -77,6 +77,22 @@ def test_feature_equals_independent_recomputation(extracted, feature):
         assert np.isfinite(got).all()
 
 
+def test_mfcc_equals_librosa_mfcc_of_the_same_segments(demo_store):
+    """MFCC (an audio feature of its own module) == ``librosa.feature.mfcc`` of librosa's log mel
+    spectrogram of the same segments."""
+    assert extract_audio(demo_store, features=("mfcc",), dtype="float32", workers=0).done == 20
+    params = demo_store.provenance("audio/mfcc")["params"]
+    sr, m = params["audio"]["sr"], params["mfcc"]
+    n_fft, hop = int(round(m["win_ms"] * sr / 1000)), int(round(m["hop_ms"] * sr / 1000))
+    for clip_index in (0, 7):
+        y = _reference_windows(demo_store, clip_index, params)
+        mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=n_fft, hop_length=hop, n_mels=m["n_mels"], fmin=m["fmin_hz"], fmax=sr / 2, pad_mode="constant")
+        ref = _to_frames(librosa.feature.mfcc(S=librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None), n_mfcc=m["n_mfcc"], axis=-2))
+        got = demo_store.audio("mfcc", demo_store.clips.clip_id[clip_index])
+        assert got.shape == ref.shape == (2, 40, 3 * 72)
+        assert np.abs(got - ref).max() < 1e-3 * np.abs(ref).max()
+
+
 def test_segment_window_equals_standalone_one_second_file(tmp_path):
     """DESIGN 6: a segment read from a clip == the same second given as its own file."""
     rng = np.random.default_rng(0)

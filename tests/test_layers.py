@@ -1,5 +1,5 @@
 """The layers hold: the library (featstore/*) never imports the pipelines or the CLI, and
-``import featstore`` loads none of the heavy dependencies (TensorFlow, librosa, dask)."""
+``import featstore`` loads none of the heavy dependencies (TensorFlow, librosa, dask, torch)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_the_library_never_imports_the_pipelines_or_the_cli():
 
 def test_import_featstore_loads_no_heavy_dependency():
     """Nor do the model registries the CLI reads (featstore.models)."""
-    code = ("import sys, featstore, featstore.models; heavy = [m for m in ('tensorflow', 'keras', 'librosa', 'dask', 'distributed') if m in sys.modules]; "
+    code = ("import sys, featstore, featstore.models; heavy = [m for m in ('tensorflow', 'keras', 'librosa', 'dask', 'distributed', 'torch') if m in sys.modules]; "
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""

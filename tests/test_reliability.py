@@ -108,8 +108,10 @@ def s3_server(monkeypatch):
     import s3fs
 
     s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem(endpoint_url=endpoint).mkdir("featstore-test")
-    yield "s3://featstore-test"
+    # moto keeps its buckets per process, across servers: each use gets a bucket of its own
+    bucket = f"featstore-test-{port}"
+    s3fs.S3FileSystem(endpoint_url=endpoint).mkdir(bucket)
+    yield f"s3://{bucket}"
     server.stop()
 
 
