@@ -217,14 +217,15 @@ def forward_function(embedder, batch_units: int):
     if key not in _FORWARDS:
         import tensorflow as tf
 
-        graph = tf.function(lambda x: _call(embedder, x), reduce_retracing=True)
-
         def forward(inputs: list[np.ndarray]) -> list[np.ndarray]:
+            if forward.graph is None:  # traced once, for any number of units (no retracing notices)
+                signature = [tf.TensorSpec((None, *x.shape[1:]), tf.as_dtype(x.dtype)) for x in inputs]
+                forward.graph = tf.function(lambda x: _call(embedder, x), input_signature=[signature])
             n = len(inputs[0])
-            parts = [graph([x[s : s + batch_units] for x in inputs]) for s in range(0, n, batch_units)]
+            parts = [forward.graph([x[s : s + batch_units] for x in inputs]) for s in range(0, n, batch_units)]
             return [np.concatenate([np.asarray(p[i]) for p in parts]).astype(np.float32, copy=False) for i in range(len(parts[0]))]
 
-        forward.graph = graph  # the tf.function, for its tracing count
+        forward.graph = None  # the tf.function once called, for its tracing count
         _FORWARDS[key] = forward
     return _FORWARDS[key]
 
