@@ -66,6 +66,7 @@ def test_embedding_model_saves_and_loads_in_safe_mode(mobilenet, tmp_path):
     np.testing.assert_allclose(np.asarray(load_keras(str(tmp_path / "e.keras"))(frames)), np.asarray(embedder(frames)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # a full embed or a server: over the fast tier's budget
 def test_weights_come_from_the_local_file(tmp_path):
     """A legacy .h5 (the format Keras publishes) and a Keras 3 .weights.h5 of the bare application."""
     import h5py

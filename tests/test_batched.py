@@ -35,6 +35,7 @@ def _per_clip_reference(store, stage) -> dict[str, np.ndarray]:
     return {spec.path: np.stack([r.arrays[spec.name] for r in results]) for spec in stage.outputs}
 
 
+@pytest.mark.slow  # a full embed or a server: over the fast tier's budget
 @pytest.mark.parametrize("batch_units", [256, 4, 2])
 def test_batched_embed_equals_the_per_clip_pass(mel_model, batch_units):
     """256: all 60 units of 20 clips in one call; 4: one clip (3 units) per call, the next clip

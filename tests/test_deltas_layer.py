@@ -54,6 +54,7 @@ def mel_store(demo_store):
     return demo_store
 
 
+@pytest.mark.slow  # a full embed or a server: over the fast tier's budget
 def test_embed_feeds_old_and_new_models_the_input_each_takes(mel_store, tmp_path):
     store = mel_store
     new, old = _twins()

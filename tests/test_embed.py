@@ -50,6 +50,7 @@ def mel_store(demo_store):
     return demo_store
 
 
+@pytest.mark.slow  # a full embed or a server: over the fast tier's budget
 def test_embed_equals_direct_layer_output_and_caches(mel_store, tmp_path, monkeypatch):
     store = mel_store
     path = str(tmp_path / "aud-mel.keras")

@@ -293,6 +293,7 @@ def test_sigkill_mid_shard_then_resume_is_bitwise_equal(demo_root, tmp_path):
     _same_arrays(featstore.open_store(killed.url), reference, ["audio/mel"])
 
 
+@pytest.mark.slow  # a full embed or a server: over the fast tier's budget
 def test_sharded_store_on_s3_reads_as_local(s3_server, demo_root, tmp_path):
     """A sharded store on the S3 server: ClipReader's ranged, concurrent reads and the loader give
     the local store's values."""
