@@ -9,10 +9,12 @@ the rest, once for all stages:
 * takes the arrays' writer lock (a second writer is refused, naming the holder);
 * skips clips whose ledger entry matches the clip's input fingerprint (resume, skip-if-done);
 * runs ``compute`` on dask workers (a local cluster of ``workers`` processes, an existing cluster at
-  ``scheduler``, or in-process with ``workers=0``), at most a few tasks per worker in flight so memory
-  stays bounded whatever the clip count; tasks are planned by shard (:func:`plan_tasks`), so each
-  task owns whole shards of every output and writes them itself, once each, returning only
-  checksums and notes, never the arrays;
+  ``scheduler``, or in-process with ``workers=0``, and by default when the work is small: see
+  :func:`local_workers`), at most a few tasks per worker in flight so memory stays bounded whatever
+  the clip count; tasks are planned by shard (:func:`plan_tasks`), so each task owns whole shards
+  of every output and writes them itself, once each, returning only checksums and notes, never the
+  arrays; a task larger than a worker's share of the run is computed in parts by several workers
+  and written by one (:func:`split_task`);
 * marks a clip done in the ledger only after its task reports every chunk written; records a clip
   whose task raised as a failure (stage, clip_id, exception type, message) and goes on;
 * flushes ledgers and the failures record atomically every couple of seconds and at the end.
@@ -49,6 +51,10 @@ WORKER_ENV = {
 }
 #: Tasks in flight per worker: enough to hide scheduling latency, small enough to bound memory.
 IN_FLIGHT_PER_WORKER = 3
+#: Seconds of clips to do at most for a run with the default workers to stay in-process: starting
+#: a local cluster costs each worker process its imports (seconds), more than it saves on less work
+#: (extract-audio and extract-frames of 1 s evaluation clips: about 5 ms each per clip on one core).
+IN_PROCESS_CLIP_S = 600.0
 #: Least seconds between ledger flushes (env FEATSTORE_FLUSH_S; longer when a flush is slow, see
 #: _execute): a crash loses at most that much work.
 FLUSH_EVERY_S = float(os.environ.get("FEATSTORE_FLUSH_S", "2.0"))
@@ -255,52 +261,63 @@ def iter_clips(compute, params: dict[str, Any], outputs, tasks: Iterable[ClipTas
     """Compute each clip of ``tasks`` and write its whole chunks; yield each clip's result once written.
 
     A result holds checksums and notes, or the exception's type and message (a bad clip never
-    raises, it becomes a recorded failure). Clips are written a unit at a time: one clip, or the
-    clips of whole shards when the outputs are sharded (tasks come ordered by row, grouped so; see
-    :func:`plan_tasks`). Writes are behind by one unit: unit k is compressed and written on a
-    background thread while unit k+1 is computed (decoders, FFTs and zstd release the GIL), at most
-    one write pending, so at most two units are in memory. A clip's result is yielded only after
-    its write finished, so the driver never marks an unwritten clip.
+    raises, it becomes a recorded failure). See :func:`write_computed` for how the clips are
+    written.
+    """
+    return write_computed(outputs, _computed(compute, params, outputs, tasks))
+
+
+def write_computed(outputs, computed: Iterable[tuple[ClipTask, tuple | dict[str, Any]]]) -> Iterator[dict[str, Any]]:
+    """Write computed clips (each ``(task, (values, notes))``, or ``(task, failure)``) a unit at a
+    time, yielding each clip's result once written, and each failure as it comes.
+
+    A unit is one clip, or the clips of whole shards when the outputs are sharded (clips come
+    ordered by row, grouped so; see :func:`plan_tasks`). Writes are behind by one unit: unit k is
+    compressed and written on a background thread while unit k+1 is computed (decoders, FFTs and
+    zstd release the GIL), at most one write pending, so at most two units are in memory. A clip's
+    result is yielded only after its write finished, so the driver never marks an unwritten clip.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending = None  # (computed clips, future) of the write in flight
-        unit, key, computed = None, None, []
-        for task, result in _computed(compute, params, outputs, tasks):
+        unit, key, done = None, None, []
+        for task, result in computed:
             unit = unit or _unit_of(outputs, task)
-            if computed and task.clip_index // unit != key:
+            if done and task.clip_index // unit != key:
                 if pending is not None:
                     yield from _written(*pending)
-                pending = (computed, writer.submit(_write_unit, outputs, computed))
-                computed = []
+                pending = (done, writer.submit(_write_unit, outputs, done))
+                done = []
             key = task.clip_index // unit
-            if isinstance(result, Exception):
-                yield _failure(task, result)
+            if isinstance(result, dict):
+                yield result
                 continue
             values, info = result
-            computed.append((task, values, info))
+            done.append((task, values, info))
         if pending is not None:
             yield from _written(*pending)
-        if computed:
-            yield from _written(computed, writer.submit(_write_unit, outputs, computed))
+        if done:
+            yield from _written(done, writer.submit(_write_unit, outputs, done))
 
 
-def _computed(compute, params, outputs, tasks: Iterable[ClipTask]) -> Iterator[tuple[ClipTask, tuple | Exception]]:
-    """Each task with its checked values and notes, or the exception that is its failure: one clip
-    at a time, or through the stage's batched work (``compute`` a :class:`Batched`)."""
+def _computed(compute, params, outputs, tasks: Iterable[ClipTask]) -> Iterator[tuple[ClipTask, tuple | dict[str, Any]]]:
+    """Each task with its checked values and notes, or its failure (see :func:`_failure`): one
+    clip at a time, or through the stage's batched work (``compute`` a :class:`Batched`)."""
     if isinstance(compute, Batched):
         for task, result in compute.compute_batch(tasks, params, tuple(spec.name for spec, _ in outputs)):
             try:
-                yield task, (result if isinstance(result, Exception) else _checked(outputs, result))
+                if isinstance(result, Exception):
+                    raise result
+                yield task, _checked(outputs, result)
             except Exception as exc:  # noqa: BLE001
-                yield task, exc
+                yield task, _failure(task, exc)
         return
     for task in tasks:
         try:
             yield task, _compute_clip(compute, params, outputs, task)
         except Exception as exc:  # noqa: BLE001 - every per-clip error becomes a recorded failure
-            yield task, exc
+            yield task, _failure(task, exc)
 
 
 def _written(computed, write) -> list[dict[str, Any]]:
@@ -314,6 +331,18 @@ def _written(computed, write) -> list[dict[str, Any]]:
 def run_clips(compute, params: dict[str, Any], outputs, tasks: list[ClipTask]) -> list[dict[str, Any]]:
     """Worker side, one dask task: :func:`iter_clips` over a batch, returning after every write."""
     return list(iter_clips(compute, params, outputs, tasks))
+
+
+def compute_part(compute, params: dict[str, Any], outputs, tasks: list[ClipTask]) -> list[tuple[ClipTask, tuple | dict[str, Any]]]:
+    """Worker side, one part of a split task (see :func:`split_task`): its clips computed and
+    checked, not written; the task's writer (:func:`write_parts`) writes them."""
+    return list(_computed(compute, params, outputs, tasks))
+
+
+def write_parts(outputs, *parts: list[tuple[ClipTask, tuple | dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Worker side, the one writer of a split task: the clips its parts computed, written whole
+    shards at a time (:func:`write_computed`)."""
+    return list(write_computed(outputs, itertools.chain.from_iterable(parts)))
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -356,21 +385,44 @@ def stage_clips_per_shard(store: Store, stage: Stage) -> int | None:
     return min(counts) if all(counts) else None
 
 
+def split_task(rows: list, part_clips: int) -> list[list]:
+    """``rows`` (one planned task) cut into consecutive parts of nearly equal length, at most
+    ``part_clips`` each, so that the workers share a task larger than one worker's fair share. The
+    parts only compute; the task keeps one writer (:func:`write_parts`), so a shard is still
+    written by one task only."""
+    n_parts = max(1, -(-len(rows) // max(1, part_clips)))
+    bounds = [len(rows) * k // n_parts for k in range(n_parts + 1)]
+    return [rows[start:stop] for start, stop in zip(bounds, bounds[1:])]
+
+
+def local_workers(workers: int | None, scheduler: str | None, clip_seconds: float) -> int | None:
+    """The local workers a run uses: ``workers`` when given; by default (None), 0 (in-process) when
+    the clips to do hold at most :data:`IN_PROCESS_CLIP_S` seconds and no scheduler is named, else
+    None (a local cluster of one process per core)."""
+    if workers is None and not (scheduler or os.environ.get("FEATSTORE_SCHEDULER")) and clip_seconds <= IN_PROCESS_CLIP_S:
+        return 0
+    return workers
+
+
 def _executor(
     workers: int | None, scheduler: str | None, in_process_only: bool
-) -> tuple[Callable[[tuple, Iterator[list[ClipTask]]], Iterator[dict]], Callable[[], None]]:
-    """(run, close): ``run(job, batches)`` yields each clip's result as it lands.
+) -> tuple[Callable[[tuple, Iterator[list[ClipTask]], int, int], Iterator[dict]], Callable[[], None]]:
+    """(run, close): ``run(job, batches, n_clips, clips_per_task)`` yields each clip's result as it lands.
 
     ``job`` is ``(compute, params, outputs)``; ``batches`` yields each task's list of
-    :class:`ClipTask` (from :func:`plan_tasks`). In-process, all clips stream through one
-    :func:`iter_clips`, so writes overlap computes across the whole run. On dask, each task is
-    :func:`run_clips` over one batch, a few tasks in flight per worker.
+    :class:`ClipTask` (from :func:`plan_tasks`), ``n_clips`` in all. In-process, all clips stream
+    through one :func:`iter_clips`, so writes overlap computes across the whole run. On dask, each
+    task is :func:`run_clips` over one batch, a few tasks in flight per worker; a task larger than
+    its fair share (``n_clips`` over the workers, at least ``clips_per_task``: when shards hold
+    more clips than that) is
+    computed in parts by several workers (:func:`compute_part`) and written by one
+    (:func:`write_parts`).
     """
     scheduler = scheduler or os.environ.get("FEATSTORE_SCHEDULER")
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers must be 0 (in-process) or more, got {workers}")
     if workers == 0 and not scheduler:
-        return (lambda job, batches: iter_clips(*job, itertools.chain.from_iterable(batches))), (lambda: None)
+        return (lambda job, batches, n_clips, clips_per_task: iter_clips(*job, itertools.chain.from_iterable(batches))), (lambda: None)
 
     from distributed import Client, LocalCluster, wait
 
@@ -383,12 +435,20 @@ def _executor(
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None, silence_logs=logging.ERROR, **options)
         client = Client(cluster)
 
-    def dask_run(job, batches):
+    def dask_run(job, batches, n_clips, clips_per_task):
         n_workers = max(1, len(client.scheduler_info().get("workers", {})))
+        fair_share = max(clips_per_task, -(-n_clips // n_workers))
+
+        def submit(batch):
+            if len(batch) <= fair_share:
+                return client.submit(run_clips, *job, batch, pure=False)
+            parts = [client.submit(compute_part, *job, part, pure=False) for part in split_task(batch, fair_share)]
+            return client.submit(write_parts, job[2], *parts, pure=False)  # dask frees the parts once written
+
         pending = iter(batches)
         window = set()
         for batch in pending:
-            window.add(client.submit(run_clips, *job, batch, pure=False))
+            window.add(submit(batch))
             if len(window) >= IN_FLIGHT_PER_WORKER * n_workers:
                 break
         no_workers_since = None
@@ -406,7 +466,7 @@ def _executor(
                 future.release()
                 nxt = next(pending, None)
                 if nxt is not None:
-                    window.add(client.submit(run_clips, *job, nxt, pure=False))
+                    window.add(submit(nxt))
 
     def close():
         client.close()
@@ -514,7 +574,7 @@ def _execute(store, stage, batches, n_tasks, input_fps, outputs, ledgers, failur
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=n_tasks, desc=stage.name, unit="clip", disable=not show, file=sys.stderr)
     in_process_only = store.url.startswith("memory://")
-    run, close = _executor(workers, scheduler, in_process_only)
+    run, close = _executor(local_workers(workers, scheduler, n_tasks * store.clip_duration_s), scheduler, in_process_only)
     last_flush, flush_every = time.monotonic(), FLUSH_EVERY_S
 
     def flush():
@@ -529,7 +589,7 @@ def _execute(store, stage, batches, n_tasks, input_fps, outputs, ledgers, failur
 
     try:
         job = (Batched(stage.compute_batch) if stage.compute_batch else stage.compute, stage.params, outputs)
-        for result in run(job, batches):
+        for result in run(job, batches, n_tasks, stage.clips_per_task):
             clip_id = result["clip_id"]
             if result["ok"]:
                 for path, crc in result["crc32"].items():

@@ -11,7 +11,7 @@ import pytest
 from featstore.pipelines.extract_audio import extract_audio
 from featstore.pipelines.extract_frames import extract_frames
 from featstore.pipelines.ingest import ingest
-from featstore.pipelines.runner import plan_tasks
+from featstore.pipelines.runner import IN_PROCESS_CLIP_S, local_workers, plan_tasks, split_task
 from featstore.pipelines.verify import repair
 
 import featstore
@@ -85,6 +85,20 @@ def test_no_shard_is_written_by_two_tasks(pair):
         for k, task in enumerate(plan):
             for shard, _ in group_rows(task, unit):
                 assert owner.setdefault(shard, k) == k, f"shard {shard} in tasks {owner[shard]} and {k}"
+            # a task larger than a worker's share is computed in parts, still written by one writer
+            for share in (1, 2, 3, len(task)):
+                parts = split_task(task, share)
+                assert [r for part in parts for r in part] == task and all(0 < len(p) <= share for p in parts)
+                assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_small_work_runs_in_process_by_default(monkeypatch):
+    monkeypatch.delenv("FEATSTORE_SCHEDULER", raising=False)
+    assert local_workers(None, None, IN_PROCESS_CLIP_S) == 0
+    assert local_workers(None, None, IN_PROCESS_CLIP_S + 1) is None  # a local cluster, one worker per core
+    assert local_workers(2, None, 1.0) == 2 and local_workers(None, "tcp://127.0.0.1:8786", 1.0) is None
+    monkeypatch.setenv("FEATSTORE_SCHEDULER", "tcp://127.0.0.1:8786")
+    assert local_workers(None, None, 1.0) is None
 
 
 def _inner_chunks(store: featstore.Store, path: str, shard: int) -> tuple[str, list[bytes]]:
