@@ -13,7 +13,9 @@ sizes. For each size, in alternating rounds, each a fresh process:
 
 The difference between the two sizes gives the marginal seconds per clip of each (process start-up,
 imports and compilation cancel), their ratio (target <= 1.3x), the files the store holds per clip
-(target <= 0.05) and the extrapolation to the 72,000 clips of the evaluation set, per core.
+(target <= 0.05) and the extrapolation to the 72,000 clips of the evaluation set. Both are measured
+in wall seconds and in CPU seconds (the processes' user and system time, their children's
+included: the steadier measure on a shared machine, and the cost per core).
 
     python benchmarks/bench_evalset.py                       # 40 and 120 clips, 2 rounds
     python benchmarks/bench_evalset.py --sizes 200 1000      # the evaluation set's scale, slower
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -59,18 +62,26 @@ def _eval_layouts(work: str, sizes: list[int]) -> dict[int, str]:
     return {n: write_eval_layout(store, clip_ids[: n // 10], os.path.join(work, f"eval-{n}")) for n in sizes}
 
 
-def _run_featstore(eval_root: str, system_dir: str, store: str, submission: str, workers: int | None) -> float:
-    start = time.perf_counter()
-    _featstore("init", store, "--segment-s", "1", "--clip-duration-s", "1")
-    _featstore("ingest", store, eval_root)
-    _featstore("predict", store, "--system", system_dir, "--submission", submission, *(["--workers", str(workers)] if workers is not None else []))
-    return time.perf_counter() - start
+def _timed(run) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the processes ``run`` starts and waits for, their children
+    included): on a shared machine the CPU time is the steadier measure of the work done."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    run()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter() - start, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
 
 
-def _run_by_hand(eval_root: str, system_dir: str, out: str, batch_units: int) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, __file__, "--by-hand", eval_root, system_dir, out, "--batch-units", str(batch_units)], check=True)
-    return time.perf_counter() - start
+def _run_featstore(eval_root: str, system_dir: str, store: str, submission: str, workers: int | None) -> tuple[float, float]:
+    def run():
+        _featstore("init", store, "--segment-s", "1", "--clip-duration-s", "1")
+        _featstore("ingest", store, eval_root)
+        _featstore("predict", store, "--system", system_dir, "--submission", submission, *(["--workers", str(workers)] if workers is not None else []))
+
+    return _timed(run)
+
+
+def _run_by_hand(eval_root: str, system_dir: str, out: str, batch_units: int) -> tuple[float, float]:
+    return _timed(lambda: subprocess.run([sys.executable, __file__, "--by-hand", eval_root, system_dir, out, "--batch-units", str(batch_units)], check=True))
 
 
 def by_hand(eval_root: str, system_dir: str, out: str, batch_units: int) -> None:
@@ -144,6 +155,21 @@ def _files_at(store_path: str, n: int, target: int) -> int:
     return _files(store_path) + grown
 
 
+def _table(measure: str, seconds: dict[tuple[str, int], list[float]], small: int, large: int, hours_label: str) -> None:
+    """Print the markdown table of ``measure`` (wall or CPU seconds): each way's medians at both
+    sizes, its marginal cost per clip, the ratio and the hours for the evaluation set."""
+    med = {key: statistics.median(v) for key, v in seconds.items()}
+    marginal = {kind: (med[kind, large] - med[kind, small]) / (large - small) for kind in ("featstore", "hand")}
+    resolved = min(marginal.values()) > 0  # else fixed costs and noise hid the per-clip cost: larger --sizes
+    print(f"\n| run ({measure}) | {small} clips (s) | {large} clips (s) | marginal ms/clip | vs by hand | {EVAL_CLIPS:,} clips, {hours_label} (h) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for kind, label in (("hand", "by hand, one batched loop"), ("featstore", "featstore init + ingest + predict --submission")):
+        m = marginal[kind]
+        vs = "1.00x" if kind == "hand" else f"{marginal['featstore'] / marginal['hand']:.2f}x (target <= 1.3x)" if resolved else "not resolved"
+        hours = f"{m * EVAL_CLIPS / 3600:.2f}" if m > 0 else ""
+        print(f"| {label} | {med[kind, small]:.1f} | {med[kind, large]:.1f} | {1000 * m:.1f} | {vs} | {hours} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs=2, default=[40, 120], help="Two numbers of one-second clips (multiples of 10).")
@@ -166,6 +192,7 @@ def main() -> None:
         roots = _eval_layouts(work, [small, large])
         print(f"system trained and exported, layouts cut: {time.perf_counter() - t:.0f} s")
         times: dict[tuple[str, int], list[float]] = {}
+        cpu: dict[tuple[str, int], list[float]] = {}
         files, agree, at_eval = {}, [], 0
         for r in range(args.rounds):
             for n in (small, large):
@@ -174,35 +201,28 @@ def main() -> None:
                 for kind in order:
                     if kind == "featstore":
                         shutil.rmtree(store, ignore_errors=True)
-                        seconds = _run_featstore(roots[n], system_dir, store, sub, args.workers)
+                        seconds, cpu_s = _run_featstore(roots[n], system_dir, store, sub, args.workers)
                         files[n] = _files(store)
                         if n == large:
                             at_eval = _files_at(store, n, EVAL_CLIPS)
                     else:
-                        seconds = _run_by_hand(roots[n], system_dir, hand_tsv, args.batch_units)
+                        seconds, cpu_s = _run_by_hand(roots[n], system_dir, hand_tsv, args.batch_units)
                     times.setdefault((kind, n), []).append(seconds)
+                    cpu.setdefault((kind, n), []).append(cpu_s)
                 got, ref = _labels(sub), _labels(hand_tsv)
                 assert len(got) == len(ref) == n, (len(got), len(ref), n)
                 agree.append(np.mean([got[k] == ref[k] for k in ref]))
                 print(
-                    f"round {r + 1}, {n} clips: featstore {times['featstore', n][-1]:.1f} s, by hand {times['hand', n][-1]:.1f} s, "
+                    f"round {r + 1}, {n} clips: featstore {times['featstore', n][-1]:.1f} s ({cpu['featstore', n][-1]:.1f} s CPU), "
+                    f"by hand {times['hand', n][-1]:.1f} s ({cpu['hand', n][-1]:.1f} s CPU), load {os.getloadavg()[0]:.1f}, "
                     f"store {files[n]} files, same decision on {100 * agree[-1]:.0f}% of clips"
                 )
 
-    med = {key: statistics.median(v) for key, v in times.items()}
-    marginal = {kind: (med[kind, large] - med[kind, small]) / (large - small) for kind in ("featstore", "hand")}
     files_per_clip = (files[large] - files[small]) / (large - small)
-    ratio = marginal["featstore"] / marginal["hand"]
     workers = "predict's default workers" if args.workers is None else f"predict --workers {args.workers}"
     print(f"\nOne-second clips, medians of {args.rounds} alternating rounds, whole processes, {workers}:")
-    print(f"| run | {small} clips (s) | {large} clips (s) | marginal ms/clip | vs by hand | {EVAL_CLIPS:,} clips per core (h) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for kind, label in (("hand", "by hand, one batched loop"), ("featstore", "featstore init + ingest + predict --submission")):
-        m = marginal[kind]
-        resolved = min(marginal.values()) > 0  # else fixed costs and noise hid the per-clip cost: larger --sizes
-        vs = "1.00x" if kind == "hand" else f"{ratio:.2f}x (target <= 1.3x)" if resolved else "not resolved"
-        hours = f"{m * EVAL_CLIPS / 3600:.2f}" if m > 0 else ""
-        print(f"| {label} | {med[kind, small]:.1f} | {med[kind, large]:.1f} | {1000 * m:.1f} | {vs} | {hours} |")
+    _table("wall", times, small, large, "on this machine's cores")
+    _table("CPU", cpu, small, large, "per core")
     print(
         f"\nStore files: {files[small]} at {small} clips, {files[large]} at {large}: {files_per_clip:.3f} files per clip "
         f"(target <= 0.05); grown to {EVAL_CLIPS:,} clips by its arrays' shard sizes: {at_eval:,} files, {at_eval / EVAL_CLIPS:.4f} per clip"
