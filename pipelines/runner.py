@@ -359,7 +359,8 @@ def select_clips(store: Store, clips: str | list[str] | None) -> list[int]:
                 clips = [line.strip() for line in f if line.strip()]
         else:
             raise ConfigError(f"--clips {clips!r} is neither a split name nor a file of clip_ids")
-    return [store.clip_index(cid) for cid in clips]
+    row_of = {str(cid): i for i, cid in enumerate(table["clip_id"].to_numpy())}  # one pass: O(clips), not O(clips^2)
+    return [row_of[cid] if cid in row_of else store.clip_index(cid) for cid in clips]  # clip_index names an unknown id
 
 
 def plan_tasks(rows: Iterable[int], unit: int, clips_per_task: int) -> list[list[int]]:
