@@ -32,11 +32,11 @@ def _embedding(rng, c: int, modality: str, n_units: int, dim: int, projection: n
     return (units @ projection if projection is not None else units).astype(np.float32)[:, :dim]
 
 
-def make_embedding_store(path, *, clips_per_class=16, noise=0.6, seed=0):
+def make_embedding_store(path, *, clips_per_class=16, noise=0.6, seed=0, shard_mb=0.0):
     """A store with labelled clips (train 2/3, evaluate 1/3, 4 locations per class) and synthetic
     fc10 (10-d) and fc1024 (16-d) embeddings of two audio models and one visual model (2 frames per segment)."""
     rng = np.random.default_rng(seed)
-    store = featstore.init_store(str(path), clip_duration_s=float(N_SEG))
+    store = featstore.init_store(str(path), clip_duration_s=float(N_SEG), shard_mb=shard_mb)
     rows = []
     for c, label in enumerate(featstore.CLASSES):
         for k in range(clips_per_class):
@@ -203,9 +203,11 @@ def test_fuse_refuses_missing_modality(embedding_store, tmp_path):
 # -- the packed read cache -------------------------------------------------------------------------------
 
 
-def test_packed_embeddings_are_rebuilt_when_a_clip_changes(tmp_path):
-    store = make_embedding_store(tmp_path / "p.zarr", clips_per_class=2)
+@pytest.mark.parametrize("shard_mb", [0.0, 0.002], ids=["unsharded", "sharded"])
+def test_packed_embeddings_are_rebuilt_when_a_clip_changes(tmp_path, shard_mb):
+    store = make_embedding_store(tmp_path / "p.zarr", clips_per_class=2, shard_mb=shard_mb)
     path = "embeddings/vis-v1/fc10"
+    assert (store.array(path).shards is not None) == bool(shard_mb)
     values, rows = packed_segment_embeddings(store, path)
     raw = store.array(path)[:]
     np.testing.assert_allclose(values, raw.reshape(len(raw), N_SEG, 2, 10).mean(axis=2), rtol=1e-6)
@@ -221,5 +223,7 @@ def test_packed_embeddings_are_rebuilt_when_a_clip_changes(tmp_path):
     # a clip no longer done leaves the result
     ledger.unmark(store.clips["clip_id"][0])
     ledger.flush(store.side)
-    _, rows_after = packed_segment_embeddings(featstore.open_store(store.url), path)
+    after, rows_after = packed_segment_embeddings(featstore.open_store(store.url), path)
     assert list(rows_after) == list(rows[1:])
+    raw = store.array(path)[:].astype(np.float32)  # through zarr: the same values, bitwise
+    np.testing.assert_array_equal(after, raw[rows_after].reshape(len(rows_after), N_SEG, 2, 10).mean(axis=2))
