@@ -14,6 +14,10 @@ import click
 import featstore
 from featstore import names
 from featstore.errors import FeatstoreError, FeatstoreWarning
+from featstore.pipelines.runner import IN_PROCESS_CLIP_S
+
+#: What ``--workers`` defaults to, for the batch stages (and predict's extraction).
+WORKERS_DEFAULT_HELP = f"default: one per core, in-process when the clips to do hold at most {IN_PROCESS_CLIP_S:.0f} s; 0 = in-process"
 from featstore.pipelines.config import describe_range, flag_of
 
 #: Some clips failed (they are recorded; the others are done). Re-running retries only those.

@@ -22,7 +22,7 @@ from featstore import tflog  # noqa: E402
 
 tflog.install()
 
-from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, batch_units_option, config_options, install_warning_format, open_store, single_name_option  # noqa: E402
+from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, WORKERS_DEFAULT_HELP, FeatstoreGroup, batch_units_option, config_options, install_warning_format, open_store, single_name_option  # noqa: E402
 from featstore.cli.phase2 import ensemble, fuse, report, train_joint  # noqa: E402
 from featstore.cli.system import export_system, predict_cmd  # noqa: E402
 from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
@@ -147,7 +147,7 @@ def _embed_model_option(ctx: click.Context, param: click.Parameter, value: str) 
     return prefix + single_name_option(ctx, param, value.removeprefix(prefix))
 
 
-def stage_options(func=None, *, workers: int | None = None, workers_help: str = "Local dask worker processes (default: cores; 0 = in-process)."):
+def stage_options(func=None, *, workers: int | None = None, workers_help: str = f"Local dask worker processes ({WORKERS_DEFAULT_HELP})."):
     """The options every batch stage shares (the runner's): workers, scheduler, clips, resumption.
 
     ``@stage_options``, or ``@stage_options(workers=0, workers_help=...)`` for a stage whose work

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from featstore.cli.common import EXIT_PARTIAL, batch_units_option, open_store, single_name_option
+from featstore.cli.common import EXIT_PARTIAL, WORKERS_DEFAULT_HELP, batch_units_option, open_store, single_name_option
 
 
 @click.command("export-system")
@@ -35,7 +35,7 @@ def export_system(store: str, run: str, target: str) -> None:
 @click.option("--run", "run", default=None, help="Instead of --system: a run of STORE itself, applied to its clips that lack its predictions.")
 @click.option("--name", default=None, callback=single_name_option, help="Predictions are written to predictions/NAME (default: the system's run name).")
 @click.option("--clips", default=None, help="Only these clips: a split name (train, evaluate, test) or a file of clip_ids.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Local dask worker processes for extraction (default: cores; 0 = in-process).")
+@click.option("--workers", type=click.IntRange(min=0), default=None, help=f"Local dask worker processes for extraction ({WORKERS_DEFAULT_HELP}).")
 @click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
 @click.option("--submission", default=None, help="Also write the DCASE 2021 Task 1B submission file (TSV) of the predicted clips.")
 @batch_units_option
