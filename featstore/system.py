@@ -6,20 +6,24 @@ A :class:`System` holds
   arrays' provenance by the resolver the caller passes (the pipelines' ``config_for_array``: this
   library module never imports the pipelines);
 * the segment grid step and the label map;
-* each backbone: its ``.keras`` file, fingerprint and input array;
+* each backbone: its ``.keras`` file, fingerprint and input array; or, for a HEAR or torch model
+  (:mod:`featstore.models.hear`), its kind, module or factory, package version, fingerprint,
+  sample rate, layers and weights file (the package itself must be installed where it is loaded);
 * the decision part: a fusion run (its head ``.keras``, method, layer and model order) or an
   ensemble (its rule and inputs, each a backbone or a fusion run).
 
 Exported (``featstore export-system``), it is a directory::
 
     manifest.json           the above, as JSON (format "featstore-system/1")
-    backbones/NAME.keras    one per backbone
+    backbones/NAME.keras    one per Keras backbone
+    backbones/NAME.pt       the weights file of a HEAR or torch backbone that has one (its own suffix)
     heads/RUN.keras         one per fusion run
     SHA256SUMS              the SHA-256 of every other file (``sha256sum -c`` reads it)
 
 :meth:`System.load` checks every checksum first and refuses a file whose bytes differ, naming it,
 then each backbone file against the fingerprint its manifest entry records (a swapped backbone
-with regenerated checksums is refused too);
+with regenerated checksums is refused too), and each HEAR or torch backbone's installed package and
+weights against its fingerprint (another version of the package is refused, naming both);
 Keras files load in safe mode only (no pickle, no arbitrary code). :attr:`System.digest` (the
 SHA-256 of the manifest) names the system in the predictions it makes.
 
@@ -110,7 +114,9 @@ class System:
 
     @property
     def backbones(self) -> dict[str, dict[str, Any]]:
-        """``{model: {"file", "fingerprint", "input", ...}}``."""
+        """``{model: {"file", "fingerprint", "input", ...}}``; a HEAR or torch model's entry has
+        ``"kind"``, ``"spec"``, ``"version"``, ``"sample_rate"``, ``"layers"`` (name -> width),
+        ``"used_layers"`` and, when it has weights, ``"file"``."""
         return dict(self.manifest["backbones"])
 
     @property

@@ -15,6 +15,8 @@
   ``.keras`` file), so ``verify --repair`` and the fusion commands find it by name; it has no
   softmax head, so no ``predictions/{model}`` is written: ``fuse --method mlp`` or ``concat``
   (``--layer scene``...) trains a head on its embeddings.
+- A system exported from such a run carries the model's weights file;
+  :func:`register_system_backbone` registers it in the store ``predict`` writes to.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ at ``sample_rate`` -> ``{layer: (sound, dim) float32}``, one call for a batch of
 
 The fingerprint (:func:`model_fingerprint`) covers the spelling, the version of the package that
 provides the module (its distribution's version, else ``__version__``, else the module file's
-bytes) and the weights file's bytes: a new release or new weights make a new model.
+bytes) and the weights file's bytes: a new release or new weights make a new model. An exported
+system records it with the version, and :func:`check_installed` refuses a system whose installed
+package gives another fingerprint.
 """
 
 from __future__ import annotations
@@ -205,13 +207,15 @@ _LOADED: dict[tuple[str, str, str], WaveformEmbedder] = {}
 def load_waveform_model(kind: str, spec: str, weights_file: str | None, fingerprint: str | None = None) -> WaveformEmbedder:
     """The model ``kind``/``spec`` with ``weights_file``, loaded once per process and fingerprint.
 
-    With ``fingerprint`` (a registered model's), a weights file whose bytes changed since is refused.
+    With ``fingerprint`` (a registered model's), a weights file whose bytes changed since is refused
+    when the model is loaded (once per process: the model in memory is the one checked, so a clip
+    does not pay for hashing the weights and scanning the installed distributions again).
     """
     if weights_file and not os.path.isfile(weights_file):
         raise ConfigError(f"weights file {weights_file} not found")
     key = (kind, spec, fingerprint or model_fingerprint(kind, spec, weights_file))
-    if fingerprint is not None and weights_file and model_fingerprint(kind, spec, weights_file) != fingerprint:
-        raise ConfigError(f"{weights_file} or {spec} changed since the model was registered; embed with --model {kind}:{spec} again")
     if key not in _LOADED:
+        if fingerprint is not None and weights_file and model_fingerprint(kind, spec, weights_file) != fingerprint:
+            raise ConfigError(f"{weights_file} or {spec} changed since the model was registered; embed with --model {kind}:{spec} again")
         _LOADED[key] = (_load_hear if kind == "hear" else _load_torch)(spec, weights_file)
     return _LOADED[key]
