@@ -23,7 +23,7 @@ from featstore.packed import packed_segment_embeddings
 from featstore.pipelines.embed import embed
 from featstore.pipelines.fuse import FuseConfig, fuse
 from featstore.pipelines.ingest import ingest
-from featstore.pipelines.predict import predict
+from featstore.pipelines.predict import predict, predict_file
 from featstore.pipelines.stages import system_from_run
 from featstore.registry import model_entry
 from featstore.runs import load_run
@@ -207,7 +207,7 @@ def test_hear_system_carries_its_weights_predicts_a_new_store_and_refuses_anothe
     assert installed != system.backbones[model]["fingerprint"]
 
 
-def test_torch_factory_system_predicts_a_new_store(demo_store, demo_root, tmp_path):
+def test_torch_factory_system_predicts_a_new_store_and_a_file(demo_store, demo_root, tmp_path):
     store, model = demo_store, TORCH
     embed(store, "torch:tests.torch_tiny:tiny_net", workers=0)
     run = fuse(store, FuseConfig(method="mlp", models=(model,), layer="embedding", widths=(8,), epochs=1, batch_size=16))["name"]
@@ -227,3 +227,6 @@ def test_torch_factory_system_predicts_a_new_store(demo_store, demo_root, tmp_pa
         np.testing.assert_allclose(probs[row], _head_by_hand(system, out), atol=1e-4)
     again = predict(fresh, system, workers=0)
     assert again.done == 0 and again.skipped == 20
+    clip = fresh.clips.iloc[0]  # one file, as predict --file classifies it: the clip's own predictions
+    result = predict_file(system, f"{demo_root}/{clip['video_path']}", f"{demo_root}/{clip['audio_path']}")
+    np.testing.assert_allclose(result["per_segment"], probs[0], atol=1e-5)
