@@ -173,8 +173,8 @@ class System:
             record = load_run(store, name)
             if record["kind"] == "fuse":
                 for model in record["models"]:  # "NAME" (at the run's layer) or "NAME/LAYER"
-                    name_, _, layer = model.partition("/")
-                    add_backbone(name_, embedding_path(model, record["layer"]), layer or record["layer"])
+                    backbone, _, layer = model.partition("/")
+                    add_backbone(backbone, embedding_path(model, record["layer"]), layer or record["layer"])
                 files[f"heads/{name}.keras"] = run_head_bytes(store, name)
                 return {"kind": "fusion", "run": name, "method": record["method"], "layer": record["layer"], "models": list(record["models"]), "head": f"heads/{name}.keras",
                         "predictions_fingerprint": store.provenance(f"predictions/{name}").fingerprint}
@@ -256,7 +256,7 @@ class System:
             if spec.get("kind") in WAVEFORM_KINDS:
                 weights = files.get(spec["file"]) if "file" in spec else None
                 check_installed(model, spec["kind"], spec["spec"], spec["fingerprint"], _digest(weights) if weights is not None else None, version=spec["version"],
-                                fix=f"install {spec['version']} to use the system {directory}, or export it again from a store embedded with the installed one")
+                                fix=f"use the system {directory} as exported with {spec['version']} installed, or export it again from a store embedded with the installed version")
                 continue
             data = files.get(spec.get("file", ""))
             if data is None or _digest(data) != spec.get("fingerprint"):

@@ -197,7 +197,7 @@ def test_hear_system_carries_its_weights_predicts_a_new_store_and_refuses_anothe
     message = str(refused.value)
     installed = model_fingerprint("hear", model, None)
     assert "hear_versioned==1.0" in message and "hear_versioned==1.1.0" in message
-    assert system.backbones[model]["fingerprint"][:12] in message and "install hear_versioned==1.0" in message
+    assert system.backbones[model]["fingerprint"][:12] in message and "with hear_versioned==1.0 installed" in message
     with pytest.raises(NotFoundError, match="tiny.pt of model 'hear_versioned' is missing"):
         system_from_run(store, run)
     with open(weights, "wb") as f:
