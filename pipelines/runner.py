@@ -58,6 +58,9 @@ IN_PROCESS_CLIP_S = 600.0
 #: Least seconds between ledger flushes (env FEATSTORE_FLUSH_S; longer when a flush is slow, see
 #: _execute): a crash loses at most that much work.
 FLUSH_EVERY_S = float(os.environ.get("FEATSTORE_FLUSH_S", "2.0"))
+#: A flush slower than FLUSH_EVERY_S / FLUSH_SPACING is followed by FLUSH_SPACING times its own cost
+#: without one, so flushes stay under 1 / FLUSH_SPACING of a run at any store size.
+FLUSH_SPACING = 20
 #: Seconds a run waits with tasks pending and no dask worker alive before it stops with an error
 #: naming the scheduler (env FEATSTORE_LOST_CLUSTER_S).
 LOST_CLUSTER_S = float(os.environ.get("FEATSTORE_LOST_CLUSTER_S", "60"))
@@ -579,14 +582,14 @@ def _execute(store, stage, batches, n_tasks, input_fps, outputs, ledgers, failur
     last_flush, flush_every = time.monotonic(), FLUSH_EVERY_S
 
     def flush():
-        # a flush rewrites every mark (O(clips)): spacing flushes by 20x their cost keeps them under
+        # a flush rewrites every mark (O(clips)): spacing flushes by FLUSH_SPACING x their cost keeps them under
         # ~5% of a run at any size, where a fixed interval would make them O(clips^2) over a run
         nonlocal flush_every
         started = time.monotonic()
         for ledger in ledgers.values():
             ledger.flush(store.side)
         failures.flush()
-        flush_every = max(FLUSH_EVERY_S, 20 * (time.monotonic() - started))
+        flush_every = max(FLUSH_EVERY_S, FLUSH_SPACING * (time.monotonic() - started))
 
     try:
         job = (Batched(stage.compute_batch) if stage.compute_batch else stage.compute, stage.params, outputs)
