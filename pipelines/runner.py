@@ -190,9 +190,10 @@ def _single_threaded_blas():
 
 
 def _open_array(task: ClipTask, path: str, fingerprint: str):
-    """The array's writing handle, opened once per worker process and array version."""
+    """The array's writing handle, opened once per worker process and array version (again when
+    the array grew since, clips having been appended)."""
     key = (task.store_url, path, fingerprint)
-    if key not in _OPEN_ARRAYS:
+    if key not in _OPEN_ARRAYS or task.clip_index >= _OPEN_ARRAYS[key].shape[0]:
         _OPEN_ARRAYS[key] = open_array(task.store_url, path, task.storage_options)
     return _OPEN_ARRAYS[key]
 
