@@ -45,7 +45,7 @@ from featstore.fingerprint import array_fingerprint, library_versions
 from featstore.ledger import Failures, Ledger, ledger_name
 from featstore.provenance import Provenance
 from featstore.sidefiles import SideFiles
-from featstore.upgrade import FORMAT_VERSION, check_format_version, clips_checksum_recorded, code_version_of
+from featstore.upgrade import FORMAT_VERSION, check_format_version, clips_checksum_recorded, code_version_of, renamed_axes
 
 CLIPS_NAME = "clips.parquet"
 ATTRS_KEY = "featstore"
@@ -398,6 +398,8 @@ class Store:
             existing = self.array(path)
             old = existing.attrs[ATTRS_KEY]
             if old["fingerprint"] == fingerprint and not overwrite:
+                if renamed_axes(self.side, path, dimension_names(path, ("clip", *dims)), ("clip", *dims)):
+                    existing = self.array(path)
                 self._describe_axes(path, existing, coords)
                 return existing
             old_version = code_version_of(old)

@@ -4,7 +4,9 @@ package's frequencies, the clips table, the segment grid)."""
 
 from __future__ import annotations
 
+import json
 import warnings
+from pathlib import Path
 
 import gammatone.filters
 import librosa
@@ -151,3 +153,22 @@ def test_embeddings_and_model_predictions_open_with_coordinates(demo_store, tmp_
     np.testing.assert_allclose(predictions["vis-conv_frame"], np.arange(6) / 2.0)
     np.testing.assert_array_equal(predictions["aud-mel"].sel(clip=first[1]).values, store.array("predictions/aud-mel")[1])
     assert predictions["clip"].values.tolist() == store.clips.clip_id.tolist()
+
+
+def test_an_array_made_with_the_older_axis_names_gets_the_current_ones_when_reused(demo_store):
+    store = demo_store
+    first = [store.clips.clip_id[0]]
+    extract_audio(store, workers=0, features=("mel", "mfcc"), clips=first, progress=False)
+    for feature in ("mel", "mfcc"):  # as an older featstore wrote them: bin and frame shared by every feature
+        meta = Path(store.url, "audio", feature, "zarr.json")
+        doc = json.loads(meta.read_text())
+        doc["dimension_names"] = doc["attributes"]["featstore"]["dims"] = ["clip", "channel", "bin", "frame"]
+        meta.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="conflicting sizes for dimension 'bin'"):
+        open_group(store.url, "audio")
+    before = store.array("audio/mel")[0]
+    assert extract_audio(store, workers=0, features=("mel", "mfcc"), clips=first, progress=False).skipped == 1
+    audio = open_group(store.url, "audio")
+    assert audio["mel"].dims == ("clip", "mel_channel", "mel_bin", "mel_frame") and audio["mfcc"].dims[2] == "mfcc_bin"
+    assert store.provenance("audio/mel")["dims"] == ["clip", "mel_channel", "mel_bin", "mel_frame"]
+    np.testing.assert_array_equal(audio["mel"].sel(clip=first[0]).values, before)
