@@ -2,19 +2,17 @@
 
 Beside its per-clip arrays, a group holds one small 1-D array per axis that has a meaning along it,
 named after the axis, with ``dimension_names`` equal to its own name, which is how xarray's Zarr
-backend recognises an index coordinate (``xr.open_zarr(url, group="audio")``,
-``xr.open_datatree(url, engine="zarr")``):
+backend recognises an index coordinate (`xr.open_zarr(url, group="audio")`,
+`xr.open_datatree(url, engine="zarr")`):
 
-=================  =====================================================================  =========
-axis               values                                                                 units
-=================  =====================================================================  =========
-``clip``           the clip ids, the clips table's first rows (variable-length UTF-8)     --
-``segment``        each segment's start within the clip, ``k * segment_s``                s
-``class``          the store's class names, for arrays with one entry per class           --
-``{feature}_bin``  an audio feature's bins: centre frequency (MEL, GAM, CQT) or index     Hz / --
-``{feature}_frame`` an audio frame's centre within the clip                               s
-``frame``          a video frame's target time within the clip, ``k / fps``               s
-=================  =====================================================================  =========
+| axis | values | units |
+| --- | --- | --- |
+| `clip` | the clip ids, the clips table's first rows (variable-length UTF-8) | |
+| `segment` | each segment's start within the clip, `k * segment_s` | s |
+| `class` | the store's class names, along an axis with one entry per class | |
+| `{feature}_bin` | an audio feature's bins: centre frequency (MEL, GAM, CQT) or index (MFCC) | Hz |
+| `{feature}_frame` | an audio frame's centre within the clip | s |
+| `frame`, `{model}_frame` | a video frame's target time within the clip, `k / fps` | s |
 
 A coordinate array carries the attribute :data:`COORDINATE_KEY`, and featstore's own listings
 (``info``, ``verify``, ``export``, the report) leave it out: it is derived from the store's
@@ -32,7 +30,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-#: Attribute marking a coordinate array (its value: the axis' units and description).
+#: Attribute marking a coordinate array, beside its ``units`` and ``long_name`` (xarray's attributes).
 COORDINATE_KEY = "featstore_coordinate"
 #: The coordinate of the clip axis, along every per-clip array's first axis.
 CLIP_AXIS = "clip"
@@ -50,7 +48,7 @@ class Coordinate:
 
     def attrs(self) -> dict[str, Any]:
         described = {"long_name": self.long_name, **({"units": self.units} if self.units else {}), **self.extra}
-        return {**described, COORDINATE_KEY: described}
+        return {**described, COORDINATE_KEY: True}
 
 
 def is_coordinate(attrs: Any) -> bool:
@@ -95,15 +93,9 @@ def write_coordinate(group: zarr.Group, name: str, coordinate: Coordinate) -> No
         array[:] = values
 
 
-def per_clip_arrays(group: zarr.Group) -> list[zarr.Array]:
-    """The group's own per-clip arrays (not its coordinates nor its subgroups' arrays)."""
-    return [node for _, node in group.arrays() if not is_coordinate(node.attrs)]
-
-
-def align_group(group: zarr.Group, clip_ids: np.ndarray) -> None:
-    """Grow every per-clip array of ``group`` to its longest one (at most ``len(clip_ids)`` rows)
-    and write the group's ``clip`` coordinate, the first that many ``clip_ids``."""
-    arrays = per_clip_arrays(group)
+def align_group(group: zarr.Group, arrays: list[zarr.Array], clip_ids: np.ndarray) -> None:
+    """Grow ``arrays``, the per-clip arrays of ``group``, to the longest of them (at most
+    ``len(clip_ids)`` rows) and write the group's ``clip`` coordinate, the first that many ``clip_ids``."""
     if not arrays:
         return
     n = min(len(clip_ids), max(a.shape[0] for a in arrays))

@@ -470,7 +470,8 @@ class Store:
         for name, coordinate in {**store_coordinates(dims, array.shape[1:], self.segment_s, self.classes), **(coords or {})}.items():
             if name in dims:
                 write_coordinate(group, name, coordinate)
-        align_group(group, self.clips["clip_id"].to_numpy())
+        per_clip = [node for _, node in group.arrays() if ATTRS_KEY in node.attrs]  # not a coordinate, nor a foreign array
+        align_group(group, per_clip, self.clips["clip_id"].to_numpy())
 
     # ---------------------------------------------------------------- done-marks and failures
     def ledger(self, path: str) -> Ledger:
