@@ -113,6 +113,7 @@ def test_the_whole_store_opens_as_a_tree_and_coordinates_stay_out_of_listings(gr
     assert set(tree.children) == {"audio", "frames", "predictions"}
     for name, node in tree.children.items():
         assert node["clip"].values.tolist() == store.clips.clip_id[: node.sizes["clip"]].tolist(), name
+        assert set(open_group(store.url, name).data_vars) == set(node.data_vars) == {p.split("/")[1] for p in store.array_paths() if p.startswith(f"{name}/")}
     # featstore's own listings hold the per-clip arrays only
     assert store.array_paths() == sorted(
         [f"audio/{f}" for f in FEATURES] + ["frames/rgb", "frames/time_s", "predictions/f4-run", "predictions/late"]
@@ -141,6 +142,8 @@ def test_embeddings_and_model_predictions_open_with_coordinates(demo_store, tmp_
     assert embed(store, "vis-conv", model_file_path=visual_file, input_array="frames/rgb", clips=first)[0].done == 2
 
     tree = open_tree(store.url)
+    for node in tree.subtree:  # every group, each on its own
+        assert set(open_group(store.url, node.path.lstrip("/") or None).data_vars) == set(node.data_vars), node.path
     audio_model = tree["embeddings/aud-mel"].to_dataset()
     assert audio_model["fc1024"].dims == ("clip", "segment", "fc1024_dim") and audio_model["fc10"].dims == ("clip", "segment", "class")
     assert audio_model["class"].values.tolist() == store.classes
