@@ -29,7 +29,6 @@ from featstore.errors import ConfigError, StoreError
 from featstore.names import closest
 
 if TYPE_CHECKING:
-    from featstore.provenance import Provenance
     from featstore.store import Store
     from featstore.pipelines.runner import Stage
 
@@ -221,12 +220,6 @@ class StageConfig:
         """The config that makes the output named ``leaf`` (e.g. only ``mel`` of several features)."""
         return self
 
-    @classmethod
-    def from_legacy(cls, prov: Provenance) -> StageConfig:
-        """The config that makes exactly the array ``prov`` describes, for an array written before
-        configs were recorded, rebuilt from its parameters."""
-        raise StoreError(f"{prov.path}: made by {prov.stage!r} before stage configs were recorded; recompute it")
-
     # ------------------------------------------------------------------ shared
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (tuples as lists), as recorded in provenance."""
@@ -240,11 +233,6 @@ class StageConfig:
         if unknown:
             raise StoreError(f"{cls.stage} config has unknown fields {sorted(unknown)} (written by a newer featstore?)")
         return cls(**{k: tuple(v) if isinstance(names[k].default, tuple) else v for k, v in data.items()})
-
-    @classmethod
-    def from_provenance(cls, prov: Provenance) -> StageConfig:
-        """The config that made the array whose provenance is ``prov``."""
-        return cls.from_dict(prov.config) if prov.config is not None else cls.from_legacy(prov)
 
     def differences(self, other: StageConfig) -> dict[str, tuple[Any, Any]]:
         """``{field: (self's, other's)}`` for every field that differs."""

@@ -30,7 +30,6 @@ from featstore.errors import ConfigError, ParamsMismatch
 from featstore.names import single_name
 from featstore.pipelines.config import StageConfig, check_fields, option, option_of, run_option
 from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage, select_clips
-from featstore.provenance import Provenance
 from featstore.registry import load_keras, model_entry, model_file, register_model, registered_models
 from featstore.store import Store
 
@@ -289,11 +288,6 @@ class EmbedConfig(StageConfig):
         upstream = store.ledger(entry["input"]).entries
         return Stage(self.stage, params, tuple(outputs), compute_embed, lambda row: str(upstream.get(row["clip_id"], {}).get("crc32", "missing")), modality=input_prov.modality,
                      clips_per_task=max(8, -(-self.batch_units // units)), compute_batch=functools.partial(compute_embed_batch, batch_units=self.batch_units), code_version=self.code_version)
-
-    @classmethod
-    def from_legacy(cls, prov: Provenance) -> EmbedConfig:
-        layer = prov.params["layer"]
-        return cls(model=prov.params["model"], layers=() if layer == "softmax" else (layer,))
 
 
 def embed_layers(value: str) -> tuple[str, ...]:
