@@ -13,7 +13,7 @@ import click
 
 import featstore
 from featstore import names
-from featstore.errors import FeatstoreError, FeatstoreWarning
+from featstore.errors import ConfigError, FeatstoreError, FeatstoreWarning
 from featstore.pipelines.config import check_field, describe_range, flag_of
 
 #: Some clips failed (they are recorded; the others are done). Re-running retries only those.
@@ -90,14 +90,14 @@ def open_store(store_url: str) -> featstore.Store:
 
 
 def _comma_list(item: type) -> Callable[[str | None], tuple | None]:
-    """"a,b" -> (item("a"), item("b")); nothing -> None; ``ValueError`` naming the list for an item
-    ``item`` refuses."""
+    """"a,b" -> (item("a"), item("b")); nothing -> None; a :class:`~featstore.errors.ConfigError`
+    naming the list for an item ``item`` refuses."""
 
     def parse(value: str | None) -> tuple | None:
         try:
             return None if value is None else tuple(item(v.strip()) for v in value.split(",") if v.strip())
         except ValueError:
-            raise ValueError(f"{value!r} is not a comma-separated list of {item.__name__} values") from None
+            raise ConfigError(f"{value!r} is not a comma-separated list of {item.__name__} values") from None
 
     return parse
 
@@ -110,16 +110,12 @@ def _callback(f: dataclasses.Field, parse: Callable[[Any], Any] | None) -> Calla
         return None
 
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        if parse is not None:
-            try:
-                value = parse(value)
-            except ValueError as exc:
-                raise click.BadParameter(str(exc), ctx, param) from None
-        if usage:
-            try:
+        try:
+            value = value if parse is None else parse(value)
+            if usage:
                 check_field(f, value)
-            except FeatstoreError as exc:
-                raise click.BadParameter(str(exc), ctx, param) from None
+        except FeatstoreError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
         return value
 
     return callback
