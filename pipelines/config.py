@@ -11,7 +11,9 @@ stage writes records, beside its fingerprinted parameters, the config that makes
 The CLI's options are generated from these dataclasses (``featstore.cli.common.config_options``):
 each field's ``metadata`` holds its help text, where the values are a closed set its choices, and
 its range; ``__post_init__`` checks both (:func:`check_fields`), so the Python API and the CLI
-refuse the same values with the same one-line :class:`~featstore.errors.ConfigError`.
+refuse the same values with the same one-line :class:`~featstore.errors.ConfigError`. The options
+of running a stage (:class:`RunOptions`) and of the commands that are not one config
+(``EmbedOptions``, ``PredictOptions``, ``VerifyOptions``) are declared the same way.
 
 >>> from featstore.pipelines.extract_audio import AudioConfig
 >>> AudioConfig().sr, AudioConfig.from_dict(AudioConfig(features=("mel",)).to_dict()).features
