@@ -25,6 +25,12 @@ sharding with one inner chunk per frame or window read at random (why the loader
 clips instead of changing the layout). Also printed: bytes decompressed per example (over the example's stored size) and the process's
 resident memory after each of ``--epochs`` epochs from the store (flat = bounded buffer).
 
+Last, with torch installed: PyTorch's ``DataLoader(StoreDataset(...), batch_size=None, num_workers=N)``
+for each N of ``--torch-workers`` against the numpy iterator (:func:`featstore.loader.training_batches`,
+inline) on the same MEL windows with mixup, rounds alternating, in windows/s. Each pass over the
+DataLoader starts its worker processes (``persistent_workers=False``, the default), and that
+start-up is timed too.
+
     python benchmarks/bench_loader.py --clips 200 --rounds 2
 """
 
@@ -34,6 +40,7 @@ import argparse
 import os
 import tempfile
 import time
+import zlib
 
 # "1 (inline)" means one core: no BLAS threads behind numpy (set before numpy loads its BLAS), and
 # no Blosc threads (main()); the loader's own threads are the only parallelism measured
@@ -66,8 +73,11 @@ def build_store(work: str, n_clips: int, source_clips: int):
         prov, values = source.provenance(path), source.array(path)[:]
         target = store.create_array(path, per_clip_shape=tuple(prov["per_clip_shape"]), dtype=prov["dtype"],
                                     dims=tuple(prov["dims"][1:]), stage=prov["stage"], params=prov["params"])
-        for row in range(n_clips):
+        ledger = store.ledger(path)  # done-marked, as the stages mark them, for training_batches
+        for row, clip_id in enumerate(store.clips.clip_id[:n_clips]):
             target[row] = values[row % source.n_clips]
+            ledger.mark_done(clip_id, "bench", zlib.crc32(values[row % source.n_clips].tobytes()))
+        ledger.flush(store.side)
     # MEL as stores made before Blosc compressed float arrays: zstd chunks, same values
     import zarr
     from zarr.codecs import Crc32cCodec, ZstdCodec
@@ -169,6 +179,44 @@ def epoch_seconds(batches, epoch: int) -> tuple[float, int]:
     return time.perf_counter() - started, served
 
 
+def compare_torch(store, workers: list[int], rounds: int, **options) -> None:
+    """Windows/s of torch DataLoaders over StoreDataset against the numpy iterator, same batches."""
+    try:
+        import torch.utils.data
+    except ImportError:
+        print("\ntorch is not installed: no DataLoader rows (pip install featstore[torch])")
+        return
+    from featstore.loader import training_batches
+    from featstore.torch import StoreDataset
+
+    batches = training_batches(store, "audio/mel", split=None, deltas=False, workers=0, **options)
+    dataset = StoreDataset(store, "audio/mel", split=None, deltas=False, **options)
+    ways = {"numpy iterator": lambda epoch: batches.epoch(epoch)}
+    for n in workers:
+        ways[f"DataLoader, num_workers={n}"] = lambda epoch, n=n: _loader_pass(torch, dataset, epoch, n)
+    best = dict.fromkeys(ways, np.inf)
+    for r in range(rounds):
+        for name, serve in ways.items():
+            started, served = time.perf_counter(), 0
+            for x, _ in serve(r):
+                served += len(x)
+            best[name] = min(best[name], time.perf_counter() - started)
+    rate = {name: served / seconds for name, seconds in best.items()}
+    print(f"\nPyTorch DataLoader(StoreDataset, batch_size=None) against the numpy iterator, MEL windows 128x72x2 with mixup "
+          f"(best of {rounds} rounds, each epoch {served} windows):")
+    print("| loader | processes reading | windows/s | per core | / numpy iterator |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, value in rate.items():
+        processes = int(name.rsplit("=", 1)[1]) if "=" in name else 1
+        cores = min(processes, os.cpu_count() or 1)
+        print(f"| {name} | {processes} | {value:,.0f}/s | {value / cores:,.0f}/s | {value / rate['numpy iterator']:.2f}x |")
+
+
+def _loader_pass(torch, dataset, epoch: int, num_workers: int):
+    dataset.set_epoch(epoch)
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=200)
@@ -178,6 +226,7 @@ def main() -> None:
     parser.add_argument("--workers", default="0,2", help="comma-separated thread counts")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=5, help="epochs from the store for the memory check")
+    parser.add_argument("--torch-workers", default="1,2", help="comma-separated DataLoader num_workers to try")
     args = parser.parse_args()
     import numcodecs.blosc
     import psutil
@@ -232,6 +281,7 @@ def main() -> None:
                 print(f"| {kind} | {workers or '1 (inline)'} | {rate['store']:,.0f}/s | {rate['store'] / cores:,.0f}/s | "
                       f"{rate['memory']:,.0f}/s | {rate['store'] / rate['memory']:.2f}x |")
             del memory
+        compare_torch(store, [int(w) for w in args.torch_workers.split(",")], args.rounds, mixup_alpha=0.4, **options)
 
 
 if __name__ == "__main__":
