@@ -27,9 +27,10 @@ resident memory after each of ``--epochs`` epochs from the store (flat = bounded
 
 Last, with torch installed: PyTorch's ``DataLoader(StoreDataset(...), batch_size=None, num_workers=N)``
 for each N of ``--torch-workers`` against the numpy iterator (:func:`featstore.loader.training_batches`,
-inline) on the same MEL windows with mixup, rounds alternating, in windows/s. Each pass over the
-DataLoader starts its worker processes (``persistent_workers=False``, the default), and that
-start-up is timed too.
+inline) on the same MEL windows with mixup, rounds alternating, in windows/s: with the default
+``persistent_workers=False``, each pass starts its worker processes, and that start-up is timed too;
+with ``persistent_workers=True``, the workers are started by a first pass left out of the timing.
+``--torch-only`` builds the store and prints only these rows.
 
     python benchmarks/bench_loader.py --clips 200 --rounds 2
 """
@@ -194,6 +195,11 @@ def compare_torch(store, workers: list[int], rounds: int, **options) -> None:
     ways = {"numpy iterator": lambda epoch: batches.epoch(epoch)}
     for n in workers:
         ways[f"DataLoader, num_workers={n}"] = lambda epoch, n=n: _loader_pass(torch, dataset, epoch, n)
+    for n in workers:
+        persistent = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=n, persistent_workers=True)
+        for _ in persistent:  # starts the workers; each later pass serves the next epoch
+            pass
+        ways[f"DataLoader, num_workers={n}, persistent"] = lambda epoch, loader=persistent: loader
     best = dict.fromkeys(ways, np.inf)
     for r in range(rounds):
         for name, serve in ways.items():
@@ -207,7 +213,7 @@ def compare_torch(store, workers: list[int], rounds: int, **options) -> None:
     print("| loader | processes reading | windows/s | per core | / numpy iterator |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, value in rate.items():
-        processes = int(name.rsplit("=", 1)[1]) if "=" in name else 1
+        processes = int(name.split("=")[1].split(",")[0]) if "=" in name else 1
         cores = min(processes, os.cpu_count() or 1)
         print(f"| {name} | {processes} | {value:,.0f}/s | {value / cores:,.0f}/s | {value / rate['numpy iterator']:.2f}x |")
 
@@ -215,6 +221,54 @@ def compare_torch(store, workers: list[int], rounds: int, **options) -> None:
 def _loader_pass(torch, dataset, epoch: int, num_workers: int):
     dataset.set_epoch(epoch)
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers)
+
+
+def compare_store_and_memory(store, work: str, args, options: dict) -> None:
+    """Chunk reads, layouts, memory over epochs and the table of store against memory batches."""
+    import psutil
+
+    process = psutil.Process()
+    runs = [  # (what, array, loader options): the training settings, then the read path alone
+        ("frames: crop + flip + mixup", "frames/rgb", dict(augment=True, mixup_alpha=0.4)),
+        ("MEL windows 128x72x2: mixup (deltas in the model)", "audio/mel", dict(mixup_alpha=0.4)),
+        ("MEL windows 128x72x6: deltas + mixup in the loader", "audio/mel", dict(mixup_alpha=0.4, deltas=True)),
+        ("MEL windows 128x72x2: mixup, zstd chunks (stores made before)", OLD_MEL, dict(mixup_alpha=0.4)),
+        ("frames: nothing else", "frames/rgb", dict()),
+        ("MEL windows 128x72x2: nothing else", "audio/mel", dict()),
+    ]
+    compare_clip_reads(store, min(64, store.n_clips))
+    compare_layouts(store, work, min(64, store.n_clips))
+
+    print(f"\nresident memory after each of {args.epochs} epochs from the store (2 workers):")
+    for kind, path, extra in runs[:3]:
+        batches = loader(store, path, workers=2, **options, **extra)
+        resident = []
+        for epoch in range(args.epochs):
+            epoch_seconds(batches, epoch)
+            resident.append(process.memory_info().rss / 2**20)
+        unit_bytes = int(np.prod(store.array(path).shape[1:])) * store.array(path).dtype.itemsize // batches.units.count
+        per_example = batches.source.bytes_decoded / (args.epochs * len(batches.pairs))
+        print(f"  {kind}: {', '.join(f'{p:.0f}' for p in resident)} MiB; bytes decompressed per example "
+              f"{per_example:,.0f} = {per_example / unit_bytes:.2f}x its stored size ({unit_bytes:,} B)")
+
+    print(f"\nshuffled batches of {args.batch_size} (best of {args.rounds} rounds, each epoch {args.clips} clips):")
+    print("| examples | threads | from the store | per core | from arrays in memory | store / memory |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for kind, path, extra in runs:
+        memory = store.array(path)[:]
+        for workers in (int(w) for w in args.workers.split(",")):
+            from_store = loader(store, path, workers=workers, **options, **extra)
+            in_memory = loader(store, path, memory, workers=workers, **options, **extra)
+            best = {"store": np.inf, "memory": np.inf}
+            for r in range(args.rounds):
+                for name, batches in (("store", from_store), ("memory", in_memory)):
+                    seconds, served = epoch_seconds(batches, r)
+                    best[name] = min(best[name], seconds)
+            rate = {name: served / seconds for name, seconds in best.items()}
+            cores = min(max(workers, 1), os.cpu_count() or 1)  # threads beyond the cores add no cores
+            print(f"| {kind} | {workers or '1 (inline)'} | {rate['store']:,.0f}/s | {rate['store'] / cores:,.0f}/s | "
+                  f"{rate['memory']:,.0f}/s | {rate['store'] / rate['memory']:.2f}x |")
+        del memory
 
 
 def main() -> None:
@@ -227,60 +281,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=5, help="epochs from the store for the memory check")
     parser.add_argument("--torch-workers", default="1,2", help="comma-separated DataLoader num_workers to try")
+    parser.add_argument("--torch-only", action="store_true", help="only the PyTorch DataLoader rows")
     args = parser.parse_args()
     import numcodecs.blosc
-    import psutil
 
     numcodecs.blosc.use_threads = False
-
-    process = psutil.Process()
     with tempfile.TemporaryDirectory() as work:
         started = time.perf_counter()
         store = build_store(work, args.clips, args.source_clips)
         print(f"store: {store.n_clips} clips of 10 s, frames 224x224 and MEL, built in {time.perf_counter() - started:.0f} s; "
               f"{os.cpu_count()} cores (shared machine, under load from other jobs)")
-        runs = [  # (what, array, loader options): the training settings, then the read path alone
-            ("frames: crop + flip + mixup", "frames/rgb", dict(augment=True, mixup_alpha=0.4)),
-            ("MEL windows 128x72x2: mixup (deltas in the model)", "audio/mel", dict(mixup_alpha=0.4)),
-            ("MEL windows 128x72x6: deltas + mixup in the loader", "audio/mel", dict(mixup_alpha=0.4, deltas=True)),
-            ("MEL windows 128x72x2: mixup, zstd chunks (stores made before)", OLD_MEL, dict(mixup_alpha=0.4)),
-            ("frames: nothing else", "frames/rgb", dict()),
-            ("MEL windows 128x72x2: nothing else", "audio/mel", dict()),
-        ]
         options = dict(batch_size=args.batch_size, block_clips=args.block_clips, seed=0)
-        compare_clip_reads(store, min(64, store.n_clips))
-        compare_layouts(store, work, min(64, store.n_clips))
-
-        print(f"\nresident memory after each of {args.epochs} epochs from the store (2 workers):")
-        for kind, path, extra in runs[:3]:
-            batches = loader(store, path, workers=2, **options, **extra)
-            resident = []
-            for epoch in range(args.epochs):
-                epoch_seconds(batches, epoch)
-                resident.append(process.memory_info().rss / 2**20)
-            unit_bytes = int(np.prod(store.array(path).shape[1:])) * store.array(path).dtype.itemsize // batches.units.count
-            per_example = batches.source.bytes_decoded / (args.epochs * len(batches.pairs))
-            print(f"  {kind}: {', '.join(f'{p:.0f}' for p in resident)} MiB; bytes decompressed per example "
-                  f"{per_example:,.0f} = {per_example / unit_bytes:.2f}x its stored size ({unit_bytes:,} B)")
-
-        print(f"\nshuffled batches of {args.batch_size} (best of {args.rounds} rounds, each epoch {args.clips} clips):")
-        print("| examples | threads | from the store | per core | from arrays in memory | store / memory |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
-        for kind, path, extra in runs:
-            memory = store.array(path)[:]
-            for workers in (int(w) for w in args.workers.split(",")):
-                from_store = loader(store, path, workers=workers, **options, **extra)
-                in_memory = loader(store, path, memory, workers=workers, **options, **extra)
-                best = {"store": np.inf, "memory": np.inf}
-                for r in range(args.rounds):
-                    for name, batches in (("store", from_store), ("memory", in_memory)):
-                        seconds, served = epoch_seconds(batches, r)
-                        best[name] = min(best[name], seconds)
-                rate = {name: served / seconds for name, seconds in best.items()}
-                cores = min(max(workers, 1), os.cpu_count() or 1)  # threads beyond the cores add no cores
-                print(f"| {kind} | {workers or '1 (inline)'} | {rate['store']:,.0f}/s | {rate['store'] / cores:,.0f}/s | "
-                      f"{rate['memory']:,.0f}/s | {rate['store'] / rate['memory']:.2f}x |")
-            del memory
+        if not args.torch_only:
+            compare_store_and_memory(store, work, args, options)
         compare_torch(store, [int(w) for w in args.torch_workers.split(",")], args.rounds, mixup_alpha=0.4, **options)
 
 

@@ -115,6 +115,7 @@ def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str
     from featstore.seeding import seed_everything
 
     seed_everything(config.seed)  # every seed and TensorFlow op determinism: same seed, same weights
+    strategy = mirrored_strategy(config.devices) if config.devices > 1 else None  # refuses missing devices first
     clips = store.clips
     done = set(store.ledger(config.input_array).entries)
     usable = clips["clip_id"].isin(list(done)).to_numpy()
@@ -137,7 +138,6 @@ def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str
     else:
         in_model = {"frames_per_segment": train.units.frames_per_segment, "delta_width": train.units.delta_width} if config.deltas == "model" else {}
         backbone = {"arch": config.arch, "widths": tuple(config.widths), **in_model}
-    strategy = mirrored_strategy(config.devices) if config.devices > 1 else None
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_model(config.model, input_shape=input_shape, n_classes=len(store.classes), head_units=config.head_units, l2=config.l2, **backbone)
         model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=keras.losses.KLDivergence(), metrics=["categorical_accuracy"])
