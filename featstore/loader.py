@@ -154,6 +154,7 @@ class StoreSource:
         iterations that overlap in one process (replicas' pipelines; tf.data starts an epoch's
         iterator before the last one is dropped), so one releasing its clips takes none from another."""
         other = copy.copy(self)
+        other._pool, other._pid = self.pool, self._pid  # one set of decompression threads for all views
         other.cache, other.units_of, other.bytes_decoded = {}, {}, 0
         return other
 
