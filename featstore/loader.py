@@ -12,7 +12,7 @@ clip order is a fresh permutation each epoch; a batch draws from the clips of it
 block the order is uniform. Every unit of the selected clips is served exactly once per epoch;
 with ``shuffle=False`` clips and units come in row order.
 
-Several processes (training ranks, DataLoader workers): the epoch's clip permutation is cut
+Several processes or replicas (training ranks, DataLoader workers, ``tf.distribute`` replicas): the epoch's clip permutation is cut
 disjointly by rank (clip ``i`` of the permutation goes to rank ``i % world_size``), every rank
 getting the same number of clips (``balance="pad"`` repeats clips from the start of the
 permutation, as PyTorch's DistributedSampler pads; ``"drop"`` leaves the remainder out), hence the
