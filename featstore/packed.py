@@ -47,7 +47,7 @@ def packed_segment_embeddings(store: Store, path: str) -> tuple[np.ndarray, np.n
     rows = np.flatnonzero(store.clips["clip_id"].isin(list(done)).to_numpy())
     array = store.array(path)
     values = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)  # (clip, unit, dim) of the done clips
-    ClipReader(array).read_clips(rows, values)  # featstore's layout decoded directly: ~6x zarr's whole-array read
+    ClipReader(array).read_clips(rows, values)  # featstore's layout decoded directly, not through zarr
     per_segment_units = prov.frames_per_segment  # units per grid segment
     n_clips, units, dim = values.shape
     segments = values.astype(np.float32, copy=False).reshape(n_clips, units // per_segment_units, per_segment_units, dim).mean(axis=2)
