@@ -133,17 +133,18 @@ def main() -> None:
             for r in range(args.rounds):
                 best["local"] = max(best["local"], epoch_rate(local, args.workers, r))
                 best["S3"] = max(best["S3"], epoch_rate(remote, args.workers, r))
-            delayed = featstore.open_store(remote_url, storage_options=s3.options(delayed=True))
-            best["delayed"] = epoch_rate(delayed, args.workers, 0)
+            for connections in (10, 64):  # s3fs's default pool, and a block's requests all in flight
+                options = {**s3.options(delayed=True), "config_kwargs": {"max_pool_connections": connections}}
+                best[f"delayed {connections}"] = epoch_rate(featstore.open_store(remote_url, storage_options=options), args.workers, 0)
             best["local after"] = epoch_rate(local, args.workers, 0)
             rates[name] = best
 
-        print(f"\nloader, windows/s (best of {args.rounds} alternating rounds; delayed: one epoch, against a local epoch right after it):")
-        print(f"| layout | local disk | S3 server | S3 / local | S3 + {args.delay_ms:g} ms a request | delayed / local |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        print(f"\nloader, windows/s (best of {args.rounds} alternating rounds; delayed: one epoch each, against a local epoch right after them):")
+        print(f"| layout | local disk | S3 server | S3 / local | S3 + {args.delay_ms:g} ms, 10 connections (s3fs default) | 64 connections | delayed / local (10, 64) |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, best in rates.items():
-            print(f"| {name} | {best['local']:,.0f} | {best['S3']:,.0f} | {best['S3'] / best['local']:.2f}x | "
-                  f"{best['delayed']:,.0f} | {best['delayed'] / best['local after']:.2f}x |")
+            print(f"| {name} | {best['local']:,.0f} | {best['S3']:,.0f} | {best['S3'] / best['local']:.2f}x | {best['delayed 10']:,.0f} | "
+                  f"{best['delayed 64']:,.0f} | {best['delayed 10'] / best['local after']:.2f}x, {best['delayed 64'] / best['local after']:.2f}x |")
 
         print("\ncold fusion read (load_fusion_data of 2 models' fc1024), requests:")
         print("| layout | objects of the arrays | cold (arrays read, packed copy written) | warm (packed copy) |")

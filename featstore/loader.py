@@ -110,6 +110,10 @@ class StoreSource:
     steady-state reading touches no fresh memory. ``workers`` threads decompress clips in parallel
     (numcodecs releases the GIL); they start on the first read, in the process that reads (a thread
     pool does not survive a fork). ``bytes_decoded`` counts the decompressed bytes.
+
+    On a remote store a block's clips are fetched first, all requests at once
+    (:meth:`ClipReader.fetch`), then decoded by those threads; :meth:`prefetch` starts the next
+    block's fetch while the current one is served.
     """
 
     def __init__(self, store: Store, units: Units, workers: int = 0):
