@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from featstore.errors import ConfigError, ParamsMismatch
+from featstore.models.hear import KINDS as WAVEFORM_KINDS  # raw-audio models' registry ``kind``
+from featstore.models.hear import PREFIXES as WAVEFORM_PREFIXES  # embed --model hear:MODULE / torch:PKG.MODULE:FACTORY
 from featstore.pipelines.config import StageConfig, option
 from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage, select_clips
 from featstore.provenance import Provenance
@@ -38,10 +40,6 @@ LAYERS = ("fc1024", "fc10")
 ALL_LAYERS = "all"
 #: ``embed --model keras:ResNet50`` builds that keras.applications model.
 APPLICATION_PREFIX = "keras:"
-#: ``embed --model hear:MODULE`` / ``torch:PKG.MODULE:FACTORY``: raw-audio models (featstore.models.hear).
-WAVEFORM_PREFIXES = ("hear:", "torch:")
-#: Their registry entries' ``kind``.
-WAVEFORM_KINDS = ("hear", "torch")
 #: Parameters whose change means "new model or new input": recompute instead of refusing.
 INVALIDATING = {"model_fingerprint", "input_fingerprint", "weights_file"}
 

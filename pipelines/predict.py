@@ -98,6 +98,7 @@ def _upstream(store: Store, system: System, clip_ids: list[str], report: Predict
     import tempfile
 
     from featstore.pipelines.embed import WAVEFORM_KINDS
+    from featstore.pipelines.embed_waveform import register_system_backbone
 
     def note(stage_report: StageReport) -> None:
         report.stages.append(stage_report.to_json())
@@ -106,7 +107,9 @@ def _upstream(store: Store, system: System, clip_ids: list[str], report: Predict
         config = STAGES[spec["stage"]].from_dict(spec["config"])
         note(run_stage(store, _from_source_start(config.build(store), source_start_s), clips=clip_ids, workers=workers, scheduler=scheduler, progress=progress))
     for model, spec in system.backbones.items():
-        if model not in _registered(store):
+        if model not in _registered(store) and spec.get("kind") in WAVEFORM_KINDS:
+            register_system_backbone(store, model, spec, system.files.get(spec.get("file", "")))
+        elif model not in _registered(store):
             with tempfile.TemporaryDirectory() as work:
                 path = f"{work}/{model}.keras"
                 with open(path, "wb") as f:
