@@ -10,6 +10,8 @@ adds its latency), against the local disk again.
 - Loader: ``featstore.loader.training_batches`` over ``audio/mel`` of ``--clips`` 10 s clips (1 s
   windows, the static channels, batches of 64, blocks of 64 clips, ``--workers`` threads). Local
   and S3 epochs alternate for ``--rounds`` rounds; the best of each is kept (the machine is shared).
+- The server's own cost per request (moto answers a ranged GET by reading the whole object):
+  concurrent ranged 1 KiB GETs from a 1 KiB object and from a 64 MiB one.
 - Fusion: ``featstore.pipelines.fuse.load_fusion_data`` of two models' fc1024 embeddings (10
   segments x 1024 float32 a clip) on a store opened cold (no packed cache yet: every embedding is
   read from the arrays, then the packed copy is written), then warm (the packed copy).
@@ -94,6 +96,29 @@ def epoch_rate(store: featstore.Store, workers: int, epoch: int) -> float:
     return served / (time.perf_counter() - started)
 
 
+def server_costs(s3: LocalS3, n: int = 64) -> dict[str, float]:
+    """ms per request of ``n`` concurrent ranged 1 KiB GETs (what the loader sends), from a 1 KiB
+    object and from a 64 MiB one (a shard's size): what the S3 server itself costs per request."""
+    import asyncio
+
+    import s3fs
+    from fsspec.asyn import sync
+
+    fs = s3fs.S3FileSystem(**s3.options(), skip_instance_cache=True)
+    costs = {}
+    for name, size in (("1 KiB object", 2**10), ("64 MiB object", 2**26)):
+        key = f"{s3.bucket}/probe-{size}"
+        fs.pipe_file(key, np.random.default_rng(0).bytes(size))
+
+        async def gets(key=key):
+            return await asyncio.gather(*(fs._cat_file(key, start=0, end=2**10) for _ in range(n)))
+
+        started = time.perf_counter()
+        sync(fs.loop, gets)
+        costs[name] = (time.perf_counter() - started) / n * 1e3
+    return costs
+
+
 def counted(s3: LocalS3, call) -> dict:
     s3.reset()
     call()
@@ -115,7 +140,10 @@ def main() -> None:
         mel, prov, clips = source_mel(work)
         fs = s3fs.S3FileSystem(**s3.options(), skip_instance_cache=True)
         print(f"{args.clips} clips of 10 s, MEL (2, 128, 720) float16; {os.cpu_count()} cores (shared machine); "
-              f"S3: moto on 127.0.0.1, then +{args.delay_ms:g} ms a request through the proxy\n")
+              f"S3: moto on 127.0.0.1, then +{args.delay_ms:g} ms a request through the proxy")
+        costs = server_costs(s3)
+        print("the S3 server's own cost, ms per ranged 1 KiB GET (64 at once): "
+              + ", ".join(f"from a {name} {ms:.1f} ms" for name, ms in costs.items()) + f" ({costs['64 MiB object'] / costs['1 KiB object']:.1f}x)\n")
         print("| layout | objects of audio/mel | open + training_batches | one epoch | epoch requests per clip |")
         print("| --- | ---: | --- | --- | ---: |")
         rates = {}
