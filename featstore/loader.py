@@ -181,6 +181,7 @@ class StoreSource:
         other = copy.copy(self)
         other._pool, other._pid = self.pool, self._pid  # one set of decompression threads for all views
         other.cache, other.units_of, other.bytes_decoded = {}, {}, 0
+        other._prefetched = None  # a fetch started for another view's next block stays its own
         return other
 
     def release(self, rows: np.ndarray) -> None:
