@@ -82,7 +82,15 @@ class SideFiles:
     def read(self, name: str) -> bytes | None:
         """The file's bytes, or None when it does not exist."""
         try:
-            return self.fs.cat_file(self.path(name))
+            if self.is_local:
+                return self.fs.cat_file(self.path(name))
+            # ranged from byte 0: for a whole-object read s3fs sends a HEAD first (to learn the size)
+            try:
+                return self.fs.cat_file(self.path(name), start=0)
+            except FileNotFoundError:
+                raise
+            except OSError:  # an empty object has no byte 0 to read from
+                return self.fs.cat_file(self.path(name))
         except FileNotFoundError:
             return None
 
