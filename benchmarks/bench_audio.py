@@ -224,24 +224,26 @@ def workers(args, work: str) -> None:
         if r:
             samples.setdefault(("cluster start + close", 0), []).append(timed(cluster_start_close))
     t = medians(samples, samples)
-    print(f"extract-audio --features mel, wall seconds, medians of {args.rounds} rounds")
-    for (run, n), (wall, _) in t.items():
-        print(f"  {run:<24} {n:>3} clips {wall:>7.2f} s")
-    m = {w: slope(t, f"workers={w}", sizes, 0) for w in counts}
-    fixed = {w: t[(f"workers={w}", sizes[0])][0] - m[w] * sizes[0] for w in counts}
-    print(f"marginal per clip: in-process {1000 * m[0]:.1f} ms, --workers 1 {1000 * m[1]:.1f} ms: {m[1] / m[0]:.2f}x (target <= 1.05x)")
-    print(f"fixed cost of one local worker: {fixed[1] - fixed[0]:.2f} s (cluster start + close alone: {t[('cluster start + close', 0)][0]:.2f} s)")
+    print(f"extract-audio --features mel, medians of {args.rounds} rounds (CPU: this process and its workers)")
+    for (run, n), (wall, cpu) in t.items():
+        print(f"  {run:<24} {n:>3} clips {wall:>7.2f} s wall {cpu:>7.2f} s CPU")
+    for i, what in ((0, "wall"), (1, "CPU")):
+        m = {w: slope(t, f"workers={w}", sizes, i) for w in counts}
+        fixed = {w: t[(f"workers={w}", sizes[0])][i] - m[w] * sizes[0] for w in counts}
+        print(f"{what}: marginal per clip in-process {1000 * m[0]:.1f} ms, --workers 1 {1000 * m[1]:.1f} ms: {m[1] / m[0]:.2f}x (target <= 1.05x); "
+              f"fixed cost of the local cluster {fixed[1] - fixed[0]:.2f} s (start + close alone: {t[('cluster start + close', 0)][i]:.2f} s)")
 
 
 def cluster_start_close() -> None:
     """A one-worker local cluster as the runner starts it, and a trivial task on it."""
     import logging
 
+    import dask.config
     from distributed import Client, LocalCluster
 
-    from featstore.pipelines.runner import WORKER_ENV
+    from featstore.pipelines.runner import LOCAL_CLUSTER_CONFIG, WORKER_ENV
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, env=WORKER_ENV, dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    with dask.config.set(LOCAL_CLUSTER_CONFIG), LocalCluster(n_workers=1, threads_per_worker=1, processes=True, env=WORKER_ENV, dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         client.submit(sum, [1, 2]).result()
 
 
