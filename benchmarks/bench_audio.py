@@ -94,13 +94,14 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, cpu() - used
 
 
-def medians(samples: dict, keys) -> dict:
-    return {k: tuple(float(np.median([s[i] for s in samples[k]])) for i in (0, 1)) for k in keys}
+def medians(samples: dict) -> dict:
+    """{key: [(wall, CPU) per round]} -> {key: (median wall, median CPU)}."""
+    return {k: tuple(float(np.median([s[i] for s in v])) for i in (0, 1)) for k, v in samples.items()}
 
 
-def slope(t: dict, run: str, sizes: tuple[int, int], i: int) -> float:
-    """Marginal seconds per clip of ``run`` (i = 0 wall, 1 CPU) between the two sizes."""
-    return (t[(run, sizes[1])][i] - t[(run, sizes[0])][i]) / (sizes[1] - sizes[0])
+def slope(t: dict, run: tuple, sizes: tuple[int, int], i: int) -> float:
+    """Marginal seconds per clip of ``run`` (keys ``(*run, n_clips)``; i = 0 wall, 1 CPU) between the two sizes."""
+    return (t[(*run, sizes[1])][i] - t[(*run, sizes[0])][i]) / (sizes[1] - sizes[0])
 
 
 def fresh_store(work: str, root: str):
@@ -134,11 +135,11 @@ def per_clip(args, work: str) -> None:
                 ids = store.clips.clip_id[:n].tolist()
                 samples.setdefault((feature, "featstore", n), []).append(timed(lambda: extract_audio(store, features=(feature,), clips=ids, workers=0, progress=False)))
                 samples.setdefault((feature, "plain", n), []).append(timed(lambda: plain_loop(wavs[:n], npy, feature)))
-    t = medians(samples, samples)
+    t = medians(samples)
     print(f"marginal ms per clip, one thread, slope between {sizes[0]} and {sizes[1]} clips, medians of {args.rounds} rounds")
     print(f"{'feature':<8} {'featstore wall':>15} {'plain wall':>11} {'ratio':>6}   {'featstore CPU':>14} {'plain CPU':>10} {'ratio':>6}")
     for feature in args.features.split(","):
-        m = {(run, i): 1000 * slope({(r, n): t[(feature, r, n)] for r in ("featstore", "plain") for n in sizes}, run, sizes, i) for run in ("featstore", "plain") for i in (0, 1)}
+        m = {(run, i): 1000 * slope(t, (feature, run), sizes, i) for run in ("featstore", "plain") for i in (0, 1)}
         print(f"{feature:<8} {m['featstore', 0]:>15.1f} {m['plain', 0]:>11.1f} {m['featstore', 0] / m['plain', 0]:>5.2f}x   "
               f"{m['featstore', 1]:>14.1f} {m['plain', 1]:>10.1f} {m['featstore', 1] / m['plain', 1]:>5.2f}x")
     transforms(args.features.split(","), max(args.rounds, 5))
@@ -162,7 +163,7 @@ def transforms(features: list[str], rounds: int) -> None:
     for _ in range(rounds):
         for key, fn in runs.items():
             samples[key].append(timed(fn))
-    t = medians(samples, samples)
+    t = medians(samples)
     print(f"\ntransform alone, ms per 10 s stereo clip (ten 1 s windows), one thread, medians of {rounds} rounds")
     print(f"{'feature':<8} {'featstore':>10} {'reference':>10} {'ratio':>6}  (CPU: featstore, reference, ratio)")
     for feature in features:
@@ -194,9 +195,9 @@ def whole_process(args, work: str) -> None:
             cost = timed(fn)
             if r:
                 samples.setdefault(name, []).append(cost)
-    t = medians(samples, samples)
-    featstore_total = [sum(samples[k][i][j] for k in samples if k.startswith("featstore ") and k != "featstore --version") for i in range(args.rounds) for j in (0, 1)]
-    total = (float(np.median(featstore_total[0::2])), float(np.median(featstore_total[1::2])))
+    t = medians(samples)
+    commands = ("featstore init", "featstore ingest", "featstore extract-audio")
+    total = medians({"total": [tuple(sum(samples[k][r][i] for k in commands) for i in (0, 1)) for r in range(args.rounds)]})["total"]
     plain = t["plain loop (one process)"]
     print(f"whole process, 40 clips of 10 s, MEL only, one thread, medians of {args.rounds} rounds")
     print(f"{'run':<36} {'wall s':>7} {'CPU s':>7}")
@@ -223,12 +224,12 @@ def workers(args, work: str) -> None:
                     samples.setdefault((f"workers={w}", n), []).append(cost)
         if r:
             samples.setdefault(("cluster start + close", 0), []).append(timed(cluster_start_close))
-    t = medians(samples, samples)
+    t = medians(samples)
     print(f"extract-audio --features mel, medians of {args.rounds} rounds (CPU: this process and its workers)")
     for (run, n), (wall, cpu) in t.items():
         print(f"  {run:<24} {n:>3} clips {wall:>7.2f} s wall {cpu:>7.2f} s CPU")
     for i, what in ((0, "wall"), (1, "CPU")):
-        m = {w: slope(t, f"workers={w}", sizes, i) for w in counts}
+        m = {w: slope(t, (f"workers={w}",), sizes, i) for w in counts}
         fixed = {w: t[(f"workers={w}", sizes[0])][i] - m[w] * sizes[0] for w in counts}
         print(f"{what}: marginal per clip in-process {1000 * m[0]:.1f} ms, --workers 1 {1000 * m[1]:.1f} ms: {m[1] / m[0]:.2f}x (target <= 1.05x); "
               f"fixed cost of the local cluster {fixed[1] - fixed[0]:.2f} s (start + close alone: {t[('cluster start + close', 0)][i]:.2f} s)")

@@ -247,9 +247,9 @@ def spectrograms(windows: np.ndarray, p: AudioParams, features: tuple[str, ...] 
         gam_w = gammatone_weights(p.sr, p.n_fft, p.n_bins, p.gam_fmin_hz, p.sr / 2) if "gam" in features else None
         linear = _filterbanks(windows, p.n_fft, p.hop_length, mel_w, gam_w)
         if "mel" in linear:
-            out["mel"] = power_to_db(linear["mel"], amin=1e-10)
+            out["mel"] = power_to_db(linear["mel"])
         if "gam" in linear:
-            out["gam"] = amplitude_to_db(linear["gam"] / p.n_fft, amin=1e-5)
+            out["gam"] = amplitude_to_db(linear["gam"] / p.n_fft)
     if "cqt" in features:
         import librosa
 
@@ -258,7 +258,7 @@ def spectrograms(windows: np.ndarray, p: AudioParams, features: tuple[str, ...] 
             windows, sr=p.sr, hop_length=p.hop_length, fmin=p.cqt_fmin_hz, n_bins=p.n_bins,
             bins_per_octave=p.cqt_bins_per_octave,
         )
-        out["cqt"] = amplitude_to_db(np.abs(cqt), amin=1e-5)
+        out["cqt"] = amplitude_to_db(np.abs(cqt))
     return {name: _segments_to_frames(value.astype(np.float32, copy=False)) for name, value in out.items()}
 
 
