@@ -1,136 +1,265 @@
-"""Benchmark: `extract-audio` (mel+gam+cqt, deltas derived at read time) versus a hand-written
-per-clip baseline, measured in the same run on the same generated 10 s clips.
+"""Benchmark: `extract-audio` against a hand-written per-clip loop, one thread, on generated 10 s clips
+(48 kHz, 24-bit, stereo), both measured in the same run, in alternating rounds (medians).
 
-Baseline, per clip, one process: ``librosa.load`` (32 kHz, stereo, soxr_hq), per channel
-``librosa.feature.melspectrogram`` + ``power_to_db``, ``librosa.cqt`` + ``amplitude_to_db``,
-``gammatone.fftweight.fft_gtgram`` + ``amplitude_to_db``; deltas and delta-deltas of each feature;
-one ``np.save`` per clip and feature. featstore: the stage runner with 1 and 2 local workers
-(cluster start-up included), writing the Zarr store.
+The plain loop, per clip: ``soundfile.read``, ``soxr.resample`` (HQ) to 32 kHz, per 1 s segment the
+feature's reference transform (MEL ``librosa.feature.melspectrogram`` + ``power_to_db``, CQT
+``librosa.cqt`` + ``amplitude_to_db``, GAM gammatone's ``fft_gtgram`` + ``amplitude_to_db``), one
+``np.save`` per clip. Everything runs on one thread (BLAS, OpenMP and numba pools pinned to 1).
 
-    python benchmarks/bench_audio.py --clips-per-class 4
+``--mode per-clip`` (default): per feature, the marginal cost of a clip, the slope between two
+clip counts (so start-up cancels out), of ``extract_audio(workers=0)`` against the plain loop, and
+of featstore's transform alone against the reference transform on the same segment windows.
 
-``--spectrograms-only`` times the transforms alone, one thread, on the same segment windows of one
-10 s stereo clip (32 kHz, 1 s segments): featstore's ``spectrograms`` per feature against
-``librosa.feature.melspectrogram`` + ``power_to_db`` (MEL) and librosa's ``stft`` + gammatone's
-FFT weights (GAM) called on the same windows, alternating rounds, medians.
+    python benchmarks/bench_audio.py --mode per-clip --sizes 10,30 --rounds 3
 
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python benchmarks/bench_audio.py --spectrograms-only
+``--mode whole-process``: the wall and CPU time of the commands a user runs on 40 clips, fixed costs
+included (each its own process: ``featstore init``, ``ingest``, ``extract-audio --features mel
+--workers 0``) against the plain loop run as one process.
 
-Prints clips/s and the ratios: featstore per core vs the baseline (one core), and 2 vs 1 workers.
+    python benchmarks/bench_audio.py --mode whole-process --rounds 3
+
+``--mode workers``: ``extract_audio`` with ``--workers 1`` (one local dask worker process) against
+in-process, marginal per clip and the fixed cost of the local cluster (the difference of the two
+lines' intercepts), and the cluster's start and close timed alone.
+
+    python benchmarks/bench_audio.py --mode workers --sizes 8,24 --rounds 3
+
+Medians of ``--rounds``; the machine is shared, so the CPU seconds are printed beside wall seconds.
+lhotse's ``compute_and_store_features`` is not compared: lhotse is not installed here.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
-import numpy as np
+#: One thread for every pool, set before numpy loads its BLAS (and inherited by subprocesses).
+ONE_THREAD = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+os.environ.update(ONE_THREAD)
+
+import numpy as np  # noqa: E402
+
+SR, N_FFT, HOP, N_BINS = 32000, 2560, 448, 128
 
 
-def baseline(store, out_dir: str) -> float:
-    """Seconds to process every clip the hand-written way (single process)."""
+def reference_transform(feature: str):
+    """The reference transform of one feature: segment window (channel, sample) -> (channel, bin, frame)."""
     import librosa
+
+    if feature == "mel":
+        return lambda y: librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=SR, n_fft=N_FFT, hop_length=HOP, n_mels=N_BINS, fmax=SR / 2), ref=1.0, amin=1e-10, top_db=None)
+    if feature == "cqt":
+        return lambda y: librosa.amplitude_to_db(np.abs(librosa.cqt(y, sr=SR, hop_length=HOP, fmin=50.0, n_bins=N_BINS, bins_per_octave=16)), ref=1.0, amin=1e-5, top_db=None)
     from gammatone.fftweight import fft_gtgram
 
-    sr, n_fft, hop = 32000, 2560, 448
-    started = time.perf_counter()
-    for clip_id, rel in zip(store.clips.clip_id, store.clips.audio_path):
-        y, _ = librosa.load(store.source_path(rel), sr=sr, mono=False, res_type="soxr_hq")
-        mel = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, n_fft=n_fft, hop_length=hop, n_mels=128))
-        cqt = librosa.amplitude_to_db(np.abs(librosa.cqt(y, sr=sr, hop_length=hop, fmin=50.0, n_bins=128, bins_per_octave=16)))
-        gam = librosa.amplitude_to_db(np.stack([fft_gtgram(ch, sr, 0.080, 0.014, 128, 50.0) for ch in y]))
-        for name, feat in (("mel", mel), ("gam", gam), ("cqt", cqt)):
-            six = np.concatenate([feat, librosa.feature.delta(feat, order=1), librosa.feature.delta(feat, order=2)])
-            np.save(os.path.join(out_dir, f"{clip_id}_{name}.npy"), six.astype(np.float32))
-    return time.perf_counter() - started
+    return lambda y: librosa.amplitude_to_db(np.stack([fft_gtgram(ch, SR, N_FFT / SR, HOP / SR, N_BINS, 50.0) for ch in y]), ref=1.0, amin=1e-5, top_db=None)
 
 
-def featstore_run(demo_root: str, work: str, workers: int, n_clips: int) -> float:
-    """Seconds for extract-audio over the first ``n_clips`` clips of a fresh store (start-up included)."""
+def plain_loop(paths: list[str], out_dir: str, feature: str) -> None:
+    """The hand-written loop of the module docstring over ``paths``, one ``.npy`` per clip in ``out_dir``."""
+    import soundfile
+    import soxr
+
+    transform = reference_transform(feature)
+    for path in paths:
+        samples, sr = soundfile.read(path, dtype="float32", always_2d=True)
+        y = soxr.resample(samples, sr, SR, quality="HQ").T
+        segments = [transform(np.ascontiguousarray(y[:, lo : lo + SR])) for lo in range(0, y.shape[1] - SR + 1, SR)]
+        np.save(os.path.join(out_dir, os.path.basename(path) + ".npy"), np.concatenate(segments, axis=-1).astype(np.float32))
+
+
+def make_dataset(work: str, n_clips: int) -> tuple[str, list[str]]:
+    """A generated TAU-layout dataset of at least ``n_clips`` clips (tiny videos): (root, wav paths)."""
+    from featstore.demo import make_demo_dataset
+
+    root = make_demo_dataset(os.path.join(work, "data"), clips_per_class=-(-n_clips // 10), video_size=(32, 24), seed=0)
+    wavs = sorted(os.path.join(root, "audio", f) for f in os.listdir(os.path.join(root, "audio")))
+    return root, wavs
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process and its finished children) of ``fn()``."""
+    def cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    wall, used = time.perf_counter(), cpu()
+    fn()
+    return time.perf_counter() - wall, cpu() - used
+
+
+def medians(samples: dict) -> dict:
+    """{key: [(wall, CPU) per round]} -> {key: (median wall, median CPU)}."""
+    return {k: tuple(float(np.median([s[i] for s in v])) for i in (0, 1)) for k, v in samples.items()}
+
+
+def slope(t: dict, run: tuple, sizes: tuple[int, int], i: int) -> float:
+    """Marginal seconds per clip of ``run`` (keys ``(*run, n_clips)``; i = 0 wall, 1 CPU) between the two sizes."""
+    return (t[(*run, sizes[1])][i] - t[(*run, sizes[0])][i]) / (sizes[1] - sizes[0])
+
+
+def fresh_store(work: str, root: str):
+    """A new store under ``work`` with the dataset at ``root`` ingested (not timed)."""
     import featstore
-    from featstore.pipelines.extract_audio import extract_audio
     from featstore.pipelines.ingest import ingest
 
-    store = featstore.init_store(os.path.join(work, f"store-{workers}-{n_clips}.zarr"))
-    ingest(store, demo_root)
-    report = extract_audio(store, clips=store.clips.clip_id[:n_clips].tolist(), workers=workers, progress=False)
-    assert report.done == n_clips and report.failed == 0, report.to_json()
-    return report.seconds
+    store = featstore.init_store(os.path.join(work, f"store-{time.monotonic_ns()}.zarr"))
+    ingest(store, root)
+    return store
 
 
-def spectrogram_rounds(rounds: int) -> None:
-    """Print the median ms per 10 s stereo clip of each transform (see the module docstring)."""
-    import librosa
-    from gammatone.fftweight import fft_weights
+def per_clip(args, work: str) -> None:
+    from threadpoolctl import threadpool_limits
 
+    from featstore.pipelines.extract_audio import extract_audio
+
+    threadpool_limits(1)
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    root, wavs = make_dataset(work, sizes[1])
+    npy = os.path.join(work, "npy")
+    os.makedirs(npy)
+    samples: dict = {}
+    for feature in args.features.split(","):
+        plain_loop(wavs, npy, feature)  # warm-up: imports, filter banks, the file cache
+        warm = fresh_store(work, root)
+        extract_audio(warm, features=(feature,), clips=warm.clips.clip_id[:1].tolist(), workers=0, progress=False)
+        for _ in range(args.rounds):
+            for n in sizes:
+                store = fresh_store(work, root)
+                ids = store.clips.clip_id[:n].tolist()
+                samples.setdefault((feature, "featstore", n), []).append(timed(lambda: extract_audio(store, features=(feature,), clips=ids, workers=0, progress=False)))
+                samples.setdefault((feature, "plain", n), []).append(timed(lambda: plain_loop(wavs[:n], npy, feature)))
+    t = medians(samples)
+    print(f"marginal ms per clip, one thread, slope between {sizes[0]} and {sizes[1]} clips, medians of {args.rounds} rounds")
+    print(f"{'feature':<8} {'featstore wall':>15} {'plain wall':>11} {'ratio':>6}   {'featstore CPU':>14} {'plain CPU':>10} {'ratio':>6}")
+    for feature in args.features.split(","):
+        m = {(run, i): 1000 * slope(t, (feature, run), sizes, i) for run in ("featstore", "plain") for i in (0, 1)}
+        print(f"{feature:<8} {m['featstore', 0]:>15.1f} {m['plain', 0]:>11.1f} {m['featstore', 0] / m['plain', 0]:>5.2f}x   "
+              f"{m['featstore', 1]:>14.1f} {m['plain', 1]:>10.1f} {m['featstore', 1] / m['plain', 1]:>5.2f}x")
+    transforms(args.features.split(","), max(args.rounds, 5))
+    print("lhotse: not installed here, not compared")
+
+
+def transforms(features: list[str], rounds: int) -> None:
+    """featstore's transform alone against the reference on the same windows of one 10 s stereo clip."""
     from featstore.audio import AudioParams, spectrograms
 
-    p = AudioParams(sr=32000, n_bins=128, win_ms=80.0, hop_ms=14.0, segment_s=1.0, n_segments=10)
-    windows = (0.1 * np.random.default_rng(0).standard_normal((2, 10, 32000))).astype(np.float32)
-    weights, _ = fft_weights(p.n_fft, p.sr, p.n_bins, 1, 50.0, p.sr / 2, p.n_fft / 2 + 1)
-
-    def librosa_mel():
-        mel = librosa.feature.melspectrogram(y=windows, sr=p.sr, n_fft=p.n_fft, hop_length=p.hop_length, n_mels=p.n_bins, fmax=p.sr / 2, pad_mode="constant")
-        return librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None)
-
-    def librosa_gam():
-        mag = np.abs(librosa.stft(windows, n_fft=p.n_fft, hop_length=p.hop_length, pad_mode="constant"))
-        return librosa.amplitude_to_db(np.einsum("bf,csft->csbt", weights, mag) / p.n_fft, ref=1.0, amin=1e-5, top_db=None)
-
-    runs = {"featstore mel": lambda: spectrograms(windows, p, ("mel",)), "librosa melspectrogram": librosa_mel,
-            "featstore gam": lambda: spectrograms(windows, p, ("gam",)), "librosa stft + gammatone weights": librosa_gam}
-    times: dict[str, list[float]] = {k: [] for k in runs}
+    p = AudioParams(sr=SR, n_bins=N_BINS, win_ms=80.0, hop_ms=14.0, segment_s=1.0, n_segments=10)
+    windows = (0.1 * np.random.default_rng(0).standard_normal((2, 10, SR))).astype(np.float32)
+    runs = {}
+    for feature in features:
+        reference = reference_transform(feature)
+        runs[feature, "featstore"] = lambda f=feature: spectrograms(windows, p, (f,))
+        runs[feature, "reference"] = lambda r=reference: [r(windows[:, k]) for k in range(windows.shape[1])]
+    samples: dict = {k: [] for k in runs}
     for fn in runs.values():
-        fn()  # warm-up: filter banks, imports
+        fn()  # warm-up
     for _ in range(rounds):
-        for name, fn in runs.items():
-            started = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - started)
-    med = {k: 1000 * float(np.median(v)) for k, v in times.items()}
-    print(f"{'transform (one 10 s stereo clip, one thread)':<46} {'median ms':>10}")
-    for name, ms in med.items():
-        print(f"{name:<46} {ms:>10.1f}")
-    print(f"mel: featstore / librosa = {med['featstore mel'] / med['librosa melspectrogram']:.2f}x; gam: {med['featstore gam'] / med['librosa stft + gammatone weights']:.2f}x")
+        for key, fn in runs.items():
+            samples[key].append(timed(fn))
+    t = medians(samples)
+    print(f"\ntransform alone, ms per 10 s stereo clip (ten 1 s windows), one thread, medians of {rounds} rounds")
+    print(f"{'feature':<8} {'featstore':>10} {'reference':>10} {'ratio':>6}  (CPU: featstore, reference, ratio)")
+    for feature in features:
+        f, r = t[feature, "featstore"], t[feature, "reference"]
+        print(f"{feature:<8} {1000 * f[0]:>10.1f} {1000 * r[0]:>10.1f} {f[0] / r[0]:>5.2f}x  ({1000 * f[1]:.1f}, {1000 * r[1]:.1f}, {f[1] / r[1]:.2f}x)")
+
+
+def whole_process(args, work: str) -> None:
+    root, wavs = make_dataset(work, 40)
+    wavs = wavs[:40]
+    exe = shutil.which("featstore", path=os.path.dirname(sys.executable)) or "featstore"
+    npy = os.path.join(work, "npy")
+    os.makedirs(npy)
+
+    def run(*cmd: str) -> None:
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, **ONE_THREAD})
+
+    samples: dict = {}
+    for r in range(args.rounds + 1):  # round 0 warms the file cache and the bytecode caches
+        store = os.path.join(work, f"store-{r}.zarr")
+        steps = {
+            "featstore init": lambda: run(exe, "init", store),
+            "featstore ingest": lambda: run(exe, "ingest", store, root),
+            "featstore extract-audio": lambda: run(exe, "extract-audio", store, "--features", "mel", "--workers", "0"),
+            "plain loop (one process)": lambda: run(sys.executable, __file__, "--plain-loop", npy, *wavs),
+            "featstore --version": lambda: run(exe, "--version"),
+        }
+        for name, fn in steps.items():
+            cost = timed(fn)
+            if r:
+                samples.setdefault(name, []).append(cost)
+    t = medians(samples)
+    commands = ("featstore init", "featstore ingest", "featstore extract-audio")
+    total = medians({"total": [tuple(sum(samples[k][r][i] for k in commands) for i in (0, 1)) for r in range(args.rounds)]})["total"]
+    plain = t["plain loop (one process)"]
+    print(f"whole process, 40 clips of 10 s, MEL only, one thread, medians of {args.rounds} rounds")
+    print(f"{'run':<36} {'wall s':>7} {'CPU s':>7}")
+    for name, (wall, cpu) in t.items():
+        print(f"{name:<36} {wall:>7.2f} {cpu:>7.2f}")
+    print(f"{'featstore init + ingest + extract':<36} {total[0]:>7.2f} {total[1]:>7.2f}")
+    print(f"featstore / plain loop: wall {total[0] / plain[0]:.2f}x, CPU {total[1] / plain[1]:.2f}x (target <= 0.7x)")
+
+
+def workers(args, work: str) -> None:
+    from featstore.pipelines.extract_audio import extract_audio
+
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    root, _ = make_dataset(work, sizes[1])
+    counts = (0, 1)
+    samples: dict = {}
+    for r in range(args.rounds + 1):  # round 0: warm-up
+        for n in sizes:
+            for w in counts:
+                store = fresh_store(work, root)
+                ids = store.clips.clip_id[:n].tolist()
+                cost = timed(lambda: extract_audio(store, features=("mel",), clips=ids, workers=w, progress=False))
+                if r:
+                    samples.setdefault((f"workers={w}", n), []).append(cost)
+        if r:
+            samples.setdefault(("cluster start + close", 0), []).append(timed(cluster_start_close))
+    t = medians(samples)
+    print(f"extract-audio --features mel, medians of {args.rounds} rounds (CPU: this process and its workers)")
+    for (run, n), (wall, cpu) in t.items():
+        print(f"  {run:<24} {n:>3} clips {wall:>7.2f} s wall {cpu:>7.2f} s CPU")
+    for i, what in ((0, "wall"), (1, "CPU")):
+        m = {w: slope(t, (f"workers={w}",), sizes, i) for w in counts}
+        fixed = {w: t[(f"workers={w}", sizes[0])][i] - m[w] * sizes[0] for w in counts}
+        print(f"{what}: marginal per clip in-process {1000 * m[0]:.1f} ms, --workers 1 {1000 * m[1]:.1f} ms: {m[1] / m[0]:.2f}x (target <= 1.05x); "
+              f"fixed cost of the local cluster {fixed[1] - fixed[0]:.2f} s (start + close alone: {t[('cluster start + close', 0)][i]:.2f} s)")
+
+
+def cluster_start_close() -> None:
+    """A one-worker local cluster as the runner starts it, and a trivial task on it."""
+    import logging
+
+    import dask.config
+    from distributed import Client, LocalCluster
+
+    from featstore.pipelines.runner import LOCAL_CLUSTER_CONFIG, WORKER_ENV
+
+    with dask.config.set(LOCAL_CLUSTER_CONFIG), LocalCluster(n_workers=1, threads_per_worker=1, processes=True, env=WORKER_ENV, dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        client.submit(sum, [1, 2]).result()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clips-per-class", type=int, default=4)
-    parser.add_argument("--spectrograms-only", action="store_true", help="Time the transforms alone (see the docstring).")
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--mode", choices=("per-clip", "whole-process", "workers"), default="per-clip")
+    parser.add_argument("--sizes", default="10,30", help="Two clip counts; the marginal cost is the slope between them.")
+    parser.add_argument("--features", default="mel,gam,cqt")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--plain-loop", nargs="+", metavar=("OUT_DIR", "WAV"), help="Run only the plain MEL loop (used by --mode whole-process).")
     args = parser.parse_args()
-    if args.spectrograms_only:
-        return spectrogram_rounds(args.rounds)
-
-    import featstore
-    from featstore.demo import make_demo_dataset
-    from featstore.pipelines.ingest import ingest
-
+    if args.plain_loop:
+        return plain_loop(args.plain_loop[1:], args.plain_loop[0], "mel")
     with tempfile.TemporaryDirectory() as work:
-        demo_root = make_demo_dataset(os.path.join(work, "data"), clips_per_class=args.clips_per_class, seed=0)
-        store = featstore.init_store(os.path.join(work, "baseline.zarr"))
-        ingest(store, demo_root)
-        n = store.n_clips
-        npy_dir = os.path.join(work, "npy")
-        os.makedirs(npy_dir)
-        baseline(store, npy_dir)  # warm-up: imports, numba JIT, file cache (not timed below)
-        t_base = baseline(store, npy_dir)
-        half = n // 2
-        t1, t1_half = featstore_run(demo_root, work, 1, n), featstore_run(demo_root, work, 1, half)
-        t2, t2_half = featstore_run(demo_root, work, 2, n), featstore_run(demo_root, work, 2, half)
-
-    # marginal cost per clip: the slope between the half and the full run (start-up cancels out)
-    m1, m2 = (t1 - t1_half) / (n - half), (t2 - t2_half) / (n - half)
-    rows = [("baseline (librosa+gammatone+np.save), 1 process", t_base, t_base / n), ("featstore extract-audio, 1 worker", t1, m1), ("featstore extract-audio, 2 workers", t2, m2)]
-    print(f"{n} clips of 10 s, 48 kHz stereo 24-bit; {os.cpu_count()} cores")
-    print(f"{'run':<52} {'seconds':>8} {'clips/s':>8} {'marginal s/clip':>16}")
-    for name, t, marginal in rows:
-        print(f"{name:<52} {t:>8.2f} {n / t:>8.2f} {marginal:>16.3f}")
-    print(f"featstore per core vs baseline, whole run: {t_base / t1:.2f}x; marginal: {(t_base / n) / m1:.2f}x (target >= 3x)")
-    print(f"featstore 2 workers vs 1 worker, whole run: {t1 / t2:.2f}x; marginal: {m1 / m2:.2f}x (target >= 1.8x)")
+        {"per-clip": per_clip, "whole-process": whole_process, "workers": workers}[args.mode](args, work)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import numpy as np
 
 from featstore.errors import ConfigError, MediaError
 from featstore.gammatone_fb import gammatone_weights
+from featstore.mel_fb import mel_weights
 
 FEATURES = ("mel", "gam", "cqt")
 #: Energy below this RMS (full scale 1.0) is reported as silence in the clip's notes.
@@ -122,13 +123,6 @@ def prepare_waveform(samples: np.ndarray, sr_in: int, p: AudioParams) -> tuple[n
 
 
 @lru_cache(maxsize=8)
-def _mel_basis(sr: int, n_fft: int, n_bins: int, fmin_hz: float) -> np.ndarray:
-    import librosa
-
-    return librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_bins, fmin=fmin_hz, fmax=sr / 2).astype(np.float32)
-
-
-@lru_cache(maxsize=8)
 def _hann(n_fft: int) -> np.ndarray:
     """Periodic Hann window (scipy ``get_window("hann", n_fft, fftbins=True)``, librosa's default)."""
     return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
@@ -214,6 +208,24 @@ def _memoize_cqt_filters() -> None:
     setattr(constantq, name, memoized)
 
 
+def power_to_db(power: np.ndarray, amin: float = 1e-10) -> np.ndarray:
+    """``10 log10(max(amin, power))``, dB re 1, in place (float32 stays float32).
+
+    ``librosa.power_to_db(power, ref=1.0, amin=amin, top_db=None)``, the same operations, so the
+    same values, without importing librosa (its start-up is a second of every extract-audio).
+    """
+    np.maximum(power, amin, out=power)
+    np.log10(power, out=power)
+    power *= 10.0
+    return power
+
+
+def amplitude_to_db(magnitude: np.ndarray, amin: float = 1e-5) -> np.ndarray:
+    """``librosa.amplitude_to_db(magnitude, ref=1.0, amin=amin, top_db=None)``, in place: librosa's
+    order of operations (squared, then :func:`power_to_db` at ``amin ** 2``), so the same values."""
+    return power_to_db(np.square(magnitude, out=magnitude), amin=amin**2)
+
+
 def _segments_to_frames(x: np.ndarray) -> np.ndarray:
     """(channel, segment, bin, frame_in_segment) -> (channel, bin, segment * frames_per_segment)."""
     c, s, b, t = x.shape
@@ -223,29 +235,30 @@ def _segments_to_frames(x: np.ndarray) -> np.ndarray:
 def spectrograms(windows: np.ndarray, p: AudioParams, features: tuple[str, ...] = FEATURES) -> dict[str, np.ndarray]:
     """Log spectrograms of segment windows (channel, segment, sample): {feature: (channel, bin, frame)}.
 
-    The STFT is computed once, a few segments at a time, and shared by ``mel`` and ``gam``.
+    The STFT is computed once, a few segments at a time, and shared by ``mel`` and ``gam``; those
+    two need neither librosa nor ``scipy.signal`` (only ``cqt`` imports librosa).
     """
-    import librosa
-
     unknown = set(features) - set(FEATURES)
     if unknown:
         raise ConfigError(f"unknown feature(s) {sorted(unknown)} (known: {', '.join(FEATURES)})")
     out = {}
     if "mel" in features or "gam" in features:
-        mel_w = _mel_basis(p.sr, p.n_fft, p.n_bins, p.mel_fmin_hz) if "mel" in features else None
+        mel_w = mel_weights(p.sr, p.n_fft, p.n_bins, p.mel_fmin_hz, p.sr / 2) if "mel" in features else None
         gam_w = gammatone_weights(p.sr, p.n_fft, p.n_bins, p.gam_fmin_hz, p.sr / 2) if "gam" in features else None
         linear = _filterbanks(windows, p.n_fft, p.hop_length, mel_w, gam_w)
         if "mel" in linear:
-            out["mel"] = librosa.power_to_db(linear["mel"], ref=1.0, amin=1e-10, top_db=None)
+            out["mel"] = power_to_db(linear["mel"])
         if "gam" in linear:
-            out["gam"] = librosa.amplitude_to_db(linear["gam"] / p.n_fft, ref=1.0, amin=1e-5, top_db=None)
+            out["gam"] = amplitude_to_db(linear["gam"] / p.n_fft)
     if "cqt" in features:
+        import librosa
+
         _memoize_cqt_filters()
         cqt = librosa.cqt(
             windows, sr=p.sr, hop_length=p.hop_length, fmin=p.cqt_fmin_hz, n_bins=p.n_bins,
             bins_per_octave=p.cqt_bins_per_octave,
         )
-        out["cqt"] = librosa.amplitude_to_db(np.abs(cqt), ref=1.0, amin=1e-5, top_db=None)
+        out["cqt"] = amplitude_to_db(np.abs(cqt))
     return {name: _segments_to_frames(value.astype(np.float32, copy=False)) for name, value in out.items()}
 
 

@@ -208,3 +208,31 @@ def test_stft_power_equals_librosa_squared_magnitude():
     got = stft_power(windows, 2560, 448)
     assert got.dtype == np.float32 and got.shape == (SEGMENTS_PER_BLOCK + 1, 72, 1281)
     np.testing.assert_allclose(got, ref.transpose(0, 2, 1), rtol=1e-3, atol=1e-6 * ref.max())
+
+
+@pytest.mark.parametrize("sr,n_fft,n_mels,fmin_hz", [(32000, 2560, 128, 0.0), (32000, 2560, 64, 50.0), (16000, 512, 40, 20.0), (44100, 2048, 256, 0.0)])
+def test_mel_weights_are_librosas_bit_for_bit(sr, n_fft, n_mels, fmin_hz):
+    from featstore.mel_fb import mel_weights
+
+    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin_hz, fmax=sr / 2)
+    ours = mel_weights(sr, n_fft, n_mels, fmin_hz, sr / 2)
+    assert ours.dtype == ref.dtype == np.float32
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_empty_mel_filters_warn_naming_the_options():
+    from featstore.errors import FeatstoreWarning
+    from featstore.mel_fb import mel_weights
+
+    with pytest.warns(FeatstoreWarning, match="--mel-n-bins"):
+        mel_weights(32000, 256, 128, 0.0, 16000.0)
+
+
+def test_db_scales_are_librosas_bit_for_bit():
+    """featstore's dB conversions (no librosa import on the MEL / GAM path) equal librosa's, silence included."""
+    from featstore.audio import amplitude_to_db, power_to_db
+
+    x = np.abs(np.random.default_rng(2).standard_normal((2, 64, 50))).astype(np.float32) ** 3
+    x[0, :3] = 0.0
+    np.testing.assert_array_equal(power_to_db(x.copy()), librosa.power_to_db(x, ref=1.0, amin=1e-10, top_db=None))
+    np.testing.assert_array_equal(amplitude_to_db(x.copy()), librosa.amplitude_to_db(x, ref=1.0, amin=1e-5, top_db=None))

@@ -63,6 +63,22 @@ def test_fill_valued_clip_still_writes_its_chunk(demo_store, workers):
     assert demo_store.array("test/zeros").nchunks_initialized == demo_store.n_clips
 
 
+def _environment(task, params, names):
+    """A stage's per-clip work that reports the process it ran in and its malloc settings."""
+    notes = {"pid": os.getpid(), "omp": os.environ.get("OMP_NUM_THREADS"), "malloc_trim": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+    return ClipResult({"value": np.ones((1,), dtype=np.uint8)}, notes)
+
+
+def test_local_workers_keep_glibcs_adaptive_malloc(demo_store):
+    # dask's nanny sets MALLOC_TRIM_THRESHOLD_, which fixes glibc's mmap threshold: every large
+    # array then page-faults anew (1.7x the CPU of a MEL clip); the runner's workers go without it
+    stage = Stage("environment", {}, (OutputSpec("value", "test/environment", (1,), "uint8", ("one",)),), _environment, lambda row: "v1")
+    assert run_stage(demo_store, stage, workers=1, progress=False).done == demo_store.n_clips
+    notes = [entry["info"] for entry in demo_store.ledger("test/environment").entries.values()]
+    assert {n["pid"] for n in notes} != {os.getpid()} and len({n["pid"] for n in notes}) == 1, "ran on one worker process"
+    assert {n["omp"] for n in notes} == {"1"} and {n["malloc_trim"] for n in notes} == {None}
+
+
 def test_changed_parameters_are_refused(demo_store):
     extract_audio(demo_store, workers=0, features=("mel",))
     before = demo_store.array("audio/mel")[:]
