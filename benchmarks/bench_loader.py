@@ -25,6 +25,13 @@ sharding with one inner chunk per frame or window read at random (why the loader
 clips instead of changing the layout). Also printed: bytes decompressed per example (over the example's stored size) and the process's
 resident memory after each of ``--epochs`` epochs from the store (flat = bounded buffer).
 
+Last, with torch installed: PyTorch's ``DataLoader(StoreDataset(...), batch_size=None, num_workers=N)``
+for each N of ``--torch-workers`` against the numpy iterator (:func:`featstore.loader.training_batches`,
+inline) on the same MEL windows with mixup, rounds alternating, in windows/s: with the default
+``persistent_workers=False``, each pass starts its worker processes, and that start-up is timed too;
+with ``persistent_workers=True``, the workers are started by a first pass left out of the timing.
+``--torch-only`` builds the store and prints only these rows.
+
     python benchmarks/bench_loader.py --clips 200 --rounds 2
 """
 
@@ -34,6 +41,7 @@ import argparse
 import os
 import tempfile
 import time
+import zlib
 
 # "1 (inline)" means one core: no BLAS threads behind numpy (set before numpy loads its BLAS), and
 # no Blosc threads (main()); the loader's own threads are the only parallelism measured
@@ -66,8 +74,11 @@ def build_store(work: str, n_clips: int, source_clips: int):
         prov, values = source.provenance(path), source.array(path)[:]
         target = store.create_array(path, per_clip_shape=tuple(prov["per_clip_shape"]), dtype=prov["dtype"],
                                     dims=tuple(prov["dims"][1:]), stage=prov["stage"], params=prov["params"])
-        for row in range(n_clips):
+        ledger = store.ledger(path)  # done-marked, as the stages mark them, for training_batches
+        for row, clip_id in enumerate(store.clips.clip_id[:n_clips]):
             target[row] = values[row % source.n_clips]
+            ledger.mark_done(clip_id, "bench", zlib.crc32(values[row % source.n_clips].tobytes()))
+        ledger.flush(store.side)
     # MEL as stores made before Blosc compressed float arrays: zstd chunks, same values
     import zarr
     from zarr.codecs import Crc32cCodec, ZstdCodec
@@ -169,6 +180,97 @@ def epoch_seconds(batches, epoch: int) -> tuple[float, int]:
     return time.perf_counter() - started, served
 
 
+def compare_torch(store, workers: list[int], rounds: int, **options) -> None:
+    """Windows/s of torch DataLoaders over StoreDataset against the numpy iterator, same batches."""
+    try:
+        import torch.utils.data
+    except ImportError:
+        print("\ntorch is not installed: no DataLoader rows (pip install featstore[torch])")
+        return
+    from featstore.loader import training_batches
+    from featstore.torch import StoreDataset
+
+    batches = training_batches(store, "audio/mel", split=None, deltas=False, workers=0, **options)
+    dataset = StoreDataset(store, "audio/mel", split=None, deltas=False, **options)
+    ways = {"numpy iterator": lambda epoch: batches.epoch(epoch)}
+    for n in workers:
+        ways[f"DataLoader, num_workers={n}"] = lambda epoch, n=n: _loader_pass(torch, dataset, epoch, n)
+    for n in workers:
+        persistent = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=n, persistent_workers=True)
+        for _ in persistent:  # starts the workers; each later pass serves the next epoch
+            pass
+        ways[f"DataLoader, num_workers={n}, persistent"] = lambda epoch, loader=persistent: loader
+    best = dict.fromkeys(ways, np.inf)
+    for r in range(rounds):
+        for name, serve in ways.items():
+            started, served = time.perf_counter(), 0
+            for x, _ in serve(r):
+                served += len(x)
+            best[name] = min(best[name], time.perf_counter() - started)
+    rate = {name: served / seconds for name, seconds in best.items()}
+    print(f"\nPyTorch DataLoader(StoreDataset, batch_size=None) against the numpy iterator, MEL windows 128x72x2 with mixup "
+          f"(best of {rounds} rounds, each epoch {served} windows):")
+    print("| loader | processes reading | windows/s | per core | / numpy iterator |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, value in rate.items():
+        processes = int(name.split("=")[1].split(",")[0]) if "=" in name else 1
+        cores = min(processes, os.cpu_count() or 1)
+        print(f"| {name} | {processes} | {value:,.0f}/s | {value / cores:,.0f}/s | {value / rate['numpy iterator']:.2f}x |")
+
+
+def _loader_pass(torch, dataset, epoch: int, num_workers: int):
+    dataset.set_epoch(epoch)
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers)
+
+
+def compare_store_and_memory(store, work: str, args, options: dict) -> None:
+    """Chunk reads, layouts, memory over epochs and the table of store against memory batches."""
+    import psutil
+
+    process = psutil.Process()
+    runs = [  # (what, array, loader options): the training settings, then the read path alone
+        ("frames: crop + flip + mixup", "frames/rgb", dict(augment=True, mixup_alpha=0.4)),
+        ("MEL windows 128x72x2: mixup (deltas in the model)", "audio/mel", dict(mixup_alpha=0.4)),
+        ("MEL windows 128x72x6: deltas + mixup in the loader", "audio/mel", dict(mixup_alpha=0.4, deltas=True)),
+        ("MEL windows 128x72x2: mixup, zstd chunks (stores made before)", OLD_MEL, dict(mixup_alpha=0.4)),
+        ("frames: nothing else", "frames/rgb", dict()),
+        ("MEL windows 128x72x2: nothing else", "audio/mel", dict()),
+    ]
+    compare_clip_reads(store, min(64, store.n_clips))
+    compare_layouts(store, work, min(64, store.n_clips))
+
+    print(f"\nresident memory after each of {args.epochs} epochs from the store (2 workers):")
+    for kind, path, extra in runs[:3]:
+        batches = loader(store, path, workers=2, **options, **extra)
+        resident = []
+        for epoch in range(args.epochs):
+            epoch_seconds(batches, epoch)
+            resident.append(process.memory_info().rss / 2**20)
+        unit_bytes = int(np.prod(store.array(path).shape[1:])) * store.array(path).dtype.itemsize // batches.units.count
+        per_example = batches.source.bytes_decoded / (args.epochs * len(batches.pairs))
+        print(f"  {kind}: {', '.join(f'{p:.0f}' for p in resident)} MiB; bytes decompressed per example "
+              f"{per_example:,.0f} = {per_example / unit_bytes:.2f}x its stored size ({unit_bytes:,} B)")
+
+    print(f"\nshuffled batches of {args.batch_size} (best of {args.rounds} rounds, each epoch {args.clips} clips):")
+    print("| examples | threads | from the store | per core | from arrays in memory | store / memory |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for kind, path, extra in runs:
+        memory = store.array(path)[:]
+        for workers in (int(w) for w in args.workers.split(",")):
+            from_store = loader(store, path, workers=workers, **options, **extra)
+            in_memory = loader(store, path, memory, workers=workers, **options, **extra)
+            best = {"store": np.inf, "memory": np.inf}
+            for r in range(args.rounds):
+                for name, batches in (("store", from_store), ("memory", in_memory)):
+                    seconds, served = epoch_seconds(batches, r)
+                    best[name] = min(best[name], seconds)
+            rate = {name: served / seconds for name, seconds in best.items()}
+            cores = min(max(workers, 1), os.cpu_count() or 1)  # threads beyond the cores add no cores
+            print(f"| {kind} | {workers or '1 (inline)'} | {rate['store']:,.0f}/s | {rate['store'] / cores:,.0f}/s | "
+                  f"{rate['memory']:,.0f}/s | {rate['store'] / rate['memory']:.2f}x |")
+        del memory
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", type=int, default=200)
@@ -178,60 +280,21 @@ def main() -> None:
     parser.add_argument("--workers", default="0,2", help="comma-separated thread counts")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=5, help="epochs from the store for the memory check")
+    parser.add_argument("--torch-workers", default="1,2", help="comma-separated DataLoader num_workers to try")
+    parser.add_argument("--torch-only", action="store_true", help="only the PyTorch DataLoader rows")
     args = parser.parse_args()
     import numcodecs.blosc
-    import psutil
 
     numcodecs.blosc.use_threads = False
-
-    process = psutil.Process()
     with tempfile.TemporaryDirectory() as work:
         started = time.perf_counter()
         store = build_store(work, args.clips, args.source_clips)
         print(f"store: {store.n_clips} clips of 10 s, frames 224x224 and MEL, built in {time.perf_counter() - started:.0f} s; "
               f"{os.cpu_count()} cores (shared machine, under load from other jobs)")
-        runs = [  # (what, array, loader options): the training settings, then the read path alone
-            ("frames: crop + flip + mixup", "frames/rgb", dict(augment=True, mixup_alpha=0.4)),
-            ("MEL windows 128x72x2: mixup (deltas in the model)", "audio/mel", dict(mixup_alpha=0.4)),
-            ("MEL windows 128x72x6: deltas + mixup in the loader", "audio/mel", dict(mixup_alpha=0.4, deltas=True)),
-            ("MEL windows 128x72x2: mixup, zstd chunks (stores made before)", OLD_MEL, dict(mixup_alpha=0.4)),
-            ("frames: nothing else", "frames/rgb", dict()),
-            ("MEL windows 128x72x2: nothing else", "audio/mel", dict()),
-        ]
         options = dict(batch_size=args.batch_size, block_clips=args.block_clips, seed=0)
-        compare_clip_reads(store, min(64, store.n_clips))
-        compare_layouts(store, work, min(64, store.n_clips))
-
-        print(f"\nresident memory after each of {args.epochs} epochs from the store (2 workers):")
-        for kind, path, extra in runs[:3]:
-            batches = loader(store, path, workers=2, **options, **extra)
-            resident = []
-            for epoch in range(args.epochs):
-                epoch_seconds(batches, epoch)
-                resident.append(process.memory_info().rss / 2**20)
-            unit_bytes = int(np.prod(store.array(path).shape[1:])) * store.array(path).dtype.itemsize // batches.units.count
-            per_example = batches.source.bytes_decoded / (args.epochs * len(batches.pairs))
-            print(f"  {kind}: {', '.join(f'{p:.0f}' for p in resident)} MiB; bytes decompressed per example "
-                  f"{per_example:,.0f} = {per_example / unit_bytes:.2f}x its stored size ({unit_bytes:,} B)")
-
-        print(f"\nshuffled batches of {args.batch_size} (best of {args.rounds} rounds, each epoch {args.clips} clips):")
-        print("| examples | threads | from the store | per core | from arrays in memory | store / memory |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
-        for kind, path, extra in runs:
-            memory = store.array(path)[:]
-            for workers in (int(w) for w in args.workers.split(",")):
-                from_store = loader(store, path, workers=workers, **options, **extra)
-                in_memory = loader(store, path, memory, workers=workers, **options, **extra)
-                best = {"store": np.inf, "memory": np.inf}
-                for r in range(args.rounds):
-                    for name, batches in (("store", from_store), ("memory", in_memory)):
-                        seconds, served = epoch_seconds(batches, r)
-                        best[name] = min(best[name], seconds)
-                rate = {name: served / seconds for name, seconds in best.items()}
-                cores = min(max(workers, 1), os.cpu_count() or 1)  # threads beyond the cores add no cores
-                print(f"| {kind} | {workers or '1 (inline)'} | {rate['store']:,.0f}/s | {rate['store'] / cores:,.0f}/s | "
-                      f"{rate['memory']:,.0f}/s | {rate['store'] / rate['memory']:.2f}x |")
-            del memory
+        if not args.torch_only:
+            compare_store_and_memory(store, work, args, options)
+        compare_torch(store, [int(w) for w in args.torch_workers.split(",")], args.rounds, mixup_alpha=0.4, **options)
 
 
 if __name__ == "__main__":

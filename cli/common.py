@@ -13,8 +13,8 @@ import click
 
 import featstore
 from featstore import names
-from featstore.errors import FeatstoreError, FeatstoreWarning
-from featstore.pipelines.config import describe_range, flag_of
+from featstore.errors import ConfigError, FeatstoreError, FeatstoreWarning
+from featstore.pipelines.config import check_field, describe_range, flag_of
 
 #: Some clips failed (they are recorded; the others are done). Re-running retries only those.
 EXIT_PARTIAL = 3
@@ -84,76 +84,97 @@ def install_warning_format() -> None:
     warnings.showwarning = _show_warning
 
 
-def single_name_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Click callback: ``value`` must be a valid model or run name (see :mod:`featstore.names`)."""
-    if value is None:
-        return None
-    try:
-        return names.single_name(value, "--" + param.name.replace("_", "-"))
-    except FeatstoreError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
 def open_store(store_url: str) -> featstore.Store:
     """Open the store at ``store_url`` (its errors reach the group as one-line messages)."""
     return featstore.open_store(store_url)
 
 
-def _comma_list(item: type) -> Callable:
-    """A click callback: "a,b" -> (item("a"), item("b")); nothing -> None."""
+def _comma_list(item: type) -> Callable[[str | None], tuple | None]:
+    """"a,b" -> (item("a"), item("b")); nothing -> None; a :class:`~featstore.errors.ConfigError`
+    naming the list for an item ``item`` refuses."""
 
-    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple | None:
-        if value is None:
-            return None
+    def parse(value: str | None) -> tuple | None:
         try:
-            return tuple(item(v.strip()) for v in value.split(",") if v.strip())
+            return None if value is None else tuple(item(v.strip()) for v in value.split(",") if v.strip())
         except ValueError:
-            raise click.BadParameter(f"{value!r} is not a comma-separated list of {item.__name__} values", ctx, param) from None
+            raise ConfigError(f"{value!r} is not a comma-separated list of {item.__name__} values") from None
 
     return parse
 
 
+def _callback(f: dataclasses.Field, parse: Callable[[Any], Any] | None) -> Callable | None:
+    """The click callback of field ``f``: ``parse`` a comma-separated list, and for a usage option
+    (``option(..., usage=True)``) check the value, so that a refused one is a usage error."""
+    usage = f.metadata.get("usage")
+    if parse is None and not usage:
+        return None
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        try:
+            value = value if parse is None else parse(value)
+            if usage:
+                check_field(f, value)
+        except FeatstoreError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+        return value
+
+    return callback
+
+
 def config_options(config_class: type) -> Callable:
-    """Click options for every command-line field of a config dataclass (a stage's or a training
-    command's).
+    """Click options for every command-line field of a config dataclass (a stage's, a training
+    command's, or the options of a command such as ``predict``).
 
     The default, help text and choices come from the field (``featstore.pipelines.config.option``),
     so a default lives in the config only; ranges are checked by the config itself, so the CLI and
-    the Python API refuse the same values. A tuple field is a comma-separated list; a bool field a
-    flag (``--x/--no-x`` when on by default); a field declared without a default a required option.
-    Fields without ``option(...)`` metadata, or with ``cli=False``, are left to the command. The command receives each field under its own name (``features``, ``sr``...).
+    the Python API refuse the same values (a usage option's already while parsing, exit status 2).
+    A tuple field is a comma-separated list; a bool field a flag (``--x/--no-x`` when on by
+    default); a field declared without a default a required option. Fields without
+    ``option(...)`` metadata, or with ``cli=False``, are left to the command. The command receives
+    each field under its own name (``features``, ``sr``...).
     """
 
     def decorate(func: Callable) -> Callable:
         for f in reversed(dataclasses.fields(config_class)):
-            meta, default = f.metadata, f.default
-            if not meta.get("cli", True) or "help" not in meta:
-                continue
-            flag = flag_of(f)
-            choices, kind = meta.get("choices"), meta.get("kind")
-            bounds = meta.get("range")
-            help_text = meta["help"] + (f" Allowed: {describe_range(bounds)}." if bounds else "")
-            if default is dataclasses.MISSING and _is_list(f):
-                option = click.option(flag, f.name, required=True, callback=_comma_list(kind or str), help=help_text)
-            elif default is dataclasses.MISSING:
-                typ = Choice(choices) if choices else (kind or _annotation_type(f))
-                option = click.option(flag, f.name, type=typ, required=True, help=help_text)
-            elif isinstance(default, bool) and default:
-                option = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=True, show_default=True, help=meta["help"])
-            elif isinstance(default, bool):
-                option = click.option(flag, f.name, is_flag=True, default=False, help=meta["help"])
-            elif isinstance(default, tuple) or (default is None and kind is not None and _is_list(f)):
-                help_text += f" Any of {','.join(choices)}." if choices else ""
-                item = kind or (type(default[0]) if default else str)
-                shown = ",".join(map(str, default)) if default is not None else None
-                option = click.option(flag, f.name, default=shown, show_default=default is not None, callback=_comma_list(item), help=help_text)
-            else:
-                typ = Choice(choices) if choices else (kind or type(default))
-                option = click.option(flag, f.name, type=typ, default=default, show_default=default is not None, help=help_text)
-            func = option(func)
+            if f.metadata.get("cli", True) and "help" in f.metadata:
+                func = _click_option(f)(func)
         return func
 
     return decorate
+
+
+def _click_option(f: dataclasses.Field) -> Callable:
+    """The click option of one config field (see :func:`config_options`)."""
+    meta, default, flag = f.metadata, f.default, flag_of(f)
+    choices, kind, bounds = meta.get("choices"), meta.get("kind"), meta.get("range")
+    shown_range = f" Allowed: {describe_range(bounds)}." if bounds and not meta.get("usage") else ""
+    help_text, common = meta["help"] + shown_range, {"envvar": meta.get("envvar")}
+    if isinstance(default, bool) and default:
+        return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=True, show_default=True, callback=_callback(f, None), help=meta["help"], **common)
+    if isinstance(default, bool):
+        return click.option(flag, f.name, is_flag=True, default=False, callback=_callback(f, None), help=meta["help"], **common)
+    if _is_list(f) and (default is dataclasses.MISSING or default is None or isinstance(default, tuple)):
+        help_text += f" Any of {','.join(choices)}." if choices and default is not dataclasses.MISSING else ""
+        item = kind or (type(default[0]) if isinstance(default, tuple) and default else str)
+        callback = _callback(f, _comma_list(item))
+        if default is dataclasses.MISSING:
+            return click.option(flag, f.name, required=True, callback=callback, help=help_text, **common)
+        shown = ",".join(map(str, default)) if default is not None else None
+        return click.option(flag, f.name, default=shown, show_default=default is not None, callback=callback, help=help_text, **common)
+    typ = kind or (_annotation_type(f) if default is dataclasses.MISSING else type(default))
+    typ = Choice(choices) if choices else _range_type(typ, bounds) if meta.get("usage") else typ
+    if default is dataclasses.MISSING:
+        return click.option(flag, f.name, type=typ, required=True, callback=_callback(f, None), help=help_text, **common)
+    return click.option(flag, f.name, type=typ, default=default, show_default=default is not None, callback=_callback(f, None), help=help_text, **common)
+
+
+def _range_type(kind: type, bounds: dict[str, float] | None) -> Any:
+    """``kind``, or click's range of it where a usage option has a range (``--workers``: ``x>=0``)."""
+    if not bounds or kind not in (int, float):
+        return kind
+    limits = {"min": bounds.get("min", bounds.get("above")), "max": bounds.get("max", bounds.get("below")),
+              "min_open": "above" in bounds, "max_open": "below" in bounds}
+    return (click.IntRange if kind is int else click.FloatRange)(**limits)
 
 
 def _is_list(f: dataclasses.Field) -> bool:
@@ -165,11 +186,3 @@ def _annotation_type(f: dataclasses.Field) -> type:
     """``int`` / ``float`` / ``str`` from a field's annotation (a required option's value type)."""
     text = str(f.type)
     return int if text.startswith("int") else float if text.startswith("float") else str
-
-
-def batch_units_option(func: Callable) -> Callable:
-    """``--batch-units`` of embed and predict: default and help from ``EmbedConfig.batch_units``."""
-    from featstore.pipelines.embed import EmbedConfig
-
-    field = {f.name: f for f in dataclasses.fields(EmbedConfig)}["batch_units"]
-    return click.option("--batch-units", type=click.IntRange(min=1), default=field.default, show_default=True, help=field.metadata["help"])(func)

@@ -22,13 +22,15 @@ from featstore import tflog  # noqa: E402
 
 tflog.install()
 
-from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, batch_units_option, config_options, install_warning_format, open_store, single_name_option  # noqa: E402
+from featstore.cli.common import EXIT_DAMAGED, EXIT_PARTIAL, FeatstoreGroup, config_options, install_warning_format, open_store  # noqa: E402
 from featstore.cli.phase2 import ensemble, fuse, report, train_joint  # noqa: E402
 from featstore.cli.system import export_system, predict_cmd  # noqa: E402
 from featstore.pipelines.extract_audio import AudioConfig  # noqa: E402
-from featstore.pipelines.embed import ALL_LAYERS, APPLICATION_PREFIX, WAVEFORM_PREFIXES, embed_layers  # noqa: E402
+from featstore.pipelines.config import RunOptions  # noqa: E402
+from featstore.pipelines.embed import EmbedOptions  # noqa: E402
 from featstore.pipelines.extract_frames import FramesConfig  # noqa: E402
 from featstore.pipelines.train_backbone import TrainConfig  # noqa: E402
+from featstore.pipelines.verify import VerifyOptions  # noqa: E402
 from featstore.pipelines.ingest import FORMATS as INGEST_FORMATS  # noqa: E402
 from featstore.constants import CLIP_DURATION_S, SEGMENT_S  # noqa: E402
 from featstore.cli.watch import start_watching, watch_options  # noqa: E402
@@ -139,32 +141,16 @@ def demo_data(out: str, clips_per_class: int, seed: int, duration_s: float) -> N
     click.echo(f"demo dataset: {root} ({10 * clips_per_class} clips)")
 
 
-def _embed_model_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """``--model``: a model name, ``keras:`` followed by one, or ``hear:MODULE`` / ``torch:PKG.MODULE:FACTORY``."""
-    if value.startswith(WAVEFORM_PREFIXES):
-        return value
-    prefix = APPLICATION_PREFIX if value.startswith(APPLICATION_PREFIX) else ""
-    return prefix + single_name_option(ctx, param, value.removeprefix(prefix))
+def stage_options(func):
+    """The options every batch stage shares: how it runs (:class:`~featstore.pipelines.config.RunOptions`)
+    and how the command prints (``--json``, ``--quiet``)."""
+    return config_options(RunOptions)(output_options(func))
 
 
-def stage_options(func=None, *, workers: int | None = None, workers_help: str = "Local dask worker processes (default: cores; 0 = in-process)."):
-    """The options every batch stage shares (the runner's): workers, scheduler, clips, resumption.
-
-    ``@stage_options``, or ``@stage_options(workers=0, workers_help=...)`` for a stage whose work
-    runs in-process by default (``embed``: TensorFlow uses every core itself)."""
-    if func is None:
-        return lambda f: stage_options(f, workers=workers, workers_help=workers_help)
-    options = [
-        click.option("--workers", type=click.IntRange(min=0), default=workers, show_default=workers is not None, help=workers_help),
-        click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler, tcp://HOST:PORT (env FEATSTORE_SCHEDULER)."),
-        click.option("--clips", default=None, help="Only these clips: a split name (train, evaluate, test) or a file of clip_ids."),
-        click.option("--overwrite", is_flag=True, help="Recompute every clip, replacing arrays made with other parameters."),
-        click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary."),
-        click.option("--quiet", is_flag=True, help="No progress bar."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+def output_options(func):
+    """``--json`` and ``--quiet`` of a batch stage."""
+    func = click.option("--quiet", is_flag=True, help="No progress bar.")(func)
+    return click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")(func)
 
 
 def _run_stage(run, as_json: bool, quiet: bool) -> None:
@@ -279,15 +265,10 @@ def train_backbone_cmd(store, quiet, verbose, **options):
 
 @main.command("embed")
 @click.argument("store")
-@click.option("--model", "model", required=True, callback=_embed_model_option, help="Registered model name (aud-mel, aud-gam, aud-cqt, vis-inc, vis-conv, or your own), keras:NAME for a keras.applications model (e.g. keras:ResNet50), hear:MODULE for an installed HEAR-API package, or torch:PKG.MODULE:FACTORY for a torch.nn.Module factory (both on the clips' source audio).")
-@click.option("--model-file", default=None, help="Register this .keras file under --model first (a backbone with layers fc1024, fc10, softmax; any model with --layer NAME).")
-@click.option("--input", "input_array", default=None, help="Input array of a --model-file or keras:NAME model (default: by model name, e.g. audio/mel; frames/rgb for keras:NAME).")
-@click.option("--weights", "weights_file", default=None, help="Local weights file: ImageNet weights of a keras:NAME model (never downloaded; random weights and a warning without), the file a hear:MODULE's load_model takes, or a torch:... model's state_dict.")
-@click.option("--layer", default=ALL_LAYERS, show_default=True, help="fc1024, fc10, all (both), or comma-separated layer names of the model (spatial outputs globally averaged).")
-@stage_options(workers=0, workers_help="Dask workers (0 = in-process; TensorFlow uses every core itself).")
-@batch_units_option
+@config_options(EmbedOptions)
+@output_options
 @click.option("--verbose", is_flag=True, help="Show TensorFlow's start-up messages.")
-def embed_cmd(store, model, model_file, input_array, weights_file, layer, workers, scheduler, clips, overwrite, batch_units, as_json, quiet, verbose):
+def embed_cmd(store, as_json, quiet, verbose, **options):
     """Cache a backbone's FC(1024) / FC(10) embeddings and softmax predictions for every clip.
 
     Forward passes over the units of many clips at once (--batch-units) write
@@ -302,14 +283,10 @@ def embed_cmd(store, model, model_file, input_array, weights_file, layer, worker
     from featstore.pipelines.embed import embed
 
     tflog.set_verbose(verbose)
-    s = open_store(store)
-    layers = embed_layers(layer)
+    keywords, s = EmbedOptions(**options).keywords(), open_store(store)
 
     def run(progress):
-        report, note = embed(
-            s, model, model_file_path=model_file, input_array=input_array, weights_file=weights_file, layers=layers, clips=clips,
-            workers=workers, scheduler=scheduler, overwrite=overwrite, progress=progress, batch_units=batch_units,
-        )
+        report, note = embed(s, **keywords, progress=progress)
         if note:
             click.echo(f"featstore: {note}", err=True)
         return report
@@ -319,11 +296,9 @@ def embed_cmd(store, model, model_file, input_array, weights_file, layer, worker
 
 @main.command()
 @click.argument("store")
-@click.option("--arrays", default=None, help="Comma-separated array paths (default: all).")
-@click.option("--repair", is_flag=True, help="Recompute exactly the damaged clips, then verify again.")
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True, help="Workers for --repair (0 = in-process).")
+@config_options(VerifyOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
-def verify(store: str, arrays: str | None, repair: bool, workers: int, as_json: bool) -> None:
+def verify(store: str, arrays: tuple[str, ...] | None, repair: bool, workers: int, as_json: bool) -> None:
     """Check every done chunk of STORE (checksums), done-marks, tables and shapes; clean temp files.
 
     Exit code 0 when all is well, 4 when damage or inconsistencies remain.
@@ -337,7 +312,7 @@ def verify(store: str, arrays: str | None, repair: bool, workers: int, as_json: 
     from featstore.pipelines.verify import repair as run_repair
 
     s = open_store(store)
-    selected = [a.strip() for a in arrays.split(",")] if arrays else None
+    selected = list(arrays) if arrays else None
     report = verify_store(s, selected)
     if repair and report.damaged:
         for run in run_repair(s, report, workers=workers, on_unrepairable=lambda line: click.echo(line, err=True)):

@@ -7,7 +7,7 @@ import json
 
 import click
 
-from featstore.cli.common import Choice, config_options, open_store, single_name_option
+from featstore.cli.common import Choice, config_options, open_store
 from featstore.constants import SPLITS
 from featstore.pipelines.ensemble import EnsembleConfig
 from featstore.cli.watch import start_watching, watch_options
@@ -31,10 +31,9 @@ def _summary(record: dict) -> str:
 @click.command()
 @click.argument("store")
 @config_options(FuseConfig)
-@click.option("--name", default=None, callback=single_name_option, help="Run name (default fuse-METHOD-av|audio|visual, fuse-mlp-MODEL; with --method all, NAME-f1 ... NAME-f6).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record(s).")
 @watch_options
-def fuse(store, name, as_json, quiet, verbose, **options):
+def fuse(store, as_json, quiet, verbose, **options):
     """Phase II: train a head on cached embeddings, evaluate, save the run.
 
     Backbones are not run: only embeddings/MODEL/fc1024 (f1-f3), fc10 (f4-f6) or --layer (mlp,
@@ -52,7 +51,7 @@ def fuse(store, name, as_json, quiet, verbose, **options):
     from featstore.runs import class_table, markdown_table
 
     start_watching(quiet, verbose)
-    config = FuseConfig(name=name, **options)
+    config = FuseConfig(**options)
     s = open_store(store)
     several = len(config.methods()) > 1
     records = fuse_methods(s, config.methods(), config)
@@ -73,7 +72,6 @@ def fuse(store, name, as_json, quiet, verbose, **options):
 @click.command()
 @click.argument("store")
 @config_options(EnsembleConfig)
-@click.option("--name", default=None, callback=single_name_option, help="Run name (default: ensemble-RULE-A+B...).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run record.")
 def ensemble(store, rule, inputs, name, split, as_json):
     """Late fusion (MEAN / PROD / MAX) of stored predictions, each input's clip probability being the
@@ -118,11 +116,10 @@ def report(store, out_dir, split, submission_split):
 
 @click.command("train-joint")
 @click.argument("store")
-@click.option("--name", required=True, help="Name the joint model is registered under (embed/fuse/ensemble take it like a backbone).")
 @config_options(JointConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print the registry entry.")
 @watch_options
-def train_joint(store, name, as_json, quiet, verbose, **options):
+def train_joint(store, as_json, quiet, verbose, **options):
     """Train an acoustic encoder jointly with a classifier that also sees the cached visual embedding
     of the same window (Chen et al. 2022); the visual encoder never runs. Registers the model.
 
@@ -134,7 +131,7 @@ def train_joint(store, name, as_json, quiet, verbose, **options):
     from featstore.pipelines.train_joint import train_joint as run_train_joint
 
     progress = start_watching(quiet, verbose)
-    config = JointConfig(name=name, **options)
+    config = JointConfig(**options)
     entry = run_train_joint(open_store(store), config, progress=progress)
     if as_json:
         click.echo(json.dumps(entry))
@@ -142,4 +139,4 @@ def train_joint(store, name, as_json, quiet, verbose, **options):
     m = entry["config"]["metrics"]
     split = entry["config"]["split"]
     measured = f"; {split} clip accuracy {m[split]['clip']['accuracy']:.3f}" if m.get(split) else ""
-    click.echo(f"{name}: best epoch {m['best_epoch']}, val_loss {m['val_loss']:.4f}, val_accuracy {m['val_accuracy']:.3f}{measured}; registered (fingerprint {entry['fingerprint'][:12]})")
+    click.echo(f"{config.name}: best epoch {m['best_epoch']}, val_loss {m['val_loss']:.4f}, val_accuracy {m['val_accuracy']:.3f}{measured}; registered (fingerprint {entry['fingerprint'][:12]})")

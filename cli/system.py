@@ -8,7 +8,8 @@ import sys
 
 import click
 
-from featstore.cli.common import EXIT_PARTIAL, batch_units_option, open_store, single_name_option
+from featstore.cli.common import EXIT_PARTIAL, config_options, open_store
+from featstore.pipelines.predict import PredictOptions
 
 
 @click.command("export-system")
@@ -31,19 +32,10 @@ def export_system(store: str, run: str, target: str) -> None:
 
 @click.command("predict")
 @click.argument("store", required=False)
-@click.option("--system", "system_dir", default=None, help="An exported system directory (featstore export-system).")
-@click.option("--run", "run", default=None, help="Instead of --system: a run of STORE itself, applied to its clips that lack its predictions.")
-@click.option("--name", default=None, callback=single_name_option, help="Predictions are written to predictions/NAME (default: the system's run name).")
-@click.option("--clips", default=None, help="Only these clips: a split name (train, evaluate, test) or a file of clip_ids.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="Local dask worker processes for extraction (default: cores; 0 = in-process).")
-@click.option("--scheduler", default=None, envvar="FEATSTORE_SCHEDULER", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
-@click.option("--submission", default=None, help="Also write the DCASE 2021 Task 1B submission file (TSV) of the predicted clips.")
-@batch_units_option
-@click.option("--file", "video", default=None, help="Classify one video file (a temporary store) and print its probabilities.")
-@click.option("--audio", "audio", default=None, help="With --file: take the audio from this file (e.g. a WAV) instead of the video's own track.")
+@config_options(PredictOptions)
 @click.option("--per-segment", is_flag=True, help="With --file: print every segment's probabilities, not only the summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submission, batch_units, video, audio, per_segment, as_json):
+def predict_cmd(store, per_segment, as_json, **fields):
     """Apply a trained system to the clips of STORE, recomputing only what is missing.
 
     Extraction with the system's parameters, embedding with its backbones (same cache keys as
@@ -62,25 +54,22 @@ def predict_cmd(store, system_dir, run, name, clips, workers, scheduler, submiss
     from featstore.pipelines.stages import system_from_run
     from featstore.system import System
 
-    if (system_dir is None) == (run is None):
-        raise ConfigError("give exactly one of --system DIR and --run RUN")
-    if video is not None:
-        if system_dir is None:
-            raise ConfigError("--file needs --system")
-        result = predict_file(System.load(system_dir), video, audio)
+    options = PredictOptions(**fields)
+    if options.video is not None:
+        result = predict_file(System.load(options.system_dir), options.video, options.audio)
         click.echo(json.dumps(result) if as_json else _format_file_result(result, per_segment))
         return
     if store is None:
         raise ConfigError("STORE is required (or --file VIDEO)")
     s = open_store(store)
-    system = System.load(system_dir) if system_dir else system_from_run(s, run)
-    report = predict(s, system, name=name, clips=clips, workers=workers, scheduler=scheduler, progress=None, batch_units=batch_units)
+    system = System.load(options.system_dir) if options.system_dir else system_from_run(s, options.run)
+    report = predict(s, system, name=options.name, clips=options.clips, workers=options.workers, scheduler=options.scheduler, progress=None, batch_units=options.batch_units)
     for failure in report.failures:
         click.echo(f"featstore: clip {failure['clip_id']} failed: {failure['error']}", err=True)
-    if submission:
-        rows = write_predict_submission(s, report.name, clips, submission)
+    if options.submission:
+        rows = write_predict_submission(s, report.name, options.clips, options.submission)
         if not as_json:
-            click.echo(f"submission: {submission} ({rows} clips)")
+            click.echo(f"submission: {options.submission} ({rows} clips)")
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:

@@ -27,19 +27,24 @@ def _save(fig, path: str) -> None:
     _pyplot().close(fig)
 
 
+def _panel_grid(n: int, panel_height_in: float):
+    """A figure of ``n`` panels, at most three to a row within the page width; (figure, the n axes)."""
+    plt = _pyplot()
+    cols = min(n, 3)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(min(4.3 * cols, MAX_WIDTH_IN), panel_height_in * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    return fig, axes.ravel()[:n]
+
+
 def plot_confusion_grid(confusions: dict[str, np.ndarray], classes: list[str], path: str) -> None:
     """One panel per source: cell colour is the percent of the true class, the text the clip count.
 
     ``confusions``: {title: (class, class) counts, rows true, columns predicted}.
     """
-    plt = _pyplot()
-    n = len(confusions)
-    cols = min(n, 3)
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(min(4.3 * cols, MAX_WIDTH_IN), 4.3 * rows), squeeze=False)
-    for ax in axes.ravel()[n:]:
-        ax.axis("off")
-    for ax, (title, counts) in zip(axes.ravel(), confusions.items()):
+    fig, axes = _panel_grid(len(confusions), 4.3)
+    for ax, (title, counts) in zip(axes, confusions.items()):
         counts = np.asarray(counts, dtype=np.int64)
         percent = 100 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
         ax.imshow(percent, cmap="Blues", vmin=0, vmax=100)
@@ -73,14 +78,8 @@ def plot_class_bars(per_class: dict[str, list[float]], classes: list[str], path:
 
 def plot_learning_curves(histories: dict[str, dict[str, list[float]]], path: str) -> None:
     """One panel per source: every per-epoch curve of its record (loss, validation loss, ...)."""
-    plt = _pyplot()
-    n = len(histories)
-    cols = min(n, 3)
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(min(4.3 * cols, MAX_WIDTH_IN), 3.0 * rows), squeeze=False)
-    for ax in axes.ravel()[n:]:
-        ax.axis("off")
-    for ax, (title, history) in zip(axes.ravel(), histories.items()):
+    fig, axes = _panel_grid(len(histories), 3.0)
+    for ax, (title, history) in zip(axes, histories.items()):
         for curve, values in history.items():
             ax.plot(np.arange(1, len(values) + 1), values, marker="o", markersize=2, label=curve)
         ax.set_title(title, fontsize=9)

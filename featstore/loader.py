@@ -12,7 +12,7 @@ clip order is a fresh permutation each epoch; a batch draws from the clips of it
 block the order is uniform. Every unit of the selected clips is served exactly once per epoch;
 with ``shuffle=False`` clips and units come in row order.
 
-Several processes (training ranks, DataLoader workers): the epoch's clip permutation is cut
+Several processes or replicas (training ranks, DataLoader workers, ``tf.distribute`` replicas): the epoch's clip permutation is cut
 disjointly by rank (clip ``i`` of the permutation goes to rank ``i % world_size``), every rank
 getting the same number of clips (``balance="pad"`` repeats clips from the start of the
 permutation, as PyTorch's DistributedSampler pads; ``"drop"`` leaves the remainder out), hence the
@@ -149,6 +149,15 @@ class StoreSource:
             self.units_of[row] = self.units.of_clips(values[None])[0]
             self.cache[row] = values
 
+    def view(self) -> StoreSource:
+        """A source with its own held clips over the same reader, threads and spare buffers: for
+        iterations that overlap in one process (replicas' pipelines; tf.data starts an epoch's
+        iterator before the last one is dropped), so one releasing its clips takes none from another."""
+        other = copy.copy(self)
+        other._pool, other._pid = self.pool, self._pid  # one set of decompression threads for all views
+        other.cache, other.units_of, other.bytes_decoded = {}, {}, 0
+        return other
+
     def release(self, rows: np.ndarray) -> None:
         """Drop ``rows`` (their units were all taken, as copies) and keep their buffers for reuse."""
         for row in rows:
@@ -170,6 +179,9 @@ class MemorySource:
 
     def load(self, rows: np.ndarray) -> None:
         pass
+
+    def view(self) -> MemorySource:
+        return self
 
     def release(self, rows: np.ndarray) -> None:
         pass
@@ -327,10 +339,18 @@ class TrainingBatches:
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return self.epoch(next(self._epochs))
 
+    def detached(self) -> TrainingBatches:
+        """These batches over a :meth:`StoreSource.view` of the source, sharing the epoch count:
+        iterating it serves the next epoch, safely while another iteration is still open."""
+        other = copy.copy(self)
+        other.source = self.source.view()
+        return other
+
     def shard(self, rank: int, world_size: int, *, batch_size: int | None = None) -> TrainingBatches:
-        """The same batches' share of process ``rank`` of ``world_size`` (same source and options;
-        ``batch_size`` per process when given); its epochs count from 0."""
-        shard = copy.copy(self)
+        """The same batches' share of process (or replica) ``rank`` of ``world_size`` (same options,
+        ``batch_size`` per rank when given, a :meth:`StoreSource.view` of the source); its epochs
+        count from 0."""
+        shard = self.detached()
         shard.rank, shard.world_size, shard.batch_size = rank, world_size, batch_size or self.batch_size
         shard._epochs = itertools.count()
         return shard
@@ -367,28 +387,32 @@ def training_batches(store: Store, input_array: str, *, split: str | None = "tra
 
 
 def tf_dataset(batches: TrainingBatches):
-    """A ``tf.data.Dataset`` of ``batches``: each pass over it (each Keras epoch) serves the next epoch."""
+    """A ``tf.data.Dataset`` of ``batches``: each pass over it (each Keras epoch) serves the next epoch
+    (through :meth:`TrainingBatches.detached`: Keras opens the next pass before dropping the last)."""
     import tensorflow as tf
 
     signature = (
         tf.TensorSpec((None, *batches.units.example_shape), tf.float32),
         tf.TensorSpec((None, batches.n_classes), tf.float32),
     )
-    dataset = tf.data.Dataset.from_generator(lambda: iter(batches), output_signature=signature)
+    dataset = tf.data.Dataset.from_generator(lambda: iter(batches.detached()), output_signature=signature)
     return dataset.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(2)
 
 
 def tf_distributed_dataset(strategy, batches: TrainingBatches):
-    """``batches`` (``batch_size`` = the global batch) distributed by a ``tf.distribute`` ``strategy``.
+    """``batches`` (``batch_size`` = the global batch) for the replicas of a ``tf.distribute`` ``strategy``.
 
-    Through the strategy's input context: each input pipeline (one per machine) serves its own
-    share of every epoch (rank = pipeline id, world size = number of pipelines) in per-replica
-    batches (the global batch divided by the replicas), and the strategy hands consecutive ones to
-    its replicas (the devices of ``MirroredStrategy``).
+    One input pipeline per replica (``InputReplicationMode.PER_REPLICA``, which ``MirroredStrategy``
+    supports): pipeline ``i`` of ``n`` serves the share of rank ``i`` of ``n`` (:meth:`shard`) in
+    batches of ``batch_size / n``, which must divide evenly. Every replica gets the same number of
+    batches (``balance``), so the dataset's cardinality is the steps per epoch Keras counts, and the
+    replicas read their clips in parallel.
     """
+    import tensorflow as tf
 
     def make(context):
         per_replica = context.get_per_replica_batch_size(batches.batch_size)
         return tf_dataset(batches.shard(context.input_pipeline_id, context.num_input_pipelines, batch_size=per_replica))
 
-    return strategy.distribute_datasets_from_function(make)
+    options = tf.distribute.InputOptions(experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
+    return strategy.distribute_datasets_from_function(make, options)

@@ -118,14 +118,15 @@ def training_clips(store: Store, name: str) -> list[str] | None:
     return None if raw is None else list(json.loads(raw))
 
 
-def model_file(store: Store, name: str, fingerprint: str) -> str:
-    """A local path to the registered model's file (downloaded once per fingerprint for remote stores)."""
+def model_file(store: Store, name: str, fingerprint: str, suffix: str = ".keras") -> str:
+    """A local path to the registered model's file ``models/{name}{suffix}`` (the ``.keras`` file,
+    or a HEAR or torch model's weights), downloaded once per fingerprint for remote stores."""
     if store.side.is_local:
-        return store.side.path(f"models/{name}.keras")
-    cached = os.path.join(tempfile.gettempdir(), "featstore-models", f"{name}-{fingerprint}.keras")
+        return store.side.path(f"models/{name}{suffix}")
+    cached = os.path.join(tempfile.gettempdir(), "featstore-models", f"{name}-{fingerprint}{suffix}")
     if not os.path.exists(cached):
         os.makedirs(os.path.dirname(cached), exist_ok=True)
-        data = store.side.read(f"models/{name}.keras")
+        data = store.side.read(f"models/{name}{suffix}")
         with open(cached + ".partial", "wb") as f:
             f.write(data or b"")
         os.replace(cached + ".partial", cached)

@@ -6,20 +6,24 @@ A :class:`System` holds
   arrays' provenance by the resolver the caller passes (the pipelines' ``config_for_array``: this
   library module never imports the pipelines);
 * the segment grid step and the label map;
-* each backbone: its ``.keras`` file, fingerprint and input array;
+* each backbone: its ``.keras`` file, fingerprint and input array; or, for a HEAR or torch model
+  (:mod:`featstore.models.hear`), its kind, module or factory, package version, fingerprint,
+  sample rate, layers and weights file (the package itself must be installed where it is loaded);
 * the decision part: a fusion run (its head ``.keras``, method, layer and model order) or an
   ensemble (its rule and inputs, each a backbone or a fusion run).
 
 Exported (``featstore export-system``), it is a directory::
 
     manifest.json           the above, as JSON (format "featstore-system/1")
-    backbones/NAME.keras    one per backbone
+    backbones/NAME.keras    one per Keras backbone
+    backbones/NAME.pt       the weights file of a HEAR or torch backbone that has one (its own suffix)
     heads/RUN.keras         one per fusion run
     SHA256SUMS              the SHA-256 of every other file (``sha256sum -c`` reads it)
 
 :meth:`System.load` checks every checksum first and refuses a file whose bytes differ, naming it,
 then each backbone file against the fingerprint its manifest entry records (a swapped backbone
-with regenerated checksums is refused too);
+with regenerated checksums is refused too), and each HEAR or torch backbone's installed package and
+weights against its fingerprint (another version of the package is refused, naming both);
 Keras files load in safe mode only (no pickle, no arbitrary code). :attr:`System.digest` (the
 SHA-256 of the manifest) names the system in the predictions it makes.
 
@@ -40,7 +44,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from featstore.errors import ConfigError, StoreError
+from featstore.errors import ConfigError, NotFoundError, StoreError
+from featstore.models.hear import KINDS as WAVEFORM_KINDS
+from featstore.models.hear import SOURCE_AUDIO, check_installed, weights_suffix
 from featstore.names import embedding_path
 from featstore.registry import model_bytes, model_entry
 from featstore.runs import load_run, run_head_bytes
@@ -53,6 +59,31 @@ CHECKSUMS = "SHA256SUMS"
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _digest(data: bytes) -> str:
+    """BLAKE2b (16 bytes, hex): the fingerprint of a .keras file, the digest of a weights file."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _waveform_backbone(model: str, entry: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:
+    """The manifest entry of registered HEAR or torch ``model`` (its weights file added to
+    ``files``), refused when the installed module or the weights file no longer give the model it
+    was embedded with. ``used_layers`` is left empty for the caller to fill."""
+    weights = None
+    if entry["weights_file"]:
+        if not os.path.isfile(entry["weights_file"]):
+            raise NotFoundError(f"the weights file {entry['weights_file']} of model {model!r} is missing; restore it to export the system")
+        with open(entry["weights_file"], "rb") as f:
+            weights = f.read()
+    version = check_installed(model, entry["kind"], entry["spec"], entry["fingerprint"], _digest(weights) if weights is not None else None, version=entry.get("version"),
+                              fix=f"embed with --model {entry['kind']}:{entry['spec']} again and re-run the fusion, or install the version it was embedded with")
+    spec = {"kind": entry["kind"], "spec": entry["spec"], "version": version, "fingerprint": entry["fingerprint"], "sample_rate": entry["sample_rate"],
+            "layers": dict(entry["layers"]), "used_layers": [], "input": SOURCE_AUDIO}
+    if weights is not None:
+        spec["file"] = f"backbones/{model}{weights_suffix(entry['weights_file'])}"
+        files[spec["file"]] = weights
+    return spec
 
 
 @dataclass(frozen=True)
@@ -85,7 +116,9 @@ class System:
 
     @property
     def backbones(self) -> dict[str, dict[str, Any]]:
-        """``{model: {"file", "fingerprint", "input", ...}}``."""
+        """``{model: {"file", "fingerprint", "input", ...}}``; a HEAR or torch model's entry has
+        ``"kind"``, ``"spec"``, ``"version"``, ``"sample_rate"``, ``"layers"`` (name -> width),
+        ``"used_layers"`` and, when it has weights, ``"file"``."""
         return dict(self.manifest["backbones"])
 
     @property
@@ -130,11 +163,15 @@ class System:
         files: dict[str, bytes] = {}
         backbones: dict[str, dict[str, Any]] = {}
 
-        def add_backbone(model: str, path: str) -> None:
+        def add_backbone(model: str, path: str, layer: str | None = None) -> None:
             entry = model_entry(store, model)
             made_with = store.provenance(path).params["model_fingerprint"]
             if made_with != entry["fingerprint"]:
                 raise StoreError(f"run {run!r} used embeddings of another version of model {model!r} than the registered one; re-embed and re-run it")
+            if entry.get("kind") in WAVEFORM_KINDS:
+                spec = backbones.get(model) or _waveform_backbone(model, entry, files)
+                backbones[model] = spec | {"used_layers": sorted({*spec["used_layers"], layer})}
+                return
             files[f"backbones/{model}.keras"] = model_bytes(store, model)
             backbones[model] = {k: entry[k] for k in ("fingerprint", "input", "input_shape", "fc1024_units", "n_classes")} | {"file": f"backbones/{model}.keras"}
 
@@ -142,7 +179,8 @@ class System:
             record = load_run(store, name)
             if record["kind"] == "fuse":
                 for model in record["models"]:  # "NAME" (at the run's layer) or "NAME/LAYER"
-                    add_backbone(model.split("/")[0], embedding_path(model, record["layer"]))
+                    backbone, _, layer = model.partition("/")
+                    add_backbone(backbone, embedding_path(model, record["layer"]), layer or record["layer"])
                 files[f"heads/{name}.keras"] = run_head_bytes(store, name)
                 return {"kind": "fusion", "run": name, "method": record["method"], "layer": record["layer"], "models": list(record["models"]), "head": f"heads/{name}.keras",
                         "predictions_fingerprint": store.provenance(f"predictions/{name}").fingerprint}
@@ -161,6 +199,8 @@ class System:
         decision = decision_of(run, nested=False)
         inputs = {}
         for spec in backbones.values():
+            if spec.get("kind") in WAVEFORM_KINDS:  # embeds the clips' source audio: no input array
+                continue
             config = config_for_array(store, spec["input"])
             inputs[spec["input"]] = {"stage": config.stage, "config": config.to_dict()}
         manifest = {
@@ -219,8 +259,13 @@ class System:
         if manifest.get("format") != FORMAT:
             raise ConfigError(f"{directory}: system format {manifest.get('format')!r}, this featstore reads {FORMAT!r}")
         for model, spec in manifest.get("backbones", {}).items():  # SHA256SUMS can be regenerated; the manifest names the model
+            if spec.get("kind") in WAVEFORM_KINDS:
+                weights = files.get(spec["file"]) if "file" in spec else None
+                check_installed(model, spec["kind"], spec["spec"], spec["fingerprint"], _digest(weights) if weights is not None else None, version=spec["version"],
+                                fix=f"use the system {directory} as exported with {spec['version']} installed, or export it again from a store embedded with the installed version")
+                continue
             data = files.get(spec.get("file", ""))
-            if data is None or hashlib.blake2b(data, digest_size=16).hexdigest() != spec.get("fingerprint"):
+            if data is None or _digest(data) != spec.get("fingerprint"):
                 raise ConfigError(f"{os.path.join(directory, spec.get('file', '?'))}: not the backbone {model!r} the manifest names "
                                   "(its fingerprint differs); refusing to load the system")
         return cls(manifest, files)

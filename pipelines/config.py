@@ -11,7 +11,9 @@ stage writes records, beside its fingerprinted parameters, the config that makes
 The CLI's options are generated from these dataclasses (``featstore.cli.common.config_options``):
 each field's ``metadata`` holds its help text, where the values are a closed set its choices, and
 its range; ``__post_init__`` checks both (:func:`check_fields`), so the Python API and the CLI
-refuse the same values with the same one-line :class:`~featstore.errors.ConfigError`.
+refuse the same values with the same one-line :class:`~featstore.errors.ConfigError`. The options
+of running a stage (:class:`RunOptions`) and of the commands that are not one config
+(``EmbedOptions``, ``PredictOptions``, ``VerifyOptions``) are declared the same way.
 
 >>> from featstore.pipelines.extract_audio import AudioConfig
 >>> AudioConfig().sr, AudioConfig.from_dict(AudioConfig(features=("mel",)).to_dict()).features
@@ -22,20 +24,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from featstore.errors import ConfigError, StoreError
 from featstore.names import closest
 
 if TYPE_CHECKING:
-    from featstore.provenance import Provenance
     from featstore.store import Store
     from featstore.pipelines.runner import Stage
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, cli: bool = True, kind: type | None = None,
            flag: str | None = None, kw_only: Any = dataclasses.MISSING, min: float | None = None, max: float | None = None,
-           above: float | None = None, below: float | None = None) -> Any:
+           above: float | None = None, below: float | None = None, check: Callable[[Any, str], Any] | None = None,
+           usage: bool = False, envvar: str | None = None) -> Any:
     """A config field with its default, help text, (optional) closed set of choices and range.
 
     A tuple-valued field is a comma-separated list on the command line (with choices, a subset).
@@ -48,10 +51,18 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, c
     The range is checked when the config is made (:func:`check_field`), for the Python API and the
     CLI alike: ``min`` / ``max`` are closed bounds (``value >= min``), ``above`` / ``below`` open
     ones (``value > above``); every float is also refused when NaN or infinite. A tuple's range
-    applies to each item; ``None`` (where the default is ``None``) is always allowed.
+    applies to each item; ``None`` (where the default is ``None``) is always allowed. ``check(value,
+    flag)`` refuses a value the range cannot describe (a model or run name) with a
+    :class:`~featstore.errors.FeatstoreError`.
+
+    ``usage=True`` marks an option that says how a command runs or where its output goes (workers,
+    a run name) rather than what it computes: on the command line a refused value is then a usage
+    error (exit status 2), found while the options are parsed. ``envvar`` names an environment
+    variable the command line reads when the option is not given.
     """
     bounds = {k: v for k, v in (("min", min), ("max", max), ("above", above), ("below", below)) if v is not None}
-    metadata = {"help": help, "choices": choices, "cli": cli, "kind": kind, "flag": flag, "range": bounds}
+    metadata = {"help": help, "choices": choices, "cli": cli, "kind": kind, "flag": flag, "range": bounds, "check": check,
+                "usage": usage, "envvar": envvar}
     if default is dataclasses.MISSING:
         return dataclasses.field(kw_only=kw_only, metadata=metadata)
     return dataclasses.field(default=default, kw_only=kw_only, metadata=metadata)
@@ -80,7 +91,7 @@ def _out_of_range(value: Any, bounds: dict[str, float]) -> bool:
 def check_field(f: dataclasses.Field, value: Any) -> None:
     """Refuse ``value`` for field ``f`` when it is outside the field's choices or range, with a
     :class:`~featstore.errors.ConfigError` naming the option, the allowed values and the closest
-    choice."""
+    choice, or with the error of the field's ``check``."""
     if value is None:
         return
     flag, values = flag_of(f), value if isinstance(value, tuple) else (value,)
@@ -95,6 +106,9 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
         allowed, finite = describe_range(bounds), isinstance(bad[0], float) and not math.isfinite(bad[0])
         what = "a finite number" + (f" {allowed}" if allowed else "") if finite or not allowed else allowed
         raise ConfigError(f"{flag} must be {what}, got {bad[0]}")
+    if f.metadata.get("check") is not None:
+        for v in values:
+            f.metadata["check"](v, flag)
 
 
 def check_fields(config: Any) -> None:
@@ -123,6 +137,46 @@ def training_option(name: str, default: Any = dataclasses.MISSING) -> Any:
     differently (``FuseConfig``: 30 epochs of 256 examples)."""
     shared, help_text, bounds = TRAINING_OPTIONS[name]
     return option(shared if default is dataclasses.MISSING else default, help_text, kw_only=True, **bounds)
+
+
+def option_of(config_class: type, name: str) -> Any:
+    """A field declared like ``config_class``'s field ``name`` (default, help, range), for a
+    command's options that include another config's option (``predict --batch-units`` is
+    ``EmbedConfig.batch_units``)."""
+    f = {f.name: f for f in dataclasses.fields(config_class)}[name]
+    return dataclasses.field(default=f.default, metadata=f.metadata)
+
+
+#: The options of running a batch stage (the runner's: which clips, where, whether to recompute):
+#: name -> (default, help, the rest of :func:`option`'s arguments). :class:`RunOptions` declares
+#: them; a command whose work runs differently redeclares one with :func:`run_option`.
+RUN_OPTIONS: dict[str, tuple[Any, str, dict[str, Any]]] = {
+    "workers": (None, "Local dask worker processes (default: cores; 0 = in-process).", {"kind": int, "min": 0}),
+    "scheduler": (None, "Existing dask scheduler, tcp://HOST:PORT (env FEATSTORE_SCHEDULER).", {"kind": str, "envvar": "FEATSTORE_SCHEDULER"}),
+    "clips": (None, "Only these clips: a split name (train, evaluate, test) or a file of clip_ids.", {"kind": str}),
+    "overwrite": (False, "Recompute every clip, replacing arrays made with other parameters.", {}),
+}
+
+
+def run_option(name: str, default: Any = dataclasses.MISSING, help: str | None = None) -> Any:
+    """The field of the run option ``name`` (:data:`RUN_OPTIONS`), a usage option (see
+    :func:`option`), with the shared default and help text or the command's own."""
+    shared, help_text, extra = RUN_OPTIONS[name]
+    return option(shared if default is dataclasses.MISSING else default, help or help_text, usage=True, **extra)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a batch stage runs (``extract-audio``, ``extract-frames``): the keywords of
+    :func:`~featstore.pipelines.runner.run_stage` a user chooses, with their defaults."""
+
+    workers: int | None = run_option("workers")
+    scheduler: str | None = run_option("scheduler")
+    clips: str | None = run_option("clips")
+    overwrite: bool = run_option("overwrite")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclasses.dataclass
@@ -168,12 +222,6 @@ class StageConfig:
         """The config that makes the output named ``leaf`` (e.g. only ``mel`` of several features)."""
         return self
 
-    @classmethod
-    def from_legacy(cls, prov: Provenance) -> StageConfig:
-        """The config that makes exactly the array ``prov`` describes, for an array written before
-        configs were recorded, rebuilt from its parameters."""
-        raise StoreError(f"{prov.path}: made by {prov.stage!r} before stage configs were recorded; recompute it")
-
     # ------------------------------------------------------------------ shared
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (tuples as lists), as recorded in provenance."""
@@ -187,11 +235,6 @@ class StageConfig:
         if unknown:
             raise StoreError(f"{cls.stage} config has unknown fields {sorted(unknown)} (written by a newer featstore?)")
         return cls(**{k: tuple(v) if isinstance(names[k].default, tuple) else v for k, v in data.items()})
-
-    @classmethod
-    def from_provenance(cls, prov: Provenance) -> StageConfig:
-        """The config that made the array whose provenance is ``prov``."""
-        return cls.from_dict(prov.config) if prov.config is not None else cls.from_legacy(prov)
 
     def differences(self, other: StageConfig) -> dict[str, tuple[Any, Any]]:
         """``{field: (self's, other's)}`` for every field that differs."""

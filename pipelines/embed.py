@@ -21,15 +21,17 @@ import functools
 import itertools
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, ClassVar
 
 import numpy as np
 
 from featstore.errors import ConfigError, ParamsMismatch
-from featstore.pipelines.config import StageConfig, option
+from featstore.models.hear import KINDS as WAVEFORM_KINDS  # raw-audio models' registry ``kind``
+from featstore.models.hear import PREFIXES as WAVEFORM_PREFIXES  # embed --model hear:MODULE / torch:PKG.MODULE:FACTORY
+from featstore.names import single_name
+from featstore.pipelines.config import StageConfig, check_fields, option, option_of, run_option
 from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage, select_clips
-from featstore.provenance import Provenance
 from featstore.registry import load_keras, model_entry, model_file, register_model, registered_models
 from featstore.store import Store
 
@@ -38,10 +40,6 @@ LAYERS = ("fc1024", "fc10")
 ALL_LAYERS = "all"
 #: ``embed --model keras:ResNet50`` builds that keras.applications model.
 APPLICATION_PREFIX = "keras:"
-#: ``embed --model hear:MODULE`` / ``torch:PKG.MODULE:FACTORY``: raw-audio models (featstore.models.hear).
-WAVEFORM_PREFIXES = ("hear:", "torch:")
-#: Their registry entries' ``kind``.
-WAVEFORM_KINDS = ("hear", "torch")
 #: Parameters whose change means "new model or new input": recompute instead of refusing.
 INVALIDATING = {"model_fingerprint", "input_fingerprint", "weights_file"}
 
@@ -234,7 +232,9 @@ def forward_function(embedder, batch_units: int):
 
 @dataclass(frozen=True)
 class EmbedConfig(StageConfig):
-    """Options of embed: the registered ``model`` and the embedding ``layers`` to cache.
+    """What embed computes, recorded with each array it makes: the registered ``model``, the
+    embedding ``layers`` to cache and ``batch_units``. (Every option of the command:
+    :class:`EmbedOptions`.)
 
     ``predictions/{model}`` (the softmax) is always written; ``layers=()`` writes only it.
     """
@@ -243,14 +243,13 @@ class EmbedConfig(StageConfig):
 
     model: str = option("", "Registered model name.", cli=False)
     layers: tuple[str, ...] = option(LAYERS, "Embedding layers to cache: fc1024, fc10, or any layer name of the model.", cli=False)
-    batch_units: int = option(256, "Units (segments, or frames) of many clips forwarded in one call; more keeps a GPU busier, at more memory.", cli=False)
+    batch_units: int = option(256, "Units (segments, or frames) of many clips forwarded in one call; more keeps a GPU busier, at more memory.",
+                              min=1, usage=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.model:
             raise ConfigError("embed needs a registered model name (--model)")
-        if self.batch_units < 1:
-            raise ConfigError(f"--batch-units must be at least 1, got {self.batch_units}")
 
     def for_output(self, leaf: str) -> EmbedConfig:
         return replace(self, layers=() if leaf == "predictions" else (leaf,))
@@ -290,15 +289,48 @@ class EmbedConfig(StageConfig):
         return Stage(self.stage, params, tuple(outputs), compute_embed, lambda row: str(upstream.get(row["clip_id"], {}).get("crc32", "missing")), modality=input_prov.modality,
                      clips_per_task=max(8, -(-self.batch_units // units)), compute_batch=functools.partial(compute_embed_batch, batch_units=self.batch_units), code_version=self.code_version)
 
-    @classmethod
-    def from_legacy(cls, prov: Provenance) -> EmbedConfig:
-        layer = prov.params["layer"]
-        return cls(model=prov.params["model"], layers=() if layer == "softmax" else (layer,))
-
 
 def embed_layers(value: str) -> tuple[str, ...]:
     """``embed --layer``'s value as layer names: ``"all"`` is :data:`LAYERS`, else a comma-separated list."""
     return LAYERS if value == ALL_LAYERS else tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def check_model_name(value: str, flag: str) -> None:
+    """Refuse an invalid ``embed --model``: a model name, ``keras:`` followed by one, or
+    ``hear:MODULE`` / ``torch:PKG.MODULE:FACTORY`` (see :func:`embed`)."""
+    if not value.startswith(WAVEFORM_PREFIXES):
+        single_name(value.removeprefix(APPLICATION_PREFIX), flag)
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """Every option of the embed command, with its only default (the command's options come from
+    here): the keywords of :func:`embed`, but ``layer`` as typed (``all`` or comma-separated
+    names, see :func:`embed_layers`). :class:`EmbedConfig` is the part that makes the arrays."""
+
+    model: str = option(MISSING, "Registered model name (aud-mel, aud-gam, aud-cqt, vis-inc, vis-conv, or your own), keras:NAME for a "
+                        "keras.applications model (e.g. keras:ResNet50), hear:MODULE for an installed HEAR-API package, or "
+                        "torch:PKG.MODULE:FACTORY for a torch.nn.Module factory (both on the clips' source audio).", usage=True, check=check_model_name)
+    model_file_path: str | None = option(None, "Register this .keras file under --model first (a backbone with layers fc1024, fc10, softmax; "
+                                         "any model with --layer NAME).", kind=str, flag="--model-file")
+    input_array: str | None = option(None, "Input array of a --model-file or keras:NAME model (default: by model name, e.g. audio/mel; "
+                                     "frames/rgb for keras:NAME).", kind=str, flag="--input")
+    weights_file: str | None = option(None, "Local weights file: ImageNet weights of a keras:NAME model (never downloaded; random weights and "
+                                      "a warning without), the file a hear:MODULE's load_model takes, or a torch:... model's state_dict.",
+                                      kind=str, flag="--weights")
+    layer: str = option(ALL_LAYERS, "fc1024, fc10, all (both), or comma-separated layer names of the model (spatial outputs globally averaged).")
+    workers: int | None = run_option("workers", 0, "Dask workers (0 = in-process; TensorFlow uses every core itself).")
+    scheduler: str | None = run_option("scheduler")
+    clips: str | None = run_option("clips")
+    overwrite: bool = run_option("overwrite")
+    batch_units: int = option_of(EmbedConfig, "batch_units")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def keywords(self) -> dict[str, Any]:
+        """:func:`embed`'s keywords: every option, ``layer`` as ``layers``."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "layer"} | {"layers": embed_layers(self.layer)}
 
 
 def _upstream_done(store: Store, input_array: str, clips: str | list[str] | None) -> tuple[str | list[str] | None, list[str]]:
@@ -323,7 +355,7 @@ def embed(
     weights_file: str | None = None,
     layers: tuple[str, ...] = LAYERS,
     clips: str | list[str] | None = None,
-    workers: int | None = 0,
+    workers: int | None = EmbedOptions.workers,
     scheduler: str | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
@@ -383,7 +415,6 @@ def _register_application(store: Store, name: str, weights_file: str | None, inp
     import tempfile
 
     from featstore.models.applications import application_fingerprint, build_application
-    from featstore.names import single_name
 
     single_name(name, "--model keras:NAME")
     shape = tuple(int(n) for n in store.array(input_array).shape[2:])

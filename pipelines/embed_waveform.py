@@ -15,6 +15,8 @@
   ``.keras`` file), so ``verify --repair`` and the fusion commands find it by name; it has no
   softmax head, so no ``predictions/{model}`` is written: ``fuse --method mlp`` or ``concat``
   (``--layer scene``...) trains a head on its embeddings.
+- A system exported from such a run carries the model's weights file;
+  :func:`register_system_backbone` registers it in the store ``predict`` writes to.
 """
 
 from __future__ import annotations
@@ -28,15 +30,11 @@ import numpy as np
 
 from featstore.audio import AudioParams
 from featstore.errors import ConfigError, MediaError
-from featstore.models.hear import load_waveform_model, model_fingerprint, model_name, split_spec
+from featstore.models.hear import SOURCE_AUDIO, file_digest, fingerprint_of, load_waveform_model, model_name, module_of, module_version, split_spec, weights_suffix
 from featstore.pipelines.extract_audio import read_segments
 from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage
-from featstore.registry import model_entry, register_entry, registered_models
+from featstore.registry import model_entry, model_file, register_entry, registered_models
 from featstore.store import Store
-
-#: What the stage's ``input`` parameter names: the clips' source audio files, not an array.
-SOURCE_AUDIO = "source audio"
-
 
 def register_waveform_model(store: Store, model: str, weights_file: str | None) -> str:
     """Register ``hear:MODULE`` or ``torch:PKG.MODULE:FACTORY`` with ``weights_file`` (once per
@@ -46,19 +44,34 @@ def register_waveform_model(store: Store, model: str, weights_file: str | None) 
     kind, spec = split_spec(model)
     name = single_name(model_name(kind, spec), "--model")
     weights = os.path.abspath(weights_file) if weights_file else None
-    fingerprint = model_fingerprint(kind, spec, weights)
+    version = module_version(module_of(spec))
+    fingerprint = fingerprint_of(kind, spec, version, file_digest(weights) if weights else None)
     if name in registered_models(store) and model_entry(store, name)["fingerprint"] == fingerprint:
         return name
     embedder = load_waveform_model(kind, spec, weights, fingerprint)
     segment = np.zeros((1, round(store.segment_s * embedder.sample_rate)), np.float32)
     widths = {layer: int(v.shape[-1]) for layer, v in embedder.embed(segment).items()}
     register_entry(store, name, {
-        "kind": kind, "spec": spec, "fingerprint": fingerprint, "weights_file": weights,
+        "kind": kind, "spec": spec, "version": version, "fingerprint": fingerprint, "weights_file": weights,
         "sample_rate": embedder.sample_rate, "layers": widths, "head": False,
         "config": {"source": kind, "spec": spec, "weights_file": os.path.basename(weights) if weights else None},
         "registered": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     return name
+
+
+def register_system_backbone(store: Store, model: str, spec: dict[str, Any], weights: bytes | None) -> None:
+    """Register a system's HEAR or torch backbone ``model`` (its manifest entry ``spec``, the bytes of
+    its weights file) in ``store``, its weights copied to ``models/`` (checksummed like every model
+    file), so ``embed`` computes its embeddings under the same cache keys as where it was trained."""
+    weights_file = None
+    if weights is not None:
+        suffix = weights_suffix(spec["file"])
+        store.side.write(f"models/{model}{suffix}", weights)
+        weights_file = model_file(store, model, spec["fingerprint"], suffix)
+    name = register_waveform_model(store, f"{spec['kind']}:{spec['spec']}", weights_file)
+    if name != model or model_entry(store, name)["fingerprint"] != spec["fingerprint"]:
+        raise ConfigError(f"the installed {spec['kind']}:{spec['spec']} is not the system's backbone {model!r} (fingerprint {spec['fingerprint'][:12]}); install {spec['version']}")
 
 
 def compute_waveform_embed(task: ClipTask, params: dict[str, Any], names: tuple[str, ...]) -> ClipResult:

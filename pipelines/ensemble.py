@@ -23,7 +23,7 @@ import numpy as np
 from featstore.constants import SPLITS
 from featstore.errors import ConfigError, NotFoundError
 from featstore.metrics import EPS, classification_metrics
-from featstore.names import unknown
+from featstore.names import single_name, unknown
 from featstore.pipelines.config import check_fields, option
 from featstore.packed import packed_segment_embeddings
 from featstore.runs import save_run, utc_now, write_predictions
@@ -35,11 +35,11 @@ RULES = ("mean", "prod", "max")
 @dataclasses.dataclass(frozen=True)
 class EnsembleConfig:
     """Every choice of a late-fusion run; each option's only default (the command's options come
-    from here). ``name`` is checked by the command."""
+    from here)."""
 
     rule: str = option(dataclasses.MISSING, "Combination rule.", choices=RULES)
     inputs: tuple[str, ...] = option(dataclasses.MISSING, "Comma-separated models or runs with stored predictions.", kind=str)
-    name: str | None = option(None, "Run name (default: ensemble-RULE-A+B...).", cli=False)
+    name: str | None = option(None, "Run name (default: ensemble-RULE-A+B...).", kind=str, usage=True, check=single_name)
     split: str = option("evaluate", "Split the metrics are computed on.", choices=SPLITS)
 
     def __post_init__(self) -> None:

@@ -27,7 +27,6 @@ from featstore.media import load_audio
 from featstore.pipelines.audio_features import FEATURES, FeatureConfig, compute_features, default_features
 from featstore.pipelines.config import StageConfig, option
 from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
-from featstore.provenance import Provenance
 from featstore.store import Store
 
 #: Clips per dask task: a clip's write overlaps the next one's compute (featstore.pipelines.runner.iter_clips).
@@ -155,11 +154,6 @@ class _AudioOptions(StageConfig):
         plan = {"grid": grid.to_dict(), "dtype": self.dtype, "store_deltas": self.store_deltas, "features": {f: c.to_dict() for f, c in configs.items()}}
         compute = partial(compute_audio, plan=plan)
         return Stage(self.stage, {}, outputs, compute, input_fingerprint=_audio_fingerprint, modality="audio", clips_per_task=CLIPS_PER_TASK, code_version=self.code_version)
-
-    @classmethod
-    def from_legacy(cls, prov: Provenance) -> AudioConfig:
-        p, a = prov.params, prov.params["audio"]
-        return cls(features=(p["feature"],), sr=a["sr"], n_bins=a["n_bins"], win_ms=a["win_ms"], hop_ms=a["hop_ms"], dtype=p["dtype"], store_deltas=p["store_deltas"], name=prov.group)
 
 
 #: Options of extract-audio, with their only defaults (the papers': 32 kHz, 128 bins, 80 ms window,

@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 from featstore.errors import ConfigError, MediaError
 from featstore.pipelines.config import StageConfig, option
 from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
-from featstore.provenance import Provenance
 from featstore.store import Store
 from featstore.video import RESIZE_MODES, decode_frames
 
@@ -62,11 +61,6 @@ class FramesConfig(StageConfig):
             OutputSpec("time_s", f"{self.name}/time_s", (n_frames,), "float32", ("frame",), config=config),
         )
         return Stage(self.stage, params, outputs, compute_frames, input_fingerprint=_video_fingerprint, modality="visual", clips_per_task=CLIPS_PER_TASK, code_version=self.code_version)
-
-    @classmethod
-    def from_legacy(cls, prov: Provenance) -> FramesConfig:
-        p = prov.params
-        return cls(fps=p["fps"], size=p["size"], resize=p["resize"], name=prov.group)
 
 
 def _video_fingerprint(row: dict[str, Any]) -> str:

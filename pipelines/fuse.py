@@ -49,7 +49,7 @@ import numpy as np
 from featstore.constants import SPLITS
 from featstore.errors import ConfigError
 from featstore.models import HEADS, LAYER_OF, METHODS
-from featstore.names import embedding_path  # noqa: F401 - re-exported: predict imports it from here
+from featstore.names import embedding_path, single_name  # noqa: F401 - embedding_path re-exported: predict imports it from here
 from featstore.metrics import classification_metrics, evaluate_predictions
 from featstore.packed import packed_segment_embeddings
 from featstore.pipelines.config import TrainingConfig, option, training_option
@@ -69,7 +69,7 @@ PAPER_MODELS = ("aud-mel", "aud-gam", "aud-cqt", "vis-inc", "vis-conv")
 @dataclass
 class FuseConfig(TrainingConfig):
     """Every choice of a fusion run (recorded with it); each option's only default. ``method`` has
-    none (the command takes ``all`` too); ``name`` is checked by the command."""
+    none (the command takes ``all`` too)."""
 
     method: str = option(dataclasses.MISSING, "Fusion layer (f1-f3 on fc1024, f4-f6 on fc10; all = the six), mlp (one model's "
                          "embeddings) or concat (joint modeling).", choices=(*METHODS, *HEADS, ALL_METHODS))
@@ -80,7 +80,8 @@ class FuseConfig(TrainingConfig):
     epochs: int = training_option("epochs", 30)
     batch_size: int = training_option("batch_size", 256)
     joint_mixup: float = option(0.0, "FRACTION of examples whose audio and visual embeddings are mixed with independent coefficients.", min=0, max=1)
-    name: str | None = option(None, "Run name.", cli=False)
+    name: str | None = option(None, "Run name (default fuse-METHOD-av|audio|visual, fuse-mlp-MODEL; with --method all, NAME-f1 ... NAME-f6).",
+                              kind=str, usage=True, check=single_name)
     split: str = option("evaluate", "Split the metrics are computed on.", choices=SPLITS)
     layer: str = option("fc1024", "Embedding layer mlp and concat read, e.g. avg_pool of a keras application (f1-f3 read fc1024, f4-f6 fc10).")
     widths: tuple[int, ...] | None = option(

@@ -34,6 +34,7 @@ from featstore.errors import ConfigError, StoreError
 from featstore.lock import WriterLock
 from featstore.metrics import evaluate_predictions
 from featstore.packed import packed_segment_embeddings
+from featstore.pipelines.config import check_fields, option, option_of, run_option
 from featstore.pipelines.embed import LAYERS, EmbedConfig, embed
 from featstore.pipelines.ensemble import combine
 from featstore.pipelines.fuse import embedding_path, load_fusion_data
@@ -68,6 +69,32 @@ class PredictReport:
                 "failures": self.failures, "stages": self.stages, "seconds": round(self.seconds, 3)}
 
 
+@dataclass(frozen=True)
+class PredictOptions:
+    """Every option of the predict command, with its only default (the command's options come from
+    here): which system (``system_dir``, or a ``run`` of the store itself), and either the keywords
+    of :func:`predict` and :func:`write_predict_submission` or, with ``video``, the file
+    :func:`predict_file` classifies."""
+
+    system_dir: str | None = option(None, "An exported system directory (featstore export-system).", kind=str, flag="--system")
+    run: str | None = option(None, "Instead of --system: a run of STORE itself, applied to its clips that lack its predictions.", kind=str)
+    name: str | None = option(None, "Predictions are written to predictions/NAME (default: the system's run name).", kind=str, usage=True, check=names.single_name)
+    clips: str | None = run_option("clips")
+    workers: int | None = run_option("workers", help="Local dask worker processes for extraction (default: cores; 0 = in-process).")
+    scheduler: str | None = run_option("scheduler", help="Existing dask scheduler (env FEATSTORE_SCHEDULER).")
+    submission: str | None = option(None, "Also write the DCASE 2021 Task 1B submission file (TSV) of the predicted clips.", kind=str)
+    batch_units: int = option_of(EmbedConfig, "batch_units")
+    video: str | None = option(None, "Classify one video file (a temporary store) and print its probabilities.", kind=str, flag="--file")
+    audio: str | None = option(None, "With --file: take the audio from this file (e.g. a WAV) instead of the video's own track.", kind=str)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if (self.system_dir is None) == (self.run is None):
+            raise ConfigError("give exactly one of --system DIR and --run RUN")
+        if self.video is not None and self.system_dir is None:
+            raise ConfigError("--file needs --system")
+
+
 def check_compatible(store: Store, system: System) -> None:
     """Refuse a store whose grid, label map or existing input arrays differ from the system's."""
     if store.segment_s != system.segment_s:
@@ -98,6 +125,7 @@ def _upstream(store: Store, system: System, clip_ids: list[str], report: Predict
     import tempfile
 
     from featstore.pipelines.embed import WAVEFORM_KINDS
+    from featstore.pipelines.embed_waveform import register_system_backbone
 
     def note(stage_report: StageReport) -> None:
         report.stages.append(stage_report.to_json())
@@ -106,7 +134,9 @@ def _upstream(store: Store, system: System, clip_ids: list[str], report: Predict
         config = STAGES[spec["stage"]].from_dict(spec["config"])
         note(run_stage(store, _from_source_start(config.build(store), source_start_s), clips=clip_ids, workers=workers, scheduler=scheduler, progress=progress))
     for model, spec in system.backbones.items():
-        if model not in _registered(store):
+        if model not in _registered(store) and spec.get("kind") in WAVEFORM_KINDS:
+            register_system_backbone(store, model, spec, system.files.get(spec.get("file", "")))
+        elif model not in _registered(store):
             with tempfile.TemporaryDirectory() as work:
                 path = f"{work}/{model}.keras"
                 with open(path, "wb") as f:
@@ -193,8 +223,8 @@ def _predictions_array(store: Store, system: System, path: str, per_clip_shape: 
 
 
 def predict(store: Store, system: System, *, name: str | None = None, clips: str | list[str] | None = None,
-            workers: int | None = None, scheduler: str | None = None, progress: bool | None = False,
-            batch_units: int = EmbedConfig.batch_units) -> PredictReport:
+            workers: int | None = PredictOptions.workers, scheduler: str | None = None, progress: bool | None = False,
+            batch_units: int = PredictOptions.batch_units) -> PredictReport:
     """Apply ``system`` to the selected ``clips`` of ``store`` (see the module docstring).
 
     ``name``: the predictions' name (default: the system's run name); ``workers`` / ``scheduler``:

@@ -13,6 +13,7 @@ from featstore.pipelines.config import StageConfig
 from featstore.pipelines.embed import EmbedConfig
 from featstore.pipelines.extract_audio import AudioConfig
 from featstore.pipelines.extract_frames import FramesConfig
+from featstore.pipelines.legacy import legacy_config
 from featstore.store import Store
 from featstore.system import System
 
@@ -21,7 +22,8 @@ STAGES: dict[str, type[StageConfig]] = {c.stage: c for c in (AudioConfig, Frames
 
 
 def config_for_array(store: Store, path: str) -> StageConfig:
-    """The config of the stage that made array ``path``, rebuilt from its provenance.
+    """The config of the stage that made array ``path``, rebuilt from its provenance (for an array
+    made before configs were recorded, by :func:`~featstore.pipelines.legacy.legacy_config`).
 
     Raises :class:`~featstore.errors.StoreError` for an array no batch stage made (an HDF5 import,
     a fusion run's predictions: those are rebuilt by their own commands).
@@ -30,7 +32,7 @@ def config_for_array(store: Store, path: str) -> StageConfig:
     config_class = STAGES.get(prov.stage)
     if config_class is None:
         raise StoreError(f"{path}: made by {prov.stage!r}, which is not a batch stage featstore can re-run; re-import or recompute it")
-    return config_class.from_provenance(prov)
+    return config_class.from_dict(prov.config) if prov.config is not None else legacy_config(prov)
 
 
 def system_from_run(store: Store, run: str) -> System:

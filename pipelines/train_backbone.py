@@ -14,6 +14,12 @@
 - Mixup on inputs (``mixup_alpha``; 0 turns it off) with the matching soft labels; KL-divergence loss
   against them, plus L2 on the head (``l2``); Adam; the best epoch by validation loss is kept.
 - ``mixed_precision``: Keras ``mixed_float16`` while the model is built and trained (for GPUs).
+- ``devices``: N > 1 trains under ``tf.distribute.MirroredStrategy`` over N GPUs of this machine (or
+  logical CPU devices; :mod:`featstore.distribute`): the model is built and compiled in the
+  strategy's scope, each replica reads its own share of every epoch
+  (:func:`featstore.loader.tf_distributed_dataset`) in batches of ``batch_size / N`` (``batch_size``
+  is the global batch, the Keras convention). Validation batches are split across the replicas
+  by the strategy, every window once.
 - The best model is saved as ``.keras`` in the store and registered (see :mod:`featstore.registry`)
   with its config, validation metrics, per-epoch ``history`` and the list of clips it was trained on.
 - Progress (:mod:`featstore.progress`): one logged line per epoch, a bar within the epoch on a
@@ -23,6 +29,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import dataclasses
@@ -32,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from featstore.errors import ConfigError
-from featstore.loader import DEFAULT_BLOCK_CLIPS, tf_dataset, training_batches
+from featstore.loader import DEFAULT_BLOCK_CLIPS, tf_dataset, tf_distributed_dataset, training_batches
 from featstore.models import MODELS
 from featstore.models.audio import ARCHS
 from featstore.pipelines.config import TrainingConfig, option
@@ -65,10 +72,17 @@ class TrainConfig(TrainingConfig):
     units_per_clip: int | None = option(None, "Windows (audio) or frames (visual) per clip and epoch, evenly spaced (default: all).", kind=int, min=1)
     augment: bool = option(True, "Random resized crop + horizontal flip of training frames (visual models only).")
     mixed_precision: bool = option(False, "Keras mixed_float16 (for GPUs).")
+    devices: int = option(1, "Devices to train on (tf.distribute.MirroredStrategy): GPUs of this machine, else logical CPU devices; "
+                             "--batch-size is the global batch, split evenly across them.", min=1)
     block_clips: int = option(DEFAULT_BLOCK_CLIPS, "Clips per shuffle block of the loader (see README, Training loader).", min=1)
     loader_workers: int = option(2, "Loader threads (0 = in the training thread).", min=0)
     deltas: str = option("model", "Audio deltas computed by the model's first layer, or by the loader (a 6-channel model, as before).", choices=DELTAS)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size % self.devices:
+            raise ConfigError(f"--batch-size {self.batch_size} must be a multiple of --devices {self.devices} (it is the global batch, split evenly)")
 
     def resolved(self, store: Store) -> TrainConfig:
         """This config with ``input_array`` and ``window_s`` filled in from the model and ``store``."""
@@ -95,11 +109,13 @@ def train_backbone(store: Store, config: TrainConfig, *, progress: bool | None =
 def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str, Any]:
     import keras
 
+    from featstore.distribute import mirrored_strategy
     from featstore.models import build_model
 
     from featstore.seeding import seed_everything
 
     seed_everything(config.seed)  # every seed and TensorFlow op determinism: same seed, same weights
+    strategy = mirrored_strategy(config.devices) if config.devices > 1 else None  # refuses missing devices first
     clips = store.clips
     done = set(store.ledger(config.input_array).entries)
     usable = clips["clip_id"].isin(list(done)).to_numpy()
@@ -122,14 +138,15 @@ def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str
     else:
         in_model = {"frames_per_segment": train.units.frames_per_segment, "delta_width": train.units.delta_width} if config.deltas == "model" else {}
         backbone = {"arch": config.arch, "widths": tuple(config.widths), **in_model}
-    model = build_model(config.model, input_shape=input_shape, n_classes=len(store.classes), head_units=config.head_units, l2=config.l2, **backbone)
-    model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=keras.losses.KLDivergence(), metrics=["categorical_accuracy"])
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = build_model(config.model, input_shape=input_shape, n_classes=len(store.classes), head_units=config.head_units, l2=config.l2, **backbone)
+        model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=keras.losses.KLDivergence(), metrics=["categorical_accuracy"])
     watch = TrainingProgress(config.model, config.epochs, store=store, kind="models", bar=progress)
     with tempfile.TemporaryDirectory() as work:
         best = os.path.join(work, f"{config.model}.keras")
         history = model.fit(
-            tf_dataset(train),
-            validation_data=tf_dataset(val),
+            tf_distributed_dataset(strategy, train) if strategy else tf_dataset(train),
+            validation_data=tf_dataset(val),  # under a strategy, each global batch split across the replicas
             epochs=config.epochs,
             shuffle=False,  # the loader reshuffles every epoch itself
             verbose=0,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,7 @@ class JointConfig(TrainingConfig):
     """Every choice of a joint training run (recorded with the registered model); each option's
     only default. ``name`` has none: the command requires it."""
 
-    name: str
+    name: str = option(MISSING, "Name the joint model is registered under (embed/fuse/ensemble take it like a backbone).")
     audio_input: str = option("audio/mel", "Audio array the encoder reads.")
     visual_model: str | None = option(None, "Model whose cached embeddings are the visual input (omit: audio only, the baseline).", kind=str)
     visual_layer: str = option("fc1024", "Its embedding layer.")

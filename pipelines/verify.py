@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections import defaultdict
 from collections.abc import Callable
@@ -12,13 +13,28 @@ from featstore.errors import FeatstoreError, StoreError
 from featstore.lock import WriterLock
 from featstore.shards import write_clips
 
+from featstore.pipelines.config import check_fields, option, run_option
 from featstore.pipelines.runner import StageReport, run_stage
 from featstore.pipelines.stages import config_for_array
 from featstore.store import Store
 from featstore.verify import VerifyReport
 
 
-def repair(store: Store, report: VerifyReport, *, workers: int | None = 0, scheduler: str | None = None,
+@dataclasses.dataclass(frozen=True)
+class VerifyOptions:
+    """Every option of the verify command, with its only default (the command's options come from
+    here): the arrays checked (:func:`featstore.verify.verify_store`) and whether and how
+    :func:`repair` recomputes the damaged clips."""
+
+    arrays: tuple[str, ...] | None = option(None, "Comma-separated array paths (default: all).", kind=str)
+    repair: bool = option(False, "Recompute exactly the damaged clips, then verify again.")
+    workers: int | None = run_option("workers", 0, "Workers for --repair (0 = in-process).")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def repair(store: Store, report: VerifyReport, *, workers: int | None = VerifyOptions.workers, scheduler: str | None = None,
            on_unrepairable: Callable[[str], None] | None = None) -> list[StageReport]:
     """Re-run each damaged array's stage on exactly its damaged clips.
 

@@ -20,7 +20,9 @@ at ``sample_rate`` -> ``{layer: (sound, dim) float32}``, one call for a batch of
 
 The fingerprint (:func:`model_fingerprint`) covers the spelling, the version of the package that
 provides the module (its distribution's version, else ``__version__``, else the module file's
-bytes) and the weights file's bytes: a new release or new weights make a new model.
+bytes) and the weights file's bytes: a new release or new weights make a new model. An exported
+system records it with the version, and :func:`check_installed` refuses a system whose installed
+package gives another fingerprint.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ from featstore.errors import ConfigError
 HEAR_PREFIX = "hear:"
 TORCH_PREFIX = "torch:"
 PREFIXES = (HEAR_PREFIX, TORCH_PREFIX)
+#: The registry's (and a system manifest's) ``kind`` of these models.
+KINDS = ("hear", "torch")
+#: What such a model's ``input`` names: the clips' source audio files, not an array.
+SOURCE_AUDIO = "source audio"
 #: A torch module's input rate when it has no ``sample_rate`` attribute (the store's audio rate).
 DEFAULT_SAMPLE_RATE = 32_000
 
@@ -77,6 +83,11 @@ def _import(module: str):
         raise ConfigError(f"cannot import {module!r} ({exc}); install the package that provides it") from None
 
 
+def module_of(spec: str) -> str:
+    """The module a spec imports: ``"MODULE"`` -> ``"MODULE"``, ``"PKG.MODULE:FACTORY"`` -> ``"PKG.MODULE"``."""
+    return spec.split(":")[0]
+
+
 def module_version(module_name: str) -> str:
     """The version of what provides ``module_name``: its distribution's version, else the module's
     ``__version__``, else a digest of its source file."""
@@ -100,10 +111,39 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def model_fingerprint(kind: str, spec: str, weights_file: str | None) -> str:
-    """The model's cache key: spelling, module version and weights bytes (see the module docstring)."""
-    parts = [kind, spec, module_version(spec.split(":")[0]), file_digest(weights_file) if weights_file else "no weights"]
+def weights_suffix(weights_file: str) -> str:
+    """The suffix a copy of ``weights_file`` keeps (in a store's ``models/``, a system's
+    ``backbones/``): its own extension (``.pt``, ``.ckpt``), else ``.weights``."""
+    return os.path.splitext(weights_file)[1] or ".weights"
+
+
+def fingerprint_of(kind: str, spec: str, version: str, weights_digest: str | None) -> str:
+    """The fingerprint of ``kind``/``spec`` at module ``version`` (:func:`module_version`) with
+    weights of BLAKE2b ``weights_digest`` (:func:`file_digest`; None without weights)."""
+    parts = [kind, spec, version, weights_digest or "no weights"]
     return hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest()
+
+
+def model_fingerprint(kind: str, spec: str, weights_file: str | None) -> str:
+    """The model's cache key: spelling, installed module version and weights bytes (see the module docstring)."""
+    return fingerprint_of(kind, spec, module_version(module_of(spec)), file_digest(weights_file) if weights_file else None)
+
+
+def check_installed(model: str, kind: str, spec: str, fingerprint: str, weights_digest: str | None, *, version: str | None, fix: str) -> str:
+    """The installed version of ``model``'s module (:func:`module_version`), checked: with weights
+    of ``weights_digest`` it must give ``fingerprint`` (the one ``model`` was made with, at module
+    ``version`` when known), else a :class:`~featstore.errors.ConfigError` naming the module, both
+    versions and both fingerprints, and ``fix``."""
+    module = module_of(spec)
+    installed = module_version(module)
+    found = fingerprint_of(kind, spec, installed, weights_digest)
+    if found == fingerprint:
+        return installed
+    if version is not None and version == installed:
+        raise ConfigError(f"model {model!r} ({kind}:{spec}): its weights are not the ones it was made with (fingerprint {fingerprint[:12]}, "
+                          f"these weights give {found[:12]}); {fix}")
+    raise ConfigError(f"model {model!r} was made with {module} {version or '(another version)'} (fingerprint {fingerprint[:12]}); "
+                      f"the installed {module} is {installed} (fingerprint {found[:12]}); {fix}")
 
 
 def _numpy(value) -> np.ndarray:
@@ -167,13 +207,15 @@ _LOADED: dict[tuple[str, str, str], WaveformEmbedder] = {}
 def load_waveform_model(kind: str, spec: str, weights_file: str | None, fingerprint: str | None = None) -> WaveformEmbedder:
     """The model ``kind``/``spec`` with ``weights_file``, loaded once per process and fingerprint.
 
-    With ``fingerprint`` (a registered model's), a weights file whose bytes changed since is refused.
+    With ``fingerprint`` (a registered model's), a weights file whose bytes changed since is refused
+    when the model is loaded (once per process: the model in memory is the one checked, so a clip
+    does not pay for hashing the weights and scanning the installed distributions again).
     """
     if weights_file and not os.path.isfile(weights_file):
         raise ConfigError(f"weights file {weights_file} not found")
     key = (kind, spec, fingerprint or model_fingerprint(kind, spec, weights_file))
-    if fingerprint is not None and weights_file and model_fingerprint(kind, spec, weights_file) != fingerprint:
-        raise ConfigError(f"{weights_file} or {spec} changed since the model was registered; embed with --model {kind}:{spec} again")
     if key not in _LOADED:
+        if fingerprint is not None and weights_file and model_fingerprint(kind, spec, weights_file) != fingerprint:
+            raise ConfigError(f"{weights_file} or {spec} changed since the model was registered; embed with --model {kind}:{spec} again")
         _LOADED[key] = (_load_hear if kind == "hear" else _load_torch)(spec, weights_file)
     return _LOADED[key]
