@@ -375,10 +375,12 @@ def predict_file(system: System, video_path: str, audio_path: str | None = None,
 
 
 def _reads_audio(system: System) -> bool:
-    """Whether one of the system's inputs is extracted from audio."""
+    """Whether one of the system's inputs is extracted from audio, or a backbone reads the audio itself."""
+    from featstore.pipelines.embed import WAVEFORM_KINDS
     from featstore.pipelines.extract_audio import AudioConfig
 
-    return any(spec["stage"] == AudioConfig.stage for spec in system.inputs.values())
+    return (any(spec["stage"] == AudioConfig.stage for spec in system.inputs.values())
+            or any(spec.get("kind") in WAVEFORM_KINDS for spec in system.backbones.values()))
 
 
 def _leaf_key(item: dict[str, Any]) -> str:
