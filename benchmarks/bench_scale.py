@@ -11,6 +11,8 @@ Measures, in the same run:
   both layouts;
 - a re-run where everything is done (fingerprint checks only).
 
+The requests the same layouts cost on an object store are counted by ``benchmarks/bench_s3.py``.
+
     python benchmarks/bench_scale.py --clips 12291 --workers 2 --clips-per-task 32
 """
 

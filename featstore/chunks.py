@@ -15,7 +15,9 @@ inside shards (Zarr v3's sharding codec, one inner chunk per clip, the shard ind
 - Sharded: the shard's index (16 bytes a clip, with its own crc32c) is read once per shard and
   kept (on a local disk it is read again when the file changed), then a clip costs one ranged read.
 - On a local disk reads are plain file reads; on any other store (S3, GCS, memory...) they are the
-  store's ranged requests, and :meth:`ClipReader.read_clips` sends those of many clips at once.
+  store's ranged requests (never a whole-object GET, for which s3fs sends a HEAD first), and
+  :meth:`ClipReader.fetch` sends those of many clips at once, one request for the neighbouring
+  clips of a shard.
 - The crc32c is checked with google-crc32c, as zarr does; zstd and Blosc are decompressed by
   numcodecs (what zarr's own codecs call), outside the GIL.
 
@@ -43,6 +45,11 @@ from featstore.errors import DamagedFile
 
 #: An inner chunk never written: its index entry holds this offset and length.
 _EMPTY = np.uint64(2**64 - 1)
+
+#: Inner chunks of one shard this close (bytes) are fetched in one ranged request: an object
+#: store's request costs about its latency (10-50 ms on S3), which buys about 1 MiB of transfer
+#: on one connection, so fetching a gap this size is cheaper than a second request.
+COALESCE_GAP_BYTES = 2**20
 
 
 class ClipReader:
@@ -81,15 +88,14 @@ class ClipReader:
             out[...] = self.array[row]
             return out
         out = np.empty(self.shape, self.dtype) if out is None else out
-        data = self._read_local(row) if self.local else self._fetch([row])[0]
-        return self._decode(row, data, out)
+        data = self._read_local(row) if self.local else self.fetch([row])[0]
+        return self.decode(row, data, out)
 
     def read_clips(self, rows: Sequence[int], outs: Sequence[np.ndarray] | None = None) -> list[np.ndarray]:
         """The values of each of ``rows`` (into ``outs`` when given), as :meth:`read` gives them.
 
-        On a remote store the requests of all clips go out at once (the uncached shard indices
-        first, then one ranged request per clip), so reading a block of clips costs about one
-        request's latency rather than one per clip.
+        On a remote store the bytes come from :meth:`fetch` (all requests at once), so reading a
+        block of clips costs about one request's latency rather than one per clip.
         """
         rows = [int(r) for r in rows]
         outs = list(outs) if outs is not None else [np.empty(self.shape, self.dtype) for _ in rows]
@@ -100,7 +106,40 @@ class ClipReader:
             return outs
         if self.local:
             return [self.read(row, out) for row, out in zip(rows, outs)]
-        return [self._decode(row, data, out) for row, data, out in zip(rows, self._fetch(rows), outs)]
+        return [self.decode(row, data, out) for row, data, out in zip(rows, self.fetch(rows), outs)]
+
+    def fetch(self, rows: Sequence[int]) -> list[bytes | None]:
+        """The stored bytes of each of ``rows`` (None: never written), for :meth:`decode`.
+
+        Only for featstore's layout (``direct``). On a remote store every request goes out at once:
+        one GET per clip without a sharding codec (ranged, so that no client sends a HEAD first to
+        learn the size); with one, the shard indices not cached yet (one suffix request each), then
+        one ranged request per run of the wanted clips of a shard that lie within
+        :data:`COALESCE_GAP_BYTES` of each other (sorted rows of a shard: one request).
+        """
+        rows = [int(r) for r in rows]
+        if self.local:
+            return [self._read_local(row) for row in rows]
+        from zarr.core.sync import sync
+
+        return sync(self._fetch(rows))
+
+    def decode(self, row: int, data: bytes | None, out: np.ndarray) -> np.ndarray:
+        """``out`` holding the values of clip ``row`` from its stored ``data`` (:meth:`fetch`), checked
+        by its crc32c; the fill value when ``data`` is None. Runs outside the GIL (numcodecs)."""
+        if data is None:
+            out.fill(self._fill)
+            return out
+        body, stored = data[:-4], data[-4:]
+        if np.uint32(google_crc32c.value(body)).tobytes() != stored:
+            raise DamagedFile(f"{self.location(row)}: chunk of row {row} of {self.array.path!r} fails its crc32c checksum (damaged; featstore verify --repair)")
+        # the checksum proves these are the bytes zarr wrote for this chunk shape, so they decode to
+        # exactly ``out``'s size
+        try:
+            self._decompressor.decode(body, out=out)
+        except (RuntimeError, ValueError) as exc:
+            raise DamagedFile(f"{self.location(row)}: chunk of row {row} of {self.array.path!r} does not decode: {exc}") from None
+        return out
 
     def location(self, row: int) -> str:
         """Where clip ``row`` is stored: its object's key, and its inner chunk within a shard."""
@@ -135,34 +174,40 @@ class ClipReader:
                 return None
             return os.pread(file.fileno(), int(nbytes), int(offset))
 
-    def _fetch(self, rows: list[int]) -> list[bytes | None]:
-        """Each row's stored bytes from a remote store (None: never written), requests concurrent."""
-        from zarr.abc.store import RangeByteRequest, SuffixByteRequest
+    async def _fetch(self, rows: list[int]) -> list[bytes | None]:
+        from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
         from zarr.core.buffer import default_buffer_prototype
-        from zarr.core.sync import sync
 
         store, prototype = self.array.store, default_buffer_prototype()
 
         def key(row: int) -> str:
             return f"{self.array.path}/{self._object_key(row)}" if self.array.path else self._object_key(row)
 
-        async def get(k: str, byte_range=None) -> bytes | None:
+        async def get(k: str, byte_range) -> bytes | None:
             buffer = await store.get(k, prototype, byte_range=byte_range)
             return None if buffer is None else buffer.to_bytes()
 
-        async def fetch_all() -> list[bytes | None]:
-            if not self.clips_per_shard:
-                return list(await asyncio.gather(*(get(key(row)) for row in rows)))
-            s = self.clips_per_shard
-            missing = sorted({row // s for row in rows} - set(self._index))
-            raw = await asyncio.gather(*(get(key(shard * s), SuffixByteRequest(16 * s + 4)) for shard in missing))
-            for shard, data in zip(missing, raw):
-                self._index[shard] = (None, None if data is None else self._parse_index(shard * s, data))
-            entries = [self._index[row // s][1] for row in rows]
-            ranges = [None if e is None or e[row % s][0] == _EMPTY else (int(e[row % s][0]), int(e[row % s][0] + e[row % s][1])) for row, e in zip(rows, entries)]
-            return list(await asyncio.gather(*(get(key(row), RangeByteRequest(*r)) if r else _none() for row, r in zip(rows, ranges))))
-
-        return sync(fetch_all())
+        if not self.clips_per_shard:
+            return list(await asyncio.gather(*(get(key(row), OffsetByteRequest(0)) for row in rows)))
+        s = self.clips_per_shard
+        missing = sorted({row // s for row in rows} - set(self._index))
+        raw = await asyncio.gather(*(get(key(shard * s), SuffixByteRequest(16 * s + 4)) for shard in missing))
+        for shard, index in zip(missing, raw):
+            self._index[shard] = (None, None if index is None else self._parse_index(shard * s, index))
+        spans: dict[int, tuple[int, int]] = {}  # row -> (offset, end) of its inner chunk
+        for row in rows:
+            entries = self._index[row // s][1]
+            if entries is not None and entries[row % s][0] != _EMPTY:
+                offset, nbytes = (int(v) for v in entries[row % s])
+                spans[row] = (offset, offset + nbytes)
+        runs = coalesce(spans, s)
+        fetched = await asyncio.gather(*(get(key(run[0]), RangeByteRequest(start, end)) for run, (start, end) in runs))
+        data: dict[int, bytes | None] = {}
+        for (run, (start, _)), chunk in zip(runs, fetched):
+            for row in run:
+                offset, end = spans[row]
+                data[row] = None if chunk is None else chunk[offset - start : end - start]
+        return [data.get(row) for row in rows]
 
     def _parse_index(self, row: int, data: bytes) -> np.ndarray:
         """(clips, 2) uint64 offsets and lengths from a shard index's bytes, checked by its crc32c."""
@@ -171,25 +216,22 @@ class ClipReader:
             raise DamagedFile(f"{self.array.path}/{self._object_key(row)}: the shard index fails its crc32c checksum (damaged; featstore verify --repair)")
         return np.frombuffer(body, "<u8").reshape(-1, 2)
 
-    # ------------------------------------------------------------------ decoding
-    def _decode(self, row: int, data: bytes | None, out: np.ndarray) -> np.ndarray:
-        if data is None:
-            out.fill(self._fill)
-            return out
-        body, stored = data[:-4], data[-4:]
-        if np.uint32(google_crc32c.value(body)).tobytes() != stored:
-            raise DamagedFile(f"{self.location(row)}: chunk of row {row} of {self.array.path!r} fails its crc32c checksum (damaged; featstore verify --repair)")
-        # the checksum proves these are the bytes zarr wrote for this chunk shape, so they decode to
-        # exactly ``out``'s size
-        try:
-            self._decompressor.decode(body, out=out)
-        except (RuntimeError, ValueError) as exc:
-            raise DamagedFile(f"{self.location(row)}: chunk of row {row} of {self.array.path!r} does not decode: {exc}") from None
-        return out
 
-
-async def _none() -> None:
-    return None
+def coalesce(spans: dict[int, tuple[int, int]], clips_per_shard: int, gap: int | None = None) -> list[tuple[list[int], tuple[int, int]]]:
+    """Ranged requests for the byte ``spans`` {row: (offset, end)} of inner chunks: (rows, (start,
+    end)) per request, joining chunks of one shard whose gap is at most ``gap`` bytes (default
+    :data:`COALESCE_GAP_BYTES`). A run's rows are in offset order; every row is in one run."""
+    gap = COALESCE_GAP_BYTES if gap is None else gap
+    runs: list[tuple[list[int], tuple[int, int]]] = []
+    for row in sorted(spans, key=lambda r: (r // clips_per_shard, spans[r])):
+        offset, end = spans[row]
+        if runs and runs[-1][0][0] // clips_per_shard == row // clips_per_shard and offset - runs[-1][1][1] <= gap:
+            rows, (start, last) = runs[-1]
+            rows.append(row)
+            runs[-1] = (rows, (start, max(last, end)))
+        else:
+            runs.append(([row], (offset, end)))
+    return runs
 
 
 def _local_directory(array: zarr.Array) -> str | None:

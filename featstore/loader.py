@@ -110,6 +110,10 @@ class StoreSource:
     steady-state reading touches no fresh memory. ``workers`` threads decompress clips in parallel
     (numcodecs releases the GIL); they start on the first read, in the process that reads (a thread
     pool does not survive a fork). ``bytes_decoded`` counts the decompressed bytes.
+
+    On a remote store a block's clips are fetched first, all requests at once
+    (:meth:`ClipReader.fetch`), then decoded by those threads; :meth:`prefetch` starts the next
+    block's fetch while the current one is served.
     """
 
     def __init__(self, store: Store, units: Units, workers: int = 0):
@@ -120,9 +124,14 @@ class StoreSource:
         self.units_of: dict[int, np.ndarray] = {}  # row -> (unit, ...) view of that buffer
         self.free: list[np.ndarray] = []  # released clip buffers, reused by the next reads
         self.bytes_decoded = 0
+        #: whether clips' bytes are fetched first (a remote store, featstore's layout), then decoded
+        self.fetches = self.reader.direct and not self.reader.local
+        self._fetcher: tuple[int, ThreadPoolExecutor] | None = None  # (pid, thread) of prefetch
+        self._prefetched: tuple[list[int], object] | None = None  # (rows, future of their bytes)
 
-    def _read(self, row: int, buffer: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
-        values = self.reader.read(row, out=buffer) if values is None else values
+    def _read(self, row: int, buffer: np.ndarray, data: bytes | None = None) -> np.ndarray:
+        """Clip ``row`` decoded into ``buffer``: read here, or from its fetched bytes ``data``."""
+        values = self.reader.decode(row, data, buffer) if self.fetches else self.reader.read(row, out=buffer)
         # an unwritten clip reads as all fill value (NaN): a sparse sample of the values finds it
         if values.dtype.kind == "f" and np.isnan(values.reshape(-1)[:: max(1, values.size // 4096)]).any():
             raise ConfigError(f"clip {self.clip_ids[row]!r} is not written in {self.units.path!r} (run the stage that makes it)")
@@ -135,16 +144,32 @@ class StoreSource:
             self._pool, self._pid = ThreadPoolExecutor(self.workers), os.getpid()
         return self._pool
 
+    def prefetch(self, rows: np.ndarray) -> None:
+        """On a remote store, start fetching the bytes of ``rows`` (the next block's) in the
+        background; :meth:`load` of the same rows then waits only for what is still in flight."""
+        if not self.fetches:
+            return
+        if self._fetcher is None or self._fetcher[0] != os.getpid():
+            self._fetcher = (os.getpid(), ThreadPoolExecutor(1))
+        rows = list(dict.fromkeys(int(r) for r in rows))
+        self._prefetched = (rows, self._fetcher[1].submit(self.reader.fetch, rows))
+
     def load(self, rows: np.ndarray) -> None:
-        """Decompress the chunks of ``rows`` into the cache (one thread loads at a time)."""
+        """Decompress the chunks of ``rows`` into the cache (one thread loads at a time).
+
+        On a remote store the bytes of every clip are fetched at once (:meth:`ClipReader.fetch`:
+        one request per run of neighbouring clips of a shard), or were by :meth:`prefetch`."""
         rows = list(dict.fromkeys(int(r) for r in rows if int(r) not in self.cache))
+        data = [None] * len(rows)
+        if self.fetches:
+            prefetched, self._prefetched = self._prefetched, None
+            got = dict(zip(prefetched[0], prefetched[1].result())) if prefetched is not None else {}
+            rest = [row for row in rows if row not in got]
+            got.update(zip(rest, self.reader.fetch(rest) if rest else []))
+            data = [got[row] for row in rows]
         buffers = [self.free.pop() if self.free else np.empty(self.reader.shape, self.reader.dtype) for _ in rows]
-        read = self._read
-        if not self.reader.local:  # a remote store: every clip's request at once (ClipReader.read_clips)
-            fetched = dict(zip(rows, self.reader.read_clips(rows, buffers)))
-            read = lambda row, buffer: self._read(row, buffer, fetched[row])
         pool = self.pool
-        for row, values in zip(rows, pool.map(read, rows, buffers) if pool else map(read, rows, buffers)):
+        for row, values in zip(rows, pool.map(self._read, rows, buffers, data) if pool else map(self._read, rows, buffers, data)):
             self.bytes_decoded += values.nbytes
             self.units_of[row] = self.units.of_clips(values[None])[0]
             self.cache[row] = values
@@ -156,6 +181,7 @@ class StoreSource:
         other = copy.copy(self)
         other._pool, other._pid = self.pool, self._pid  # one set of decompression threads for all views
         other.cache, other.units_of, other.bytes_decoded = {}, {}, 0
+        other._prefetched = None  # a fetch started for another view's next block stays its own
         return other
 
     def release(self, rows: np.ndarray) -> None:
@@ -176,6 +202,9 @@ class MemorySource:
 
     def __init__(self, values: np.ndarray, units: Units):
         self.values = units.of_clips(values)
+
+    def prefetch(self, rows: np.ndarray) -> None:
+        pass
 
     def load(self, rows: np.ndarray) -> None:
         pass
@@ -308,8 +337,10 @@ class TrainingBatches:
                 self.source.release(block.rows)
 
     def _inline(self, plan: list[Block], epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for block in plan:
+        for b, block in enumerate(plan):
             self.source.load(block.rows)
+            if b + 1 < len(plan):  # a remote store's next block arrives while this one is served
+                self.source.prefetch(plan[b + 1].rows)
             for number, pairs in enumerate(block.batches, block.first):
                 yield self.batch(pairs, epoch, number)
             self.source.release(block.rows)

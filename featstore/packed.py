@@ -1,8 +1,8 @@
 """The packed read cache of small per-clip arrays (embeddings, predictions): one ``.npz`` per array.
 
 Phase II reads every embedding of a store many times (each fusion method, each ensemble, each
-report). Read from Zarr, that costs one store request per clip (one chunk per clip, DESIGN 7.4),
-about a millisecond each; this module keeps each array's segment means packed in one side file,
+report). Read from the arrays, that costs a chunk decode per clip and, on an object store, a
+request per clip (one object per clip) or per run of neighbouring clips of a shard; this module keeps each array's segment means packed in one side file,
 ``_featstore/packed/{path}.npz``, keyed so that it can never be stale. It owns that file: it is the
 only module that writes or reads it.
 """
@@ -14,8 +14,8 @@ import io
 import json
 
 import numpy as np
-import zarr
 
+from featstore.chunks import ClipReader
 from featstore.fingerprint import stable_hash
 from featstore.ledger import ledger_name
 from featstore.store import Store
@@ -26,7 +26,7 @@ def packed_segment_embeddings(store: Store, path: str) -> tuple[np.ndarray, np.n
 
     Only clips done in ``path`` are returned (``rows`` are their rows in the clips table); a visual
     model's frames of each segment are averaged. Reading an embedding array costs one store request
-    per clip (one chunk per clip, DESIGN 7.4), about a millisecond each; so the result is also kept
+    per clip (one chunk per clip, DESIGN 7.4); so the result is also kept
     packed, as one ``.npz`` side file per array (``_featstore/packed/...``), written here when it is
     missing or stale (a read through the cache), keyed by the array's
     fingerprint and the bytes of its ledger (every done clip and its checksum). A re-embedded clip,
@@ -44,13 +44,13 @@ def packed_segment_embeddings(store: Store, path: str) -> tuple[np.ndarray, np.n
         return packed
     doc = json.loads(ledger_bytes) if ledger_bytes else {}
     done = doc.get("clips", {}) if doc.get("fingerprint") == prov["fingerprint"] else {}  # the bytes hashed
-    with zarr.config.set({"codec_pipeline.batch_size": 64}):  # halves the per-chunk cost of a whole read
-        values = np.asarray(store.array(path)[:], dtype=np.float32)  # (clip, unit, dim)
-    per_segment_units = prov.frames_per_segment  # units per grid segment
-    n_clips, units, dim = values.shape
-    segments = values.reshape(n_clips, units // per_segment_units, per_segment_units, dim).mean(axis=2)
     rows = np.flatnonzero(store.clips["clip_id"].isin(list(done)).to_numpy())
-    segments = np.ascontiguousarray(segments[rows])
+    # the done clips only, through the read path: on an object store one request per run of
+    # neighbouring clips of a shard (zarr's own read sends one per inner chunk)
+    values = np.asarray(ClipReader(store.array(path)).read_clips(rows), dtype=np.float32)  # (clip, unit, dim)
+    per_segment_units = prov.frames_per_segment  # units per grid segment
+    units, dim = store.array(path).shape[1:]
+    segments = np.ascontiguousarray(values.reshape(len(rows), units // per_segment_units, per_segment_units, dim).mean(axis=2))
     buffer = io.BytesIO()
     np.savez(buffer, key=np.array(key), values=segments, rows=rows)
     store.side.write(name, buffer.getvalue())

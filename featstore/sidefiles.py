@@ -24,6 +24,7 @@ import fsspec
 import pandas as pd
 from fsspec.implementations.local import LocalFileSystem
 
+from featstore.coords import is_coordinate
 from featstore.errors import DamagedFile
 
 SIDE_DIR = "_featstore"
@@ -81,7 +82,15 @@ class SideFiles:
     def read(self, name: str) -> bytes | None:
         """The file's bytes, or None when it does not exist."""
         try:
-            return self.fs.cat_file(self.path(name))
+            if self.is_local:
+                return self.fs.cat_file(self.path(name))
+            # ranged from byte 0: for a whole-object read s3fs sends a HEAD first (to learn the size)
+            try:
+                return self.fs.cat_file(self.path(name), start=0)
+            except FileNotFoundError:
+                raise
+            except OSError:  # an empty object has no byte 0 to read from
+                return self.fs.cat_file(self.path(name))
         except FileNotFoundError:
             return None
 
@@ -163,7 +172,8 @@ class SideFiles:
         return sorted(os.path.basename(str(e).rstrip("/")) for e in entries)
 
     def scan_zarr_metadata(self) -> tuple[list[str], list[str]]:
-        """(paths of the arrays whose ``zarr.json`` parses, one message per ``zarr.json`` that does not).
+        """(paths of the per-clip arrays whose ``zarr.json`` parses, one message per ``zarr.json`` that
+        does not; coordinate arrays, :mod:`featstore.coords`, are checked but not listed).
 
         zarr itself reports a truncated ``zarr.json`` as a bare JSON error naming no file; this
         names it. Lists every file of the store once, so call it when something went wrong, or
@@ -183,6 +193,6 @@ class SideFiles:
             lacking = [k for k in required if not isinstance(doc, dict) or k not in doc]
             if lacking:
                 damaged.append(f"{path}: damaged, not Zarr v3 metadata (no {', '.join(lacking)})")
-            elif is_array:
+            elif is_array and not is_coordinate(doc.get("attributes", {})):
                 arrays.append(os.path.dirname(path)[len(self.store_root) + 1 :])
         return sorted(arrays), damaged

@@ -38,13 +38,14 @@ from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
 from featstore import clips as clips_mod
 from featstore import names, shards
+from featstore.coords import CLIP_AXIS, Coordinate, align_group, is_coordinate, store_coordinates, write_coordinate
 from featstore.constants import CLASSES, CLIP_DURATION_S, MAX_CLIP_DURATION_S, MIN_SEGMENT_S, SEGMENT_S
 from featstore.errors import ConfigError, DamagedFile, FeatstoreWarning, NotFoundError, ParamsMismatch, StoreError
 from featstore.fingerprint import array_fingerprint, library_versions
 from featstore.ledger import Failures, Ledger, ledger_name
 from featstore.provenance import Provenance
 from featstore.sidefiles import SideFiles
-from featstore.upgrade import FORMAT_VERSION, check_format_version, clips_checksum_recorded, code_version_of
+from featstore.upgrade import FORMAT_VERSION, check_format_version, clips_checksum_recorded, code_version_of, renamed_axes
 
 CLIPS_NAME = "clips.parquet"
 ATTRS_KEY = "featstore"
@@ -98,12 +99,13 @@ def open_array(url: str, path: str, storage_options: dict[str, Any] | None = Non
 def dimension_names(path: str, dims: tuple[str, ...]) -> tuple[str, ...]:
     """Zarr dimension names of array ``path`` with provenance ``dims``, unique within its group.
 
-    xarray opens a group as one Dataset, in which a name means one size: an embedding's vector axis
-    is named after its layer (``fc1024``, ``fc10``) rather than ``dim``, and a per-clip unit axis
-    of length one (a clip-level prediction) is ``clip_unit``, not a second ``clip``.
+    xarray opens a group as one Dataset, in which a name means one size and an array named like one
+    of its own axes is taken for a coordinate: an embedding's vector axis (``dim``, or an axis named
+    like the array) is named after its layer (``fc1024_dim``), and a per-clip unit axis of length
+    one (a clip-level prediction) is ``clip_unit``, not a second ``clip``.
     """
     leaf = path.rsplit("/", 1)[-1]
-    named = [leaf if d == "dim" else d for d in dims]
+    named = [f"{leaf}_dim" if d in ("dim", leaf) else d for d in dims]
     return tuple(n if n not in named[:k] else f"{n}_unit" for k, n in enumerate(named))
 
 
@@ -337,7 +339,7 @@ class Store:
             warnings.filterwarnings("ignore", message="Object at _featstore")
             with self._naming_damaged_metadata():
                 members = list(self.group.members(max_depth=None))
-        return sorted(p for p, node in members if isinstance(node, zarr.Array))
+        return sorted(p for p, node in members if isinstance(node, zarr.Array) and not is_coordinate(node.attrs))
 
     def provenance(self, path: str) -> Provenance:
         """How the array was made: stage, params, config, fingerprint, modality, library_versions,
@@ -358,6 +360,7 @@ class Store:
         overwrite: bool = False,
         code_version: int = 1,
         clips_per_shard: int | None = None,
+        coords: dict[str, Coordinate] | None = None,
     ) -> zarr.Array:
         """Create (or reuse) the per-clip array ``path`` of shape ``(n_clips, *per_clip_shape)``.
 
@@ -381,16 +384,23 @@ class Store:
         Layout: ``clips_per_shard`` clips per shard (default: from the store's ``shard_mb`` and this
         array's clip size, :func:`featstore.shards.clips_per_shard`; one object per clip when the
         store is not sharded). An existing array keeps its own layout.
+
+        Axes: ``coords`` gives the values along per-clip axes, by dimension name (frequencies of
+        bins, frame times); the clip ids, segment start times and class names are added here
+        (:mod:`featstore.coords`), and the group's other arrays grown to the same clips.
         """
         names.array_path(path)
+        if path.rsplit("/", 1)[-1] == CLIP_AXIS or (self.has_array(path) and is_coordinate(self.group[path].attrs)):
+            raise ConfigError(f"{path!r} names a coordinate of its group: choose another array name")
         fingerprint = array_fingerprint(stage, params, per_clip_shape, dtype, code_version)
         n_clips = self.n_clips
         if self.has_array(path):
             existing = self.array(path)
             old = existing.attrs[ATTRS_KEY]
             if old["fingerprint"] == fingerprint and not overwrite:
-                if existing.shape[0] < n_clips:
-                    existing.resize((n_clips, *existing.shape[1:]))
+                if renamed_axes(self.side, path, dimension_names(path, ("clip", *dims)), ("clip", *dims)):
+                    existing = self.array(path)
+                self._describe_axes(path, existing, coords)
                 return existing
             old_version = code_version_of(old)
             if not overwrite and old_version != code_version and old["fingerprint"] == array_fingerprint(
@@ -437,7 +447,31 @@ class Store:
             "library_versions": library_versions(*RECORDED_LIBRARIES),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        self._describe_axes(path, array, coords)
         return array
+
+    def grow_array(self, path: str) -> zarr.Array:
+        """Array ``path`` grown to the store's clips (new rows read as its fill value), its group's
+        coordinates following."""
+        array = self.array(path)
+        self._describe_axes(path, array, None)
+        return self.array(path)
+
+    def _describe_axes(self, path: str, array: zarr.Array, coords: dict[str, Coordinate] | None) -> None:
+        """Grow ``array`` to the store's clips and write its group's coordinates: the clip ids, the
+        store's own (:func:`featstore.coords.store_coordinates`) and ``coords``. An array at the
+        store's root gets none: the root's coordinates would bind every group below it."""
+        if array.shape[0] < self.n_clips:
+            array.resize((self.n_clips, *array.shape[1:]))
+        if "/" not in path:
+            return
+        group = self.group[path.rsplit("/", 1)[0]]
+        dims = tuple(array.metadata.dimension_names or ())[1:]
+        for name, coordinate in {**store_coordinates(dims, array.shape[1:], self.segment_s, self.classes), **(coords or {})}.items():
+            if name in dims:
+                write_coordinate(group, name, coordinate)
+        per_clip = [node for _, node in group.arrays() if ATTRS_KEY in node.attrs]  # not a coordinate, nor a foreign array
+        align_group(group, per_clip, self.clips["clip_id"].to_numpy())
 
     # ---------------------------------------------------------------- done-marks and failures
     def ledger(self, path: str) -> Ledger:

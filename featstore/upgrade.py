@@ -21,6 +21,12 @@ The failures record of stores made before one file per array
     :func:`legacy_failures`: a store's single ``failures.parquet`` is read as the first content of
     each per-array file (:class:`featstore.ledger.Failures`); it is never written again.
 
+Arrays made before their axes were named for xarray
+    :func:`renamed_axes`: an array made with the older dimension names (an audio feature's
+    ``bin`` and ``frame`` shared by every feature of the group, an embedding's axis named like the
+    array, ``rgb`` for the frames' colour axis) gets the current ones when its stage next reuses it,
+    in its ``zarr.json`` and provenance, so that its group's coordinates apply to it.
+
 Side files made before they were checksummed
     A model, run or ledger written without its ``.b2sum`` beside it is read unchecked
     (:meth:`featstore.sidefiles.SideFiles.read_verified`).
@@ -70,3 +76,19 @@ def legacy_failures(side: Any, only: set[str] | None) -> dict[str, Any]:
     legacy = legacy.assign(array=legacy["array"].astype(str).str.split(",")).explode("array", ignore_index=True)
     scopes = [failures_scope(stage, array) for stage, array in zip(legacy["stage"], legacy["array"])]
     return {scope: rows.reset_index(drop=True) for scope, rows in legacy.groupby(scopes, sort=True) if only is None or scope in only}
+
+
+def renamed_axes(side: Any, path: str, names: tuple[str, ...], dims: tuple[str, ...]) -> bool:
+    """Give array ``path`` the dimension names ``names`` (provenance ``dims``) when its
+    ``zarr.json`` records others; returns whether it did (reopen the array then). The Zarr v3
+    metadata document is edited as the format defines it, nothing else in it changes."""
+    import json
+
+    where = f"{side.store_root}/{path}/zarr.json"
+    doc = json.loads(side.fs.cat_file(where))
+    if tuple(doc.get("dimension_names") or ()) == tuple(names):
+        return False
+    doc["dimension_names"] = list(names)
+    doc.setdefault("attributes", {}).setdefault("featstore", {})["dims"] = list(dims)
+    side.fs.pipe_file(where, json.dumps(doc, indent=2).encode())
+    return True

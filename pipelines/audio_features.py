@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from featstore.audio import AudioParams, spectrograms
+from featstore.coords import Coordinate
+from featstore.gammatone_fb import erb_space_hz
 from featstore.pipelines.config import check_fields, option
 
 #: Feature name -> its config class, in registration order (the default ``--features``).
@@ -67,6 +69,17 @@ class FeatureConfig:
     def compute(self, windows: np.ndarray, grid: AudioParams) -> np.ndarray:
         """Segment windows (channel, segment, sample) -> float32 (channel, n_out, frame)."""
         raise NotImplementedError
+
+    def bin_coordinate(self, sr: int) -> Coordinate:
+        """What each of the ``n_out`` bins is at ``sr`` Hz (a centre frequency in Hz, or an index)."""
+        raise NotImplementedError
+
+    def frame_coordinate(self, sr: int, segment_s: float, n_segments: int) -> Coordinate:
+        """Each frame's centre within the clip, in seconds: frame ``t`` of segment ``k`` (the
+        segment-to-frame rule of :mod:`featstore.audio`) at ``k * segment_s + t * hop / sr``."""
+        starts = np.arange(n_segments)[:, None] * float(segment_s)
+        offsets = np.arange(self.frames_per_segment(sr, segment_s))[None, :] * self.hop_length(sr) / sr
+        return Coordinate((starts + offsets).ravel(), "s", "frame centre within the clip")
 
     def legacy_params(self, grid: AudioParams) -> dict[str, Any] | None:
         """The front end's parameters as the one shared parameter set recorded them, when this
@@ -115,6 +128,13 @@ class MelConfig(SpectrogramConfig):
     def params(self, grid: AudioParams) -> AudioParams:
         return dataclasses.replace(grid, n_bins=self.n_bins, win_ms=self.win_ms, hop_ms=self.hop_ms, mel_fmin_hz=self.fmin_hz)
 
+    def bin_coordinate(self, sr: int) -> Coordinate:
+        import librosa
+
+        # librosa.filters.mel's filter k rises from edge k to its peak at edge k + 1 of these
+        edges = librosa.mel_frequencies(self.n_bins + 2, fmin=self.fmin_hz, fmax=sr / 2)
+        return Coordinate(edges[1:-1], "Hz", "mel filter centre frequency")
+
 
 @register("gam")
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +148,9 @@ class GamConfig(SpectrogramConfig):
     def params(self, grid: AudioParams) -> AudioParams:
         return dataclasses.replace(grid, n_bins=self.n_bins, win_ms=self.win_ms, hop_ms=self.hop_ms, gam_fmin_hz=self.fmin_hz)
 
+    def bin_coordinate(self, sr: int) -> Coordinate:
+        return Coordinate(erb_space_hz(self.fmin_hz, sr / 2, self.n_bins), "Hz", "gammatone filter centre frequency")
+
 
 @register("cqt")
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +163,11 @@ class CqtConfig(SpectrogramConfig):
 
     def params(self, grid: AudioParams) -> AudioParams:
         return dataclasses.replace(grid, n_bins=self.n_bins, hop_ms=self.hop_ms, cqt_fmin_hz=self.fmin_hz, cqt_bins_per_octave=self.bins_per_octave)
+
+    def bin_coordinate(self, sr: int) -> Coordinate:
+        import librosa
+
+        return Coordinate(librosa.cqt_frequencies(self.n_bins, fmin=self.fmin_hz, bins_per_octave=self.bins_per_octave), "Hz", "constant-Q bin centre frequency")
 
 
 def compute_features(windows: np.ndarray, grid: AudioParams, configs: dict[str, FeatureConfig]) -> dict[str, np.ndarray]:

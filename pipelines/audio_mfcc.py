@@ -13,6 +13,7 @@ from typing import ClassVar
 import numpy as np
 
 from featstore.audio import AudioParams, spectrograms
+from featstore.coords import Coordinate
 from featstore.errors import ConfigError
 from featstore.pipelines.audio_features import FeatureConfig, register
 from featstore.pipelines.config import option
@@ -39,6 +40,9 @@ class MfccConfig(FeatureConfig):
     @property
     def n_out(self) -> int:
         return self.n_mfcc
+
+    def bin_coordinate(self, sr: int) -> Coordinate:
+        return Coordinate(np.arange(self.n_mfcc), "", "cepstral coefficient index")
 
     def compute(self, windows: np.ndarray, grid: AudioParams) -> np.ndarray:
         import scipy.fft

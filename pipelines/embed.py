@@ -31,6 +31,7 @@ from featstore.models.hear import KINDS as WAVEFORM_KINDS  # raw-audio models' r
 from featstore.models.hear import PREFIXES as WAVEFORM_PREFIXES  # embed --model hear:MODULE / torch:PKG.MODULE:FACTORY
 from featstore.names import single_name
 from featstore.pipelines.config import StageConfig, check_fields, option, option_of, run_option
+from featstore.pipelines.extract_frames import frame_coordinate
 from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage, select_clips
 from featstore.registry import load_keras, model_entry, model_file, register_model, registered_models
 from featstore.store import Store
@@ -266,16 +267,22 @@ class EmbedConfig(StageConfig):
         input_prov = store.provenance(entry["input"])
         visual = input_prov.modality == "visual"
         units = store.array(entry["input"]).shape[1] if visual else store.n_segments
-        unit_dim = "frame" if visual else "segment"
+        # a visual model's unit is a frame; in the predictions group, where models of other frame
+        # rates meet, its axis is the model's own
+        unit_dim, predicted_dim = ("frame", f"{self.model}_frame") if visual else ("segment", "segment")
+        frame_times = frame_coordinate(input_prov.frames_per_segment / store.segment_s, units) if visual else None
         outputs = []
         for layer in self.layers:
             if head and layer in LAYERS:  # the head contract: widths known from the registry
                 width, spec_params = entry["fc1024_units" if layer == "fc1024" else "n_classes"], {"layer": layer}
             else:
                 width, spec_params = layer_width(store, self.model, entry["fingerprint"], layer), {"layer": layer, "pooled": True}
-            outputs.append(OutputSpec(layer, f"embeddings/{self.model}/{layer}", (units, width), "float32", (unit_dim, "dim"), spec_params, self.for_output(layer).to_dict()))
+            vector_dim = "class" if head and layer == "fc10" else "dim"  # fc10: one logit per class
+            outputs.append(OutputSpec(layer, f"embeddings/{self.model}/{layer}", (units, width), "float32", (unit_dim, vector_dim), spec_params,
+                                      self.for_output(layer).to_dict(), {unit_dim: frame_times} if visual else {}))
         if head:
-            outputs.append(OutputSpec("predictions", f"predictions/{self.model}", (units, entry["n_classes"]), "float32", (unit_dim, "class"), {"layer": "softmax"}, self.for_output("predictions").to_dict()))
+            outputs.append(OutputSpec("predictions", f"predictions/{self.model}", (units, entry["n_classes"]), "float32", (predicted_dim, "class"),
+                                      {"layer": "softmax"}, self.for_output("predictions").to_dict(), {predicted_dim: frame_times} if visual else {}))
         params = {
             "model": self.model,
             "model_fingerprint": entry["fingerprint"],

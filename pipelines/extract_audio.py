@@ -145,9 +145,10 @@ class _AudioOptions(StageConfig):
                 path=f"{self.name}/{f}",
                 per_clip_shape=(channels, c.n_out, grid.n_segments * c.frames_per_segment(grid.sr, grid.segment_s)),
                 dtype=self.dtype,
-                dims=("channel", "bin", "frame"),
+                dims=(f"{f}_channel", f"{f}_bin", f"{f}_frame"),
                 params=self.output_params(f, grid),
                 config=self.for_output(f).to_dict(),
+                coords={f"{f}_bin": c.bin_coordinate(grid.sr), f"{f}_frame": c.frame_coordinate(grid.sr, grid.segment_s, grid.n_segments)},
             )
             for f, c in configs.items()
         )

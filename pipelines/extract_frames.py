@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
+from featstore.coords import Coordinate
 from featstore.errors import ConfigError, MediaError
 from featstore.pipelines.config import StageConfig, option
 from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
@@ -56,11 +59,18 @@ class FramesConfig(StageConfig):
             "frames_per_segment": int(round(frames_per_segment)),
         }
         config = self.to_dict()
+        frame = {"frame": frame_coordinate(self.fps, n_frames)}
         outputs = (
-            OutputSpec("rgb", f"{self.name}/rgb", (n_frames, self.size, self.size, 3), "uint8", ("frame", "height", "width", "rgb"), config=config),
-            OutputSpec("time_s", f"{self.name}/time_s", (n_frames,), "float32", ("frame",), config=config),
+            OutputSpec("rgb", f"{self.name}/rgb", (n_frames, self.size, self.size, 3), "uint8", ("frame", "height", "width", "channel"), config=config, coords=frame),
+            OutputSpec("time_s", f"{self.name}/time_s", (n_frames,), "float32", ("frame",), config=config, coords=frame),
         )
         return Stage(self.stage, params, outputs, compute_frames, input_fingerprint=_video_fingerprint, modality="visual", clips_per_task=CLIPS_PER_TASK, code_version=self.code_version)
+
+
+def frame_coordinate(fps: float, n_frames: int) -> Coordinate:
+    """The ``frame`` axis: each kept frame's target time within the clip, ``k / fps`` seconds
+    (``time_s`` holds the presentation time of the frame kept for it)."""
+    return Coordinate(np.arange(n_frames) / fps, "s", "frame target time within the clip")
 
 
 def _video_fingerprint(row: dict[str, Any]) -> str:

@@ -214,9 +214,7 @@ def _predictions_array(store: Store, system: System, path: str, per_clip_shape: 
         array = store.array(path)
         if tuple(array.shape[1:]) != per_clip_shape:
             raise StoreError(f"{path}: shape {array.shape[1:]} differs from the system's {per_clip_shape}")
-        if array.shape[0] < store.n_clips:
-            array.resize((store.n_clips, *per_clip_shape))
-        return array
+        return store.grow_array(path)
     unit = "segment" if system.decision["kind"] == "fusion" else "clip"
     return store.create_array(path, per_clip_shape=per_clip_shape, dtype="float32", dims=(unit, "class"), stage="predict",
                               params={"system": system.digest, "frames_per_segment": 1 if unit == "segment" else per_clip_shape[0]})

@@ -34,6 +34,7 @@ import numpy as np
 
 from featstore.errors import ConfigError, MediaError
 from featstore.clips import resolve_source
+from featstore.coords import Coordinate
 from featstore.lock import WriterLock
 from featstore.shards import clips_per_shard, group_rows, unit_clips, write_clips
 from featstore.store import Store, open_array
@@ -71,6 +72,9 @@ class OutputSpec:
     #: The stage config that makes exactly this array (``StageConfig.to_dict``), recorded in its
     #: provenance outside the fingerprint, so the array can be rebuilt.
     config: dict[str, Any] | None = None
+    #: Values along per-clip axes, by dimension name (:mod:`featstore.coords`; the store adds the
+    #: clip ids, segment times and class names itself).
+    coords: dict[str, Coordinate] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -186,9 +190,10 @@ def _single_threaded_blas():
 
 
 def _open_array(task: ClipTask, path: str, fingerprint: str):
-    """The array's writing handle, opened once per worker process and array version."""
+    """The array's writing handle, opened once per worker process and array version (again when
+    the array grew since, clips having been appended)."""
     key = (task.store_url, path, fingerprint)
-    if key not in _OPEN_ARRAYS:
+    if key not in _OPEN_ARRAYS or task.clip_index >= _OPEN_ARRAYS[key].shape[0]:
         _OPEN_ARRAYS[key] = open_array(task.store_url, path, task.storage_options)
     return _OPEN_ARRAYS[key]
 
@@ -471,6 +476,7 @@ def run_stage(
                 per_clip_shape=spec.per_clip_shape,
                 dtype=spec.dtype,
                 dims=spec.dims,
+                coords=spec.coords,
                 stage=stage.name,
                 params={**stage.params, **spec.params},
                 config=spec.config,

@@ -11,7 +11,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 import featstore
-from featstore.chunks import ClipReader
+from featstore.chunks import ClipReader, coalesce
 from featstore.errors import DamagedFile
 from featstore.pipelines.extract_audio import extract_audio
 from featstore.pipelines.extract_frames import extract_frames
@@ -101,3 +101,25 @@ def test_other_layouts_go_through_zarr(tmp_path, layout):
     assert np.stack(reader.read_clips([3, 0])).tobytes() == values[[3, 0]].tobytes()
     for row in range(4):
         np.testing.assert_array_equal(reader.read(row), values[row])
+
+
+def test_remote_sharded_reads_join_neighbouring_clips_and_equal_zarr():
+    """A sharded array on a store that is not a local disk (memory): clips read together come in
+    one ranged request per run of neighbouring inner chunks of a shard, and equal zarr's values,
+    an unwritten inner chunk and an unwritten shard included."""
+    values = np.random.default_rng(1).normal(size=(40, 6, 8)).astype(np.float32)
+    values[9] = np.nan  # the fill value: zarr leaves this inner chunk unwritten
+    array = zarr.create_array(zarr.storage.MemoryStore(), shape=values.shape, dtype="float32", chunks=(1, 6, 8), shards=(8, 6, 8),
+                              fill_value=np.nan, compressors=[ZstdCodec(level=3), Crc32cCodec()])
+    array[:32] = values[:32]  # the last shard never written
+    values[32:] = np.nan
+    reader = ClipReader(array)
+    assert reader.direct and not reader.local and reader.clips_per_shard == 8
+    rows = [int(r) for r in np.random.default_rng(2).permutation(40)] + [3, 3]
+    np.testing.assert_array_equal(np.stack(reader.read_clips(rows)), values[rows])
+    spans = {row: (int(o), int(o + n)) for row, (o, n) in ((r, reader._index[1][1][r % 8]) for r in (8, 11, 12, 15))}
+    runs = coalesce(spans, 8)
+    assert [run for run, _ in runs] == [[8, 11, 12, 15]], "one shard's clips, gaps under 1 MiB: one request"
+    assert runs[0][1] == (spans[8][0], spans[15][1])
+    assert [run for run, _ in coalesce(spans, 8, gap=0)] == [[8], [11, 12], [15]]  # only touching chunks join
+    assert [run for run, _ in coalesce({7: (0, 10), 8: (10, 20)}, 8)] == [[7], [8]]  # never across shards

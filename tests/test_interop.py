@@ -57,7 +57,7 @@ def test_plain_zarr_dask_and_xarray(full_store):
     assert lazy.chunks[0] == (1,) * 20
     np.testing.assert_allclose(lazy.astype("float64").mean(axis=(1, 2, 3)).compute(), full_store.array("audio/cqt")[:].astype(np.float64).mean(axis=(1, 2, 3)), rtol=1e-3)
     audio = xr.open_zarr(full_store.url, group="audio", consolidated=False)
-    assert audio["mel"].dims == ("clip", "channel", "bin", "frame")
+    assert audio["mel"].dims == ("clip", "mel_channel", "mel_bin", "mel_frame")
     frames = xr.open_zarr(full_store.url, group="frames", consolidated=False)
-    assert frames["rgb"].dims == ("clip", "frame", "height", "width", "rgb")
+    assert frames["rgb"].dims == ("clip", "frame", "height", "width", "channel")
     assert frames["time_s"].dims == ("clip", "frame")

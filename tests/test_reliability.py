@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,14 +27,9 @@ from featstore.pipelines.extract_audio import extract_audio
 from featstore.pipelines.extract_frames import extract_frames
 from featstore.pipelines.ingest import ingest
 from tests.conftest import CLIP_S, run_cli
+from tests.local_s3 import CREDENTIALS, LocalS3
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_for(predicate, timeout_s: float, what: str):
@@ -93,26 +87,23 @@ def test_worker_lost_mid_job(demo_root, tmp_path):
 
 
 @pytest.fixture
-def s3_server(monkeypatch):
-    """moto's S3 server on 127.0.0.1 with fsspec pointed at it (env for worker processes too)."""
-    import fsspec.config
-    from moto.server import ThreadedMotoServer
+def local_s3():
+    """moto's S3 server on 127.0.0.1, counting the requests it answers (``tests/local_s3.py``)."""
+    with LocalS3() as s3:
+        yield s3
 
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": endpoint}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": endpoint})
+
+@pytest.fixture
+def s3_server(local_s3, monkeypatch):
+    """The URL of a bucket on ``local_s3``, with fsspec pointed at it (env for worker processes too)."""
+    import fsspec.config
     import s3fs
 
+    for key, value in {**CREDENTIALS, "FSSPEC_S3_ENDPOINT_URL": local_s3.endpoint}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": local_s3.endpoint})
     s3fs.S3FileSystem.clear_instance_cache()
-    # moto keeps its buckets per process, across servers: each use gets a bucket of its own
-    bucket = f"featstore-test-{port}"
-    s3fs.S3FileSystem(endpoint_url=endpoint).mkdir(bucket)
-    yield f"s3://{bucket}"
-    server.stop()
+    return local_s3.bucket_url
 
 
 @pytest.mark.slow
@@ -313,3 +304,35 @@ def test_sharded_store_on_s3_reads_as_local(s3_server, demo_root, tmp_path):
     options = {"split": None, "batch_size": 8, "block_clips": 4, "seed": 1}
     for (xa, _), (xb, _) in zip(training_batches(local, "audio/mel", **options), training_batches(remote, "audio/mel", **options)):
         assert xa.tobytes() == xb.tobytes()
+
+
+@pytest.mark.slow  # a server and two extractions: over the fast tier's budget
+def test_a_loader_epoch_on_s3_costs_requests_per_shard_not_per_clip(local_s3, demo_root, tmp_path):
+    """The requests the S3 server answers for one loader epoch: sharded, at most one per shard and
+    block plus each shard's index (a read per clip would be 20 + 3); one object per clip, one GET
+    per clip; never a HEAD. The batches equal the local store's in both layouts."""
+    import s3fs
+
+    from featstore.loader import training_batches
+
+    fs = s3fs.S3FileSystem(**local_s3.options(), skip_instance_cache=True)
+    options = {"split": None, "batch_size": 8, "block_clips": 8, "seed": 3, "deltas": False}
+    for shard_mb in (0, 1):  # 1 MiB: shards of 8 clips of 3 s MEL (110 KiB each), 3 shards for 20 clips
+        local = featstore.init_store(str(tmp_path / f"local-{shard_mb}.zarr"), clip_duration_s=CLIP_S, shard_mb=shard_mb)
+        ingest(local, demo_root)
+        assert extract_audio(local, workers=0, features=("mel",), progress=False).done == 20
+        fs.put(local.url, f"{local_s3.bucket}/store-{shard_mb}", recursive=True)
+        remote = featstore.open_store(f"{local_s3.bucket_url}/store-{shard_mb}", storage_options=local_s3.options())
+        batches = training_batches(remote, "audio/mel", **options)
+        local_s3.reset()
+        served = [(x.tobytes(), y.tobytes()) for x, y in batches.epoch(0)]
+        requests = local_s3.requests()
+        assert served == [(x.tobytes(), y.tobytes()) for x, y in training_batches(local, "audio/mel", **options).epoch(0)]
+        assert set(requests) == {"RANGE"}, requests
+        blocks = len(batches.plan(0))
+        if shard_mb:
+            shards = -(-20 // local.array("audio/mel").shards[0])
+            assert shards == 3 and blocks == 3
+            assert requests["RANGE"] <= shards + blocks * shards < 20, requests
+        else:
+            assert requests["RANGE"] == 20, requests

@@ -141,11 +141,11 @@ def test_init_shards_by_default_and_dimension_names_are_unique(tmp_path):
     assert store.shard_mb == 128.0
     store.add_clips(store.clips.iloc[:0])
     array = store.create_array("embeddings/m/fc10", per_clip_shape=(3, 10), dtype="float32", dims=("segment", "dim"), stage="t", params={})
-    assert array.shards is not None and array.metadata.dimension_names == ("clip", "segment", "fc10")
+    assert array.shards is not None and array.metadata.dimension_names == ("clip", "segment", "fc10_dim")
     clip_level = store.create_array("predictions/r", per_clip_shape=(1, 10), dtype="float32", dims=("clip", "class"), stage="t", params={})
     assert clip_level.metadata.dimension_names == ("clip", "clip_unit", "class")
     array[:] = np.ones((0, 3, 10), np.float32)
     import xarray as xr
 
     dataset = xr.open_zarr(store.url, group="embeddings/m", consolidated=False)
-    assert dataset["fc10"].dims == ("clip", "segment", "fc10")
+    assert dataset["fc10"].dims == ("clip", "segment", "fc10_dim")
