@@ -7,6 +7,7 @@ mp3 on old libsndfile...), with PyAV, which ships its own FFmpeg.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -58,6 +59,27 @@ def load_audio(path: str, *, max_duration_s: float | None = None, start_s: float
 
 
 def _load_audio_av(path: str, max_duration_s: float | None, start_s: float = 0.0) -> tuple[np.ndarray, int]:
+    limit, skip = None, None  # set from the sample rate, known once the file is open
+    parts, total, sr = [], 0, 0
+    for block, sr in _av_audio_blocks(path):
+        if skip is None:
+            limit = None if max_duration_s is None else int(math.ceil(max_duration_s * sr))
+            skip = int(round(start_s * sr))  # decoded and dropped: exact (compressed audio seeks to packets, and AAC's noise substitution differs after a seek)
+        dropped = min(skip, len(block))
+        skip -= dropped
+        parts.append(block[dropped:])
+        total += len(block) - dropped
+        if limit is not None and total >= limit:
+            break
+    if not parts:
+        raise MediaError("audio has no samples")
+    samples = np.concatenate(parts).astype(np.float32, copy=False)
+    return (samples if limit is None else samples[:limit]), sr
+
+
+def _av_audio_blocks(path: str) -> Iterator[tuple[np.ndarray, int]]:
+    """The first audio stream of ``path`` decoded with PyAV, from its start: ``(samples, sr)``
+    blocks of float32 (frames, channels), as they come out of the decoder."""
     import av
 
     try:
@@ -66,23 +88,46 @@ def _load_audio_av(path: str, max_duration_s: float | None, start_s: float = 0.0
                 raise MediaError("no audio stream")
             stream = container.streams.audio[0]
             sr = stream.codec_context.sample_rate
-            limit = None if max_duration_s is None else int(math.ceil(max_duration_s * sr))
-            skip = int(round(start_s * sr))  # decoded and dropped (exact; compressed audio seeks to packets)
             resampler = av.AudioResampler(format="flt", layout=stream.layout.name, rate=sr)
-            parts, total = [], 0
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
-                    block = out.to_ndarray().reshape(-1, len(stream.layout.channels))
-                    dropped = min(skip, len(block))
-                    skip -= dropped
-                    block = block[dropped:]
-                    parts.append(block)
-                    total += len(block)
-                if limit is not None and total >= limit:
-                    break
+                    yield out.to_ndarray().reshape(-1, len(stream.layout.channels)), sr
     except av.error.FFmpegError as exc:
         raise MediaError(f"cannot decode audio: {exc}") from None
-    if not parts:
-        raise MediaError("audio has no samples")
-    samples = np.concatenate(parts).astype(np.float32, copy=False)
-    return (samples if limit is None else samples[:limit]), sr
+
+
+def seekable_audio(path: str, work_dir: str) -> str:
+    """``path`` itself when soundfile reads it (it seeks to any sample), else its audio stream
+    decoded once, in blocks, to a float32 WAV in ``work_dir`` (the same samples as
+    :func:`load_audio` gives, so reading a window of it equals that window of a whole decode).
+
+    For reading many windows of a long compressed track (an mp4's AAC): seeking in it is not
+    exact (decoding restarts at a packet, and AAC's noise substitution draws other noise after a
+    seek), while decoding it from its start for every window costs quadratic time. The WAV takes
+    4 bytes per sample and channel (230 MB for 10 minutes of 48 kHz stereo). Raises
+    :class:`MediaError` naming ``path`` when it has no decodable audio.
+    """
+    import os
+
+    import soundfile
+
+    try:
+        soundfile.info(path)
+        return path
+    except soundfile.LibsndfileError:
+        pass
+    out = os.path.join(work_dir, os.path.splitext(os.path.basename(path))[0] + ".wav")
+    wav = None
+    try:
+        for block, sr in _av_audio_blocks(path):
+            if wav is None:
+                wav = soundfile.SoundFile(out, "w", samplerate=sr, channels=block.shape[1], subtype="FLOAT", format="RF64")
+            wav.write(block)
+    except MediaError as exc:
+        raise MediaError(f"{path}: {exc}") from None
+    finally:
+        if wav is not None:
+            wav.close()
+    if wav is None:
+        raise MediaError(f"{path}: audio has no samples")
+    return out

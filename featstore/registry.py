@@ -40,15 +40,19 @@ def load_keras(path: str):
 HEAD_LAYERS = ("fc1024", "fc10", "softmax")
 
 
-def register_model(store: Store, name: str, model_file: str, *, input_array: str, config: dict | None = None, require_head: bool = True) -> dict[str, Any]:
+def register_model(store: Store, name: str, model_file: str, *, input_array: str, config: dict | None = None, require_head: bool = True,
+                   model=None) -> dict[str, Any]:
     """Copy ``model_file`` into the store under ``name`` and record it; returns the entry.
 
     The model must load in safe mode. With ``require_head`` it must have the head contract (layers
     ``fc1024``, ``fc10`` and ``softmax``); without, any model registers (an ImageNet application
     whose named layers ``embed --layer`` caches), and ``entry["head"]`` says whether it has one.
+    ``model``: the file's model when the caller has it loaded already (a system's backbone), so
+    it is not loaded again.
     """
     data = open(model_file, "rb").read()
-    model = load_keras(model_file)
+    if model is None:
+        model = load_keras(model_file)
     missing = [n for n in HEAD_LAYERS if n not in {layer.name for layer in model.layers}]
     if missing and require_head:
         raise StoreError(f"{model_file}: no layer named {', '.join(missing)} (the embedding contract; embed any other layer with --layer NAME)")

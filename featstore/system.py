@@ -41,7 +41,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from featstore.errors import ConfigError, NotFoundError, StoreError
@@ -92,6 +92,8 @@ class System:
 
     manifest: dict[str, Any]
     files: dict[str, bytes]
+    #: Models loaded by :meth:`load_keras`, by relative path: each file is loaded once per system.
+    _loaded: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ what it holds
     @property
@@ -133,15 +135,19 @@ class System:
         return _sha256(json.dumps(self.manifest, sort_keys=True).encode())
 
     def load_keras(self, relative: str):
-        """The Keras model stored at ``relative`` (e.g. ``heads/RUN.keras``), loaded in safe mode."""
-        import featstore.models.fusion  # noqa: F401 - registers FusionLayer for safe-mode loading
-        from featstore.registry import load_keras
+        """The Keras model stored at ``relative`` (e.g. ``heads/RUN.keras``), loaded in safe mode
+        on the first call and kept: later calls (each window of ``predict --file``) return the
+        same model."""
+        if relative not in self._loaded:
+            import featstore.models.fusion  # noqa: F401 - registers FusionLayer for safe-mode loading
+            from featstore.registry import load_keras
 
-        with tempfile.TemporaryDirectory() as work:
-            path = os.path.join(work, os.path.basename(relative))
-            with open(path, "wb") as f:
-                f.write(self.files[relative])
-            return load_keras(path)
+            with tempfile.TemporaryDirectory() as work:
+                path = os.path.join(work, os.path.basename(relative))
+                with open(path, "wb") as f:
+                    f.write(self.files[relative])
+                self._loaded[relative] = load_keras(path)
+        return self._loaded[relative]
 
     # ------------------------------------------------------------------ making one
     @classmethod

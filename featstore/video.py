@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -73,8 +74,10 @@ class FrameConverter:
 def decode_frames(path: str, *, fps: float, duration_s: float, size: int, resize: str = "squash", start_s: float = 0.0) -> DecodedFrames:
     """Decode the frames of ``path`` nearest to ``start_s + k / fps`` seconds; see the module docstring.
 
-    ``start_s`` (seconds from the stream's start, a whole number of frame periods) gives a window of a longer video the same frames
-    as the whole video's targets at those times; frames before it are decoded but not kept.
+    ``start_s`` (seconds from the stream's start, a whole number of frame periods) gives a window of
+    a longer video the same frames as the whole video's targets at those times. Decoding starts at
+    the keyframe before the first target (a seek, see :func:`_timed_frames`), so a window costs its
+    own span plus at most a keyframe interval, wherever it lies in the file.
 
     Raises :class:`MediaError` for a file without a video stream, one that cannot be decoded, or
     one with no frame at all.
@@ -99,16 +102,10 @@ def decode_frames(path: str, *, fps: float, duration_s: float, size: int, resize
                 source_height=stream.codec_context.height,
                 source_fps=float(stream.average_rate) if stream.average_rate else math.nan,
             )
-            start = float(stream.start_time * stream.time_base) if stream.start_time is not None else None
             previous = None  # (time, frame) of the last decoded frame
             rotation = 0
-            for frame in container.decode(stream):
-                t = frame.time  # seconds, a float computed in C (Fraction arithmetic costs ~4 ms a clip)
-                if t is None:
-                    continue
-                if start is None:
-                    start = t
-                t -= start
+            # from one target period before the first: the frame before it is decoded too
+            for t, frame in _timed_frames(container, stream, targets[0] - 1 / fps if len(targets) else 0.0):
                 while len(kept) < len(targets) and t >= targets[len(kept)]:
                     target = targets[len(kept)]
                     use_previous = previous is not None and abs(previous[0] - target) <= abs(t - target)
@@ -132,3 +129,37 @@ def decode_frames(path: str, *, fps: float, duration_s: float, size: int, resize
     if not kept:
         raise MediaError("video has no decodable frame")
     return DecodedFrames(np.stack(kept), np.asarray(kept_times, dtype=np.float32), notes)
+
+
+def _timed_frames(container, stream, from_s: float) -> Iterator[tuple[float, Any]]:
+    """``(time, frame)`` of the decoded frames of ``stream``, time in seconds from the stream's
+    start, from the keyframe at or before ``from_s`` seconds on (every frame from the first when
+    ``from_s <= 0``).
+
+    A later start seeks there (``container.seek`` to the keyframe before it, which flushes the
+    decoder). A container that cannot seek exactly (its first frame after the seek lies past
+    ``from_s``, or none comes), or a stream without a start time, is decoded from its first frame
+    instead: every frame at or after ``from_s`` is always yielded.
+    """
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else None
+    if from_s > 0 and start is not None:
+        container.seek(math.floor((start + from_s) / stream.time_base), stream=stream, backward=True)
+        landed = None
+        for frame in container.decode(stream):
+            if frame.time is None:
+                continue
+            if landed is None:
+                landed = frame.time - start
+                if landed > from_s + 1e-6:
+                    break
+            yield frame.time - start, frame
+        else:
+            if landed is not None:
+                return
+        container.seek(stream.start_time, stream=stream, backward=True)
+    for frame in container.decode(stream):
+        if frame.time is None:  # a float computed in C (Fraction arithmetic costs ~4 ms a clip)
+            continue
+        if start is None:
+            start = frame.time
+        yield frame.time - start, frame

@@ -50,8 +50,10 @@ _MODELS: dict[tuple, Any] = {}
 def _embedder(path: str, fingerprint: str, outputs: tuple[str, ...]):
     """The model whose outputs are ``outputs`` (layer names; a spatial layer globally averaged,
     see :func:`featstore.models.applications.embedding_model`), loaded once per process, model
-    version and output set: one forward pass gives them all."""
-    key = (path, fingerprint, outputs)
+    version and output set: one forward pass gives them all. The model's ``fingerprint`` (a hash
+    of its file's bytes) names it, not ``path``: the same model registered in many stores (each
+    window of ``predict --file``) is loaded once."""
+    key = (fingerprint, outputs)
     if key not in _MODELS:
         import keras
 

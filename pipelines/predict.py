@@ -141,7 +141,7 @@ def _upstream(store: Store, system: System, clip_ids: list[str], report: Predict
                 path = f"{work}/{model}.keras"
                 with open(path, "wb") as f:
                     f.write(system.files[spec["file"]])
-                register_model(store, model, path, input_array=spec["input"], config={"source": "system", "system": system.digest})
+                register_model(store, model, path, input_array=spec["input"], config={"source": "system", "system": system.digest}, model=system.load_keras(spec["file"]))
         if source_start_s and model_entry(store, model).get("kind") in WAVEFORM_KINDS:  # reads the source audio itself
             stage = EmbedConfig(model=model, layers=LAYERS, batch_units=batch_units).build(store)
             note(run_stage(store, _from_source_start(stage, source_start_s), clips=clip_ids, workers=0 if workers is None else workers, scheduler=scheduler, progress=progress))
@@ -334,14 +334,18 @@ def predict_file(system: System, video_path: str, audio_path: str | None = None,
     The file is cut to whole segments of the system's grid (at least one). Each segment is framed
     on its own (audio) and keeps the frames at its own times (video), so a window gives its
     segments the same values as the whole file would: memory is bounded by a window, not by the
-    file's length. Returns ``{"file", "label", "probability", "classes", "clip": [class
-    probabilities], "per_segment": [[...], ...]}``; a file that cannot be decoded raises
-    :class:`~featstore.errors.MediaError` naming it, once.
+    file's length. Each window decodes only its own span: its frames from the keyframe before it,
+    its audio from its offset (an audio track soundfile cannot seek in, such as an mp4's AAC, is
+    decoded once to a temporary WAV first, see :func:`featstore.media.seekable_audio`). The
+    system's models are loaded once, in the first window. Returns ``{"file", "label",
+    "probability", "classes", "clip": [class probabilities], "per_segment": [[...], ...]}``; a
+    file that cannot be decoded raises :class:`~featstore.errors.MediaError` naming it, once.
     """
     import os
+    import tempfile
 
     from featstore.errors import MediaError
-    from featstore.media import probe_duration_s
+    from featstore.media import probe_duration_s, seekable_audio
 
     video_path = os.path.abspath(video_path)
     audio_path = os.path.abspath(audio_path) if audio_path else video_path
@@ -353,16 +357,28 @@ def predict_file(system: System, video_path: str, audio_path: str | None = None,
         raise MediaError(f"{video_path}: cannot read its duration, or shorter than one {system.segment_s} s segment")
     n_segments = max(1, int(duration_s / system.segment_s + 1e-3))  # whole segments; a tail shorter than one is dropped
     per_segment, leaves = [], {}
-    for first in range(0, n_segments, window_segments):
-        window, window_leaves = _predict_window(system, video_path, audio_path, first, min(window_segments, n_segments - first))
-        per_segment.append(window)
-        for key, values in window_leaves.items():
-            leaves.setdefault(key, []).append(values)
+    with tempfile.TemporaryDirectory() as work:
+        if _reads_audio(system):
+            audio_path = seekable_audio(audio_path, work)
+        for first in range(0, n_segments, window_segments):
+            window, window_leaves = predict_file_window(system, video_path, audio_path, first, min(window_segments, n_segments - first))
+            per_segment.append(window)
+            for key, values in window_leaves.items():
+                leaves.setdefault(key, []).append(values)
     means = {key: np.concatenate(parts).astype(np.float64).mean(axis=0) for key, parts in leaves.items()}
     clip = _clip_probabilities(system.decision, means)
     best = int(np.argmax(clip))
     return {"file": video_path, "label": system.classes[best], "probability": float(clip[best]), "classes": system.classes,
             "clip": clip.round(6).tolist(), "per_segment": np.concatenate(per_segment).round(6).tolist()}
+
+
+def _reads_audio(system: System) -> bool:
+    """Whether one of the system's inputs is extracted from audio, or a backbone reads the audio itself."""
+    from featstore.pipelines.embed import WAVEFORM_KINDS
+    from featstore.pipelines.extract_audio import AudioConfig
+
+    return (any(spec["stage"] == AudioConfig.stage for spec in system.inputs.values())
+            or any(spec.get("kind") in WAVEFORM_KINDS for spec in system.backbones.values()))
 
 
 def _leaf_key(item: dict[str, Any]) -> str:
@@ -385,9 +401,14 @@ def _clip_probabilities(decision: dict[str, Any], means: dict[str, np.ndarray]) 
     return combine(np.stack(parts), decision["rule"])[0].astype(np.float32).astype(np.float64)
 
 
-def _predict_window(system: System, video_path: str, audio_path: str, first: int, n_segments: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Segments ``first .. first + n_segments - 1`` of the file, in a temporary store: their
-    (segment, class) displayed probabilities and each leaf's (segment, class) probabilities."""
+def predict_file_window(system: System, video_path: str, audio_path: str, first: int, n_segments: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Segments ``first .. first + n_segments - 1`` of a file (see :func:`predict_file`), in a
+    temporary store: their (segment, class) displayed probabilities and each leaf's (segment,
+    class) probabilities, keyed ``"backbone:MODEL"`` or ``"fusion:HEAD"``.
+
+    ``video_path`` and ``audio_path`` are absolute; ``audio_path`` should be one soundfile reads
+    (:func:`featstore.media.seekable_audio`), else each window decodes it from its start.
+    """
     import contextlib
     import io
     import os
