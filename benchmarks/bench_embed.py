@@ -25,7 +25,7 @@ import numpy as np
 def _per_clip_eager_seconds(store) -> float:
     """Seconds of the per-clip eager forward pass (read, one eager call per clip) over every clip."""
     from featstore.pipelines.embed import EmbedConfig, compute_embed
-    from featstore.pipelines.runner import ClipTask
+    from featstore.pipelines.stage import ClipTask
 
     stage = EmbedConfig(model="aud-mel").build(store)
     names = tuple(spec.name for spec in stage.outputs)

@@ -29,7 +29,8 @@ import pandas as pd
 import psutil
 
 import featstore
-from featstore.pipelines.runner import ClipResult, OutputSpec, Stage, run_stage
+from featstore.pipelines.stage import ClipResult, OutputSpec, Stage
+from featstore.pipelines.runner import run_stage
 
 VALUES = 256  # float32 values per clip (1 KiB), a stand-in for an embedding
 

@@ -36,7 +36,7 @@ WORKERS_DEFAULT = f"default: one per core, in-process when the clips to do hold 
 
 if TYPE_CHECKING:
     from featstore.store import Store
-    from featstore.pipelines.runner import Stage
+    from featstore.pipelines.stage import Stage
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, cli: bool = True, kind: type | None = None,

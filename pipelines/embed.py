@@ -32,7 +32,8 @@ from featstore.models.hear import PREFIXES as WAVEFORM_PREFIXES  # embed --model
 from featstore.names import single_name
 from featstore.pipelines.config import StageConfig, check_fields, option, option_of, run_option
 from featstore.pipelines.extract_frames import frame_coordinate
-from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage, select_clips
+from featstore.pipelines.stage import ClipResult, ClipTask, OutputSpec, Stage, StageReport
+from featstore.pipelines.runner import run_stage, select_clips
 from featstore.registry import load_keras, model_entry, model_file, register_model, registered_models
 from featstore.store import Store
 

@@ -26,10 +26,11 @@ from featstore.errors import ConfigError, MediaError
 from featstore.media import load_audio
 from featstore.pipelines.audio_features import FEATURES, FeatureConfig, compute_features, default_features
 from featstore.pipelines.config import StageConfig, option
-from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
+from featstore.pipelines.stage import ClipResult, ClipTask, OutputSpec, Stage, StageReport
+from featstore.pipelines.runner import run_stage
 from featstore.store import Store
 
-#: Clips per dask task: a clip's write overlaps the next one's compute (featstore.pipelines.runner.iter_clips).
+#: Clips per dask task: a clip's write overlaps the next one's compute (featstore.pipelines.worker.iter_clips).
 CLIPS_PER_TASK = 4
 #: Decoding stops this far past the clip's nominal length (a 2-hour file is never read whole).
 READ_MARGIN_S = 1.0

@@ -16,11 +16,12 @@ import numpy as np
 from featstore.coords import Coordinate
 from featstore.errors import ConfigError, MediaError
 from featstore.pipelines.config import StageConfig, option
-from featstore.pipelines.runner import ClipResult, ClipTask, OutputSpec, Stage, StageReport, run_stage
+from featstore.pipelines.stage import ClipResult, ClipTask, OutputSpec, Stage, StageReport
+from featstore.pipelines.runner import run_stage
 from featstore.store import Store
 from featstore.video import RESIZE_MODES, decode_frames
 
-#: Clips per dask task: a clip's write overlaps the next one's compute (featstore.pipelines.runner.iter_clips).
+#: Clips per dask task: a clip's write overlaps the next one's compute (featstore.pipelines.worker.iter_clips).
 CLIPS_PER_TASK = 4
 
 

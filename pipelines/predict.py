@@ -38,7 +38,8 @@ from featstore.pipelines.config import WORKERS_DEFAULT, check_fields, option, op
 from featstore.pipelines.embed import LAYERS, EmbedConfig, embed
 from featstore.pipelines.ensemble import combine
 from featstore.pipelines.fuse import embedding_path, load_fusion_data
-from featstore.pipelines.runner import StageReport, run_stage, select_clips
+from featstore.pipelines.stage import StageReport
+from featstore.pipelines.runner import run_stage, select_clips
 from featstore.pipelines.stages import STAGES, config_for_array
 from featstore.registry import model_entry, register_model, registered_models
 from featstore.shards import write_clips

@@ -14,7 +14,8 @@ from featstore.lock import WriterLock
 from featstore.shards import write_clips
 
 from featstore.pipelines.config import check_fields, option, run_option
-from featstore.pipelines.runner import StageReport, run_stage
+from featstore.pipelines.stage import StageReport
+from featstore.pipelines.runner import run_stage
 from featstore.pipelines.stages import config_for_array
 from featstore.store import Store
 from featstore.verify import VerifyReport

@@ -11,7 +11,8 @@ import numpy as np
 from featstore.cli.main import main
 from featstore.pipelines.audio_features import FEATURES
 from featstore.pipelines.extract_audio import AudioConfig, compute_audio, extract_audio
-from featstore.pipelines.runner import OutputSpec, Stage, run_stage
+from featstore.pipelines.stage import OutputSpec, Stage
+from featstore.pipelines.runner import run_stage
 from featstore.pipelines.stages import config_for_array
 
 

@@ -14,7 +14,7 @@ from featstore.models import build_model
 from featstore.pipelines import embed as embed_mod
 from featstore.pipelines.embed import EmbedConfig, compute_embed, embed
 from featstore.pipelines.extract_audio import extract_audio
-from featstore.pipelines.runner import ClipTask
+from featstore.pipelines.stage import ClipTask
 from tests.conftest import run_cli
 
 

@@ -20,7 +20,8 @@ from featstore.lock import LockHeld, WriterLock
 from featstore.pipelines.extract_audio import extract_audio
 from featstore.pipelines.extract_frames import extract_frames
 from featstore.pipelines.ingest import ingest
-from featstore.pipelines.runner import ClipResult, OutputSpec, Stage, run_stage
+from featstore.pipelines.stage import ClipResult, OutputSpec, Stage
+from featstore.pipelines.runner import run_stage
 from tests.conftest import CLIP_S, run_cli
 
 
