@@ -34,9 +34,7 @@ def replace_clips(store: Store, new: pd.DataFrame) -> clips_mod.MergedClips:
     with store.changing_clips("ingest --replace"):
         merged = clips_mod.merge_clips(store.clips, clips_mod.checked_clips(new, store.dataset_root), replace=True)
         if merged.replaced:
-            with WriterLock(store.side, store.array_paths(), "ingest --replace"):
-                forget_clips(store, merged.replaced)
-                store.write_clips(merged.table)
+            _rewrite(store, merged.table, merged.replaced, "ingest --replace")
         elif merged.added:
             store.write_clips(merged.table)
     return merged
@@ -57,12 +55,18 @@ def remove_clips(store: Store, clip_ids: Iterable[str]) -> list[str]:
         removed = store.removed
         now = [c for c in wanted if not removed[position[c]]]
         if now:
-            with WriterLock(store.side, store.array_paths(), "remove-clips"):
-                forget_clips(store, now)
-                table = table.copy()
-                table.loc[[position[c] for c in now], "removed"] = True
-                store.write_clips(table)
+            table = table.copy()
+            table.loc[[position[c] for c in now], "removed"] = True
+            _rewrite(store, table, now, "remove-clips")
     return now
+
+
+def _rewrite(store: Store, table: pd.DataFrame, edited: list[str], command: str) -> None:
+    """Write ``table`` (same rows, ``edited`` clips changed) under every array's writer lock, the
+    edited clips' marks and failures cleared first."""
+    with WriterLock(store.side, store.array_paths(), command):
+        forget_clips(store, edited)
+        store.write_clips(table)
 
 
 def forget_clips(store: Store, clip_ids: list[str]) -> None:

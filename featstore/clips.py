@@ -79,8 +79,10 @@ def normalise_clips(df: pd.DataFrame) -> pd.DataFrame:
             values = [False] * len(df)
         else:
             values = [0] * len(df)
-        series = pd.Series(values)
-        out[col] = series.fillna(False).astype(bool) if dtype == "bool" else series.astype(dtype).fillna("" if dtype == "string" else np.nan)
+        if dtype == "bool":
+            out[col] = pd.Series(values).fillna(False).astype(bool)
+        else:
+            out[col] = pd.Series(values, dtype=dtype).fillna("" if dtype == "string" else np.nan)
     return out
 
 

@@ -14,9 +14,10 @@ from click.testing import CliRunner
 import featstore
 from featstore.cli.main import main
 from featstore.clip_edits import remove_clips
-from featstore.errors import ClipConflict, NotFoundError
+from featstore.errors import ClipConflict, LockHeld, NotFoundError
 from featstore.info import store_info
 from featstore.loader import training_batches
+from featstore.lock import WriterLock
 from featstore.pipelines.extract_audio import AudioConfig, extract_audio
 from featstore.pipelines.ingest import ingest
 from featstore.readers import read_audio
@@ -154,3 +155,15 @@ def test_cli_remove_clips_and_ingest_replace(dataset, tmp_path):
     assert result.exit_code == 1 and "no clip 'nope' in the store" in result.output and "Traceback" not in result.output
     result = runner.invoke(main, ["ingest", store.url, "--format", "csv", csv, "--replace", "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["replaced"] == clip_ids[:2]
+
+
+def test_an_edit_is_refused_while_a_stage_writes_an_array_and_changes_nothing(dataset, tmp_path):
+    clip_ids, _, manifest = dataset
+    store = _store(tmp_path)
+    ingest(store, manifest(), fmt="csv")
+    extract_audio(store, MEL, workers=0)
+    with WriterLock(store.side, ["audio/mel"], "extract-audio"):  # a stage run in progress (this live process)
+        with pytest.raises(LockHeld, match=r"array 'audio/mel' is being written by extract-audio"):
+            remove_clips(store, [clip_ids[0]])
+    store = featstore.open_store(store.url)
+    assert not store.removed.any() and clip_ids[0] in store.ledger("audio/mel").entries
