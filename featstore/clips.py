@@ -1,7 +1,8 @@
 """The clips table and the segment grid.
 
 The clips table has one row per clip; a clip's row position is its index along the first axis of
-every per-clip array, and never changes (new clips are appended). Columns:
+every per-clip array, and never changes (new clips are appended, a corrected clip keeps its row, a
+removed one too). Columns:
 
 ====================  ==============================================================================
 clip_id               stable id, the audio file's stem (the video's when there is no audio)
@@ -19,8 +20,7 @@ removed               True once ``featstore remove-clips`` removed the clip (a t
 ====================  ==============================================================================
 
 A clip ingested with a wrong path or metadata is corrected in place (``ingest --replace``,
-:func:`merge_clips` with ``replace=True``): its row keeps its position, so every array's rows stay
-aligned.
+:func:`merge_clips` with ``replace=True``; :mod:`featstore.clip_edits` clears its done-marks).
 
 Every media path, however it enters the store (ingest, a CSV manifest, ``import-h5``, appended
 clips, a re-pointed dataset root) and again whenever a stage opens it, goes through
