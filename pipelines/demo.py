@@ -37,8 +37,9 @@ DEMO_MODELS = (
 #: Modality sets fused and ensembled, with the tag in their run names.
 MODALITY_SETS = ((("audio",), "audio"), (("visual",), "visual"), (("audio", "visual"), "av"))
 LATE_RULES = ("mean", "prod", "max")
-#: Evaluate clips the demo cuts into 1 s files to show the exported system at work.
-EVAL_CLIPS = 4
+#: Evaluate clips the demo cuts into 1 s files to show the exported system at work: one of each
+#: class (the first in the store's order), so the share it decides right is not one class's.
+EVAL_CLIPS_PER_CLASS = 1
 
 
 @dataclass(frozen=True)
@@ -201,10 +202,10 @@ def run_demo(workdir: str, settings: DemoSettings | None = None, *, workers: int
     return result.exit_code or (0 if applied and applied["ok"] else 3)
 
 
-def to_submission(store, workdir: str, *, run: str = "demo-av-f4", n_clips: int = EVAL_CLIPS, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """From development to submission: export ``run`` as a system, cut ``n_clips`` evaluate clips into
-    the challenge's evaluation layout (1 s files), ingest them into a 1 s store, predict, and write
-    the submission file. Made anew on every run (the fusion runs are retrained).
+def to_submission(store, workdir: str, *, run: str = "demo-av-f4", clips_per_class: int = EVAL_CLIPS_PER_CLASS, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """From development to submission: export ``run`` as a system, cut ``clips_per_class`` evaluate
+    clips of each class into the challenge's evaluation layout (1 s files), ingest them into a 1 s
+    store, predict, and write the submission file. Made anew on every run (the fusion runs are retrained).
 
     Returns {system, eval_root, submission, files, sources, right (% of files decided right), ok}."""
     import csv
@@ -221,7 +222,8 @@ def to_submission(store, workdir: str, *, run: str = "demo-av-f4", n_clips: int 
     for path in (system_dir, eval_root, eval_store):
         shutil.rmtree(path, ignore_errors=True)
     system_from_run(store, run).export(system_dir)
-    sources = list(store.clips.loc[store.clips["split"] == "evaluate", "clip_id"][:n_clips])
+    evaluate = store.clips[store.clips["split"] == "evaluate"]
+    sources = list(evaluate.groupby("label", sort=False).head(clips_per_class)["clip_id"])
     write_eval_layout(store, sources, eval_root)
     evaluation = featstore.init_store(eval_store, segment_s=store.segment_s, clip_duration_s=store.segment_s)
     ingest(evaluation, eval_root)
