@@ -75,31 +75,55 @@ def init(store: str, segment_s: float, clip_duration_s: float, classes: str | No
 @click.argument("source")
 @click.option("--format", "fmt", type=click.Choice(list(INGEST_FORMATS)), default="tau2021", show_default=True, help="tau2021: the development layout, or the evaluation layout when detected; tau2021-eval: the evaluation layout; csv: a generic manifest.")
 @click.option("--fold", type=int, default=1, show_default=True, help="Evaluation-setup fold (tau2021).")
+@click.option("--replace", is_flag=True, help="Correct clips already in the store whose row in SOURCE differs (paths, label, split, location, file contents), in place; their stages recompute them. Also restores removed clips.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
-def ingest(store: str, source: str, fmt: str, fold: int, as_json: bool) -> None:
+def ingest(store: str, source: str, fmt: str, fold: int, replace: bool, as_json: bool) -> None:
     """Read a dataset (SOURCE: TAU 2021 root, or a CSV file) into STORE's clips table.
 
-    Re-ingesting the same dataset is a no-op; new clips are appended. Clips whose files are missing
-    are ingested and recorded as failures (exit code 3).
+    Re-ingesting the same dataset is a no-op; new clips are appended. A clip whose path, label or
+    split differs is refused unless --replace is given. Clips whose files are missing are ingested
+    and recorded as failures (exit code 3).
 
     \b
     Examples:
       featstore ingest store.zarr TAU-urban-audio-visual-scenes-2021-development/
       featstore ingest store.zarr --format csv clips.csv
+      featstore ingest store.zarr --format csv corrected.csv --replace
     """
     from featstore.pipelines.ingest import ingest as run_ingest
 
     s = open_store(store)
-    summary = run_ingest(s, source, fmt=fmt, fold=fold)
+    summary = run_ingest(s, source, fmt=fmt, fold=fold, replace=replace)
     if as_json:
-        click.echo(json.dumps({"added": summary.added, "total": summary.total,
+        click.echo(json.dumps({"added": summary.added, "replaced": summary.replaced, "total": summary.total,
                                "missing": [{"clip_id": c, "error": m} for c, m in summary.missing]}))
     else:
-        click.echo(f"added {summary.added} clips ({summary.total} in store)")
+        replaced = f", replaced {len(summary.replaced)}" if replace else ""
+        click.echo(f"added {summary.added} clips{replaced} ({summary.total} in store)")
         for clip_id, message in summary.missing:
             click.echo(f"  missing: {clip_id}: {message}", err=True)
     if summary.missing:
         sys.exit(EXIT_PARTIAL)
+
+
+@main.command("remove-clips")
+@click.argument("store")
+@click.option("--clips", "clip_ids", required=True, help="Comma-separated clip ids to remove.")
+def remove_clips_cmd(store: str, clip_ids: str) -> None:
+    """Remove clips from STORE: every stage, training, prediction and `info` skip them from now on.
+
+    Their rows stay (rows of every array are clip positions) and their done-marks are cleared;
+    `ingest --replace` of a source listing them restores them.
+
+    \b
+    Example:
+      featstore remove-clips store.zarr --clips airport-lisbon-1000-40000-a,bus-lyon-1001-40001-a
+    """
+    from featstore.clip_edits import remove_clips
+
+    s = open_store(store)
+    removed = remove_clips(s, [c.strip() for c in clip_ids.split(",") if c.strip()])
+    click.echo(f"removed {len(removed)} clip(s) ({int((~s.removed).sum())} left in store)")
 
 
 @main.command()

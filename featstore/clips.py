@@ -1,7 +1,8 @@
 """The clips table and the segment grid.
 
 The clips table has one row per clip; a clip's row position is its index along the first axis of
-every per-clip array, and never changes (new clips are appended). Columns:
+every per-clip array, and never changes (new clips are appended, a corrected clip keeps its row, a
+removed one too). Columns:
 
 ====================  ==============================================================================
 clip_id               stable id, the audio file's stem (the video's when there is no audio)
@@ -14,7 +15,12 @@ video_path            video file, relative to the dataset root ("" when none)
 duration_s            duration of the source in seconds (NaN when it could not be read)
 audio_fingerprint     content fingerprint of the audio file ("" when missing)
 video_fingerprint     content fingerprint of the video file ("" when missing)
+removed               True once ``featstore remove-clips`` removed the clip (a table without the
+                      column reads as no clip removed): its row stays, every stage skips it
 ====================  ==============================================================================
+
+A clip ingested with a wrong path or metadata is corrected in place (``ingest --replace``,
+:func:`merge_clips` with ``replace=True``; :mod:`featstore.clip_edits` clears its done-marks).
 
 Every media path, however it enters the store (ingest, a CSV manifest, ``import-h5``, appended
 clips, a re-pointed dataset root) and again whenever a stage opens it, goes through
@@ -27,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -45,10 +52,13 @@ CLIP_COLUMNS: dict[str, str] = {
     "duration_s": "float64",
     "audio_fingerprint": "string",
     "video_fingerprint": "string",
+    "removed": "bool",
 }
 
-#: Columns that define a clip; re-ingesting a clip with other values here is a conflict.
+#: Columns that define a clip; re-ingesting a clip with other values here is a conflict (without ``replace``).
 IDENTITY_COLUMNS = ("label", "split", "audio_path", "video_path")
+#: Columns a re-ingest with ``replace`` compares: a clip whose source row differs in any is replaced.
+SOURCE_COLUMNS = ("label", "split", "fold", "identifier", "audio_path", "video_path", "audio_fingerprint", "video_fingerprint")
 
 
 def empty_clips() -> pd.DataFrame:
@@ -65,9 +75,14 @@ def normalise_clips(df: pd.DataFrame) -> pd.DataFrame:
             values = [""] * len(df)
         elif col == "duration_s":
             values = [np.nan] * len(df)
+        elif dtype == "bool":
+            values = [False] * len(df)
         else:
             values = [0] * len(df)
-        out[col] = pd.Series(values, dtype=dtype).fillna("" if dtype == "string" else np.nan)
+        if dtype == "bool":
+            out[col] = pd.Series(values).fillna(False).astype(bool)
+        else:
+            out[col] = pd.Series(values, dtype=dtype).fillna("" if dtype == "string" else np.nan)
     return out
 
 
@@ -116,29 +131,47 @@ def checked_clips(table: pd.DataFrame, root: str | None) -> pd.DataFrame:
     return table
 
 
-def merge_clips(existing: pd.DataFrame, new: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """Append the clips of ``new`` that ``existing`` lacks; return (table, number appended).
+@dataclass
+class MergedClips:
+    """What :func:`merge_clips` made: the table, the clips appended and the clip ids replaced."""
+
+    table: pd.DataFrame
+    added: int
+    replaced: list[str] = field(default_factory=list)
+
+
+def merge_clips(existing: pd.DataFrame, new: pd.DataFrame, *, replace: bool = False) -> MergedClips:
+    """Append the clips of ``new`` that ``existing`` lacks.
 
     A clip_id present in both with the same identity columns is skipped (re-ingest is a no-op); with
-    different ones, :class:`ClipConflict` names the clip and the differing columns.
+    different ones, :class:`ClipConflict` names the clip and the differing columns. With
+    ``replace``, a clip whose row differs in any of :data:`SOURCE_COLUMNS` (or that was removed)
+    gets the new row at its own position instead, no longer removed.
     """
     new = normalise_clips(new)
-    known = existing.set_index("clip_id")
-    fresh = []
+    table = existing.copy()
+    position = {str(cid): i for i, cid in enumerate(existing["clip_id"])}
+    fresh, replaced = [], []
     for row in new.itertuples(index=False):
-        if row.clip_id in known.index:
-            old = known.loc[row.clip_id]
-            diffs = [c for c in IDENTITY_COLUMNS if str(old[c]) != str(getattr(row, c))]
-            if diffs:
-                details = ", ".join(f"{c}: {old[c]!r} -> {getattr(row, c)!r}" for c in diffs)
-                raise ClipConflict(f"clip {row.clip_id!r} is already in the store with other metadata ({details})")
-        else:
+        i = position.get(row.clip_id)
+        if i is None:
             fresh.append(row)
-    if not fresh:
-        return existing, 0
-    added = normalise_clips(pd.DataFrame(fresh, columns=new.columns))
-    table = added if existing.empty else pd.concat([existing, added], ignore_index=True)
-    return table, len(added)
+            continue
+        old = existing.iloc[i]
+        if replace:
+            if bool(old["removed"]) or any(str(old[c]) != str(getattr(row, c)) for c in SOURCE_COLUMNS):
+                table.iloc[i] = [getattr(row, c) if c != "removed" else False for c in table.columns]
+                replaced.append(str(row.clip_id))
+            continue
+        diffs = [c for c in IDENTITY_COLUMNS if str(old[c]) != str(getattr(row, c))]
+        if diffs:
+            details = ", ".join(f"{c}: {old[c]!r} -> {getattr(row, c)!r}" for c in diffs)
+            raise ClipConflict(f"clip {row.clip_id!r} is already in the store with other metadata ({details}); "
+                               "re-ingest with --replace to correct it")
+    if fresh:
+        added = normalise_clips(pd.DataFrame(fresh, columns=new.columns))
+        table = added if existing.empty else pd.concat([table, added], ignore_index=True)
+    return MergedClips(normalise_clips(table) if replaced else table, len(fresh), replaced)
 
 
 def table_checksum(raw: bytes | None) -> str:

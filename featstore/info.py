@@ -22,7 +22,8 @@ def _bytes_under(store: Store, path: str) -> int:
 
 def store_info(store: Store) -> dict[str, Any]:
     """A JSON-serialisable summary of ``store`` (what ``featstore info --json`` prints)."""
-    clips = store.clips
+    removed = store.removed
+    clips = store.clips[~removed]  # a removed clip keeps its row but is counted apart
     by_split = clips.groupby("split").size().to_dict() if len(clips) else {}
     by_label = clips.groupby("label").size().to_dict() if len(clips) else {}
     failures = store.failures
@@ -33,6 +34,7 @@ def store_info(store: Store) -> dict[str, Any]:
         prov = store.provenance(path)
         done = store.ledger(path).entries
         n_done = len(done)
+        n_rows = int((~removed[: array.shape[0]]).sum())  # the clips the array is for
         done_anywhere.update(done)
         if len(failures):  # a clip done since it failed (by another run) counts as done only
             failures = failures[~((failures["array"] == path) & failures["clip_id"].isin(list(done)))]
@@ -46,7 +48,7 @@ def store_info(store: Store) -> dict[str, Any]:
                 "stage": prov.get("stage"),
                 "fingerprint": prov.get("fingerprint"),
                 "done": n_done,
-                "fraction_done": n_done / array.shape[0] if array.shape[0] else 0.0,
+                "fraction_done": n_done / n_rows if n_rows else 0.0,
                 "bytes_on_disk": _bytes_under(store, path),
                 "failures": int((failures["array"] == path).sum()) if len(failures) else 0,
             }
@@ -60,6 +62,7 @@ def store_info(store: Store) -> dict[str, Any]:
         "clip_duration_s": store.clip_duration_s,
         "classes": store.classes,
         "clips": len(clips),
+        "removed_clips": int(removed.sum()),
         "clips_per_split": {str(k) or "(none)": int(v) for k, v in by_split.items()},
         "clips_per_label": {str(k) or "(none)": int(v) for k, v in by_label.items()},
         "arrays": arrays,
@@ -74,7 +77,7 @@ def format_info(info: dict[str, Any]) -> str:
         f"store        {info['url']}",
         f"dataset root {info['dataset_root']}",
         f"segments     {info['segment_s']} s grid over {info['clip_duration_s']} s clips",
-        f"clips        {info['clips']}",
+        f"clips        {info['clips']}" + (f" ({info['removed_clips']} removed)" if info["removed_clips"] else ""),
     ]
     lines += [f"  split {k:<12} {v}" for k, v in sorted(info["clips_per_split"].items())]
     lines += [f"  label {k:<18} {v}" for k, v in sorted(info["clips_per_label"].items())]

@@ -150,6 +150,12 @@ class Failures:
         for scope in self._scopes_of.pop((stage, clip_id), set()):
             self._drop(scope, stage, clip_id)
 
+    def forget(self, clip_ids: list[str]) -> None:
+        """Forget every failure of ``clip_ids``, of every stage (a clip replaced or removed)."""
+        ids = set(clip_ids)
+        for stage, clip_id in [key for key in self._scopes_of if key[1] in ids]:
+            self.clear(stage, clip_id)
+
     def _materialise(self, scope: str | None = None) -> None:
         """Append the pending rows of ``scope`` (None: of every scope) to its table."""
         for name in [scope] if scope is not None else list(self._pending):

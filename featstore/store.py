@@ -260,7 +260,13 @@ class Store:
 
     @property
     def n_clips(self) -> int:
+        """Rows of the clips table (removed clips included: they keep their rows)."""
         return len(self.clips)
+
+    @property
+    def removed(self) -> np.ndarray:
+        """(clip,) bool: which rows of the clips table ``featstore remove-clips`` removed."""
+        return self.clips["removed"].to_numpy(dtype=bool)
 
     def add_clips(self, new: pd.DataFrame) -> int:
         """Append clips the store does not have yet; return how many were added (0 = no-op).
@@ -269,10 +275,10 @@ class Store:
         that two processes adding clips at once never lose each other's rows.
         """
         with self.changing_clips("add-clips"):
-            table, n_added = clips_mod.merge_clips(self.clips, clips_mod.checked_clips(new, self.dataset_root))
-            if n_added:
-                self.write_clips(table)
-        return n_added
+            merged = clips_mod.merge_clips(self.clips, clips_mod.checked_clips(new, self.dataset_root))
+            if merged.added:
+                self.write_clips(merged.table)
+        return merged.added
 
     def write_clips(self, table: pd.DataFrame) -> None:
         """Replace the clips table with ``table`` and record its checksum (call under :meth:`changing_clips`)."""

@@ -12,6 +12,11 @@ Store layout upgrades (format version 1, before the clips table was checksummed)
     the root metadata has none; its table is accepted as it is, and its checksum recorded at the next
     change of the table.
 
+Clips tables made before clips could be removed
+    A table without the ``removed`` column reads as no clip removed
+    (:func:`featstore.clips.normalise_clips` gives a missing column its default); the column is
+    written with the next change of the table.
+
 Provenance of arrays made before stage code versions were recorded
     :func:`code_version_of`: no ``code_version`` in an array's provenance means version 1, the code
     as it was when code versions were introduced; version 1 also fingerprints as before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from featstore.clip_edits import replace_clips
 from featstore.clips import relative_source
 from featstore.errors import UnsafePath
 from featstore.ingest import IngestError, IngestReport, csv_labels, is_tau2021_eval, read_csv_manifest, read_tau2021, read_tau2021_eval
@@ -17,6 +18,7 @@ FORMATS = ("tau2021", "tau2021-eval", "csv")
 class IngestSummary:
     added: int
     total: int
+    replaced: list[str]  # clip ids whose rows were replaced in place (``replace``)
     missing: list[tuple[str, str]]  # (clip_id, message): ingested, recorded as failures
 
 
@@ -35,7 +37,7 @@ def _rebase(report: IngestReport, store_root: str) -> None:
         report.clips[col] = rebased
 
 
-def ingest(store: Store, source: str, *, fmt: str = "tau2021", fold: int = 1) -> IngestSummary:
+def ingest(store: Store, source: str, *, fmt: str = "tau2021", fold: int = 1, replace: bool = False) -> IngestSummary:
     """Add the clips of ``source`` (a TAU 2021 root, or a CSV file with ``fmt="csv"``) to ``store``.
 
     ``fmt="tau2021"`` reads the development layout, or the evaluation layout when ``source`` has one
@@ -44,7 +46,11 @@ def ingest(store: Store, source: str, *, fmt: str = "tau2021", fold: int = 1) ->
 
     Labels are checked against the store's class list. The first ingest sets the store's dataset
     root; later ones must lie inside it. Clips already in the store are skipped (a re-ingest is a
-    no-op). Clips whose media files are missing are ingested and recorded as ``ingest`` failures.
+    no-op); one whose path, label or split differs is a :class:`~featstore.errors.ClipConflict`.
+    With ``replace``, a clip whose source row differs (paths, label, split, location, file
+    fingerprints) or that was removed gets the new row in place, its done-marks cleared
+    (:func:`featstore.clip_edits.replace_clips`). Clips whose media files are missing are ingested
+    and recorded as ``ingest`` failures.
     """
     if fmt == "tau2021-eval" or (fmt == "tau2021" and is_tau2021_eval(source, fold=fold)):
         report = read_tau2021_eval(source, fold=fold)
@@ -61,9 +67,13 @@ def ingest(store: Store, source: str, *, fmt: str = "tau2021", fold: int = 1) ->
             store.set_dataset_root(report.root)
         elif os.path.realpath(store.dataset_root) != os.path.realpath(report.root):
             _rebase(report, store.dataset_root)
-        added = store.add_clips(report.clips)
+        if replace:
+            merged = replace_clips(store, report.clips)
+            added, replaced = merged.added, merged.replaced
+        else:
+            added, replaced = store.add_clips(report.clips), []
         failures = store.failures_record()
         for clip_id, message in report.missing:
             failures.record("ingest", "", clip_id, "MissingFile", message)
         failures.flush()
-    return IngestSummary(added=added, total=store.n_clips, missing=report.missing)
+    return IngestSummary(added=added, total=store.n_clips, replaced=replaced, missing=report.missing)

@@ -73,20 +73,25 @@ LOST_CLUSTER_S = float(os.environ.get("FEATSTORE_LOST_CLUSTER_S", "60"))
 
 
 def select_clips(store: Store, clips: str | list[str] | None) -> list[int]:
-    """Clip indices for ``clips``: None = all, a split name, a file of clip_ids, or a list of ids."""
+    """Clip indices for ``clips``: None = all, a split name, a file of clip_ids, or a list of ids.
+
+    Removed clips (``featstore remove-clips``) are never selected, even by id.
+    """
     table = store.clips
+    kept = ~store.removed
     if clips is None:
-        return list(range(len(table)))
+        return list(np.flatnonzero(kept))
     if isinstance(clips, str):
         if clips in ("train", "evaluate", "test"):
-            return list(np.flatnonzero(table["split"].to_numpy() == clips))
+            return list(np.flatnonzero((table["split"].to_numpy() == clips) & kept))
         if os.path.isfile(clips):
             with open(clips) as f:
                 clips = [line.strip() for line in f if line.strip()]
         else:
             raise ConfigError(f"--clips {clips!r} is neither a split name nor a file of clip_ids")
     row_of = {str(cid): i for i, cid in enumerate(table["clip_id"].to_numpy())}  # one pass: O(clips), not O(clips^2)
-    return [row_of[cid] if cid in row_of else store.clip_index(cid) for cid in clips]  # clip_index names an unknown id
+    rows = [row_of[cid] if cid in row_of else store.clip_index(cid) for cid in clips]  # clip_index names an unknown id
+    return [i for i in rows if kept[i]]
 
 
 def plan_tasks(rows: Iterable[int], unit: int, clips_per_task: int) -> list[list[int]]:

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from featstore.cli.main import main
 from tests.conftest import CLIP_S, run_cli
 
-COMMANDS = ["init", "ingest", "demo-data", "info", "extract-audio", "extract-frames", "verify", "export", "import-h5", "train-backbone", "embed", "fuse", "ensemble", "report", "demo", "export-system", "predict", "train-joint", "unlock"]
+COMMANDS = ["init", "ingest", "demo-data", "info", "extract-audio", "extract-frames", "verify", "export", "import-h5", "train-backbone", "embed", "fuse", "ensemble", "report", "demo", "export-system", "predict", "train-joint", "unlock", "remove-clips"]
 
 
 def test_every_command_is_listed():

@@ -38,7 +38,7 @@ STAGE_COMMANDS = {
     "verify": (VerifyOptions,),
 }
 #: Commands that run no stage (store set-up, import / export, the report, the demo).
-OTHER_COMMANDS = {"init", "ingest", "demo-data", "info", "export", "import-h5", "report", "demo", "export-system", "unlock"}
+OTHER_COMMANDS = {"init", "ingest", "remove-clips", "demo-data", "info", "export", "import-h5", "report", "demo", "export-system", "unlock"}
 #: How a command prints, which the Python API has no use for: declared by the command.
 OUTPUT_FLAGS = {"--json", "--quiet", "--verbose", "--per-segment"}
 
