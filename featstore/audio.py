@@ -1,6 +1,6 @@
 """Audio features: waveform preparation, MEL / GAM / CQT log spectrograms, and deltas.
 
-The segment-to-frame rule (DESIGN 6). Audio at ``sr`` = 32 kHz is cut into the store's segment grid
+The segment-to-frame rule (docs/explanation/segment-rule.md). Audio at ``sr`` = 32 kHz is cut into the store's segment grid
 (default 1 s = 32,000 samples). **Each segment is framed as if it were its own file**: centred frames
 at ``t * hop_length`` samples from the segment's start for ``t = 0 .. segment_samples // hop_length``,
 zero-padded by ``n_fft // 2`` at both ends of the segment (librosa's ``center=True``,

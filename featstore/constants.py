@@ -1,4 +1,4 @@
-"""Constants from the papers (DESIGN.md section 5): the label map, meta-classes, splits, the grid.
+"""Constants from the papers (docs/explanation/data-model.md): the label map, meta-classes, splits, the grid.
 
 Each stage's defaults live in its config (e.g. ``featstore.pipelines.extract_audio.AudioConfig``).
 

@@ -9,7 +9,7 @@ Layout of an exported file (same names as in the store)::
         attrs["featstore_done"]    JSON list of the clip_ids done in the store
         attrs["dims"]              dimension names
 
-Arrays are copied clip by clip through numpy (a zarr array is never handed to h5py, DESIGN 7.10),
+Arrays are copied clip by clip through numpy (a zarr array is never handed to h5py),
 so memory stays at one clip. Importing registers each dataset as an array made by the
 ``import-h5`` stage: its provenance is marked external and keeps the original one, and the clips
 listed as done are marked done. This is how features made by other tools enter a store: write the

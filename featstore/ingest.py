@@ -2,7 +2,7 @@ r"""Read a dataset's metadata into a store's clips table.
 
 Two formats:
 
-* ``tau2021``: the TAU Urban Audio-Visual Scenes 2021 development layout (DESIGN 6): ``meta.csv`` with
+* ``tau2021``: the TAU Urban Audio-Visual Scenes 2021 development layout (docs/guides/store.md): ``meta.csv`` with
   ``filename_audio, filename_video, scene_label, identifier`` and
   ``evaluation_setup/fold{N}_{train,evaluate,test}.csv``, tab-separated with a header, CRLF tolerated,
   columns read by name. The CSVs may also live in a sibling ``*.meta/`` folder: both are searched.

@@ -1,7 +1,7 @@
 """The completion ledger of an array and the store's failures record.
 
 Completion is recorded by the driver only, after a worker reports that a clip's chunk is written
-whole (DESIGN 7.6). The ledger of an array is one JSON file, rewritten atomically, that maps each
+whole (docs/explanation/integrity.md). The ledger of an array is one JSON file, rewritten atomically, that maps each
 done clip_id to the fingerprint of the inputs it was computed from, a CRC-32 of the chunk's values
 (what ``verify`` compares against) and the stage's per-clip notes (e.g. the real audio length).
 A clip is *done* for an array with fingerprint F when the ledger's fingerprint is F and the clip's

@@ -26,7 +26,7 @@ def packed_segment_embeddings(store: Store, path: str) -> tuple[np.ndarray, np.n
 
     Only clips done in ``path`` are returned (``rows`` are their rows in the clips table); a visual
     model's frames of each segment are averaged. Reading an embedding array costs one store request
-    per clip (one chunk per clip, DESIGN 7.4); so the result is also kept
+    per clip (one chunk per clip); so the result is also kept
     packed, as one ``.npz`` side file per array (``_featstore/packed/...``), written here when it is
     missing or stale (a read through the cache), keyed by the array's
     fingerprint and the bytes of its ledger (every done clip and its checksum). A re-embedded clip,

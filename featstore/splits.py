@@ -1,4 +1,4 @@
-"""Validation carved from the ``train`` split by recording location (DESIGN 6).
+"""Validation carved from the ``train`` split by recording location (docs/explanation/design.md).
 
 Phase I (``train-backbone``) and Phase II (``fuse``) both hold out whole recording locations
 (the clips table's ``identifier``), so no location is on both sides; ``evaluate`` and ``test`` are

@@ -52,7 +52,7 @@ ATTRS_KEY = "featstore"
 #: Libraries whose versions are recorded in every array's provenance.
 RECORDED_LIBRARIES = ("featstore", "numpy", "zarr", "librosa", "soxr", "soundfile", "av", "tensorflow-cpu")
 #: Runtime configuration of every array handle featstore writes through. ``write_empty_chunks`` is
-#: not stored in the array's metadata, so each handle must carry it (DESIGN 7): with zarr's default a
+#: not stored in the array's metadata, so each handle must carry it: with zarr's default a
 #: clip whose values all equal the fill value (a black video's frames) would leave no chunk behind,
 #: and the check itself costs ~18 ms per 3 MB chunk, as much as compressing it.
 WRITE_CONFIG = {"write_empty_chunks": True}
@@ -371,7 +371,7 @@ class Store:
         """Create (or reuse) the per-clip array ``path`` of shape ``(n_clips, *per_clip_shape)``.
 
         One chunk per clip, compressed as :func:`compressors_for` decides by dtype, then crc32c; NaN
-        fill for floats with ``write_empty_chunks`` so that an unwritten clip can never read as zeros. Call from the driver only (DESIGN 7.2).
+        fill for floats with ``write_empty_chunks`` so that an unwritten clip can never read as zeros. Call from the driver only (docs/explanation/integrity.md).
 
         The fingerprint covers ``stage``, ``params``, shape and dtype. An existing array with the same
         fingerprint is reused (grown along the clip axis when clips were added); with another one,

@@ -59,7 +59,7 @@ class VerifyReport:
 
 
 def _remove_partial_files(store: Store) -> int:
-    """Delete ``*.partial`` temp files a hard kill can leave in a local store (DESIGN 7.1)."""
+    """Delete ``*.partial`` temp files a hard kill can leave in a local store (docs/explanation/integrity.md)."""
     if not store.side.is_local:
         return 0
     removed = 0

@@ -10,7 +10,7 @@ dim) float32 array. Visual models' frames are averaged per segment, so every exa
 of the grid with all the selected models' embeddings of the same second.
 
 Training, at segment level, on ``train`` clips only; validation is carved from ``train`` by
-recording location (the same rule as Phase I, DESIGN 6), the best epoch by validation log-loss is kept:
+recording location (the same rule as Phase I), the best epoch by validation log-loss is kept:
 
 - the whole embedding set sits in device memory (``tf.constant`` on the GPU when there is one) and
   each epoch is one compiled TensorFlow function that slices its batches there: no per-batch reads,
@@ -32,7 +32,7 @@ Progress (:mod:`featstore.progress`): one logged line per epoch (each epoch is o
 there is no bar within it), the history (``loss``, ``val_log_loss``, ``val_accuracy``, ``seconds``
 per epoch) in the run record, as ``runs/NAME.history.csv`` and as TensorBoard event files.
 
-The run also says how many of its training clips each backbone was itself trained on (DESIGN 6):
+The run also says how many of its training clips each backbone was itself trained on:
 the papers train Phase II on the same train split as Phase I, which makes training embeddings more
 confident than evaluation ones.
 """

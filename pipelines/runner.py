@@ -4,7 +4,7 @@ Every batch stage (extract-audio, extract-frames, embed) is a :class:`Stage`: it
 output arrays and one module-level function ``compute(task, params) -> ClipResult``. The runner does
 the rest, once for all stages:
 
-* creates the output arrays at their final shape from the driver (DESIGN 7.2), refusing when they
+* creates the output arrays at their final shape from the driver (docs/explanation/integrity.md), refusing when they
   exist with other parameters (:class:`featstore.ParamsMismatch`) unless ``overwrite``;
 * takes the arrays' writer lock (a second writer is refused, naming the holder);
 * skips clips whose ledger entry matches the clip's input fingerprint (resume, skip-if-done);
@@ -40,7 +40,7 @@ from featstore.pipelines.worker import Batched, compute_part, iter_clips, run_cl
 from featstore.store import Store
 
 #: Environment of local dask workers: one thread per BLAS / FFT / numba pool, since the cluster
-#: already runs one process per core; zarr settings reach workers only this way (DESIGN 7.7).
+#: already runs one process per core; zarr settings reach workers only this way.
 WORKER_ENV = {
     "OMP_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",

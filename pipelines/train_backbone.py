@@ -6,8 +6,8 @@
   with ``deltas="loader"``, the loader does and the model takes (bin, frame, 6) as models trained
   before the layer existed. Visual inputs are single frames (size, size, 3). Validation is
   carved from ``train`` by recording location (``identifier``), so no location is on both sides;
-  ``evaluate`` and ``test`` are never touched (DESIGN 6).
-- Input pipeline (DESIGN 7.9): :mod:`featstore.loader`, a clip-block shuffle that decompresses each
+  ``evaluate`` and ``test`` are never touched (docs/explanation/design.md).
+- Input pipeline (docs/explanation/loader-randomness.md): :mod:`featstore.loader`, a clip-block shuffle that decompresses each
   clip once per epoch, mixes (and with ``deltas="loader"`` derives deltas) per batch and assembles batches in ``loader_workers``
   threads, fed to Keras through :func:`featstore.loader.tf_dataset`. The store is never loaded whole.
 - Visual models: random resized crop and horizontal flip of the uint8 frames (``augment``).

@@ -8,7 +8,7 @@ cached, frozen visual embedding of the same window (Chen et al. 2022), off the s
   averaged over the window's segments (:class:`CachedVisual`). The visual encoder never runs and no
   frame is read: every training step costs only the audio encoder and the head. (The benchmark's
   baseline, :class:`FrameVisual`, feeds the frames instead, through the frozen encoder.)
-- Validation carved from ``train`` by recording location (:func:`validation_split`, DESIGN 6); mixup
+- Validation carved from ``train`` by recording location (:func:`validation_split`; docs/explanation/design.md); mixup
   with one coefficient for the audio window, the visual embedding and the soft label; KL-divergence
   loss plus L2 on the head; Adam; the best epoch by validation loss is kept.
 - The model (:func:`featstore.models.joint.build_joint_model`, layers ``fc1024``, ``fc10``,

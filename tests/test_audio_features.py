@@ -94,7 +94,7 @@ def test_mfcc_equals_librosa_mfcc_of_the_same_segments(demo_store):
 
 
 def test_segment_window_equals_standalone_one_second_file(tmp_path):
-    """DESIGN 6: a segment read from a clip == the same second given as its own file."""
+    """The segment rule (docs/explanation/segment-rule.md): a segment read from a clip == the same second given as its own file."""
     rng = np.random.default_rng(0)
     sr = 32000
     audio = (0.1 * rng.standard_normal((3 * sr, 2))).astype(np.float32)

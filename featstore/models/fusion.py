@@ -1,4 +1,4 @@
-"""The Phase II Fusion Layer (DESIGN 1) as a Keras layer, and the fusion head built on it (imports Keras).
+"""The Phase II Fusion Layer (docs/guides/fusion.md) as a Keras layer, and the fusion head built on it (imports Keras).
 
 The input is one tensor ``x`` of shape (batch, model, dim): the embeddings ``e_i`` of the selected
 backbones stacked along axis 1. ``W`` holds one trainable vector ``w_i`` per embedding (shape
