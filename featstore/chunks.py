@@ -8,7 +8,7 @@ twenty 224x224 frames. Training reads thousands of clips per epoch, one at a tim
 
 So for arrays laid out the way featstore writes them, :class:`ClipReader` fetches a clip's bytes
 and decodes them in the calling thread. That layout is one clip per chunk, codecs bytes -> zstd or
-Blosc -> crc32c (:func:`featstore.store.compressors_for`), either one object per clip or clips
+Blosc -> crc32c (:func:`featstore.arrays.compressors_for`), either one object per clip or clips
 inside shards (Zarr v3's sharding codec, one inner chunk per clip, the shard index at the end,
 :mod:`featstore.shards`).
 

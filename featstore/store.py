@@ -25,7 +25,6 @@ import contextlib
 import io
 import math
 import os
-import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -33,86 +32,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
-import zarr.storage
-from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec, ZstdCodec
 
+from featstore import arrays, names
 from featstore import clips as clips_mod
-from featstore import names, shards
-from featstore.coords import CLIP_AXIS, Coordinate, align_group, is_coordinate, store_coordinates, write_coordinate
 from featstore.constants import CLASSES, CLIP_DURATION_S, MAX_CLIP_DURATION_S, MIN_SEGMENT_S, SEGMENT_S
-from featstore.errors import ConfigError, DamagedFile, FeatstoreWarning, NotFoundError, ParamsMismatch, StoreError
-from featstore.fingerprint import array_fingerprint, library_versions
-from featstore.ledger import Failures, Ledger, ledger_name
+from featstore.coords import is_coordinate
+from featstore.errors import ConfigError, DamagedFile, NotFoundError, StoreError
+from featstore.handles import ATTRS_KEY, WRITE_CONFIG, normalise_url, zarr_store
+from featstore.ledger import Failures, Ledger
 from featstore.provenance import Provenance
 from featstore.sidefiles import SideFiles
-from featstore.upgrade import FORMAT_VERSION, check_format_version, clips_checksum_recorded, code_version_of, renamed_axes
+from featstore.upgrade import FORMAT_VERSION, check_format_version, clips_checksum_recorded
 
+#: The clips table's side file (under ``_featstore/``).
 CLIPS_NAME = "clips.parquet"
-ATTRS_KEY = "featstore"
-#: Libraries whose versions are recorded in every array's provenance.
-RECORDED_LIBRARIES = ("featstore", "numpy", "zarr", "librosa", "soxr", "soundfile", "av", "tensorflow-cpu")
-#: Runtime configuration of every array handle featstore writes through. ``write_empty_chunks`` is
-#: not stored in the array's metadata, so each handle must carry it: with zarr's default a
-#: clip whose values all equal the fill value (a black video's frames) would leave no chunk behind,
-#: and the check itself costs ~18 ms per 3 MB chunk, as much as compressing it.
-WRITE_CONFIG = {"write_empty_chunks": True}
-
-
-def _is_url(path_or_url: str) -> bool:
-    return "://" in str(path_or_url)
-
-
-def compressors_for(dtype: str | np.dtype) -> list:
-    """The codecs of a new per-clip array (after the bytes codec), by dtype; a crc32c comes last.
-
-    - Floating point (spectrograms, embeddings): Blosc, lz4 with bit-shuffle. Float16 MEL chunks
-      compress 1.25x against zstd's 1.17x, and decode in 0.084 ms against 0.243 ms per clip, which
-      training pays for every clip of every epoch (issue 14; measured with numcodecs on the demo's MEL).
-    - Integers (uint8 frames): zstd, level 3. It compresses frames far better than lz4 (7.7x against
-      1.8x on the demo's frames) and decodes as fast.
-
-    Arrays made before keep their own codecs (zstd for every dtype); every reader handles both.
-    """
-    if np.dtype(dtype).kind == "f":
-        return [BloscCodec(cname="lz4", clevel=5, shuffle=BloscShuffle.bitshuffle, typesize=np.dtype(dtype).itemsize), Crc32cCodec()]
-    return [ZstdCodec(level=3), Crc32cCodec()]
-
-
-def zarr_store(url: str, storage_options: dict[str, Any] | None = None) -> zarr.abc.store.Store:
-    """The one resolver from a store URL to a zarr store: a local directory (a path or
-    ``file://``) is a ``LocalStore``, anything else an ``FsspecStore``, which takes
-    ``storage_options`` (credentials, ``endpoint_url``...) as fsspec does."""
-    if _is_url(url) and not url.startswith("file://"):
-        return zarr.storage.FsspecStore.from_url(url, storage_options=storage_options or None)
-    return zarr.storage.LocalStore(url.removeprefix("file://"))
-
-
-def open_array(url: str, path: str, storage_options: dict[str, Any] | None = None) -> zarr.Array:
-    """A writing handle on array ``path`` of the store at ``url``, with :data:`WRITE_CONFIG`.
-
-    The only way featstore opens an array for writing (the driver through :meth:`Store.array`, the
-    workers through this function): every handle carries ``write_empty_chunks``.
-    """
-    return zarr.open_array(zarr_store(url, storage_options), path=path, mode="r+").with_config(WRITE_CONFIG)
-
-
-def dimension_names(path: str, dims: tuple[str, ...]) -> tuple[str, ...]:
-    """Zarr dimension names of array ``path`` with provenance ``dims``, unique within its group.
-
-    xarray opens a group as one Dataset, in which a name means one size and an array named like one
-    of its own axes is taken for a coordinate: an embedding's vector axis (``dim``, or an axis named
-    like the array) is named after its layer (``fc1024_dim``), and a per-clip unit axis of length
-    one (a clip-level prediction) is ``clip_unit``, not a second ``clip``.
-    """
-    leaf = path.rsplit("/", 1)[-1]
-    named = [f"{leaf}_dim" if d in ("dim", leaf) else d for d in dims]
-    return tuple(n if n not in named[:k] else f"{n}_unit" for k, n in enumerate(named))
-
-
-def normalise_url(path_or_url: str | os.PathLike) -> str:
-    """Absolute local path, or the URL unchanged."""
-    text = str(path_or_url)
-    return text.rstrip("/") if _is_url(text) else os.path.abspath(text)
 
 
 class Store:
@@ -352,132 +285,17 @@ class Store:
         dims, created; a typed view (:class:`~featstore.provenance.Provenance`) that reads as a dict."""
         return Provenance(path, dict(self.array(path).attrs[ATTRS_KEY]))
 
-    def create_array(
-        self,
-        path: str,
-        *,
-        per_clip_shape: tuple[int, ...],
-        dtype: str,
-        dims: tuple[str, ...],
-        stage: str,
-        params: dict[str, Any],
-        config: dict[str, Any] | None = None,
-        modality: str | None = None,
-        overwrite: bool = False,
-        code_version: int = 1,
-        clips_per_shard: int | None = None,
-        coords: dict[str, Coordinate] | None = None,
-    ) -> zarr.Array:
-        """Create (or reuse) the per-clip array ``path`` of shape ``(n_clips, *per_clip_shape)``.
-
-        One chunk per clip, compressed as :func:`compressors_for` decides by dtype, then crc32c; NaN
-        fill for floats with ``write_empty_chunks`` so that an unwritten clip can never read as zeros. Call from the driver only (docs/explanation/integrity.md).
-
-        The fingerprint covers ``stage``, ``params``, shape and dtype. An existing array with the same
-        fingerprint is reused (grown along the clip axis when clips were added); with another one,
-        :class:`ParamsMismatch` names the differing parameters. ``overwrite`` deletes an existing
-        array and its ledger first, whatever its fingerprint, so that every clip is recomputed.
-        ``config`` (the stage config that makes exactly this array) and ``modality`` ("audio" or
-        "visual") are recorded beside the parameters, outside the fingerprint.
-
-        ``code_version`` is the stage's code version (``StageConfig.code_version``), part of the
-        fingerprint: an array made by an older version of the stage's code, with the same
-        parameters, is stale and is made again (with a warning), every clip recomputed.
-
-        The array's ledger belongs to this version of the array: a new array (none at ``path``, its
-        folder deleted by hand, or replaced) starts with no done-marks.
-
-        Layout: ``clips_per_shard`` clips per shard (default: from the store's ``shard_mb`` and this
-        array's clip size, :func:`featstore.shards.clips_per_shard`; one object per clip when the
-        store is not sharded). An existing array keeps its own layout.
-
-        Axes: ``coords`` gives the values along per-clip axes, by dimension name (frequencies of
-        bins, frame times); the clip ids, segment start times and class names are added here
-        (:mod:`featstore.coords`), and the group's other arrays grown to the same clips.
-        """
-        names.array_path(path)
-        if path.rsplit("/", 1)[-1] == CLIP_AXIS or (self.has_array(path) and is_coordinate(self.group[path].attrs)):
-            raise ConfigError(f"{path!r} names a coordinate of its group: choose another array name")
-        fingerprint = array_fingerprint(stage, params, per_clip_shape, dtype, code_version)
-        n_clips = self.n_clips
-        if self.has_array(path):
-            existing = self.array(path)
-            old = existing.attrs[ATTRS_KEY]
-            if old["fingerprint"] == fingerprint and not overwrite:
-                if renamed_axes(self.side, path, dimension_names(path, ("clip", *dims)), ("clip", *dims)):
-                    existing = self.array(path)
-                self._describe_axes(path, existing, coords)
-                return existing
-            old_version = code_version_of(old)
-            if not overwrite and old_version != code_version and old["fingerprint"] == array_fingerprint(
-                stage, params, per_clip_shape, dtype, old_version
-            ):
-                warnings.warn(f"{path}: made by version {old_version} of {stage}'s code, now {code_version}: recomputing it",
-                              FeatstoreWarning, stacklevel=2)
-                overwrite = True
-            if not overwrite:
-                keys = sorted(set(old["params"]) | set(params))
-                diffs = {k: (old["params"].get(k), params.get(k)) for k in keys if old["params"].get(k) != params.get(k)}
-                if list(old.get("per_clip_shape", [])) != list(per_clip_shape):
-                    diffs["per_clip_shape"] = (old.get("per_clip_shape"), list(per_clip_shape))
-                if old.get("dtype") != dtype:
-                    diffs["dtype"] = (old.get("dtype"), dtype)
-                raise ParamsMismatch(path, diffs)
-            del self.group[path]
-        self.side.delete(ledger_name(path))  # done-marks of an array that is no longer there
-        is_float = np.dtype(dtype).kind == "f"
-        if clips_per_shard is None:
-            clips_per_shard = shards.clips_per_shard(int(np.prod(per_clip_shape)) * np.dtype(dtype).itemsize, self.shard_mb)
-        array = self.group.create_array(
-            path,
-            shape=(n_clips, *per_clip_shape),
-            chunks=(1, *per_clip_shape),
-            shards=(clips_per_shard, *per_clip_shape) if clips_per_shard else None,
-            dtype=dtype,
-            fill_value=np.nan if is_float else 0,
-            compressors=compressors_for(dtype),
-            dimension_names=dimension_names(path, ("clip", *dims)),
-            config=WRITE_CONFIG,
-        )
-        array.attrs[ATTRS_KEY] = {
-            "stage": stage,
-            "params": params,
-            **({"config": config} if config is not None else {}),
-            **({"modality": modality} if modality else {}),
-            "fingerprint": fingerprint,
-            "code_version": int(code_version),
-            "per_clip_shape": list(per_clip_shape),
-            "dtype": dtype,
-            "dims": ["clip", *dims],
-            "clips_per_shard": clips_per_shard or 1,
-            "library_versions": library_versions(*RECORDED_LIBRARIES),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        self._describe_axes(path, array, coords)
-        return array
+    def create_array(self, path: str, **spec: Any) -> zarr.Array:
+        """Create (or reuse) the per-clip array ``path`` of shape ``(n_clips, *per_clip_shape)``, from
+        the driver only; ``spec`` (shape, dtype, dims, stage, parameters...) and the rules of reuse
+        are those of :func:`featstore.arrays.create_array`."""
+        return arrays.create_array(self, path, **spec)
 
     def grow_array(self, path: str) -> zarr.Array:
         """Array ``path`` grown to the store's clips (new rows read as its fill value), its group's
         coordinates following."""
-        array = self.array(path)
-        self._describe_axes(path, array, None)
-        return self.array(path)
+        return arrays.grow_array(self, path)
 
-    def _describe_axes(self, path: str, array: zarr.Array, coords: dict[str, Coordinate] | None) -> None:
-        """Grow ``array`` to the store's clips and write its group's coordinates: the clip ids, the
-        store's own (:func:`featstore.coords.store_coordinates`) and ``coords``. An array at the
-        store's root gets none: the root's coordinates would bind every group below it."""
-        if array.shape[0] < self.n_clips:
-            array.resize((self.n_clips, *array.shape[1:]))
-        if "/" not in path:
-            return
-        group = self.group[path.rsplit("/", 1)[0]]
-        dims = tuple(array.metadata.dimension_names or ())[1:]
-        for name, coordinate in {**store_coordinates(dims, array.shape[1:], self.segment_s, self.classes), **(coords or {})}.items():
-            if name in dims:
-                write_coordinate(group, name, coordinate)
-        per_clip = [node for _, node in group.arrays() if ATTRS_KEY in node.attrs]  # not a coordinate, nor a foreign array
-        align_group(group, per_clip, self.clips["clip_id"].to_numpy())
 
     # ---------------------------------------------------------------- done-marks and failures
     def ledger(self, path: str) -> Ledger:

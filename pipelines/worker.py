@@ -17,7 +17,7 @@ import numpy as np
 from featstore.errors import MediaError
 from featstore.pipelines.stage import ClipResult, ClipTask
 from featstore.shards import unit_clips, write_clips
-from featstore.store import open_array
+from featstore.handles import open_array
 
 _OPEN_ARRAYS: dict[tuple[str, str, str], Any] = {}
 _THREADPOOLS: dict[int, Any] = {}  # threadpoolctl controller by len(sys.modules) when it was made

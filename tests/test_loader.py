@@ -187,9 +187,9 @@ def test_a_store_made_before_reads_the_same_batches(store, tmp_path, demo_root, 
     loader serves them the same batches, through the same direct chunk reads."""
     from zarr.codecs import Crc32cCodec, ZstdCodec
 
-    import featstore.store
+    import featstore.arrays
 
-    monkeypatch.setattr(featstore.store, "compressors_for", lambda dtype: [ZstdCodec(level=3), Crc32cCodec()])
+    monkeypatch.setattr(featstore.arrays, "compressors_for", lambda dtype: [ZstdCodec(level=3), Crc32cCodec()])
     old = featstore.init_store(str(tmp_path / "old.zarr"), clip_duration_s=CLIP_S)
     ingest(old, demo_root)
     extract_audio(old, workers=0, features=("mel",), progress=False)
