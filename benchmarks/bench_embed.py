@@ -51,7 +51,8 @@ def main() -> None:
     from featstore.pipelines.embed import embed
     from featstore.pipelines.extract_audio import extract_audio
     from featstore.pipelines.ingest import ingest
-    from featstore.loader import tf_dataset, training_batches
+    from featstore.loader import training_batches
+    from featstore.tfdata import tf_dataset
 
     with tempfile.TemporaryDirectory() as work:
         root = make_demo_dataset(os.path.join(work, "data"), clips_per_class=args.clips_per_class, seed=0)

@@ -98,7 +98,8 @@ OLD_MEL = "audio/mel_zstd"
 def loader(store, path: str, memory=None, *, workers: int, deltas: bool = False, **options):
     """TrainingBatches over every clip of ``path`` (the copied rows carry no done-marks, so the
     ledger filter of :func:`featstore.loader.training_batches` is skipped), from the store or ``memory``."""
-    from featstore.loader import MemorySource, StoreSource, TrainingBatches, Units
+    from featstore.loader import TrainingBatches
+    from featstore.sources import MemorySource, StoreSource, Units
 
     units = Units(store, path, deltas=deltas)
     source = MemorySource(memory, units) if memory is not None else StoreSource(store, units, workers)

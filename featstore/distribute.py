@@ -3,7 +3,7 @@
 The devices are the machine's GPUs when TensorFlow sees any, else its logical CPU devices (one,
 unless ``tf.config.set_logical_device_configuration`` split the CPU before TensorFlow started: what
 the tests do). Each device holds a replica of the model; every step, each replica takes its own
-batch (:func:`featstore.loader.tf_distributed_dataset`) and the gradients are summed across them.
+batch (:func:`featstore.tfdata.tf_distributed_dataset`) and the gradients are summed across them.
 """
 
 from __future__ import annotations

@@ -20,13 +20,14 @@ same number of batches. A rank's blocks are then dealt to its workers (block ``b
 parts``, :meth:`TrainingBatches.epoch`); each batch is a pure function of (seed, epoch, rank,
 batch number), the same whatever the number of workers.
 
-The same plan can be served from arrays held in memory (:class:`MemorySource`): identical batches,
+The same plan can be served from arrays held in memory (:class:`~featstore.sources.MemorySource`): identical batches,
 the baseline of ``benchmarks/bench_loader.py``. Arrays written before this module read unchanged:
 it needs nothing but the one-chunk-per-clip layout every store has.
 
-Framework-neutral: :class:`TrainingBatches` yields numpy ``(x, y)``; :func:`tf_dataset` adapts it to
-``tf.data`` (:func:`tf_distributed_dataset` for ``tf.distribute``), :class:`featstore.torch.StoreDataset`
-to PyTorch's DataLoader.
+What is read (an array's units, from the store or from memory) is :mod:`featstore.sources`.
+Framework-neutral: :class:`TrainingBatches` yields numpy ``(x, y)``; :func:`featstore.tfdata.tf_dataset`
+adapts it to ``tf.data`` (:func:`featstore.tfdata.tf_distributed_dataset` for ``tf.distribute``),
+:class:`featstore.torch.StoreDataset` to PyTorch's DataLoader.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -43,8 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from featstore.augment import augment_images, mixup, with_deltas
-from featstore.chunks import ClipReader
 from featstore.errors import ConfigError
+from featstore.sources import StoreSource, Units
 from featstore.store import Store
 
 #: Clips read per shuffle block: the shuffle buffer holds about this many clips' units
@@ -53,170 +53,6 @@ DEFAULT_BLOCK_CLIPS = 64
 
 #: How ranks get equal shares of an epoch's clips: repeat clips from the start, or drop the remainder
 BALANCE = ("pad", "drop")
-
-
-class Units:
-    """How the per-clip array ``path`` splits into training units.
-
-    Visual (``.../rgb``): unit = one frame, (size, size, 3) uint8. Audio: unit = a window of ``k``
-    grid segments (``window_s``), (bin, k * frames_per_segment, channel) static channels, channels
-    last. ``deltas``: the loader appends delta and delta-delta channels per batch, (bin, frame,
-    3 * channel), for models without a :class:`~featstore.models.deltas.SpectrogramDeltas` layer
-    (and for frameworks that want them precomputed); without, the model derives them.
-    ``count`` units per clip.
-    """
-
-    def __init__(self, store: Store, path: str, window_s: float | None = None, *, deltas: bool = True):
-        prov = store.provenance(path)
-        params, shape = prov.params, store.array(path).shape
-        self.path, self.visual, self.deltas = path, prov.modality == "visual", False
-        if self.visual:
-            self.count, self.width, self.example_shape = shape[1], None, tuple(shape[2:])
-            return
-        if params["store_deltas"]:
-            raise ConfigError(f"{path} stores deltas; train from an array of static channels")
-        window_s = store.segment_s if window_s is None else window_s
-        k = int(round(window_s / store.segment_s))
-        if k < 1 or abs(k * store.segment_s - window_s) > 1e-9 or k > store.n_segments:
-            raise ConfigError(f"window_s={window_s} must be a whole number of {store.segment_s} s segments, at most the clip")
-        self.deltas = deltas
-        self.frames_per_segment = int(params["frames_per_segment"])
-        self.delta_width = int(params["audio"]["delta_width"])
-        self.count, self.width = store.n_segments // k, k * self.frames_per_segment
-        #: shape of one ``x`` example: (bin, frame, channel), 3x the stored channels with ``deltas``
-        self.example_shape = (shape[2], self.width, (3 if deltas else 1) * shape[1])
-
-    def of_clips(self, values: np.ndarray) -> np.ndarray:
-        """(clip, ...) array -> (clip, unit, ...) view: frames as they are, audio cut into windows
-        ((clip, unit, channel, bin, frame) with ``deltas``, which wants channels first; else
-        (clip, unit, bin, frame, channel))."""
-        if self.visual:
-            return values
-        n, c, b = values.shape[:3]
-        windows = np.moveaxis(values[..., : self.count * self.width].reshape(n, c, b, self.count, self.width), 3, 1)
-        return windows if self.deltas else np.moveaxis(windows, 2, -1)
-
-    def index(self, rows: np.ndarray, units_per_clip: int | None = None) -> np.ndarray:
-        """The units of ``rows`` used per epoch, (n, 2) int64 (row, unit): all, or ``units_per_clip`` evenly spaced."""
-        units = np.arange(self.count) if not units_per_clip else np.unique(np.linspace(0, self.count - 1, units_per_clip).round().astype(int))
-        return np.stack(np.meshgrid(np.asarray(rows, np.int64), units, indexing="ij"), axis=-1).reshape(-1, 2)
-
-
-class StoreSource:
-    """Units read from the store, one whole clip chunk at a time, held while a block needs them.
-
-    Clips are read by a :class:`~featstore.chunks.ClipReader` (array opened once; featstore's layout
-    decoded without zarr's per-read overhead) into clip buffers that are reused once released, so
-    steady-state reading touches no fresh memory. ``workers`` threads decompress clips in parallel
-    (numcodecs releases the GIL); they start on the first read, in the process that reads (a thread
-    pool does not survive a fork). ``bytes_decoded`` counts the decompressed bytes.
-
-    On a remote store a block's clips are fetched first, all requests at once
-    (:meth:`ClipReader.fetch`), then decoded by those threads; :meth:`prefetch` starts the next
-    block's fetch while the current one is served.
-    """
-
-    def __init__(self, store: Store, units: Units, workers: int = 0):
-        self.reader, self.units = ClipReader(store.array(units.path)), units
-        self.clip_ids = store.clips["clip_id"].to_numpy()
-        self.workers, self._pool, self._pid = workers, None, None
-        self.cache: dict[int, np.ndarray] = {}  # row -> its clip's buffer
-        self.units_of: dict[int, np.ndarray] = {}  # row -> (unit, ...) view of that buffer
-        self.free: list[np.ndarray] = []  # released clip buffers, reused by the next reads
-        self.bytes_decoded = 0
-        #: whether clips' bytes are fetched first (a remote store, featstore's layout), then decoded
-        self.fetches = self.reader.direct and not self.reader.local
-        self._fetcher: tuple[int, ThreadPoolExecutor] | None = None  # (pid, thread) of prefetch
-        self._prefetched: tuple[list[int], object] | None = None  # (rows, future of their bytes)
-
-    def _read(self, row: int, buffer: np.ndarray, data: bytes | None = None) -> np.ndarray:
-        """Clip ``row`` decoded into ``buffer``: read here, or from its fetched bytes ``data``."""
-        values = self.reader.decode(row, data, buffer) if self.fetches else self.reader.read(row, out=buffer)
-        # an unwritten clip reads as all fill value (NaN): a sparse sample of the values finds it
-        if values.dtype.kind == "f" and np.isnan(values.reshape(-1)[:: max(1, values.size // 4096)]).any():
-            raise ConfigError(f"clip {self.clip_ids[row]!r} is not written in {self.units.path!r} (run the stage that makes it)")
-        return values
-
-    @property
-    def pool(self) -> ThreadPoolExecutor | None:
-        """The decompression threads of this process (None with ``workers`` <= 1)."""
-        if self.workers > 1 and self._pid != os.getpid():
-            self._pool, self._pid = ThreadPoolExecutor(self.workers), os.getpid()
-        return self._pool
-
-    def prefetch(self, rows: np.ndarray) -> None:
-        """On a remote store, start fetching the bytes of ``rows`` (the next block's) in the
-        background; :meth:`load` of the same rows then waits only for what is still in flight."""
-        if not self.fetches:
-            return
-        if self._fetcher is None or self._fetcher[0] != os.getpid():
-            self._fetcher = (os.getpid(), ThreadPoolExecutor(1))
-        rows = list(dict.fromkeys(int(r) for r in rows))
-        self._prefetched = (rows, self._fetcher[1].submit(self.reader.fetch, rows))
-
-    def load(self, rows: np.ndarray) -> None:
-        """Decompress the chunks of ``rows`` into the cache (one thread loads at a time).
-
-        On a remote store the bytes of every clip are fetched at once (:meth:`ClipReader.fetch`:
-        one request per run of neighbouring clips of a shard), or were by :meth:`prefetch`."""
-        rows = list(dict.fromkeys(int(r) for r in rows if int(r) not in self.cache))
-        data = [None] * len(rows)
-        if self.fetches:
-            prefetched, self._prefetched = self._prefetched, None
-            got = dict(zip(prefetched[0], prefetched[1].result())) if prefetched is not None else {}
-            rest = [row for row in rows if row not in got]
-            got.update(zip(rest, self.reader.fetch(rest) if rest else []))
-            data = [got[row] for row in rows]
-        buffers = [self.free.pop() if self.free else np.empty(self.reader.shape, self.reader.dtype) for _ in rows]
-        pool = self.pool
-        for row, values in zip(rows, pool.map(self._read, rows, buffers, data) if pool else map(self._read, rows, buffers, data)):
-            self.bytes_decoded += values.nbytes
-            self.units_of[row] = self.units.of_clips(values[None])[0]
-            self.cache[row] = values
-
-    def view(self) -> StoreSource:
-        """A source with its own held clips over the same reader, threads and spare buffers: for
-        iterations that overlap in one process (replicas' pipelines; tf.data starts an epoch's
-        iterator before the last one is dropped), so one releasing its clips takes none from another."""
-        other = copy.copy(self)
-        other._pool, other._pid = self.pool, self._pid  # one set of decompression threads for all views
-        other.cache, other.units_of, other.bytes_decoded = {}, {}, 0
-        other._prefetched = None  # a fetch started for another view's next block stays its own
-        return other
-
-    def release(self, rows: np.ndarray) -> None:
-        """Drop ``rows`` (their units were all taken, as copies) and keep their buffers for reuse."""
-        for row in rows:
-            self.units_of.pop(int(row), None)
-            buffer = self.cache.pop(int(row), None)
-            if buffer is not None:
-                self.free.append(buffer)
-
-    def take(self, pairs: np.ndarray) -> np.ndarray:
-        """(n, 2) (row, unit) of loaded rows -> (n, ...) units in the stored dtype (a copy)."""
-        return np.stack([self.units_of[row][unit] for row, unit in pairs.tolist()])
-
-
-class MemorySource:
-    """Units gathered directly from ``values`` (clip, ...) held in memory: the benchmark's baseline."""
-
-    def __init__(self, values: np.ndarray, units: Units):
-        self.values = units.of_clips(values)
-
-    def prefetch(self, rows: np.ndarray) -> None:
-        pass
-
-    def load(self, rows: np.ndarray) -> None:
-        pass
-
-    def view(self) -> MemorySource:
-        return self
-
-    def release(self, rows: np.ndarray) -> None:
-        pass
-
-    def take(self, pairs: np.ndarray) -> np.ndarray:
-        return self.values[pairs[:, 0], pairs[:, 1]]
 
 
 @dataclass
@@ -233,7 +69,7 @@ def epoch_plan(pairs: np.ndarray, *, batch_size: int, block_clips: int, rng: np.
                rank: int = 0, world_size: int = 1, balance: str = "pad", drop_last: bool = False) -> list[Block]:
     """Rank ``rank``'s clip-block shuffle of ``pairs`` (n, 2) (row, unit); ``rng=None``: row order.
 
-    Every row of ``pairs`` has the same number of units (what :meth:`Units.index` makes). The
+    Every row of ``pairs`` has the same number of units (what :meth:`~featstore.sources.Units.index` makes). The
     clip order (a permutation drawn first from ``rng``, so the same for every rank) is dealt to
     ``world_size`` ranks, each getting the same number of clips (``balance``); ``drop_last`` leaves
     out the rank's last batch when it is short.
@@ -371,7 +207,7 @@ class TrainingBatches:
         return self.epoch(next(self._epochs))
 
     def detached(self) -> TrainingBatches:
-        """These batches over a :meth:`StoreSource.view` of the source, sharing the epoch count:
+        """These batches over a :meth:`~featstore.sources.StoreSource.view` of the source, sharing the epoch count:
         iterating it serves the next epoch, safely while another iteration is still open."""
         other = copy.copy(self)
         other.source = self.source.view()
@@ -379,7 +215,7 @@ class TrainingBatches:
 
     def shard(self, rank: int, world_size: int, *, batch_size: int | None = None) -> TrainingBatches:
         """The same batches' share of process (or replica) ``rank`` of ``world_size`` (same options,
-        ``batch_size`` per rank when given, a :meth:`StoreSource.view` of the source); its epochs
+        ``batch_size`` per rank when given, a :meth:`~featstore.sources.StoreSource.view` of the source); its epochs
         count from 0."""
         shard = self.detached()
         shard.rank, shard.world_size, shard.batch_size = rank, world_size, batch_size or self.batch_size
@@ -415,35 +251,3 @@ def training_batches(store: Store, input_array: str, *, split: str | None = "tra
     units = Units(store, input_array, window_s, deltas=deltas)
     source = StoreSource(store, units, options.get("workers", 0))
     return TrainingBatches(units, source, labels, len(store.classes), units.index(rows, units_per_clip), **options)
-
-
-def tf_dataset(batches: TrainingBatches):
-    """A ``tf.data.Dataset`` of ``batches``: each pass over it (each Keras epoch) serves the next epoch
-    (through :meth:`TrainingBatches.detached`: Keras opens the next pass before dropping the last)."""
-    import tensorflow as tf
-
-    signature = (
-        tf.TensorSpec((None, *batches.units.example_shape), tf.float32),
-        tf.TensorSpec((None, batches.n_classes), tf.float32),
-    )
-    dataset = tf.data.Dataset.from_generator(lambda: iter(batches.detached()), output_signature=signature)
-    return dataset.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(2)
-
-
-def tf_distributed_dataset(strategy, batches: TrainingBatches):
-    """``batches`` (``batch_size`` = the global batch) for the replicas of a ``tf.distribute`` ``strategy``.
-
-    One input pipeline per replica (``InputReplicationMode.PER_REPLICA``, which ``MirroredStrategy``
-    supports): pipeline ``i`` of ``n`` serves the share of rank ``i`` of ``n`` (:meth:`shard`) in
-    batches of ``batch_size / n``, which must divide evenly. Every replica gets the same number of
-    batches (``balance``), so the dataset's cardinality is the steps per epoch Keras counts, and the
-    replicas read their clips in parallel.
-    """
-    import tensorflow as tf
-
-    def make(context):
-        per_replica = context.get_per_replica_batch_size(batches.batch_size)
-        return tf_dataset(batches.shard(context.input_pipeline_id, context.num_input_pipelines, batch_size=per_replica))
-
-    options = tf.distribute.InputOptions(experimental_replication_mode=tf.distribute.InputReplicationMode.PER_REPLICA)
-    return strategy.distribute_datasets_from_function(make, options)

@@ -9,7 +9,7 @@
   ``evaluate`` and ``test`` are never touched (docs/explanation/design.md).
 - Input pipeline (docs/explanation/loader-randomness.md): :mod:`featstore.loader`, a clip-block shuffle that decompresses each
   clip once per epoch, mixes (and with ``deltas="loader"`` derives deltas) per batch and assembles batches in ``loader_workers``
-  threads, fed to Keras through :func:`featstore.loader.tf_dataset`. The store is never loaded whole.
+  threads, fed to Keras through :func:`featstore.tfdata.tf_dataset`. The store is never loaded whole.
 - Visual models: random resized crop and horizontal flip of the uint8 frames (``augment``).
 - Mixup on inputs (``mixup_alpha``; 0 turns it off) with the matching soft labels; KL-divergence loss
   against them, plus L2 on the head (``l2``); Adam; the best epoch by validation loss is kept.
@@ -17,7 +17,7 @@
 - ``devices``: N > 1 trains under ``tf.distribute.MirroredStrategy`` over N GPUs of this machine (or
   logical CPU devices; :mod:`featstore.distribute`): the model is built and compiled in the
   strategy's scope, each replica reads its own share of every epoch
-  (:func:`featstore.loader.tf_distributed_dataset`) in batches of ``batch_size / N`` (``batch_size``
+  (:func:`featstore.tfdata.tf_distributed_dataset`) in batches of ``batch_size / N`` (``batch_size``
   is the global batch, the Keras convention). Validation batches are split across the replicas
   by the strategy, every window once.
 - The best model is saved as ``.keras`` in the store and registered (see :mod:`featstore.registry`)
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from featstore.errors import ConfigError
-from featstore.loader import DEFAULT_BLOCK_CLIPS, tf_dataset, tf_distributed_dataset, training_batches
+from featstore.loader import DEFAULT_BLOCK_CLIPS, training_batches
 from featstore.models import MODELS
 from featstore.models.audio import ARCHS
 from featstore.pipelines.config import TrainingConfig, option
@@ -47,6 +47,7 @@ from featstore.progress import TrainingProgress, keras_callback
 from featstore.registry import register_model, save_training_clips
 from featstore.splits import validation_split
 from featstore.store import Store
+from featstore.tfdata import tf_dataset, tf_distributed_dataset
 
 
 #: choices of ``TrainConfig.deltas``

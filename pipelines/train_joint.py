@@ -44,7 +44,7 @@ from featstore.packed import packed_segment_embeddings
 from featstore.registry import load_keras, register_model, save_training_clips
 from featstore.store import Store, StoreError
 from featstore.chunks import ClipReader
-from featstore.loader import Units
+from featstore.sources import Units
 from featstore.splits import validation_split
 
 

@@ -4,7 +4,7 @@
     python tests/mirrored_run.py STORE OUT
 
 Writes to the folder OUT: ``replica0.npy`` / ``replica1.npy``, the examples each replica received
-over one epoch of :func:`featstore.loader.tf_distributed_dataset` (static MEL windows, no mixup),
+over one epoch of :func:`featstore.tfdata.tf_distributed_dataset` (static MEL windows, no mixup),
 and ``result.json``: replicas in sync, per-replica batch sizes per step, steps, the error for one
 device too many, and the registry entry of a ``train_backbone`` run with ``devices=2`` and mixed
 precision.
@@ -24,7 +24,8 @@ tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU"
 import featstore  # noqa: E402
 from featstore.distribute import mirrored_strategy  # noqa: E402
 from featstore.errors import ConfigError  # noqa: E402
-from featstore.loader import tf_distributed_dataset, training_batches  # noqa: E402
+from featstore.loader import training_batches  # noqa: E402
+from featstore.tfdata import tf_distributed_dataset  # noqa: E402
 from featstore.pipelines.train_backbone import TrainConfig, train_backbone  # noqa: E402
 from featstore.registry import load_keras, model_file  # noqa: E402
 

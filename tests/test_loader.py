@@ -9,7 +9,9 @@ import pytest
 import featstore
 from featstore.audio import add_deltas
 from featstore.augment import augment_images, with_deltas
-from featstore.loader import MemorySource, TrainingBatches, tf_dataset, training_batches
+from featstore.loader import TrainingBatches, training_batches
+from featstore.sources import MemorySource
+from featstore.tfdata import tf_dataset
 from featstore.pipelines.extract_audio import extract_audio
 from featstore.pipelines.extract_frames import extract_frames
 from featstore.pipelines.ingest import ingest

@@ -70,7 +70,7 @@ def test_train_register_and_embed(demo_store):
 
 def test_train_visual_backbone_on_a_subset_of_frames(demo_store):
     from featstore.pipelines.extract_frames import extract_frames
-    from featstore.loader import Units
+    from featstore.sources import Units
 
     store = demo_store
     assert extract_frames(store, workers=0, size=32, name="frames32").done == 20

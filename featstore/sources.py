@@ -1,0 +1,184 @@
+"""What the training loader reads: an array's training units, from the store or from memory.
+
+:class:`Units` says how a per-clip array splits into units (frames, or audio windows of whole grid
+segments). :class:`StoreSource` reads them one whole clip chunk at a time and holds a block's clips
+while their units are served; :class:`MemorySource` gathers them from arrays held in memory, the
+same units, the baseline of ``benchmarks/bench_loader.py``. :mod:`featstore.loader` plans the
+epochs over either.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from featstore.chunks import ClipReader
+from featstore.errors import ConfigError
+from featstore.store import Store
+
+
+class Units:
+    """How the per-clip array ``path`` splits into training units.
+
+    Visual (``.../rgb``): unit = one frame, (size, size, 3) uint8. Audio: unit = a window of ``k``
+    grid segments (``window_s``), (bin, k * frames_per_segment, channel) static channels, channels
+    last. ``deltas``: the loader appends delta and delta-delta channels per batch, (bin, frame,
+    3 * channel), for models without a :class:`~featstore.models.deltas.SpectrogramDeltas` layer
+    (and for frameworks that want them precomputed); without, the model derives them.
+    ``count`` units per clip.
+    """
+
+    def __init__(self, store: Store, path: str, window_s: float | None = None, *, deltas: bool = True):
+        prov = store.provenance(path)
+        params, shape = prov.params, store.array(path).shape
+        self.path, self.visual, self.deltas = path, prov.modality == "visual", False
+        if self.visual:
+            self.count, self.width, self.example_shape = shape[1], None, tuple(shape[2:])
+            return
+        if params["store_deltas"]:
+            raise ConfigError(f"{path} stores deltas; train from an array of static channels")
+        window_s = store.segment_s if window_s is None else window_s
+        k = int(round(window_s / store.segment_s))
+        if k < 1 or abs(k * store.segment_s - window_s) > 1e-9 or k > store.n_segments:
+            raise ConfigError(f"window_s={window_s} must be a whole number of {store.segment_s} s segments, at most the clip")
+        self.deltas = deltas
+        self.frames_per_segment = int(params["frames_per_segment"])
+        self.delta_width = int(params["audio"]["delta_width"])
+        self.count, self.width = store.n_segments // k, k * self.frames_per_segment
+        #: shape of one ``x`` example: (bin, frame, channel), 3x the stored channels with ``deltas``
+        self.example_shape = (shape[2], self.width, (3 if deltas else 1) * shape[1])
+
+    def of_clips(self, values: np.ndarray) -> np.ndarray:
+        """(clip, ...) array -> (clip, unit, ...) view: frames as they are, audio cut into windows
+        ((clip, unit, channel, bin, frame) with ``deltas``, which wants channels first; else
+        (clip, unit, bin, frame, channel))."""
+        if self.visual:
+            return values
+        n, c, b = values.shape[:3]
+        windows = np.moveaxis(values[..., : self.count * self.width].reshape(n, c, b, self.count, self.width), 3, 1)
+        return windows if self.deltas else np.moveaxis(windows, 2, -1)
+
+    def index(self, rows: np.ndarray, units_per_clip: int | None = None) -> np.ndarray:
+        """The units of ``rows`` used per epoch, (n, 2) int64 (row, unit): all, or ``units_per_clip`` evenly spaced."""
+        units = np.arange(self.count) if not units_per_clip else np.unique(np.linspace(0, self.count - 1, units_per_clip).round().astype(int))
+        return np.stack(np.meshgrid(np.asarray(rows, np.int64), units, indexing="ij"), axis=-1).reshape(-1, 2)
+
+
+class StoreSource:
+    """Units read from the store, one whole clip chunk at a time, held while a block needs them.
+
+    Clips are read by a :class:`~featstore.chunks.ClipReader` (array opened once; featstore's layout
+    decoded without zarr's per-read overhead) into clip buffers that are reused once released, so
+    steady-state reading touches no fresh memory. ``workers`` threads decompress clips in parallel
+    (numcodecs releases the GIL); they start on the first read, in the process that reads (a thread
+    pool does not survive a fork). ``bytes_decoded`` counts the decompressed bytes.
+
+    On a remote store a block's clips are fetched first, all requests at once
+    (:meth:`ClipReader.fetch`), then decoded by those threads; :meth:`prefetch` starts the next
+    block's fetch while the current one is served.
+    """
+
+    def __init__(self, store: Store, units: Units, workers: int = 0):
+        self.reader, self.units = ClipReader(store.array(units.path)), units
+        self.clip_ids = store.clips["clip_id"].to_numpy()
+        self.workers, self._pool, self._pid = workers, None, None
+        self.cache: dict[int, np.ndarray] = {}  # row -> its clip's buffer
+        self.units_of: dict[int, np.ndarray] = {}  # row -> (unit, ...) view of that buffer
+        self.free: list[np.ndarray] = []  # released clip buffers, reused by the next reads
+        self.bytes_decoded = 0
+        #: whether clips' bytes are fetched first (a remote store, featstore's layout), then decoded
+        self.fetches = self.reader.direct and not self.reader.local
+        self._fetcher: tuple[int, ThreadPoolExecutor] | None = None  # (pid, thread) of prefetch
+        self._prefetched: tuple[list[int], object] | None = None  # (rows, future of their bytes)
+
+    def _read(self, row: int, buffer: np.ndarray, data: bytes | None = None) -> np.ndarray:
+        """Clip ``row`` decoded into ``buffer``: read here, or from its fetched bytes ``data``."""
+        values = self.reader.decode(row, data, buffer) if self.fetches else self.reader.read(row, out=buffer)
+        # an unwritten clip reads as all fill value (NaN): a sparse sample of the values finds it
+        if values.dtype.kind == "f" and np.isnan(values.reshape(-1)[:: max(1, values.size // 4096)]).any():
+            raise ConfigError(f"clip {self.clip_ids[row]!r} is not written in {self.units.path!r} (run the stage that makes it)")
+        return values
+
+    @property
+    def pool(self) -> ThreadPoolExecutor | None:
+        """The decompression threads of this process (None with ``workers`` <= 1)."""
+        if self.workers > 1 and self._pid != os.getpid():
+            self._pool, self._pid = ThreadPoolExecutor(self.workers), os.getpid()
+        return self._pool
+
+    def prefetch(self, rows: np.ndarray) -> None:
+        """On a remote store, start fetching the bytes of ``rows`` (the next block's) in the
+        background; :meth:`load` of the same rows then waits only for what is still in flight."""
+        if not self.fetches:
+            return
+        if self._fetcher is None or self._fetcher[0] != os.getpid():
+            self._fetcher = (os.getpid(), ThreadPoolExecutor(1))
+        rows = list(dict.fromkeys(int(r) for r in rows))
+        self._prefetched = (rows, self._fetcher[1].submit(self.reader.fetch, rows))
+
+    def load(self, rows: np.ndarray) -> None:
+        """Decompress the chunks of ``rows`` into the cache (one thread loads at a time).
+
+        On a remote store the bytes of every clip are fetched at once (:meth:`ClipReader.fetch`:
+        one request per run of neighbouring clips of a shard), or were by :meth:`prefetch`."""
+        rows = list(dict.fromkeys(int(r) for r in rows if int(r) not in self.cache))
+        data = [None] * len(rows)
+        if self.fetches:
+            prefetched, self._prefetched = self._prefetched, None
+            got = dict(zip(prefetched[0], prefetched[1].result())) if prefetched is not None else {}
+            rest = [row for row in rows if row not in got]
+            got.update(zip(rest, self.reader.fetch(rest) if rest else []))
+            data = [got[row] for row in rows]
+        buffers = [self.free.pop() if self.free else np.empty(self.reader.shape, self.reader.dtype) for _ in rows]
+        pool = self.pool
+        for row, values in zip(rows, pool.map(self._read, rows, buffers, data) if pool else map(self._read, rows, buffers, data)):
+            self.bytes_decoded += values.nbytes
+            self.units_of[row] = self.units.of_clips(values[None])[0]
+            self.cache[row] = values
+
+    def view(self) -> StoreSource:
+        """A source with its own held clips over the same reader, threads and spare buffers: for
+        iterations that overlap in one process (replicas' pipelines; tf.data starts an epoch's
+        iterator before the last one is dropped), so one releasing its clips takes none from another."""
+        other = copy.copy(self)
+        other._pool, other._pid = self.pool, self._pid  # one set of decompression threads for all views
+        other.cache, other.units_of, other.bytes_decoded = {}, {}, 0
+        other._prefetched = None  # a fetch started for another view's next block stays its own
+        return other
+
+    def release(self, rows: np.ndarray) -> None:
+        """Drop ``rows`` (their units were all taken, as copies) and keep their buffers for reuse."""
+        for row in rows:
+            self.units_of.pop(int(row), None)
+            buffer = self.cache.pop(int(row), None)
+            if buffer is not None:
+                self.free.append(buffer)
+
+    def take(self, pairs: np.ndarray) -> np.ndarray:
+        """(n, 2) (row, unit) of loaded rows -> (n, ...) units in the stored dtype (a copy)."""
+        return np.stack([self.units_of[row][unit] for row, unit in pairs.tolist()])
+
+
+class MemorySource:
+    """Units gathered directly from ``values`` (clip, ...) held in memory: the benchmark's baseline."""
+
+    def __init__(self, values: np.ndarray, units: Units):
+        self.values = units.of_clips(values)
+
+    def prefetch(self, rows: np.ndarray) -> None:
+        pass
+
+    def load(self, rows: np.ndarray) -> None:
+        pass
+
+    def view(self) -> MemorySource:
+        return self
+
+    def release(self, rows: np.ndarray) -> None:
+        pass
+
+    def take(self, pairs: np.ndarray) -> np.ndarray:
+        return self.values[pairs[:, 0], pairs[:, 1]]
