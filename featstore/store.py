@@ -11,6 +11,9 @@ Layout of a store at ``<url>``::
     _featstore/failures/*.parquet   the failures record, one file per array (see featstore.ledger)
     _featstore/ledger/*.json        one completion ledger per array
 
+How a per-clip array is made (codecs, fingerprint check, growth) is :mod:`featstore.arrays`; how a
+URL becomes a zarr store and a writing handle, :mod:`featstore.handles`.
+
 Example:
 
 >>> import featstore, tempfile
@@ -295,7 +298,6 @@ class Store:
         """Array ``path`` grown to the store's clips (new rows read as its fill value), its group's
         coordinates following."""
         return arrays.grow_array(self, path)
-
 
     # ---------------------------------------------------------------- done-marks and failures
     def ledger(self, path: str) -> Ledger:
