@@ -49,6 +49,29 @@ def demo_store(tmp_path, demo_root) -> featstore.Store:
     return store
 
 
+def mel_windows_store(path: str, demo_root: str) -> featstore.Store:
+    """The demo dataset ingested at ``path`` with MEL extracted: 20 clips of 3 s, 60 one-second windows."""
+    from featstore.pipelines.extract_audio import extract_audio
+
+    store = featstore.init_store(path, clip_duration_s=CLIP_S)
+    ingest(store, demo_root)
+    assert extract_audio(store, workers=0, features=("mel",), progress=False).done == 20
+    return store
+
+
+def units_by_value(store: featstore.Store, **options) -> dict[bytes, tuple[int, int]]:
+    """Served values (bytes of one float32 MEL window) -> (row, unit), from the numpy loader's
+    unshuffled plan with ``options``: tells which unit a loader served."""
+    from featstore.loader import training_batches
+
+    reference = training_batches(store, "audio/mel", shuffle=False, **options)
+    table = {}
+    for pairs, (x, _) in zip((b for block in reference.plan(0) for b in block.batches), reference.epoch(0)):
+        table.update({example.tobytes(): (int(row), int(unit)) for example, (row, unit) in zip(x, pairs)})
+    assert len(table) == 60, "every window's values are distinct (else the table could not tell units apart)"
+    return table
+
+
 @pytest.fixture(autouse=True)
 def _quiet_numba():
     """numba's own warnings (its deprecations, first-compile notices), which librosa's import and the

@@ -21,33 +21,21 @@ import pytest
 import featstore
 from featstore.errors import ConfigError
 from featstore.loader import training_batches
-from featstore.pipelines.extract_audio import extract_audio
-from featstore.pipelines.ingest import ingest
 from featstore.pipelines.train_backbone import TrainConfig
 
-from conftest import CLIP_S
+from conftest import mel_windows_store, units_by_value
 
 OPTIONS = {"split": None, "batch_size": 8, "block_clips": 2, "deltas": False}
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, demo_root) -> featstore.Store:
-    """The demo store (20 clips of 3 s: 60 one-second MEL windows)."""
-    s = featstore.init_store(str(tmp_path_factory.mktemp("distribute") / "s.zarr"), clip_duration_s=CLIP_S)
-    ingest(s, demo_root)
-    assert extract_audio(s, workers=0, features=("mel",), progress=False).done == 20
-    return s
+    return mel_windows_store(str(tmp_path_factory.mktemp("distribute") / "s.zarr"), demo_root)
 
 
 @pytest.fixture(scope="module")
 def unit_of(store) -> dict[bytes, tuple[int, int]]:
-    """Served values (bytes of one float32 window) -> (row, unit)."""
-    reference = training_batches(store, "audio/mel", shuffle=False, **OPTIONS)
-    table = {}
-    for pairs, (x, _) in zip((b for block in reference.plan(0) for b in block.batches), reference.epoch(0)):
-        table.update({example.tobytes(): (int(row), int(unit)) for example, (row, unit) in zip(x, pairs)})
-    assert len(table) == 60, "every window's values are distinct"
-    return table
+    return units_by_value(store, **OPTIONS)
 
 
 def units_in(batches, unit_of) -> list[tuple[int, int]]:

@@ -19,34 +19,21 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import featstore  # noqa: E402
-from featstore.loader import training_batches  # noqa: E402
-from featstore.pipelines.extract_audio import extract_audio  # noqa: E402
-from featstore.pipelines.ingest import ingest  # noqa: E402
 from featstore.torch import StoreDataset  # noqa: E402
 
-from conftest import CLIP_S  # noqa: E402
+from conftest import mel_windows_store, units_by_value  # noqa: E402
 
 OPTIONS = {"split": None, "batch_size": 4, "block_clips": 2, "deltas": False}
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, demo_root) -> featstore.Store:
-    """The demo store (20 clips of 3 s: 60 one-second MEL windows)."""
-    s = featstore.init_store(str(tmp_path_factory.mktemp("torchds") / "s.zarr"), clip_duration_s=CLIP_S)
-    ingest(s, demo_root)
-    assert extract_audio(s, workers=0, features=("mel",), progress=False).done == 20
-    return s
+    return mel_windows_store(str(tmp_path_factory.mktemp("torchds") / "s.zarr"), demo_root)
 
 
 @pytest.fixture(scope="module")
 def unit_of(store) -> dict[bytes, tuple[int, int]]:
-    """Served values (bytes of one float32 example) -> (row, unit), from the numpy loader's plan."""
-    reference = training_batches(store, "audio/mel", shuffle=False, **OPTIONS)
-    table = {}
-    for block, (x, _) in zip((b for block in reference.plan(0) for b in block.batches), reference.epoch(0)):
-        table.update({example.tobytes(): (int(row), int(unit)) for example, (row, unit) in zip(x, block)})
-    assert len(table) == 60, "every window's values are distinct (else the table could not tell units apart)"
-    return table
+    return units_by_value(store, **OPTIONS)
 
 
 def served(loader, unit_of) -> list[tuple[int, int]]:
