@@ -70,9 +70,14 @@ def store_coordinates(dims: tuple[str, ...], per_clip_shape: tuple[int, ...], se
 
 
 def write_coordinate(group: zarr.Group, name: str, coordinate: Coordinate) -> None:
-    """Create or update the coordinate array ``name`` of ``group`` (one chunk, unsharded); an
-    existing one of another length or dtype is replaced, a per-clip array or group of that name
-    left alone."""
+    """Create or update the coordinate array ``name`` of ``group``; a per-clip array or group of
+    that name is left alone.
+
+    An existing coordinate of the same kind (text, or the same numeric dtype) is resized in place,
+    never deleted first, so two stages writing arrays of one group at once (each under its own
+    lock) and a reader opening the group meanwhile always find it; one of another dtype is
+    overwritten.
+    """
     values = np.asarray(coordinate.values)
     is_text = values.dtype.kind in "US"
     try:
@@ -81,14 +86,15 @@ def write_coordinate(group: zarr.Group, name: str, coordinate: Coordinate) -> No
         array = None
     if array is not None and not (isinstance(array, zarr.Array) and is_coordinate(array.attrs)):
         return
-    if array is not None and array.shape == values.shape and is_text == (array.dtype.kind in "OTU"):
+    same_kind = array is not None and (array.dtype.kind in "OTU" if is_text else np.dtype(array.dtype) == values.dtype)
+    if same_kind:
+        if array.shape != values.shape:
+            array.resize(values.shape)
         if dict(array.attrs) != coordinate.attrs():
             array.attrs.put(coordinate.attrs())
     else:
-        if array is not None:
-            del group[name]
         array = group.create_array(name, shape=values.shape, chunks=values.shape or (1,), dtype=str if is_text else values.dtype,
-                                   dimension_names=(name,), fill_value="" if is_text else 0, attributes=coordinate.attrs())
+                                   dimension_names=(name,), fill_value="" if is_text else 0, attributes=coordinate.attrs(), overwrite=True)
     if values.size:
         array[:] = values
 

@@ -240,7 +240,7 @@ def training_batches(store: Store, input_array: str, *, split: str | None = "tra
     clips = store.clips
     if rows is None:
         rows = np.flatnonzero(np.ones(len(clips), bool) if split is None else clips["split"].to_numpy() == split)
-    done = clips["clip_id"].isin(list(store.ledger(input_array).entries)).to_numpy()
+    done = store.done_in(input_array)
     rows = np.asarray(rows, np.int64)[done[rows]]
     labels = store.label_indices(clips["label"])
     unlabelled = [str(c) for c in clips["clip_id"].to_numpy()[rows[labels[rows] < 0]]]

@@ -104,7 +104,7 @@ def _segment_windows(store, path, read_clip, *, per_segment: int, time_axis: int
         raise ConfigError(f"window_s={window_s} must be a whole number of {store.segment_s} s segments, at most the clip")
     clips = store.clips
     selected = np.ones(len(clips), bool) if split is None else clips["split"].to_numpy() == split
-    done = clips["clip_id"].isin(list(store.ledger(path).entries)).to_numpy()
+    done = store.done_in(path)
     labels = store.label_indices(clips["label"])
     buffer: list[tuple[np.ndarray, int, int, int]] = []
     for i in np.flatnonzero(selected & done):

@@ -92,7 +92,7 @@ class StoreSource:
         #: whether clips' bytes are fetched first (a remote store, featstore's layout), then decoded
         self.fetches = self.reader.direct and not self.reader.local
         self._fetcher: tuple[int, ThreadPoolExecutor] | None = None  # (pid, thread) of prefetch
-        self._prefetched: tuple[list[int], object] | None = None  # (rows, future of their bytes)
+        self._prefetched: tuple[int, list[int], object] | None = None  # (pid, rows, future of their bytes)
 
     def _read(self, row: int, buffer: np.ndarray, data: bytes | None = None) -> np.ndarray:
         """Clip ``row`` decoded into ``buffer``: read here, or from its fetched bytes ``data``."""
@@ -117,7 +117,7 @@ class StoreSource:
         if self._fetcher is None or self._fetcher[0] != os.getpid():
             self._fetcher = (os.getpid(), ThreadPoolExecutor(1))
         rows = list(dict.fromkeys(int(r) for r in rows))
-        self._prefetched = (rows, self._fetcher[1].submit(self.reader.fetch, rows))
+        self._prefetched = (os.getpid(), rows, self._fetcher[1].submit(self.reader.fetch, rows))
 
     def load(self, rows: np.ndarray) -> None:
         """Decompress the chunks of ``rows`` into the cache (one thread loads at a time).
@@ -128,16 +128,25 @@ class StoreSource:
         data = [None] * len(rows)
         if self.fetches:
             prefetched, self._prefetched = self._prefetched, None
-            got = dict(zip(prefetched[0], prefetched[1].result())) if prefetched is not None else {}
+            # a fetch started before a fork has no thread in this process: fetched again instead
+            mine = prefetched is not None and prefetched[0] == os.getpid()
+            got = dict(zip(prefetched[1], prefetched[2].result())) if mine else {}
             rest = [row for row in rows if row not in got]
             got.update(zip(rest, self.reader.fetch(rest) if rest else []))
             data = [got[row] for row in rows]
-        buffers = [self.free.pop() if self.free else np.empty(self.reader.shape, self.reader.dtype) for _ in rows]
+        buffers = [self._spare_buffer() for _ in rows]
         pool = self.pool
         for row, values in zip(rows, pool.map(self._read, rows, buffers, data) if pool else map(self._read, rows, buffers, data)):
             self.bytes_decoded += values.nbytes
             self.units_of[row] = self.units.of_clips(values[None])[0]
             self.cache[row] = values
+
+    def _spare_buffer(self) -> np.ndarray:
+        """A released clip's buffer, or a new one (views share the spare list: one pop, no check first)."""
+        try:
+            return self.free.pop()
+        except IndexError:
+            return np.empty(self.reader.shape, self.reader.dtype)
 
     def view(self) -> StoreSource:
         """A source with its own held clips over the same reader, threads and spare buffers: for

@@ -204,6 +204,12 @@ class Store:
         """(clip,) bool: which rows of the clips table ``featstore remove-clips`` removed."""
         return self.clips["removed"].to_numpy(dtype=bool)
 
+    def done_in(self, path: str) -> np.ndarray:
+        """(clip,) bool: the clips ``path``'s ledger marks done, removed clips left out (what every
+        reader of ``path`` may read)."""
+        done = self.clips["clip_id"].isin(list(self.ledger(path).entries)).to_numpy()
+        return done & ~self.removed
+
     def add_clips(self, new: pd.DataFrame) -> int:
         """Append clips the store does not have yet; return how many were added (0 = no-op).
 

@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -257,6 +258,7 @@ def run_stage(
     report = StageReport(stage=stage.name, arrays=paths)
     # the lock comes first: a refused writer must not touch (or --overwrite) the arrays
     with WriterLock(store.side, paths, stage.name):
+        store.refresh()  # the clips table as it is now the lock is held (another process may have edited it)
         selected = select_clips(store, clips)  # a bad --clips is refused before any array is made
         per_shard = stage_clips_per_shard(store, stage)
         arrays = {
@@ -292,7 +294,8 @@ def run_stage(
             outputs = tuple((spec, arrays[spec.path].attrs["featstore"]["fingerprint"]) for spec in stage.outputs)
             root = store.dataset_root or ""
             plan = plan_tasks(todo, unit_clips(list(arrays.values())), stage.clips_per_task)
-            batches = ([ClipTask(i, str(columns["clip_id"][i]), _row(columns, i), root, store.url, store.storage_options) for i in rows] for rows in plan)
+            run = uuid.uuid4().hex
+            batches = ([ClipTask(i, str(columns["clip_id"][i]), _row(columns, i), root, store.url, store.storage_options, run) for i in rows] for rows in plan)
             _execute(store, stage, batches, len(todo), input_fps, outputs, ledgers, failures, report, workers, scheduler, progress)
     report.seconds = time.perf_counter() - started
     return report

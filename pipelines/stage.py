@@ -17,8 +17,9 @@ from featstore.clips import resolve_source
 from featstore.coords import Coordinate
 from featstore.store import Store
 
-#: The stores a worker process has open, by URL (:meth:`ClipTask.open_store`).
-_OPEN_STORES: dict[str, Store] = {}
+#: The store a worker process has open for each URL, with the run it was opened for
+#: (:meth:`ClipTask.open_store`).
+_OPEN_STORES: dict[str, tuple[str, Store]] = {}
 
 @dataclass(frozen=True)
 class OutputSpec:
@@ -41,8 +42,10 @@ class OutputSpec:
 
 @dataclass(frozen=True)
 class ClipTask:
-    """What a worker gets for one clip: its index, id, clips-table row, the dataset root, and the
-    store's URL and fsspec options (where the worker writes, and reads upstream arrays)."""
+    """What a worker gets for one clip: its index, id, clips-table row, the dataset root, the
+    store's URL and fsspec options (where the worker writes, and reads upstream arrays), and the
+    run it belongs to (``run``: a worker opens the store and its arrays again for each run, so a store
+    or array made again at the same URL is never written through an old handle)."""
 
     clip_index: int
     clip_id: str
@@ -50,13 +53,14 @@ class ClipTask:
     dataset_root: str
     store_url: str
     storage_options: dict[str, Any] = field(default_factory=dict)
+    run: str = ""
 
     def open_store(self) -> Store:
-        """The task's store, opened once per worker process (again when clips were appended since)."""
-        store = _OPEN_STORES.get(self.store_url)
-        if store is None or self.clip_index >= store.n_clips:
-            store = _OPEN_STORES[self.store_url] = Store(self.store_url, self.storage_options)
-        return store
+        """The task's store, opened once per worker process and run (again when clips were appended since)."""
+        cached = _OPEN_STORES.get(self.store_url)
+        if cached is None or cached[0] != self.run or self.clip_index >= cached[1].n_clips:
+            cached = _OPEN_STORES[self.store_url] = (self.run, Store(self.store_url, self.storage_options))
+        return cached[1]
 
     def source(self, column: str) -> str:
         """Real absolute path of the clip's ``audio_path`` or ``video_path`` ("" when it has none).

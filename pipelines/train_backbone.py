@@ -118,8 +118,7 @@ def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str
     seed_everything(config.seed)  # every seed and TensorFlow op determinism: same seed, same weights
     strategy = mirrored_strategy(config.devices) if config.devices > 1 else None  # refuses missing devices first
     clips = store.clips
-    done = set(store.ledger(config.input_array).entries)
-    usable = clips["clip_id"].isin(list(done)).to_numpy()
+    usable = store.done_in(config.input_array)
     train_rows, val_rows = validation_split(clips[usable].reset_index(drop=True), fraction=config.val_fraction, seed=config.seed)
     row_map = np.flatnonzero(usable)
     train_rows, val_rows = row_map[train_rows], row_map[val_rows]

@@ -120,7 +120,7 @@ class FrameVisual:
     def __init__(self, store: Store, frames_array: str, k: int):
         self.store, self.group = store, frames_array.rsplit("/", 1)[0]
         self.per_window = k * int(store.provenance(frames_array)["params"]["frames_per_segment"])
-        self.rows = np.flatnonzero(store.clips["clip_id"].isin(list(store.ledger(frames_array).entries)).to_numpy())
+        self.rows = np.flatnonzero(store.done_in(frames_array))
         self.shape = (self.per_window, *store.array(frames_array).shape[2:])
 
     def read(self, pairs: np.ndarray) -> np.ndarray:
@@ -211,7 +211,7 @@ def _split_rows(store: Store, config: JointConfig, visual) -> tuple[np.ndarray, 
     """(usable rows, train rows, validation rows): clips with audio (and visual) features; validation
     is whole recording locations of the train split (:func:`validation_split`)."""
     clips = store.clips
-    usable = clips["clip_id"].isin(list(store.ledger(config.audio_input).entries)).to_numpy()
+    usable = store.done_in(config.audio_input)
     if visual is not None:
         usable = usable & np.isin(np.arange(len(clips)), visual.rows)
     row_map = np.flatnonzero(usable)

@@ -19,7 +19,9 @@ from featstore.pipelines.stage import ClipResult, ClipTask
 from featstore.shards import unit_clips, write_clips
 from featstore.handles import open_array
 
-_OPEN_ARRAYS: dict[tuple[str, str, str], Any] = {}
+#: The writing handle a worker process has open for each (store URL, array path), with the run and
+#: array fingerprint it was opened for.
+_OPEN_ARRAYS: dict[tuple[str, str], tuple[tuple[str, str], Any]] = {}
 _THREADPOOLS: dict[int, Any] = {}  # threadpoolctl controller by len(sys.modules) when it was made
 
 
@@ -36,12 +38,14 @@ def _single_threaded_blas():
 
 
 def _open_array(task: ClipTask, path: str, fingerprint: str):
-    """The array's writing handle, opened once per worker process and array version (again when
-    the array grew since, clips having been appended)."""
-    key = (task.store_url, path, fingerprint)
-    if key not in _OPEN_ARRAYS or task.clip_index >= _OPEN_ARRAYS[key].shape[0]:
-        _OPEN_ARRAYS[key] = open_array(task.store_url, path, task.storage_options)
-    return _OPEN_ARRAYS[key]
+    """The array's writing handle, opened once per worker process, run and array version (again
+    when the array grew since, clips having been appended). One handle per array is kept: a new run
+    replaces the last one's, so an array made again at the same path (another shard layout) is
+    opened again."""
+    cached = _OPEN_ARRAYS.get((task.store_url, path))
+    if cached is None or cached[0] != (task.run, fingerprint) or task.clip_index >= cached[1].shape[0]:
+        cached = _OPEN_ARRAYS[(task.store_url, path)] = ((task.run, fingerprint), open_array(task.store_url, path, task.storage_options))
+    return cached[1]
 
 
 def _failure(task: ClipTask, exc: Exception) -> dict[str, Any]:

@@ -167,3 +167,35 @@ def test_an_edit_is_refused_while_a_stage_writes_an_array_and_changes_nothing(da
             remove_clips(store, [clip_ids[0]])
     store = featstore.open_store(store.url)
     assert not store.removed.any() and clip_ids[0] in store.ledger("audio/mel").entries
+
+
+def test_a_clip_removed_through_another_store_object_is_not_recomputed_nor_read(dataset, tmp_path):
+    """The stage reads the clips table again once it holds its lock: a clip another process (here,
+    another Store object) removed meanwhile is neither recomputed nor served by the loader."""
+    clip_ids, _, manifest = dataset
+    first = _store(tmp_path)
+    ingest(first, manifest(), fmt="csv")
+    assert extract_audio(first, MEL, workers=0, progress=False).done == N_CLIPS
+    remove_clips(featstore.open_store(first.url), [clip_ids[1]])
+    again = extract_audio(first, MEL, workers=0, progress=False)
+    assert (again.done, again.skipped) == (0, N_CLIPS - 1)
+    fresh = featstore.open_store(first.url)
+    assert clip_ids[1] not in fresh.ledger("audio/mel").entries
+    assert not fresh.done_in("audio/mel")[1] and fresh.done_in("audio/mel").sum() == N_CLIPS - 1
+    served = training_batches(first, "audio/mel", split=None, batch_size=2, deltas=False)
+    assert len(served.pairs) == (N_CLIPS - 1) * first.n_segments
+
+
+def test_a_store_made_again_at_the_same_path_with_another_layout_is_written_right(dataset, tmp_path):
+    """Runs in one process over a store deleted and made again at the same URL with shards: the
+    worker's cached handles are per run, so the new layout is written (and verifies)."""
+    _, _, manifest = dataset
+    url = str(tmp_path / "again.zarr")
+    for shard_mb in (0.0, 1.0):
+        shutil.rmtree(url, ignore_errors=True)
+        store = featstore.init_store(url, clip_duration_s=CLIP_S, shard_mb=shard_mb)
+        ingest(store, manifest(), fmt="csv")
+        assert extract_audio(store, MEL, workers=0, progress=False).done == N_CLIPS
+        reopened = featstore.open_store(url)
+        assert verify_store(reopened).ok, shard_mb
+        assert np.isfinite(_mel(reopened, reopened.clips["clip_id"].iloc[-1])).all()

@@ -175,3 +175,19 @@ def test_an_array_made_with_the_older_axis_names_gets_the_current_ones_when_reus
     assert audio["mel"].dims == ("clip", "mel_channel", "mel_bin", "mel_frame") and audio["mfcc"].dims[2] == "mfcc_bin"
     assert store.provenance("audio/mel")["dims"] == ["clip", "mel_channel", "mel_bin", "mel_frame"]
     np.testing.assert_array_equal(audio["mel"].sel(clip=first[0]).values, before)
+
+
+def test_a_coordinate_of_another_dtype_is_overwritten_and_one_of_the_same_kind_resized(tmp_path):
+    """write_coordinate keeps the values exactly: a float coordinate replacing an int one is
+    rewritten as floats (not truncated), a longer one of the same dtype is resized in place."""
+    import zarr
+
+    from featstore.coords import Coordinate, write_coordinate
+
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    write_coordinate(group, "mfcc_bin", Coordinate(np.arange(3), "", "coefficient"))
+    write_coordinate(group, "mfcc_bin", Coordinate(np.array([100.5, 200.25, 300.75]), "Hz", "centre"))
+    np.testing.assert_array_equal(group["mfcc_bin"][:], [100.5, 200.25, 300.75])
+    write_coordinate(group, "clip", Coordinate(np.array(["a", "b"]), "", "clip id"))
+    write_coordinate(group, "clip", Coordinate(np.array(["a", "b", "c"]), "", "clip id"))
+    assert list(group["clip"][:]) == ["a", "b", "c"]
