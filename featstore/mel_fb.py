@@ -39,6 +39,13 @@ def mel_to_hz(mels: np.ndarray) -> np.ndarray:
     return np.where(above, LOG_START_HZ * np.exp(LOG_STEP * (mels - log_start_mel)), LINEAR_HZ_PER_MEL * mels)
 
 
+def mel_edges_hz(n_mels: int, fmin_hz: float, fmax_hz: float) -> np.ndarray:
+    """The ``n_mels + 2`` filter edges (Hz), equally spaced in Slaney mels from ``fmin_hz`` to
+    ``fmax_hz``: filter ``k`` rises from edge ``k`` to its peak at edge ``k + 1`` and falls to edge
+    ``k + 2`` (librosa's ``mel_frequencies(n_mels + 2, fmin, fmax)``)."""
+    return mel_to_hz(np.linspace(hz_to_mel(fmin_hz), hz_to_mel(fmax_hz), n_mels + 2))
+
+
 @lru_cache(maxsize=8)
 def mel_weights(sr: int, n_fft: int, n_mels: int, fmin_hz: float, fmax_hz: float) -> np.ndarray:
     """The (n_mels, n_fft // 2 + 1) float32 Slaney-normalised mel weights, rows ascending.
@@ -48,7 +55,7 @@ def mel_weights(sr: int, n_fft: int, n_mels: int, fmin_hz: float, fmax_hz: float
     is empty, as librosa does: those bins of the feature are then silent.
     """
     fft_hz = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)
-    edges_hz = mel_to_hz(np.linspace(hz_to_mel(fmin_hz), hz_to_mel(fmax_hz), n_mels + 2))
+    edges_hz = mel_edges_hz(n_mels, fmin_hz, fmax_hz)
     widths_hz = np.diff(edges_hz)
     ramps = np.subtract.outer(edges_hz, fft_hz)
     weights = np.zeros((n_mels, len(fft_hz)), dtype=np.float32)

@@ -24,6 +24,7 @@ import numpy as np
 from featstore.audio import AudioParams, spectrograms
 from featstore.coords import Coordinate
 from featstore.gammatone_fb import erb_space_hz
+from featstore.mel_fb import mel_edges_hz
 from featstore.pipelines.config import check_fields, option
 
 #: Feature name -> its config class, in registration order (the default ``--features``).
@@ -129,11 +130,8 @@ class MelConfig(SpectrogramConfig):
         return dataclasses.replace(grid, n_bins=self.n_bins, win_ms=self.win_ms, hop_ms=self.hop_ms, mel_fmin_hz=self.fmin_hz)
 
     def bin_coordinate(self, sr: int) -> Coordinate:
-        import librosa
-
-        # librosa.filters.mel's filter k rises from edge k to its peak at edge k + 1 of these
-        edges = librosa.mel_frequencies(self.n_bins + 2, fmin=self.fmin_hz, fmax=sr / 2)
-        return Coordinate(edges[1:-1], "Hz", "mel filter centre frequency")
+        # the filters' peaks, without librosa (whose import brings numba into extract-audio)
+        return Coordinate(mel_edges_hz(self.n_bins, self.fmin_hz, sr / 2)[1:-1], "Hz", "mel filter centre frequency")
 
 
 @register("gam")

@@ -49,10 +49,13 @@ def test_import_featstore_loads_no_heavy_dependency():
 
 
 def test_mel_and_gam_load_neither_librosa_nor_scipy_signal():
-    """Their start-up is most of a short extract-audio run's fixed cost (only CQT needs librosa)."""
+    """Their start-up is most of a short extract-audio run's fixed cost (only CQT needs librosa):
+    neither the spectrograms nor their arrays' frequency coordinates."""
     code = ("import sys, numpy as np; from featstore.audio import AudioParams, spectrograms; "
             "p = AudioParams(sr=16000, n_bins=32, win_ms=32.0, hop_ms=16.0, segment_s=1.0, n_segments=2); "
             "spectrograms(np.zeros((2, 2, 16000), np.float32), p, ('mel', 'gam')); "
+            "from featstore.pipelines.audio_features import GamConfig, MelConfig; "
+            "MelConfig().bin_coordinate(16000); GamConfig().bin_coordinate(16000); "
             "print(','.join(m for m in ('librosa', 'scipy.signal', 'numba') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
