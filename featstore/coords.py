@@ -76,7 +76,7 @@ def write_coordinate(group: zarr.Group, name: str, coordinate: Coordinate) -> No
     An existing coordinate of the same kind (text, or the same numeric dtype) is resized in place,
     never deleted first, so two stages writing arrays of one group at once (each under its own
     lock) and a reader opening the group meanwhile always find it; one of another dtype is
-    overwritten.
+    overwritten. Values already recorded are not written again.
     """
     values = np.asarray(coordinate.values)
     is_text = values.dtype.kind in "US"
@@ -88,10 +88,12 @@ def write_coordinate(group: zarr.Group, name: str, coordinate: Coordinate) -> No
         return
     same_kind = array is not None and (array.dtype.kind in "OTU" if is_text else np.dtype(array.dtype) == values.dtype)
     if same_kind:
-        if array.shape != values.shape:
-            array.resize(values.shape)
         if dict(array.attrs) != coordinate.attrs():
             array.attrs.put(coordinate.attrs())
+        if array.shape == values.shape and np.array_equal(array[:], values):
+            return  # as recorded: a stage run again rewrites nothing
+        if array.shape != values.shape:
+            array.resize(values.shape)
     else:
         array = group.create_array(name, shape=values.shape, chunks=values.shape or (1,), dtype=str if is_text else values.dtype,
                                    dimension_names=(name,), fill_value="" if is_text else 0, attributes=coordinate.attrs(), overwrite=True)

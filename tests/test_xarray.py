@@ -191,3 +191,19 @@ def test_a_coordinate_of_another_dtype_is_overwritten_and_one_of_the_same_kind_r
     write_coordinate(group, "clip", Coordinate(np.array(["a", "b"]), "", "clip id"))
     write_coordinate(group, "clip", Coordinate(np.array(["a", "b", "c"]), "", "clip id"))
     assert list(group["clip"][:]) == ["a", "b", "c"]
+
+
+def test_a_coordinate_already_recorded_is_not_written_again(tmp_path):
+    """A stage run again finds its group's coordinates as they are: no chunk is rewritten."""
+    import zarr
+
+    from featstore.coords import Coordinate, write_coordinate
+
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    write_coordinate(group, "clip", Coordinate(np.array(["a", "b"]), "", "clip id"))
+    chunk = tmp_path / "g.zarr" / "clip" / "c" / "0"
+    recorded = chunk.stat().st_ino  # a chunk write lands as a new file (written aside, then renamed)
+    write_coordinate(group, "clip", Coordinate(np.array(["a", "b"]), "", "clip id"))
+    assert chunk.stat().st_ino == recorded
+    write_coordinate(group, "clip", Coordinate(np.array(["a", "c"]), "", "clip id"))
+    assert list(group["clip"][:]) == ["a", "c"] and chunk.stat().st_ino != recorded
