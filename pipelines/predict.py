@@ -123,10 +123,7 @@ def _upstream(store: Store, system: System, clip_ids: list[str], report: Predict
     ``source_start_s``: the clips start this many seconds into their source files (a window of a
     long file, see :func:`predict_file`); the stages that read the files decode from there.
     """
-    import tempfile
-
     from featstore.pipelines.embed import WAVEFORM_KINDS
-    from featstore.pipelines.embed_waveform import register_system_backbone
 
     def note(stage_report: StageReport) -> None:
         report.stages.append(stage_report.to_json())
@@ -135,20 +132,32 @@ def _upstream(store: Store, system: System, clip_ids: list[str], report: Predict
         config = STAGES[spec["stage"]].from_dict(spec["config"])
         note(run_stage(store, _from_source_start(config.build(store), source_start_s), clips=clip_ids, workers=workers, scheduler=scheduler, progress=progress))
     for model, spec in system.backbones.items():
-        if model not in _registered(store) and spec.get("kind") in WAVEFORM_KINDS:
-            register_system_backbone(store, model, spec, system.files.get(spec.get("file", "")))
-        elif model not in _registered(store):
-            with tempfile.TemporaryDirectory() as work:
-                path = f"{work}/{model}.keras"
-                with open(path, "wb") as f:
-                    f.write(system.files[spec["file"]])
-                register_model(store, model, path, input_array=spec["input"], config={"source": "system", "system": system.digest}, model=system.load_keras(spec["file"]))
+        if model not in _registered(store):
+            _register_backbone(store, system, model, spec)
         if source_start_s and model_entry(store, model).get("kind") in WAVEFORM_KINDS:  # reads the source audio itself
             stage = EmbedConfig(model=model, layers=LAYERS, batch_units=batch_units).build(store)
             note(run_stage(store, _from_source_start(stage, source_start_s), clips=clip_ids, workers=0 if workers is None else workers, scheduler=scheduler, progress=progress))
             continue
         stage_report, _ = embed(store, model, layers=LAYERS, clips=clip_ids, workers=0 if workers is None else workers, scheduler=scheduler, progress=progress, batch_units=batch_units)
         note(stage_report)
+
+
+def _register_backbone(store: Store, system: System, model: str, spec: dict[str, Any]) -> None:
+    """Register the system's backbone ``model`` in ``store``: a HEAR / torch model with its weights
+    file, or the ``.keras`` file (with the model the system already loaded)."""
+    import tempfile
+
+    from featstore.pipelines.embed import WAVEFORM_KINDS
+    from featstore.pipelines.embed_waveform import register_system_backbone
+
+    if spec.get("kind") in WAVEFORM_KINDS:
+        register_system_backbone(store, model, spec, system.files.get(spec.get("file", "")))
+        return
+    with tempfile.TemporaryDirectory() as work:
+        path = f"{work}/{model}.keras"
+        with open(path, "wb") as f:
+            f.write(system.files[spec["file"]])
+        register_model(store, model, path, input_array=spec["input"], config={"source": "system", "system": system.digest}, model=system.load_keras(spec["file"]))
 
 
 def _from_source_start(stage, source_start_s: float):
