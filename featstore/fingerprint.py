@@ -27,6 +27,21 @@ def stable_hash(obj: Any) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
+def bytes_digest(data: bytes) -> str:
+    """BLAKE2b (16 bytes, hex) of ``data``: the fingerprint of a registered ``.keras`` file, the
+    digest of a weights file."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """:func:`bytes_digest` of a file's whole content, read in 1 MiB blocks."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def array_fingerprint(stage: str, params: dict[str, Any], per_clip_shape: tuple[int, ...] | list[int], dtype: str, code_version: int = 1) -> str:
     """Fingerprint of a per-clip array: its stage, parameters, shape, dtype and the stage's code version.
 

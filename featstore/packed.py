@@ -9,14 +9,13 @@ only module that writes or reads it.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 
 import numpy as np
 
 from featstore.chunks import ClipReader
-from featstore.fingerprint import stable_hash
+from featstore.fingerprint import bytes_digest, stable_hash
 from featstore.ledger import ledger_name
 from featstore.store import Store
 
@@ -37,7 +36,7 @@ def packed_segment_embeddings(store: Store, path: str) -> tuple[np.ndarray, np.n
     # the key: the array's fingerprint and the ledger file's bytes (every done clip and its checksum);
     # hashing the bytes is ~50x cheaper than parsing them, and any change of a mark changes them
     ledger_bytes = store.side.read(ledger_name(path)) or b""
-    key = stable_hash({"fingerprint": prov["fingerprint"], "ledger": hashlib.blake2b(ledger_bytes, digest_size=16).hexdigest()})
+    key = stable_hash({"fingerprint": prov["fingerprint"], "ledger": bytes_digest(ledger_bytes)})
     name = "packed/" + path.replace("/", "--") + ".npz"
     packed = _read_packed(store, name, key)
     if packed is not None:

@@ -7,7 +7,6 @@ is loaded in Keras safe mode only (no arbitrary code from a file).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -15,6 +14,7 @@ import time
 from typing import Any
 
 from featstore.errors import DamagedFile, NotFoundError, StoreError
+from featstore.fingerprint import bytes_digest
 from featstore.names import unknown
 from featstore.store import Store
 
@@ -59,7 +59,7 @@ def register_model(store: Store, name: str, model_file: str, *, input_array: str
     head = {"fc1024_units": int(model.get_layer("fc1024").output.shape[-1]), "n_classes": int(model.get_layer("fc10").output.shape[-1])} if not missing else {}
     entry = {
         "name": name,
-        "fingerprint": hashlib.blake2b(data, digest_size=16).hexdigest(),
+        "fingerprint": bytes_digest(data),
         "input": input_array,
         "input_fingerprint": store.provenance(input_array)["fingerprint"],
         "input_shape": list(model.inputs[0].shape[1:]),  # the first input's (a joint model's second is its visual input)
@@ -101,7 +101,7 @@ def model_bytes(store: Store, name: str) -> bytes:
     data = store.side.read_verified(f"models/{name}.keras")
     if data is None:
         raise NotFoundError(f"model {name!r} is registered but its file models/{name}.keras is missing")
-    if hashlib.blake2b(data, digest_size=16).hexdigest() != model_entry(store, name)["fingerprint"]:
+    if bytes_digest(data) != model_entry(store, name)["fingerprint"]:
         raise DamagedFile(f"{store.side.path(f'models/{name}.keras')}: damaged, not the model registered as {name!r} (its fingerprint differs); register it again")
     return data
 

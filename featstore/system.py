@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from featstore.errors import ConfigError, NotFoundError, StoreError
+from featstore.fingerprint import bytes_digest
 from featstore.models.hear import KINDS as WAVEFORM_KINDS
 from featstore.models.hear import SOURCE_AUDIO, check_installed, weights_suffix
 from featstore.names import embedding_path
@@ -61,11 +62,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _digest(data: bytes) -> str:
-    """BLAKE2b (16 bytes, hex): the fingerprint of a .keras file, the digest of a weights file."""
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
-
-
 def _waveform_backbone(model: str, entry: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:
     """The manifest entry of registered HEAR or torch ``model`` (its weights file added to
     ``files``), refused when the installed module or the weights file no longer give the model it
@@ -76,7 +72,7 @@ def _waveform_backbone(model: str, entry: dict[str, Any], files: dict[str, bytes
             raise NotFoundError(f"the weights file {entry['weights_file']} of model {model!r} is missing; restore it to export the system")
         with open(entry["weights_file"], "rb") as f:
             weights = f.read()
-    version = check_installed(model, entry["kind"], entry["spec"], entry["fingerprint"], _digest(weights) if weights is not None else None, version=entry.get("version"),
+    version = check_installed(model, entry["kind"], entry["spec"], entry["fingerprint"], bytes_digest(weights) if weights is not None else None, version=entry.get("version"),
                               fix=f"embed with --model {entry['kind']}:{entry['spec']} again and re-run the fusion, or install the version it was embedded with")
     spec = {"kind": entry["kind"], "spec": entry["spec"], "version": version, "fingerprint": entry["fingerprint"], "sample_rate": entry["sample_rate"],
             "layers": dict(entry["layers"]), "used_layers": [], "input": SOURCE_AUDIO}
@@ -261,11 +257,11 @@ class System:
         for model, spec in manifest.get("backbones", {}).items():  # SHA256SUMS can be regenerated; the manifest names the model
             if spec.get("kind") in WAVEFORM_KINDS:
                 weights = files.get(spec["file"]) if "file" in spec else None
-                check_installed(model, spec["kind"], spec["spec"], spec["fingerprint"], _digest(weights) if weights is not None else None, version=spec["version"],
+                check_installed(model, spec["kind"], spec["spec"], spec["fingerprint"], bytes_digest(weights) if weights is not None else None, version=spec["version"],
                                 fix=f"use the system {directory} as exported with {spec['version']} installed, or export it again from a store embedded with the installed version")
                 continue
             data = files.get(spec.get("file", ""))
-            if data is None or _digest(data) != spec.get("fingerprint"):
+            if data is None or bytes_digest(data) != spec.get("fingerprint"):
                 raise ConfigError(f"{os.path.join(directory, spec.get('file', '?'))}: not the backbone {model!r} the manifest names "
                                   "(its fingerprint differs); refusing to load the system")
         return cls(manifest, files)

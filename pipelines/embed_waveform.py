@@ -30,7 +30,8 @@ import numpy as np
 
 from featstore.audio import AudioParams
 from featstore.errors import ConfigError, MediaError
-from featstore.models.hear import SOURCE_AUDIO, file_digest, fingerprint_of, load_waveform_model, model_name, module_of, module_version, split_spec, weights_suffix
+from featstore.fingerprint import file_digest
+from featstore.models.hear import SOURCE_AUDIO, fingerprint_of, load_waveform_model, model_name, module_of, module_version, split_spec, weights_suffix
 from featstore.pipelines.extract_audio import read_segments
 from featstore.pipelines.stage import ClipResult, ClipTask, OutputSpec, Stage
 from featstore.registry import model_entry, model_file, register_entry, registered_models

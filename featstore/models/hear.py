@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from featstore.errors import ConfigError
+from featstore.fingerprint import file_digest
 
 HEAR_PREFIX = "hear:"
 TORCH_PREFIX = "torch:"
@@ -100,15 +101,6 @@ def module_version(module_name: str) -> str:
     source = inspect.getsourcefile(module)
     with open(source, "rb") as f:
         return "source:" + hashlib.blake2b(f.read(), digest_size=16).hexdigest()
-
-
-def file_digest(path: str) -> str:
-    """BLAKE2b (16 bytes, hex) of a file's bytes."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_suffix(weights_file: str) -> str:
