@@ -117,13 +117,19 @@ class SpectrogramConfig(FeatureConfig):
         return p.to_dict() if p == defaults else None
 
 
-@register("mel")
 @dataclasses.dataclass(frozen=True)
-class MelConfig(SpectrogramConfig):
-    """Log mel power spectrogram (Slaney filters from ``fmin_hz`` to sr/2)."""
+class StftSpectrogramConfig(SpectrogramConfig):
+    """A spectrogram of filters over the STFT's power (``mel``, ``gam``): window and hop."""
 
     win_ms: float = option(80.0, "STFT window (ms).", above=0)
     hop_ms: float = option(14.0, "STFT hop (ms).", above=0)
+
+
+@register("mel")
+@dataclasses.dataclass(frozen=True)
+class MelConfig(StftSpectrogramConfig):
+    """Log mel power spectrogram (Slaney filters from ``fmin_hz`` to sr/2)."""
+
     fmin_hz: float = option(0.0, "Lowest filter edge (Hz).", min=0)
 
     def params(self, grid: AudioParams) -> AudioParams:
@@ -136,11 +142,9 @@ class MelConfig(SpectrogramConfig):
 
 @register("gam")
 @dataclasses.dataclass(frozen=True)
-class GamConfig(SpectrogramConfig):
+class GamConfig(StftSpectrogramConfig):
     """Log gammatonegram (FFT-weight, ERB-spaced from ``fmin_hz`` to sr/2)."""
 
-    win_ms: float = option(80.0, "STFT window (ms).", above=0)
-    hop_ms: float = option(14.0, "STFT hop (ms).", above=0)
     fmin_hz: float = option(50.0, "Lowest filter centre (Hz).", above=0)
 
     def params(self, grid: AudioParams) -> AudioParams:
