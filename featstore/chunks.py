@@ -108,8 +108,9 @@ class ClipReader:
             return [self.read(row, out) for row, out in zip(rows, outs)]
         return [self.decode(row, data, out) for row, data, out in zip(rows, self.fetch(rows), outs)]
 
-    def fetch(self, rows: Sequence[int]) -> list[bytes | None]:
-        """The stored bytes of each of ``rows`` (None: never written), for :meth:`decode`.
+    def fetch(self, rows: Sequence[int]) -> list[bytes | np.ndarray | None]:
+        """The stored bytes of each of ``rows`` (None: never written), for :meth:`decode`: bytes, or
+        a uint8 view into the bytes of one request that fetched several clips.
 
         Only for featstore's layout (``direct``). On a remote store every request goes out at once:
         one GET per clip without a sharding codec (ranged, so that no client sends a HEAD first to
@@ -130,7 +131,8 @@ class ClipReader:
         if data is None:
             out.fill(self._fill)
             return out
-        body, stored = data[:-4], data[-4:]
+        data = np.frombuffer(data, np.uint8)  # views from here on: the chunk's bytes are not copied
+        body, stored = data[:-4], data[-4:].tobytes()
         if np.uint32(google_crc32c.value(body)).tobytes() != stored:
             raise DamagedFile(f"{self.location(row)}: chunk of row {row} of {self.array.path!r} fails its crc32c checksum (damaged; featstore verify --repair)")
         # the checksum proves these are the bytes zarr wrote for this chunk shape, so they decode to
@@ -174,7 +176,7 @@ class ClipReader:
                 return None
             return os.pread(file.fileno(), int(nbytes), int(offset))
 
-    async def _fetch(self, rows: list[int]) -> list[bytes | None]:
+    async def _fetch(self, rows: list[int]) -> list[np.ndarray | None]:
         from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
         from zarr.core.buffer import default_buffer_prototype
 
@@ -183,9 +185,9 @@ class ClipReader:
         def key(row: int) -> str:
             return f"{self.array.path}/{self._object_key(row)}" if self.array.path else self._object_key(row)
 
-        async def get(k: str, byte_range) -> bytes | None:
+        async def get(k: str, byte_range) -> np.ndarray | None:
             buffer = await store.get(k, prototype, byte_range=byte_range)
-            return None if buffer is None else buffer.to_bytes()
+            return None if buffer is None else buffer.as_numpy_array()  # the response's bytes, not a copy
 
         if not self.clips_per_shard:
             return list(await asyncio.gather(*(get(key(row), OffsetByteRequest(0)) for row in rows)))
@@ -202,19 +204,20 @@ class ClipReader:
                 spans[row] = (offset, offset + nbytes)
         runs = coalesce(spans, s)
         fetched = await asyncio.gather(*(get(key(run[0]), RangeByteRequest(start, end)) for run, (start, end) in runs))
-        data: dict[int, bytes | None] = {}
+        data: dict[int, np.ndarray | None] = {}
         for (run, (start, _)), chunk in zip(runs, fetched):
             for row in run:
                 offset, end = spans[row]
                 data[row] = None if chunk is None else chunk[offset - start : end - start]
         return [data.get(row) for row in rows]
 
-    def _parse_index(self, row: int, data: bytes) -> np.ndarray:
+    def _parse_index(self, row: int, data: bytes | np.ndarray) -> np.ndarray:
         """(clips, 2) uint64 offsets and lengths from a shard index's bytes, checked by its crc32c."""
-        body, stored = data[:-4], data[-4:]
+        data = np.frombuffer(data, np.uint8)
+        body, stored = data[:-4], data[-4:].tobytes()
         if len(body) != 16 * self.clips_per_shard or np.uint32(google_crc32c.value(body)).tobytes() != stored:
             raise DamagedFile(f"{self.array.path}/{self._object_key(row)}: the shard index fails its crc32c checksum (damaged; featstore verify --repair)")
-        return np.frombuffer(body, "<u8").reshape(-1, 2)
+        return body.view("<u8").reshape(-1, 2)
 
 
 def coalesce(spans: dict[int, tuple[int, int]], clips_per_shard: int, gap: int | None = None) -> list[tuple[list[int], tuple[int, int]]]:

@@ -119,11 +119,13 @@ class StoreSource:
         rows = list(dict.fromkeys(int(r) for r in rows))
         self._prefetched = (os.getpid(), rows, self._fetcher[1].submit(self.reader.fetch, rows))
 
-    def load(self, rows: np.ndarray) -> None:
+    def load(self, rows: np.ndarray, next_rows: np.ndarray | None = None) -> None:
         """Decompress the chunks of ``rows`` into the cache (one thread loads at a time).
 
         On a remote store the bytes of every clip are fetched at once (:meth:`ClipReader.fetch`:
-        one request per run of neighbouring clips of a shard), or were by :meth:`prefetch`."""
+        one request per run of neighbouring clips of a shard), or were by :meth:`prefetch`; then
+        the fetch of ``next_rows`` (the next block's) starts, before these are decompressed, so
+        the connection stays busy while this block is decoded and served."""
         rows = list(dict.fromkeys(int(r) for r in rows if int(r) not in self.cache))
         data = [None] * len(rows)
         if self.fetches:
@@ -134,6 +136,8 @@ class StoreSource:
             rest = [row for row in rows if row not in got]
             got.update(zip(rest, self.reader.fetch(rest) if rest else []))
             data = [got[row] for row in rows]
+            if next_rows is not None:
+                self.prefetch(next_rows)
         buffers = [self._spare_buffer() for _ in rows]
         pool = self.pool
         for row, values in zip(rows, pool.map(self._read, rows, buffers, data) if pool else map(self._read, rows, buffers, data)):
@@ -180,7 +184,7 @@ class MemorySource:
     def prefetch(self, rows: np.ndarray) -> None:
         pass
 
-    def load(self, rows: np.ndarray) -> None:
+    def load(self, rows: np.ndarray, next_rows: np.ndarray | None = None) -> None:
         pass
 
     def view(self) -> MemorySource:
