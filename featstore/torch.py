@@ -66,7 +66,7 @@ class StoreDataset(torch.utils.data.IterableDataset):
         Leave out the rank's last batch when it is short.
     **loader_options
         For :func:`~featstore.loader.training_batches`: split, rows, window_s, units_per_clip,
-        deltas, shuffle, block_clips, mixup_alpha, augment, balance ("pad" or "drop") and
+        deltas, shuffle, block_clips, run_clips, mixup_alpha, augment, balance ("pad" or "drop") and
         ``workers`` (the loader's own threads per reading process; 0 inside DataLoader workers
         unless given).
 

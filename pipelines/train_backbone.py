@@ -76,6 +76,8 @@ class TrainConfig(TrainingConfig):
     devices: int = option(1, "Devices to train on (tf.distribute.MirroredStrategy): GPUs of this machine, else logical CPU devices; "
                              "--batch-size is the global batch, split evenly across them.", min=1)
     block_clips: int = option(DEFAULT_BLOCK_CLIPS, "Clips per shuffle block of the loader (see README, Training loader).", min=1)
+    run_clips: int = option(1, "Shuffle clips as runs of this many neighbours: fewer, larger requests from an object store "
+                               "(see the guide's training loader; 1 = every clip on its own).", min=1)
     loader_workers: int = option(2, "Loader threads (0 = in the training thread).", min=0)
     deltas: str = option("model", "Audio deltas computed by the model's first layer, or by the loader (a 6-channel model, as before).", choices=DELTAS)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -128,7 +130,7 @@ def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str
     if config.deltas not in DELTAS:
         raise ConfigError(f"deltas must be one of {', '.join(DELTAS)}, got {config.deltas!r}")
     common = dict(window_s=config.window_s, deltas=config.deltas == "loader", units_per_clip=config.units_per_clip, batch_size=config.batch_size,
-                  block_clips=config.block_clips, seed=config.seed, workers=config.loader_workers)
+                  block_clips=config.block_clips, run_clips=config.run_clips, seed=config.seed, workers=config.loader_workers)
     train = training_batches(store, config.input_array, rows=train_rows, shuffle=True, mixup_alpha=config.mixup_alpha,
                              augment=config.augment and visual, **common)
     val = training_batches(store, config.input_array, rows=val_rows, shuffle=False, **common)

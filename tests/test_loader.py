@@ -9,7 +9,7 @@ import pytest
 import featstore
 from featstore.audio import add_deltas
 from featstore.augment import augment_images, with_deltas
-from featstore.loader import TrainingBatches, training_batches
+from featstore.loader import TrainingBatches, epoch_plan, training_batches
 from featstore.sources import MemorySource
 from featstore.tfdata import tf_dataset
 from featstore.pipelines.extract_audio import extract_audio
@@ -75,6 +75,28 @@ def test_epochs_reshuffle_and_a_seed_repeats(store):
     unshuffled = training_batches(store, "audio/mel", split="train", batch_size=4, shuffle=False)
     pairs = _served_pairs(unshuffled, 3)
     assert np.array_equal(pairs, np.array(sorted(map(tuple, pairs.tolist()))))
+
+
+def test_runs_of_neighbouring_clips_are_shuffled_whole():
+    """``run_clips``: the epoch's order is of runs of neighbouring rows, each run whole and in row
+    order, still every unit once, still reshuffled per seed; ``run_clips=1`` is the clip shuffle."""
+    rows = np.array([0, 1, 2, 3, 5, 6, 7, 8, 9, 11, 12, 14, 15, 16])  # the selected rows, with gaps
+    pairs = np.stack(np.meshgrid(rows, np.arange(5), indexing="ij"), -1).reshape(-1, 2)
+
+    def plan(seed, run_clips):
+        return epoch_plan(pairs, batch_size=10, block_clips=4, rng=np.random.default_rng(seed), run_clips=run_clips)
+
+    blocks = plan(0, 4)
+    order = np.concatenate([block.rows for block in blocks])
+    runs = [tuple(order[i : i + 4]) for i in range(0, len(order), 4)]
+    assert sorted(runs) == [tuple(rows[i : i + 4]) for i in range(0, len(rows), 4)], "whole runs of 4 selected rows"
+    assert [tuple(block.rows) for block in blocks] == runs, "a block of 4 clips is one run"
+    served = np.concatenate([b for block in blocks for b in block.batches])
+    assert sorted(map(tuple, served.tolist())) == sorted(map(tuple, pairs.tolist()))
+    assert not np.array_equal(order, np.concatenate([block.rows for block in plan(1, 4)]))
+    one = [block.rows for block in plan(0, 1)]
+    default = [block.rows for block in epoch_plan(pairs, batch_size=10, block_clips=4, rng=np.random.default_rng(0))]
+    assert all(np.array_equal(a, b) for a, b in zip(one, default)) and len(one) == len(default)
 
 
 def test_a_block_holds_at_most_its_clips_and_the_carried_leftovers(store):

@@ -334,5 +334,12 @@ def test_a_loader_epoch_on_s3_costs_requests_per_shard_not_per_clip(local_s3, de
             shards = -(-20 // local.array("audio/mel").shards[0])
             assert shards == 3 and blocks == 3
             assert requests["RANGE"] <= shards + blocks * shards < 20, requests
+            # runs of 8 neighbours, a shard's clips: one request per shard a block touches, besides
+            # the shards' indices (read again: a new loader has a new reader)
+            runs = training_batches(remote, "audio/mel", **options, run_clips=8)
+            local_s3.reset()
+            assert sum(len(x) for x, _ in runs.epoch(0)) == 60
+            touched = sum(len({int(r) // 8 for r in block.rows}) for block in runs.plan(0))
+            assert local_s3.requests() == {"RANGE": shards + touched} and touched < requests["RANGE"] - shards, local_s3.requests()
         else:
             assert requests["RANGE"] == 20, requests
