@@ -3,29 +3,38 @@ cold fusion read and of one training-loader epoch, one object per clip against s
 loader's windows/s from the S3 server against the same store on the local disk, in the same run.
 
 The S3 server is moto's on 127.0.0.1 (``tests/local_s3.py``), counting every request it answers;
-the same bytes are on both sides (the local store's folder is uploaded). Then the same epochs go
-through a delaying proxy on loopback (``--delay-ms`` added to every request, as a far object store
-adds its latency), against the local disk again.
+the same bytes are on both sides (the local store's folder is uploaded). moto answers a ranged GET
+by reading the whole object, so a sharded store's rate from it measures moto; with ``--s3rver
+PATH`` (s3rver, a Node.js S3 server that reads a range from its file, as S3 does not pay for the
+object's size: ``npm install --prefix /tmp/s3rver s3rver@3.7.1``, then ``--s3rver
+/tmp/s3rver/node_modules/.bin/s3rver``) the loader's rates are measured from that server too.
+Then the same epochs go through a delaying proxy on loopback (``--delay-ms`` added to every
+request, as a far object store adds its latency) in front of the rate server (s3rver when given,
+else moto), against the local disk again.
 
 - Loader: ``featstore.loader.training_batches`` over ``audio/mel`` of ``--clips`` 10 s clips (1 s
-  windows, the static channels, batches of 64, blocks of 64 clips, ``--workers`` threads). Local
-  and S3 epochs alternate for ``--rounds`` rounds; the best of each is kept (the machine is shared).
+  windows, the static channels, batches of 64, blocks of 64 clips, ``--workers`` threads), with
+  the clip shuffle on both layouts, and with ``run_clips=16`` (runs of 16 neighbouring clips, one
+  request each; blocks of 64 and 128 clips) on the sharded one. Local and S3 epochs alternate for ``--rounds`` rounds; the best of each is kept (the machine is shared).
 - The server's own cost per request (moto answers a ranged GET by reading the whole object):
   concurrent ranged 1 KiB GETs from a 1 KiB object and from a 64 MiB one.
 - Fusion: ``featstore.pipelines.fuse.load_fusion_data`` of two models' fc1024 embeddings (10
   segments x 1024 float32 a clip) on a store opened cold (no packed cache yet: every embedding is
   read from the arrays, then the packed copy is written), then warm (the packed copy).
 
-    python benchmarks/bench_s3.py --clips 384 --rounds 2 --delay-ms 20
+    python benchmarks/bench_s3.py --clips 384 --rounds 2 --delay-ms 20 [--s3rver PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pandas as pd
@@ -35,10 +44,62 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import featstore  # noqa: E402
 from featstore.loader import training_batches  # noqa: E402
 from featstore.shards import write_clips  # noqa: E402
-from tests.local_s3 import LocalS3  # noqa: E402
+from tests.local_s3 import DelayingProxy, LocalS3, free_port  # noqa: E402
 
 LAYOUTS = {"one object per clip": 0.0, "sharded (default)": featstore.constants.SHARD_MB}
+#: The loader's rows: (layout, run_clips, block_clips), the clip shuffle on both layouts and runs
+#: of 16 clips (one request per run) on the sharded one
+LOADERS = {"one object per clip": ("one object per clip", 1, 64), "sharded (default)": ("sharded (default)", 1, 64),
+           "sharded, run_clips=16": ("sharded (default)", 16, 64),
+           "sharded, run_clips=16, block_clips=128": ("sharded (default)", 16, 128)}
 MODELS = ("aud-a", "aud-b")
+
+
+class FileS3:
+    """s3rver (``binary``) on 127.0.0.1 with one bucket, objects in files under ``folder``; ``delay_s``
+    > 0 adds the delaying proxy in front. The same interface as :class:`tests.local_s3.LocalS3`
+    without the request counts. ``s3rver_suffix_ranges.js`` is preloaded: s3rver 3.7.1 misreads a
+    suffix range (the last N bytes), which is how a shard's index is read."""
+
+    def __init__(self, binary: str, folder: str, delay_s: float = 0.0, bucket: str = "featstore"):
+        self.binary, self.folder, self.bucket, self.bucket_url = binary, folder, bucket, f"s3://{bucket}"
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.proxy = DelayingProxy(("127.0.0.1", self.port), delay_s) if delay_s > 0 else None
+
+    def options(self, delayed: bool = False) -> dict:
+        endpoint = self.proxy.endpoint if delayed else self.endpoint
+        return {"endpoint_url": endpoint, "key": "S3RVER", "secret": "S3RVER"}  # s3rver's fixed credentials
+
+    def __enter__(self) -> FileS3:
+        script = os.path.realpath(self.binary)  # node_modules/s3rver/bin/s3rver.js
+        preload = os.path.join(os.path.dirname(os.path.abspath(__file__)), "s3rver_suffix_ranges.js")
+        env = {**os.environ, "S3RVER_PACKAGE": os.path.dirname(os.path.dirname(script))}
+        self._process = subprocess.Popen(["node", "-r", preload, script, "-d", self.folder, "-a", "127.0.0.1", "-p", str(self.port),
+                                          "--silent", "--configure-bucket", self.bucket], stdout=subprocess.DEVNULL, env=env)
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=1).close()
+                break
+            except urllib.error.HTTPError:  # it answers: listening
+                break
+            except OSError:
+                time.sleep(0.05)
+        if self.proxy:
+            self.proxy.start()
+        return self
+
+    def cpu_s(self) -> float:
+        """CPU seconds the server has used so far (user + system, from /proc)."""
+        with open(f"/proc/{self._process.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def __exit__(self, *exc) -> None:
+        if self.proxy:
+            self.proxy.stop()
+        self._process.terminate()
+        self._process.wait()
 
 
 def source_mel(work: str):
@@ -87,9 +148,10 @@ def embedding_store(path: str, n: int, shard_mb: float, clips) -> featstore.Stor
     return store
 
 
-def epoch_rate(store: featstore.Store, workers: int, epoch: int) -> float:
+def epoch_rate(store: featstore.Store, workers: int, epoch: int, run_clips: int = 1, block_clips: int = 64) -> float:
     """Windows per second of one loader epoch."""
-    batches = training_batches(store, "audio/mel", deltas=False, workers=workers, batch_size=64, block_clips=64, seed=0)
+    batches = training_batches(store, "audio/mel", deltas=False, workers=workers, batch_size=64, block_clips=block_clips, seed=0,
+                               run_clips=run_clips)
     started, served = time.perf_counter(), 0
     for x, _ in batches.epoch(epoch):
         served += len(x)
@@ -131,49 +193,85 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--delay-ms", type=float, default=20.0)
+    parser.add_argument("--s3rver", help="path of an s3rver binary: the loader's rates also from it, and the delayed ones through it")
     args = parser.parse_args()
+    import contextlib
+
     import s3fs
 
     from featstore.pipelines.fuse import load_fusion_data
 
-    with tempfile.TemporaryDirectory() as work, LocalS3(delay_s=args.delay_ms / 1e3) as s3:
+    with contextlib.ExitStack() as stack:
+        work = stack.enter_context(tempfile.TemporaryDirectory())
+        s3 = stack.enter_context(LocalS3(delay_s=0.0 if args.s3rver else args.delay_ms / 1e3))
+        servers = {"moto": s3}
+        if args.s3rver:
+            os.makedirs(os.path.join(work, "s3rver"))
+            servers["s3rver"] = stack.enter_context(FileS3(args.s3rver, os.path.join(work, "s3rver"), delay_s=args.delay_ms / 1e3))
+        rate_server = servers["s3rver" if args.s3rver else "moto"]
         mel, prov, clips = source_mel(work)
-        fs = s3fs.S3FileSystem(**s3.options(), skip_instance_cache=True)
+        fss = {name: s3fs.S3FileSystem(**server.options(), skip_instance_cache=True) for name, server in servers.items()}
+        fs = fss["moto"]
         print(f"{args.clips} clips of 10 s, MEL (2, 128, 720) float16; {os.cpu_count()} cores (shared machine); "
-              f"S3: moto on 127.0.0.1, then +{args.delay_ms:g} ms a request through the proxy")
-        costs = server_costs(s3)
-        print("the S3 server's own cost, ms per ranged 1 KiB GET (64 at once): "
-              + ", ".join(f"from a {name} {ms:.1f} ms" for name, ms in costs.items()) + f" ({costs['64 MiB object'] / costs['1 KiB object']:.1f}x)\n")
-        print("| layout | objects of audio/mel | open + training_batches | one epoch | epoch requests per clip |")
-        print("| --- | ---: | --- | --- | ---: |")
+              f"S3 servers on 127.0.0.1: {', '.join(servers)}; then +{args.delay_ms:g} ms a request through the proxy in front of {list(servers)[-1]}")
+        for name, server in servers.items():
+            costs = server_costs(server)
+            print(f"{name}'s own cost, ms per ranged 1 KiB GET (64 at once): "
+                  + ", ".join(f"from a {size} {ms:.1f} ms" for size, ms in costs.items()) + f" ({costs['64 MiB object'] / costs['1 KiB object']:.1f}x)")
+        print("\nrequests (counted by moto):")
+        print("| loader | objects of audio/mel | MB of audio/mel | open + training_batches | one epoch | epoch requests per clip |")
+        print("| --- | ---: | ---: | --- | --- | ---: |")
         rates = {}
-        for name, shard_mb in LAYOUTS.items():
+        for name, (layout, run_clips, block_clips) in LOADERS.items():
+            shard_mb = LAYOUTS[layout]
             local_url = os.path.join(work, f"mel-{shard_mb:g}.zarr")
-            local = mel_store(local_url, args.clips, shard_mb, mel, prov, clips)
-            remote_url = f"{s3.bucket_url}/mel-{shard_mb:g}.zarr"
-            fs.put(local_url, remote_url.removeprefix("s3://"), recursive=True)
-            objects = len(fs.find(f"{remote_url}/audio/mel/c"))
+            remote_urls = {server_name: f"{server.bucket_url}/mel-{shard_mb:g}.zarr" for server_name, server in servers.items()}
+            if not os.path.exists(local_url):
+                mel_store(local_url, args.clips, shard_mb, mel, prov, clips)
+                for server_name, url in remote_urls.items():
+                    fss[server_name].put(local_url, url.removeprefix("s3://"), recursive=True)
+            local = featstore.open_store(local_url)
+            remote_url = remote_urls["moto"]
+            objects = fs.find(f"{remote_url}/audio/mel/c", detail=True)
+            megabytes = sum(info["size"] for info in objects.values()) / 1e6
             opened = counted(s3, lambda: training_batches(featstore.open_store(remote_url, storage_options=s3.options()), "audio/mel"))
             remote = featstore.open_store(remote_url, storage_options=s3.options())
-            epoch = counted(s3, lambda: epoch_rate(remote, args.workers, 0))
-            print(f"| {name} | {objects} | {opened} | {epoch} | {sum(epoch.values()) / args.clips:.3f} |")
-            best = {"local": 0.0, "S3": 0.0}
+            epoch = counted(s3, lambda: epoch_rate(remote, args.workers, 0, run_clips, block_clips))
+            print(f"| {name} | {len(objects)} | {megabytes:.0f} | {opened} | {epoch} | {sum(epoch.values()) / args.clips:.3f} |")
+            remotes = {server_name: featstore.open_store(url, storage_options=servers[server_name].options())
+                       for server_name, url in remote_urls.items()}
+            best = {"local": 0.0, **{server_name: 0.0 for server_name in servers}}
+            server_cpu = []  # s3rver's CPU seconds per second of its epochs
             for r in range(args.rounds):
-                best["local"] = max(best["local"], epoch_rate(local, args.workers, r))
-                best["S3"] = max(best["S3"], epoch_rate(remote, args.workers, r))
+                best["local"] = max(best["local"], epoch_rate(local, args.workers, r, run_clips, block_clips))
+                for server_name, store in remotes.items():
+                    cpu, started = servers[server_name].cpu_s() if server_name == "s3rver" else 0.0, time.perf_counter()
+                    best[server_name] = max(best[server_name], epoch_rate(store, args.workers, r, run_clips, block_clips))
+                    if server_name == "s3rver":
+                        server_cpu.append((servers[server_name].cpu_s() - cpu) / (time.perf_counter() - started))
+            best["s3rver cores"] = float(np.mean(server_cpu)) if server_cpu else float("nan")
             for connections in (10, 64):  # s3fs's default pool, and a block's requests all in flight
-                options = {**s3.options(delayed=True), "config_kwargs": {"max_pool_connections": connections}}
-                best[f"delayed {connections}"] = epoch_rate(featstore.open_store(remote_url, storage_options=options), args.workers, 0)
-            best["local after"] = epoch_rate(local, args.workers, 0)
+                options = {**rate_server.options(delayed=True), "config_kwargs": {"max_pool_connections": connections}}
+                url = remote_urls["s3rver" if args.s3rver else "moto"]
+                best[f"delayed {connections}"] = epoch_rate(featstore.open_store(url, storage_options=options), args.workers, 0, run_clips, block_clips)
+            best["local after"] = epoch_rate(local, args.workers, 0, run_clips, block_clips)
             rates[name] = best
 
-        print(f"\nloader, windows/s (best of {args.rounds} alternating rounds; delayed: one epoch each, against a local epoch right after them):")
-        print(f"| layout | local disk | S3 server | S3 / local | S3 + {args.delay_ms:g} ms, 10 connections (s3fs default) | 64 connections | delayed / local (10, 64) |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(f"\nloader, windows/s (best of {args.rounds} alternating rounds; delayed: one epoch each through {list(servers)[-1]}, "
+              "against a local epoch right after them):")
+        columns = [*servers, "delayed 10", "delayed 64"]
+        print(f"| loader | local disk | {' | '.join(f'{n} | {n} / local' for n in servers)} | +{args.delay_ms:g} ms, 10 connections "
+              "(s3fs default) | 64 connections | delayed / local (10, 64) |")
+        print("| --- | ---: |" + " ---: | ---: |" * len(servers) + " ---: | ---: | ---: |")
         for name, best in rates.items():
-            print(f"| {name} | {best['local']:,.0f} | {best['S3']:,.0f} | {best['S3'] / best['local']:.2f}x | {best['delayed 10']:,.0f} | "
-                  f"{best['delayed 64']:,.0f} | {best['delayed 10'] / best['local after']:.2f}x, {best['delayed 64'] / best['local after']:.2f}x |")
+            cells = [f"{best[n]:,.0f} | {best[n] / best['local']:.2f}x" for n in servers]
+            print(f"| {name} | {best['local']:,.0f} | {' | '.join(cells)} | {best[columns[-2]]:,.0f} | {best[columns[-1]]:,.0f} | "
+                  f"{best['delayed 10'] / best['local after']:.2f}x, {best['delayed 64'] / best['local after']:.2f}x |")
 
+        if args.s3rver:
+            print("cores s3rver itself kept busy during its epochs (of this machine's "
+                  f"{os.cpu_count()}, which the loader shares with it): "
+                  + ", ".join(f"{name} {best['s3rver cores']:.2f}" for name, best in rates.items()))
         print("\ncold fusion read (load_fusion_data of 2 models' fc1024), requests:")
         print("| layout | objects of the arrays | cold (arrays read, packed copy written) | warm (packed copy) |")
         print("| --- | ---: | --- | --- |")
