@@ -20,7 +20,8 @@ included (each its own process: ``featstore init``, ``ingest``, ``extract-audio 
 
 ``--mode workers``: ``extract_audio`` with ``--workers 1`` (one local dask worker process) against
 in-process, marginal per clip and the fixed cost of the local cluster (the difference of the two
-lines' intercepts), and the cluster's start and close timed alone.
+lines' intercepts), the cluster's start and close timed alone, and ``--workers 2`` against
+``--workers 1`` (wall time: what two cores buy).
 
     python benchmarks/bench_audio.py --mode workers --sizes 8,24 --rounds 3
 
@@ -212,7 +213,7 @@ def workers(args, work: str) -> None:
 
     sizes = tuple(int(s) for s in args.sizes.split(","))
     root, _ = make_dataset(work, sizes[1])
-    counts = (0, 1)
+    counts = (0, 1, 2)
     samples: dict = {}
     for r in range(args.rounds + 1):  # round 0: warm-up
         for n in sizes:
@@ -233,6 +234,8 @@ def workers(args, work: str) -> None:
         fixed = {w: t[(f"workers={w}", sizes[0])][i] - m[w] * sizes[0] for w in counts}
         print(f"{what}: marginal per clip in-process {1000 * m[0]:.1f} ms, --workers 1 {1000 * m[1]:.1f} ms: {m[1] / m[0]:.2f}x (target <= 1.05x); "
               f"fixed cost of the local cluster {fixed[1] - fixed[0]:.2f} s (start + close alone: {t[('cluster start + close', 0)][i]:.2f} s)")
+    m = {w: slope(t, (f"workers={w}",), sizes, 0) for w in counts}
+    print(f"wall: marginal per clip --workers 2 {1000 * m[2]:.1f} ms: {m[1] / m[2]:.2f}x the clips per second of --workers 1 (target >= 1.8x)")
 
 
 def cluster_start_close() -> None:
