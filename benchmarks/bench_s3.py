@@ -85,6 +85,8 @@ class FileS3:
                 break
             except OSError:
                 time.sleep(0.05)
+        else:
+            raise RuntimeError(f"s3rver ({self.binary}) did not answer on {self.endpoint} within 10 s")
         if self.proxy:
             self.proxy.start()
         return self
@@ -208,12 +210,12 @@ def main() -> None:
         if args.s3rver:
             os.makedirs(os.path.join(work, "s3rver"))
             servers["s3rver"] = stack.enter_context(FileS3(args.s3rver, os.path.join(work, "s3rver"), delay_s=args.delay_ms / 1e3))
-        rate_server = servers["s3rver" if args.s3rver else "moto"]
+        rate_name = list(servers)[-1]  # the server the delayed epochs go through: s3rver when given
         mel, prov, clips = source_mel(work)
         fss = {name: s3fs.S3FileSystem(**server.options(), skip_instance_cache=True) for name, server in servers.items()}
         fs = fss["moto"]
         print(f"{args.clips} clips of 10 s, MEL (2, 128, 720) float16; {os.cpu_count()} cores (shared machine); "
-              f"S3 servers on 127.0.0.1: {', '.join(servers)}; then +{args.delay_ms:g} ms a request through the proxy in front of {list(servers)[-1]}")
+              f"S3 servers on 127.0.0.1: {', '.join(servers)}; then +{args.delay_ms:g} ms a request through the proxy in front of {rate_name}")
         for name, server in servers.items():
             costs = server_costs(server)
             print(f"{name}'s own cost, ms per ranged 1 KiB GET (64 at once): "
@@ -245,27 +247,26 @@ def main() -> None:
             for r in range(args.rounds):
                 best["local"] = max(best["local"], epoch_rate(local, args.workers, r, run_clips, block_clips))
                 for server_name, store in remotes.items():
-                    cpu, started = servers[server_name].cpu_s() if server_name == "s3rver" else 0.0, time.perf_counter()
+                    cpu_before, started = servers["s3rver"].cpu_s() if args.s3rver else 0.0, time.perf_counter()
                     best[server_name] = max(best[server_name], epoch_rate(store, args.workers, r, run_clips, block_clips))
                     if server_name == "s3rver":
-                        server_cpu.append((servers[server_name].cpu_s() - cpu) / (time.perf_counter() - started))
+                        server_cpu.append((servers["s3rver"].cpu_s() - cpu_before) / (time.perf_counter() - started))
             best["s3rver cores"] = float(np.mean(server_cpu)) if server_cpu else float("nan")
             for connections in (10, 64):  # s3fs's default pool, and a block's requests all in flight
-                options = {**rate_server.options(delayed=True), "config_kwargs": {"max_pool_connections": connections}}
-                url = remote_urls["s3rver" if args.s3rver else "moto"]
-                best[f"delayed {connections}"] = epoch_rate(featstore.open_store(url, storage_options=options), args.workers, 0, run_clips, block_clips)
+                options = {**servers[rate_name].options(delayed=True), "config_kwargs": {"max_pool_connections": connections}}
+                delayed = featstore.open_store(remote_urls[rate_name], storage_options=options)
+                best[f"delayed {connections}"] = epoch_rate(delayed, args.workers, 0, run_clips, block_clips)
             best["local after"] = epoch_rate(local, args.workers, 0, run_clips, block_clips)
             rates[name] = best
 
-        print(f"\nloader, windows/s (best of {args.rounds} alternating rounds; delayed: one epoch each through {list(servers)[-1]}, "
+        print(f"\nloader, windows/s (best of {args.rounds} alternating rounds; delayed: one epoch each through {rate_name}, "
               "against a local epoch right after them):")
-        columns = [*servers, "delayed 10", "delayed 64"]
         print(f"| loader | local disk | {' | '.join(f'{n} | {n} / local' for n in servers)} | +{args.delay_ms:g} ms, 10 connections "
               "(s3fs default) | 64 connections | delayed / local (10, 64) |")
         print("| --- | ---: |" + " ---: | ---: |" * len(servers) + " ---: | ---: | ---: |")
         for name, best in rates.items():
             cells = [f"{best[n]:,.0f} | {best[n] / best['local']:.2f}x" for n in servers]
-            print(f"| {name} | {best['local']:,.0f} | {' | '.join(cells)} | {best[columns[-2]]:,.0f} | {best[columns[-1]]:,.0f} | "
+            print(f"| {name} | {best['local']:,.0f} | {' | '.join(cells)} | {best['delayed 10']:,.0f} | {best['delayed 64']:,.0f} | "
                   f"{best['delayed 10'] / best['local after']:.2f}x, {best['delayed 64'] / best['local after']:.2f}x |")
 
         if args.s3rver:

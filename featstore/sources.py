@@ -77,8 +77,8 @@ class StoreSource:
     pool does not survive a fork). ``bytes_decoded`` counts the decompressed bytes.
 
     On a remote store a block's clips are fetched first, all requests at once
-    (:meth:`ClipReader.fetch`), then decoded by those threads; :meth:`prefetch` starts the next
-    block's fetch while the current one is served.
+    (:meth:`ClipReader.fetch`), then decoded by those threads; :meth:`load` starts the next
+    block's fetch before decoding the current one.
     """
 
     def __init__(self, store: Store, units: Units, workers: int = 0):
@@ -109,11 +109,9 @@ class StoreSource:
             self._pool, self._pid = ThreadPoolExecutor(self.workers), os.getpid()
         return self._pool
 
-    def prefetch(self, rows: np.ndarray) -> None:
-        """On a remote store, start fetching the bytes of ``rows`` (the next block's) in the
+    def _prefetch(self, rows: np.ndarray) -> None:
+        """Start fetching the bytes of ``rows`` (the next block's) from the remote store in the
         background; :meth:`load` of the same rows then waits only for what is still in flight."""
-        if not self.fetches:
-            return
         if self._fetcher is None or self._fetcher[0] != os.getpid():
             self._fetcher = (os.getpid(), ThreadPoolExecutor(1))
         rows = list(dict.fromkeys(int(r) for r in rows))
@@ -123,7 +121,7 @@ class StoreSource:
         """Decompress the chunks of ``rows`` into the cache (one thread loads at a time).
 
         On a remote store the bytes of every clip are fetched at once (:meth:`ClipReader.fetch`:
-        one request per run of neighbouring clips of a shard), or were by :meth:`prefetch`; then
+        one request per run of neighbouring clips of a shard), or were in the background; then
         the fetch of ``next_rows`` (the next block's) starts, before these are decompressed, so
         the connection stays busy while this block is decoded and served."""
         rows = list(dict.fromkeys(int(r) for r in rows if int(r) not in self.cache))
@@ -137,7 +135,7 @@ class StoreSource:
             got.update(zip(rest, self.reader.fetch(rest) if rest else []))
             data = [got[row] for row in rows]
             if next_rows is not None:
-                self.prefetch(next_rows)
+                self._prefetch(next_rows)
         buffers = [self._spare_buffer() for _ in rows]
         pool = self.pool
         for row, values in zip(rows, pool.map(self._read, rows, buffers, data) if pool else map(self._read, rows, buffers, data)):
@@ -180,9 +178,6 @@ class MemorySource:
 
     def __init__(self, values: np.ndarray, units: Units):
         self.values = units.of_clips(values)
-
-    def prefetch(self, rows: np.ndarray) -> None:
-        pass
 
     def load(self, rows: np.ndarray, next_rows: np.ndarray | None = None) -> None:
         pass
