@@ -179,8 +179,12 @@ def whole_process(args, work: str) -> None:
     npy = os.path.join(work, "npy")
     os.makedirs(npy)
 
+    # Bytecode caches are written, as on a user's machine (a sandbox may set PYTHONDONTWRITEBYTECODE,
+    # which makes every process compile featstore's modules from source again).
+    env = {k: v for k, v in {**os.environ, **ONE_THREAD}.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
     def run(*cmd: str) -> None:
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, **ONE_THREAD})
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
 
     samples: dict = {}
     for r in range(args.rounds + 1):  # round 0 warms the file cache and the bytecode caches

@@ -1,9 +1,12 @@
 """What every subcommand shares: the group that turns featstore's errors into one-line messages,
-exit codes, opening the store, and click options generated from the stage configs."""
+exit codes, opening the store, click options generated from the stage configs, and the batch
+stages' shared options and report line."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import json
 import sys
 import warnings
 from collections.abc import Callable
@@ -14,7 +17,7 @@ import click
 import featstore
 from featstore import names
 from featstore.errors import ConfigError, FeatstoreError, FeatstoreWarning
-from featstore.pipelines.config import check_field, describe_range, flag_of
+from featstore.pipelines.config import RunOptions, check_field, describe_range, flag_of
 
 #: Some clips failed (they are recorded; the others are done). Re-running retries only those.
 EXIT_PARTIAL = 3
@@ -34,7 +37,25 @@ class FeatstoreGroup(click.Group):
     """The command group: a :class:`~featstore.errors.FeatstoreError` (bad input, a refused
     operation) or an ``OSError`` (disk full, permission denied) is printed as one line, exit status
     1; a usage error (an unknown option, a value click cannot parse) as one line, exit status 2.
-    Any other exception is a bug and keeps its traceback."""
+    Any other exception is a bug and keeps its traceback.
+
+    ``lazy_commands`` maps subcommand names to ``"module:attribute"`` of click commands, imported
+    the first time the group looks one up (click's lazy-loading pattern), so that a command pays
+    only for its own imports.
+    """
+
+    def __init__(self, *args: Any, lazy_commands: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands = dict(lazy_commands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_commands and cmd_name not in self.commands:
+            module, attribute = self.lazy_commands[cmd_name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra) -> Any:
         try:
@@ -186,3 +207,29 @@ def _annotation_type(f: dataclasses.Field) -> type:
     """``int`` / ``float`` / ``str`` from a field's annotation (a required option's value type)."""
     text = str(f.type)
     return int if text.startswith("int") else float if text.startswith("float") else str
+
+
+def stage_options(func):
+    """The options every batch stage shares: how it runs (:class:`~featstore.pipelines.config.RunOptions`)
+    and how the command prints (``--json``, ``--quiet``)."""
+    return config_options(RunOptions)(output_options(func))
+
+
+def output_options(func):
+    """``--json`` and ``--quiet`` of a batch stage."""
+    func = click.option("--quiet", is_flag=True, help="No progress bar.")(func)
+    return click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")(func)
+
+
+def run_and_report(run, as_json: bool, quiet: bool) -> None:
+    """Call ``run(progress)``, print its StageReport, exit 0 (all done) or 3 (some clips failed)."""
+    report = run(None if not quiet else False)
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        click.echo(
+            f"{report.stage}: {report.done} done, {report.skipped} already done, {report.failed} failed "
+            f"in {report.seconds:.1f} s -> {', '.join(report.arrays)}"
+        )
+    if not report.ok:
+        sys.exit(EXIT_PARTIAL)

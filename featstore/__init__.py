@@ -1,17 +1,29 @@
 """featstore: a feature store and embedding cache for audio-visual scene classification.
 
 The store library: open or create a store, read its clips table, segment grid and arrays. Importing
-featstore does not import TensorFlow (nor librosa or dask: those load where a stage needs them).
+featstore imports none of its dependencies: ``Store``, ``init_store``, ``open_store`` and ``System``
+load zarr and pandas on first use (PEP 562), so ``featstore --version`` and ``--help`` answer at
+Python's start-up cost, and TensorFlow, librosa and dask load only where a stage needs them.
 
 >>> import featstore
 >>> featstore.CLASSES[:3]
 ('airport', 'bus', 'metro')
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from featstore.constants import CLASSES, META_CLASSES
 from featstore.errors import ClipConflict, ConfigError, FeatstoreError, IngestError, LockHeld, MediaError, NotFoundError, ParamsMismatch, StoreError
-from featstore.store import Store, init_store, open_store
-from featstore.system import System
+
+if TYPE_CHECKING:
+    from featstore.store import Store, init_store, open_store
+    from featstore.system import System
+
+#: Public names whose modules import zarr and pandas: loaded on first access.
+_LAZY = {"Store": "featstore.store", "init_store": "featstore.store", "open_store": "featstore.store", "System": "featstore.system"}
 
 __version__ = "0.1.0"
 __all__ = [
@@ -31,3 +43,16 @@ __all__ = [
     "init_store",
     "open_store",
 ]
+
+
+def __getattr__(name: str):
+    """Load ``Store``, ``init_store``, ``open_store`` and ``System`` from their modules on first use."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'featstore' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -18,13 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import pandas as pd
+import lazy_loader
 
 from featstore import clips as clips_mod
 from featstore import names
 from featstore.errors import NotFoundError
 from featstore.lock import WriterLock
 from featstore.store import Store
+
+#: pandas loads on first use (about 0.25 s): `featstore init` and the stores' metadata do not need it.
+pd = lazy_loader.load("pandas")
 
 
 def replace_clips(store: Store, new: pd.DataFrame) -> clips_mod.MergedClips:

@@ -35,11 +35,14 @@ import math
 import os
 from dataclasses import dataclass, field
 
+import lazy_loader
 import numpy as np
-import pandas as pd
 
 from featstore import names
 from featstore.errors import ClipConflict, UnsafePath
+
+#: pandas loads on first use (about 0.25 s): `featstore init` and the stores' metadata do not need it.
+pd = lazy_loader.load("pandas")
 
 CLIP_COLUMNS: dict[str, str] = {
     "clip_id": "string",

@@ -30,13 +30,16 @@ import io
 import os
 from dataclasses import dataclass, field
 
-import pandas as pd
+import lazy_loader
 
 from featstore import names
 from featstore.clips import relative_source
 from featstore.errors import ConfigError, IngestError, UnsafePath
 from featstore.fingerprint import file_fingerprint
 from featstore.media import probe_duration_s
+
+#: pandas loads on first use (about 0.25 s): `featstore init` and the stores' metadata do not need it.
+pd = lazy_loader.load("pandas")
 
 
 @dataclass

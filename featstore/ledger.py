@@ -17,10 +17,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import pandas as pd
+import lazy_loader
 
 from featstore.errors import DamagedFile, StoreError
 from featstore.sidefiles import SideFiles
+
+#: pandas loads on first use (about 0.25 s): `featstore init` and the stores' metadata do not need it.
+pd = lazy_loader.load("pandas")
 
 
 def ledger_name(array_path: str) -> str:

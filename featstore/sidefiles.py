@@ -21,11 +21,14 @@ import tempfile
 from typing import Any
 
 import fsspec
-import pandas as pd
+import lazy_loader
 from fsspec.implementations.local import LocalFileSystem
 
 from featstore.coords import is_coordinate
 from featstore.errors import DamagedFile
+
+#: pandas loads on first use (about 0.25 s): `featstore init` and the stores' metadata do not need it.
+pd = lazy_loader.load("pandas")
 
 SIDE_DIR = "_featstore"
 #: Side files that get a checksum file beside them (``NAME.b2sum``, BLAKE2b of the bytes), checked by

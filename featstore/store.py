@@ -30,10 +30,9 @@ import math
 import os
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import zarr
 
 from featstore import arrays, names
@@ -46,6 +45,9 @@ from featstore.ledger import Failures, Ledger
 from featstore.provenance import Provenance
 from featstore.sidefiles import SideFiles
 from featstore.upgrade import FORMAT_VERSION, check_format_version, clips_checksum_recorded
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: The clips table's side file (under ``_featstore/``).
 CLIPS_NAME = "clips.parquet"

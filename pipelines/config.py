@@ -29,8 +29,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from featstore.errors import ConfigError, StoreError
 from featstore.names import closest
-from featstore.pipelines.runner import IN_PROCESS_CLIP_S
 
+#: Seconds of clips to do at most for a run with the default workers to stay in-process: starting
+#: a local cluster costs each worker process its imports (seconds), more than it saves on less work
+#: (extract-audio and extract-frames of 1 s evaluation clips: about 5 ms each per clip on one core).
+IN_PROCESS_CLIP_S = 600.0
 #: What ``--workers`` defaults to, for the batch stages (and predict's extraction).
 WORKERS_DEFAULT = f"default: one per core, in-process when the clips to do hold at most {IN_PROCESS_CLIP_S:.0f} s; 0 = in-process"
 

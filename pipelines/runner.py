@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from featstore.errors import ConfigError
+from featstore.pipelines.config import IN_PROCESS_CLIP_S
 from featstore.lock import WriterLock
 from featstore.shards import clips_per_shard, group_rows, unit_clips
 from featstore.pipelines.stage import ClipTask, Stage, StageReport
@@ -58,10 +59,6 @@ WORKER_ENV = {
 LOCAL_CLUSTER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 #: Tasks in flight per worker: enough to hide scheduling latency, small enough to bound memory.
 IN_FLIGHT_PER_WORKER = 3
-#: Seconds of clips to do at most for a run with the default workers to stay in-process: starting
-#: a local cluster costs each worker process its imports (seconds), more than it saves on less work
-#: (extract-audio and extract-frames of 1 s evaluation clips: about 5 ms each per clip on one core).
-IN_PROCESS_CLIP_S = 600.0
 #: Least seconds between ledger flushes (env FEATSTORE_FLUSH_S; longer when a flush is slow, see
 #: _execute): a crash loses at most that much work.
 FLUSH_EVERY_S = float(os.environ.get("FEATSTORE_FLUSH_S", "2.0"))

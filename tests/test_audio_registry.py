@@ -79,14 +79,14 @@ def test_one_features_option_changes_only_that_features_fingerprint(demo_store):
 
 
 def test_cli_features_and_per_feature_options_come_from_the_registry():
-    params = {p.name: p for p in main.commands["extract-audio"].params}
+    params = {p.name: p for p in main.get_command(None, "extract-audio").params}
     assert params["features"].help.endswith(f"Any of {','.join(FEATURES)}.")
     for name, cls in FEATURES.items():
         for f in dataclasses.fields(cls):
             option = params[f"{name}_{f.name}"]
             assert option.opts == [f"--{name}-{f.name.replace('_', '-')}"] and option.default is None
             assert isinstance(option.type, click.types.ParamType)
-    result = main.commands["extract-audio"].make_context("extract-audio", ["s.zarr", "--mel-hop-ms", "10", "--cqt-n-bins", "96"])
+    result = main.get_command(None, "extract-audio").make_context("extract-audio", ["s.zarr", "--mel-hop-ms", "10", "--cqt-n-bins", "96"])
     config = AudioConfig(**{k: v for k, v in result.params.items() if k in {f.name for f in dataclasses.fields(AudioConfig)}})
     assert config.feature_config("mel").hop_ms == 10.0 and config.feature_config("cqt").n_bins == 96
 

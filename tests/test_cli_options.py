@@ -44,14 +44,14 @@ OUTPUT_FLAGS = {"--json", "--quiet", "--verbose", "--per-segment"}
 
 
 def test_every_command_is_a_stage_command_or_not():
-    assert set(STAGE_COMMANDS) | OTHER_COMMANDS == set(main.commands)
+    assert set(STAGE_COMMANDS) | OTHER_COMMANDS == set(main.list_commands(None))
 
 
 @pytest.mark.parametrize("command", STAGE_COMMANDS)
 def test_a_stage_commands_options_are_its_configs_declared_options(command):
     """Flag, name the command receives, required or not, default, help: the field's; an option
     declared by hand in cli/ (not in a config) fails this."""
-    cmd = main.commands[command]
+    cmd = main.get_command(None, command)
     params = {p.name: p for p in cmd.params if isinstance(p, click.Option) and p.opts[0] not in OUTPUT_FLAGS}
     fields = {f.name: f for config in STAGE_COMMANDS[command] for f in dataclasses.fields(config) if f.metadata.get("cli", True) and "help" in f.metadata}
     assert sorted(params) == sorted(fields), f"{command}: options not from its configs: {sorted(set(params) - set(fields))}"

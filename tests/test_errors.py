@@ -17,12 +17,15 @@ BUILTIN_ERRORS = {name for name, value in vars(builtins).items() if isinstance(v
 
 
 def builtin_raises(source: str, filename: str = "<string>") -> list[tuple[int, str]]:
-    """(line, class name) of every ``raise X(...)`` / ``raise X`` whose X is a builtin exception."""
+    """(line, class name) of every ``raise X(...)`` / ``raise X`` whose X is a builtin exception,
+    except the ``AttributeError`` of a module's ``__getattr__`` (the protocol of PEP 562)."""
+    tree = ast.parse(source, filename)
+    module_getattr = {id(n) for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "__getattr__" for n in ast.walk(f)}
     found = []
-    for node in ast.walk(ast.parse(source, filename)):
+    for node in ast.walk(tree):
         if isinstance(node, ast.Raise) and node.exc is not None:
             target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
-            if isinstance(target, ast.Name) and target.id in BUILTIN_ERRORS:
+            if isinstance(target, ast.Name) and target.id in BUILTIN_ERRORS and not (target.id == "AttributeError" and id(node) in module_getattr):
                 found.append((node.lineno, target.id))
     return sorted(found)
 
@@ -30,6 +33,8 @@ def builtin_raises(source: str, filename: str = "<string>") -> list[tuple[int, s
 def test_the_scan_finds_builtin_raises():
     sample = "def f(x):\n    if x:\n        raise ValueError('bad')\n    raise KeyError\n\nraise NotImplementedError\n"
     assert builtin_raises(sample) == [(3, "ValueError"), (4, "KeyError")]
+    module_getattr = "def __getattr__(name):\n    raise AttributeError(name)\n\ndef g():\n    raise AttributeError('x')\n"
+    assert builtin_raises(module_getattr) == [(5, "AttributeError")]
 
 
 def test_no_raise_site_uses_a_builtin_exception():

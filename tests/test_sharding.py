@@ -11,7 +11,8 @@ import pytest
 from featstore.pipelines.extract_audio import extract_audio
 from featstore.pipelines.extract_frames import extract_frames
 from featstore.pipelines.ingest import ingest
-from featstore.pipelines.runner import IN_PROCESS_CLIP_S, local_workers, plan_tasks, split_task
+from featstore.pipelines.config import IN_PROCESS_CLIP_S
+from featstore.pipelines.runner import local_workers, plan_tasks, split_task
 from featstore.pipelines.verify import repair
 
 import featstore

@@ -31,7 +31,7 @@ from tests.conftest import run_cli
 
 
 def _command_params(name: str) -> dict[str, click.Parameter]:
-    return {p.name: p for p in main.commands[name].params}
+    return {p.name: p for p in main.get_command(None, name).params}
 
 
 def _training_configs():
@@ -55,7 +55,7 @@ def test_every_cli_default_equals_its_config_default(command, config_class):
         option = params[f.name]
         default = option.default
         if isinstance(f.default, tuple):
-            default = option.process_value(click.Context(main.commands[command]), default)
+            default = option.process_value(click.Context(main.get_command(None, command)), default)
         assert default == f.default, f"{command} --{f.name}: CLI default {option.default!r}, config {f.default!r}"
         if f.metadata["choices"] and not isinstance(f.default, tuple):
             assert list(option.type.choices) == list(f.metadata["choices"])
@@ -71,7 +71,7 @@ def test_fuse_trains_longer_on_bigger_batches_than_the_backbones():
 
     fuse, backbone = FuseConfig(method="f4"), TrainConfig("aud-mel", "audio/mel", 1.0)
     assert (fuse.epochs, fuse.batch_size) == (30, 256) and (backbone.epochs, backbone.batch_size) == (10, 32)
-    assert _command_params("fuse")["widths"].process_value(click.Context(main.commands["fuse"]), "512,64") == (512, 64)
+    assert _command_params("fuse")["widths"].process_value(click.Context(main.get_command(None, "fuse")), "512,64") == (512, 64)
     assert _command_params("train-backbone")["augment"].secondary_opts == ["--no-augment"]
     assert _command_params("train-backbone")["weights_file"].opts == ["--weights"]
 
@@ -92,7 +92,7 @@ def test_cli_choices_come_from_the_registries():
 
     assert METHODS is registries.METHODS and not hasattr(demo, "FUSE_METHODS")  # one registry, no copies
     assert set(STAGES) == {"extract-audio", "extract-frames", "embed"}
-    assert all(name in main.commands for name in STAGES)
+    assert all(name in main.list_commands(None) for name in STAGES)
 
 
 def test_configs_round_trip_through_provenance(demo_store):
