@@ -26,7 +26,13 @@ lines' intercepts), the cluster's start and close timed alone, and ``--workers 2
     python benchmarks/bench_audio.py --mode workers --sizes 8,24 --rounds 3
 
 Medians of ``--rounds``; the machine is shared, so the CPU seconds are printed beside wall seconds.
-lhotse's ``compute_and_store_features`` is not compared: lhotse is not installed here.
+
+With lhotse installed (``pip install -e .[bench]``), ``--mode per-clip`` also times lhotse's
+``CutSet.compute_and_store_features`` on the same clips for MEL (``LibrosaFbank`` at the same
+32 kHz, 2560-point FFT, 448-sample hop and 128 bins from 0 Hz to 16 kHz, ``LilcomChunkyWriter``,
+``num_jobs=1``; lhotse resamples the 48 kHz files itself). ``LibrosaFbank`` takes one channel, so
+each stereo clip is two mono cuts; lhotse frames the whole 10 s clip (714 frames per channel),
+featstore each 1 s segment (720).
 """
 
 from __future__ import annotations
@@ -73,6 +79,27 @@ def plain_loop(paths: list[str], out_dir: str, feature: str) -> None:
         y = soxr.resample(samples, sr, SR, quality="HQ").T
         segments = [transform(np.ascontiguousarray(y[:, lo : lo + SR])) for lo in range(0, y.shape[1] - SR + 1, SR)]
         np.save(os.path.join(out_dir, os.path.basename(path) + ".npy"), np.concatenate(segments, axis=-1).astype(np.float32))
+
+
+def lhotse_mel(paths: list[str], out_dir: str):
+    """lhotse's MEL of ``paths`` (module docstring), or None when lhotse is not installed: a
+    function that computes and stores them in ``out_dir`` (the cuts are made before, not timed)."""
+    try:
+        from lhotse import CutSet, Recording, RecordingSet
+        from lhotse.features import LibrosaFbank, LibrosaFbankConfig
+        from lhotse.features.io import LilcomChunkyWriter
+    except ImportError:
+        return None
+    recordings = RecordingSet.from_recordings(Recording.from_file(p) for p in paths)
+    mono = CutSet.from_cuts(m for cut in CutSet.from_manifests(recordings=recordings) for m in cut.to_mono(mono_downmix=False))
+    cuts = mono.resample(SR)
+    extractor = LibrosaFbank(LibrosaFbankConfig(sampling_rate=SR, fft_size=N_FFT, hop_size=HOP, num_mel_bins=N_BINS, fmin=0, fmax=SR // 2))
+
+    def run() -> None:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        cuts.compute_and_store_features(extractor, out_dir, num_jobs=1, storage_type=LilcomChunkyWriter, progress_bar=False)
+
+    return run
 
 
 def make_dataset(work: str, n_clips: int) -> tuple[str, list[str]]:
@@ -126,25 +153,33 @@ def per_clip(args, work: str) -> None:
     npy = os.path.join(work, "npy")
     os.makedirs(npy)
     samples: dict = {}
+    lhotse_runs = {n: lhotse_mel(wavs[:n], os.path.join(work, "lhotse")) for n in sizes}
     for feature in args.features.split(","):
         plain_loop(wavs, npy, feature)  # warm-up: imports, filter banks, the file cache
         warm = fresh_store(work, root)
         extract_audio(warm, features=(feature,), clips=warm.clips.clip_id[:1].tolist(), workers=0, progress=False)
+        with_lhotse = feature == "mel" and lhotse_runs[sizes[0]] is not None
+        if with_lhotse:
+            lhotse_runs[sizes[0]]()  # warm-up
         for _ in range(args.rounds):
             for n in sizes:
                 store = fresh_store(work, root)
                 ids = store.clips.clip_id[:n].tolist()
                 samples.setdefault((feature, "featstore", n), []).append(timed(lambda: extract_audio(store, features=(feature,), clips=ids, workers=0, progress=False)))
                 samples.setdefault((feature, "plain", n), []).append(timed(lambda: plain_loop(wavs[:n], npy, feature)))
+                if with_lhotse:
+                    samples.setdefault((feature, "lhotse", n), []).append(timed(lhotse_runs[n]))
     t = medians(samples)
     print(f"marginal ms per clip, one thread, slope between {sizes[0]} and {sizes[1]} clips, medians of {args.rounds} rounds")
-    print(f"{'feature':<8} {'featstore wall':>15} {'plain wall':>11} {'ratio':>6}   {'featstore CPU':>14} {'plain CPU':>10} {'ratio':>6}")
-    for feature in args.features.split(","):
-        m = {(run, i): 1000 * slope(t, (feature, run), sizes, i) for run in ("featstore", "plain") for i in (0, 1)}
-        print(f"{feature:<8} {m['featstore', 0]:>15.1f} {m['plain', 0]:>11.1f} {m['featstore', 0] / m['plain', 0]:>5.2f}x   "
-              f"{m['featstore', 1]:>14.1f} {m['plain', 1]:>10.1f} {m['featstore', 1] / m['plain', 1]:>5.2f}x")
+    print(f"{'feature':<8} {'against':<10} {'featstore wall':>15} {'its wall':>9} {'ratio':>6}   {'featstore CPU':>14} {'its CPU':>8} {'ratio':>6}")
+    rows = [(feature, "plain") for feature in args.features.split(",")] + ([("mel", "lhotse")] if ("mel", "lhotse", sizes[0]) in t else [])
+    for feature, baseline in rows:
+        m = {(run, i): 1000 * slope(t, (feature, run), sizes, i) for run in ("featstore", baseline) for i in (0, 1)}
+        print(f"{feature:<8} {baseline + ' loop' if baseline == 'plain' else baseline:<10} {m['featstore', 0]:>15.1f} {m[baseline, 0]:>9.1f} {m['featstore', 0] / m[baseline, 0]:>5.2f}x   "
+              f"{m['featstore', 1]:>14.1f} {m[baseline, 1]:>8.1f} {m['featstore', 1] / m[baseline, 1]:>5.2f}x")
+    if ("mel", "lhotse", sizes[0]) not in t:
+        print("lhotse: not installed (pip install -e .[bench]), not compared")
     transforms(args.features.split(","), max(args.rounds, 5))
-    print("lhotse: not installed here, not compared")
 
 
 def transforms(features: list[str], rounds: int) -> None:
