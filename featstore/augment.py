@@ -39,25 +39,58 @@ def with_deltas(static: np.ndarray, frames_per_segment: int, width: int = 9, *, 
     return out.reshape(*lead, 3 * c, b, f)
 
 
+def as_float32(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32, C-contiguous for a batch of float16 spectrogram windows (the same object if
+    it is float32 already).
+
+    A 4-D float16 batch (the store's spectrograms, however gathered) is widened through a table of
+    all 65,536 half-precision values, in a compiled loop outside the GIL that reads the batch in
+    its memory order: bitwise numpy's conversion (the table is numpy's own), 4x faster than
+    ``astype`` here (numpy converts half floats one at a time on this project's CPU: 2.0 against
+    0.45 ms for a batch of 64 windows of 128 x 72 x 2), and loader threads widen in parallel.
+    """
+    if x.dtype != np.float16 or x.ndim != 4:
+        return x.astype(np.float32, copy=False)
+    out = np.empty(x.shape, np.float32)
+    order = _memory_order(x)
+    _widen_kernel()(x.view(np.uint16).transpose(order), _half_table(), out.transpose(order))
+    return out
+
+
 def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Mix each example with a random partner: x' = l x + (1 - l) x[p], same for the soft labels.
 
     ``l`` ~ Beta(alpha, alpha) per example, ``p`` a permutation of the batch. ``x`` of any real
-    dtype (uint8 frames, float16 spectrograms) is mixed into float32 in one pass per example (a
-    compiled kernel, outside the GIL, so loader threads mix in parallel; float16 is widened first:
-    numba has no float16). ``alpha <= 0`` returns ``x`` as float32 (the same object if it already
-    is) and ``y``.
+    dtype (uint8 frames, float16 spectrograms) is mixed into C-contiguous float32 in one pass (a
+    compiled kernel, outside the GIL, so loader threads mix in parallel; a 4-D float16 batch is
+    widened in the same pass, as :func:`as_float32` does). ``alpha <= 0`` returns
+    ``as_float32(x)`` and ``y``.
     """
     if alpha <= 0:
-        return x.astype(np.float32, copy=False), y
+        return as_float32(x), y
     lam = rng.beta(alpha, alpha, size=len(x)).astype(np.float32)
     perm = rng.permutation(len(x))
-    flat = np.ascontiguousarray(x.reshape(len(x), -1))
-    if flat.dtype == np.float16:
-        flat = flat.astype(np.float32)
     mixed = np.empty(x.shape, np.float32)
-    _mix_kernel()(flat, lam, perm, mixed.reshape(len(x), -1))
+    if x.dtype == np.float16 and x.ndim == 4:
+        order = _memory_order(x)
+        _mix_half_kernel()(x.view(np.uint16).transpose(order), _half_table(), lam, perm, mixed.transpose(order))
+    else:
+        flat = np.ascontiguousarray(x.reshape(len(x), -1))
+        _mix_kernel()(flat.astype(np.float32) if flat.dtype == np.float16 else flat, lam, perm, mixed.reshape(len(x), -1))
     return mixed, lam[:, None] * y + (1 - lam[:, None]) * y[perm]
+
+
+def _memory_order(x: np.ndarray) -> tuple[int, ...]:
+    """The batch axis, then ``x``'s other axes from the largest stride to the smallest: the
+    kernels' loops in this order read consecutive memory innermost (a batch gathered from the
+    store keeps its clips' layout, channels outermost within each window)."""
+    return (0, *sorted(range(1, x.ndim), key=lambda axis: -abs(x.strides[axis])))
+
+
+@lru_cache(maxsize=1)
+def _half_table() -> np.ndarray:
+    """float32 value of every float16 bit pattern (65,536 entries, 256 KiB), numpy's conversion."""
+    return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 @lru_cache(maxsize=1)
@@ -76,6 +109,43 @@ def _mix_kernel():
                 o[j] = w * np.float32(a[j]) + v * np.float32(b[j])
 
     return mix
+
+
+@lru_cache(maxsize=1)
+def _mix_half_kernel():
+    """The mixup loop on a 4-D float16 batch given as its bits, widened through the table."""
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def mix(bits, table, lam, perm, out):  # pragma: no cover - compiled
+        n0, n1, n2, n3 = bits.shape
+        for i in range(n0):
+            w = lam[i]
+            v = np.float32(1.0) - w
+            p = perm[i]
+            for j in range(n1):
+                for k in range(n2):
+                    for m in range(n3):
+                        out[i, j, k, m] = w * table[bits[i, j, k, m]] + v * table[bits[p, j, k, m]]
+
+    return mix
+
+
+@lru_cache(maxsize=1)
+def _widen_kernel():
+    """A 4-D float16 batch, given as its bits, to float32 through the table, one compiled pass."""
+    import numba
+
+    @numba.njit(nogil=True, cache=True)
+    def widen(bits, table, out):  # pragma: no cover - compiled
+        n0, n1, n2, n3 = bits.shape
+        for i in range(n0):
+            for j in range(n1):
+                for k in range(n2):
+                    for m in range(n3):
+                        out[i, j, k, m] = table[bits[i, j, k, m]]
+
+    return widen
 
 
 #: Random resized crop: area share and aspect ratio ranges (torchvision's defaults).

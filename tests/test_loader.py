@@ -206,6 +206,27 @@ def test_mixup_equals_the_formula(dtype):
     assert not np.allclose(mixed, x), "it mixed"
 
 
+def test_half_floats_widen_bitwise_as_numpy_does():
+    """Every float16 bit pattern (zeros, subnormals, infinities, NaNs) widens to numpy's float32
+    bits, from a strided batch as the store source gathers it; mixing float16 examples gives
+    bitwise what mixing their float32 widening gives."""
+    from featstore.augment import as_float32, mixup
+
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(16, 32, 8, 16)
+    widened = as_float32(every)
+    np.testing.assert_array_equal(widened.view(np.uint32), every.astype(np.float32).view(np.uint32))
+    strided = np.moveaxis(np.random.default_rng(1).standard_normal((8, 2, 16, 9)).astype(np.float16), 1, -1)
+    assert not strided.flags.c_contiguous
+    assert as_float32(strided).flags.c_contiguous and widened.flags.c_contiguous
+    np.testing.assert_array_equal(as_float32(strided), strided.astype(np.float32))
+    y = np.eye(3, dtype=np.float32)[[0, 1, 2, 0, 1, 2, 0, 1]]
+    half, _ = mixup(strided, y, 0.4, np.random.default_rng(5))
+    full, _ = mixup(strided.astype(np.float32), y, 0.4, np.random.default_rng(5))
+    np.testing.assert_array_equal(half, full)
+    plain = np.ones((2, 3), np.float32)
+    assert as_float32(plain) is plain
+
+
 def test_a_store_made_before_reads_the_same_batches(store, tmp_path, demo_root, monkeypatch):
     """Stores made before this read path compressed float arrays with zstd (now Blosc lz4): the
     loader serves them the same batches, through the same direct chunk reads."""
