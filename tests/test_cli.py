@@ -42,7 +42,7 @@ print(" ".join(m for m in ("zarr", "pandas.core.frame", "pyarrow", "scipy", "lib
 def test_a_command_loads_only_what_it_needs(tmp_path):
     """Each subcommand's module is imported when it runs: ``--version`` loads none of the
     dependencies, ``init`` only zarr (pandas loads on first use), an in-process stage neither dask
-nor a deep-learning framework."""
+    nor a deep-learning framework."""
     def loaded(*args: str) -> set[str]:
         proc = subprocess.run([sys.executable, "-c", _LOADED, *args], capture_output=True, text=True, check=True)
         return set(proc.stdout.splitlines()[-1].split())
