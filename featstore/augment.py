@@ -52,8 +52,7 @@ def as_float32(x: np.ndarray) -> np.ndarray:
     if x.dtype != np.float16 or x.ndim != 4:
         return x.astype(np.float32, copy=False)
     out = np.empty(x.shape, np.float32)
-    order = _memory_order(x)
-    _widen_kernel()(x.view(np.uint16).transpose(order), _half_table(), out.transpose(order))
+    _widen_kernel()(*_in_memory_order(x.view(np.uint16), out), _half_table())
     return out
 
 
@@ -72,19 +71,24 @@ def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) 
     perm = rng.permutation(len(x))
     mixed = np.empty(x.shape, np.float32)
     if x.dtype == np.float16 and x.ndim == 4:
-        order = _memory_order(x)
-        _mix_half_kernel()(x.view(np.uint16).transpose(order), _half_table(), lam, perm, mixed.transpose(order))
+        bits, out = _in_memory_order(x.view(np.uint16), mixed)
+        _mix_half_kernel()(bits, _half_table(), lam, perm, out)
     else:
         flat = np.ascontiguousarray(x.reshape(len(x), -1))
         _mix_kernel()(flat.astype(np.float32) if flat.dtype == np.float16 else flat, lam, perm, mixed.reshape(len(x), -1))
     return mixed, lam[:, None] * y + (1 - lam[:, None]) * y[perm]
 
 
-def _memory_order(x: np.ndarray) -> tuple[int, ...]:
-    """The batch axis, then ``x``'s other axes from the largest stride to the smallest: the
-    kernels' loops in this order read consecutive memory innermost (a batch gathered from the
-    store keeps its clips' layout, channels outermost within each window)."""
-    return (0, *sorted(range(1, x.ndim), key=lambda axis: -abs(x.strides[axis])))
+def _in_memory_order(bits: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``bits`` and ``out`` (same shape, ``out`` C-contiguous) with the batch axis first, then the
+    other axes from ``bits``' largest stride to its smallest: the kernels' loops in this order read
+    consecutive memory innermost (a batch gathered from the store keeps its clips' layout, channels
+    outermost within each window). A C-contiguous ``bits`` comes as (batch, 1, 1, rest): one inner
+    loop per example rather than one per pair of channels."""
+    if bits.flags.c_contiguous and bits.size:
+        return bits.reshape(len(bits), 1, 1, -1), out.reshape(len(out), 1, 1, -1)
+    order = (0, *sorted(range(1, bits.ndim), key=lambda axis: -abs(bits.strides[axis])))
+    return bits.transpose(order), out.transpose(order)
 
 
 @lru_cache(maxsize=1)
@@ -137,7 +141,7 @@ def _widen_kernel():
     import numba
 
     @numba.njit(nogil=True, cache=True)
-    def widen(bits, table, out):  # pragma: no cover - compiled
+    def widen(bits, out, table):  # pragma: no cover - compiled
         n0, n1, n2, n3 = bits.shape
         for i in range(n0):
             for j in range(n1):

@@ -71,8 +71,11 @@ class StoreSource:
     """Units read from the store, one whole clip chunk at a time, held while a block needs them.
 
     Clips are read by a :class:`~featstore.chunks.ClipReader` (array opened once; featstore's layout
-    decoded without zarr's per-read overhead) into clip buffers that are reused once released, so
-    steady-state reading touches no fresh memory. ``workers`` threads decompress clips in parallel
+    decoded without zarr's per-read overhead) into one buffer per :meth:`load` (a block's clips),
+    a *slab* reused once all its clips are released: steady-state reading touches no fresh memory,
+    and a batch's units are gathered from their slab by one numpy indexing call, which copies
+    outside the GIL (a Python loop over the batch's units held it; with two loader threads on
+    two cores that loop was the threads' queue). ``workers`` threads decompress clips in parallel
     (numcodecs releases the GIL); they start on the first read, in the process that reads (a thread
     pool does not survive a fork). ``bytes_decoded`` counts the decompressed bytes.
 
@@ -85,9 +88,11 @@ class StoreSource:
         self.reader, self.units = ClipReader(store.array(units.path)), units
         self.clip_ids = store.clips["clip_id"].to_numpy()
         self.workers, self._pool, self._pid = workers, None, None
-        self.cache: dict[int, np.ndarray] = {}  # row -> its clip's buffer
-        self.units_of: dict[int, np.ndarray] = {}  # row -> (unit, ...) view of that buffer
-        self.free: list[np.ndarray] = []  # released clip buffers, reused by the next reads
+        self.cache: dict[int, np.ndarray] = {}  # row -> its clip's values, a row of a slab
+        self.units_of: dict[int, np.ndarray] = {}  # row -> (unit, ...) view of those values
+        self.slot_of: dict[int, tuple[int, int]] = {}  # row -> (slab id, its index in the slab)
+        self.slabs: dict[int, list] = {}  # slab id -> [slab, rows of it still held, (clip, unit, ...) view]
+        self.free: list[np.ndarray] = []  # slabs whose rows were all released, reused by the next loads
         self.bytes_decoded = 0
         #: whether clips' bytes are fetched first (a remote store, featstore's layout), then decoded
         self.fetches = self.reader.direct and not self.reader.local
@@ -136,19 +141,24 @@ class StoreSource:
             data = [got[row] for row in rows]
             if next_rows is not None:
                 self._prefetch(next_rows)
-        buffers = [self._spare_buffer() for _ in rows]
+        if not rows:
+            return
+        slab = self._spare_slab(len(rows))
+        self.slabs[id(slab)] = [slab, len(rows), self.units.of_clips(slab)]
         pool = self.pool
-        for row, values in zip(rows, pool.map(self._read, rows, buffers, data) if pool else map(self._read, rows, buffers, data)):
+        for k, (row, values) in enumerate(zip(rows, pool.map(self._read, rows, slab, data) if pool else map(self._read, rows, slab, data))):
             self.bytes_decoded += values.nbytes
             self.units_of[row] = self.units.of_clips(values[None])[0]
-            self.cache[row] = values
+            self.cache[row], self.slot_of[row] = values, (id(slab), k)
 
-    def _spare_buffer(self) -> np.ndarray:
-        """A released clip's buffer, or a new one (views share the spare list: one pop, no check first)."""
-        try:
-            return self.free.pop()
-        except IndexError:
-            return np.empty(self.reader.shape, self.reader.dtype)
+    def _spare_slab(self, n: int) -> np.ndarray:
+        """(n, per-clip shape) rows of a released slab (the largest; views share the spare list), or a new slab."""
+        free = self.free
+        while free:
+            slab = free.pop(max(range(len(free)), key=lambda i: len(free[i])))
+            if len(slab) >= n:
+                return slab[:n]
+        return np.empty((n, *self.reader.shape), self.reader.dtype)
 
     def view(self) -> StoreSource:
         """A source with its own held clips over the same reader, threads and spare buffers: for
@@ -156,20 +166,30 @@ class StoreSource:
         iterator before the last one is dropped), so one releasing its clips takes none from another."""
         other = copy.copy(self)
         other._pool, other._pid = self.pool, self._pid  # one set of decompression threads for all views
-        other.cache, other.units_of, other.bytes_decoded = {}, {}, 0
+        other.cache, other.units_of, other.slot_of, other.slabs, other.bytes_decoded = {}, {}, {}, {}, 0
         other._prefetched = None  # a fetch started for another view's next block stays its own
         return other
 
     def release(self, rows: np.ndarray) -> None:
-        """Drop ``rows`` (their units were all taken, as copies) and keep their buffers for reuse."""
+        """Drop ``rows`` (their units were all taken, as copies); a slab none of whose rows is held is kept for reuse."""
         for row in rows:
             self.units_of.pop(int(row), None)
-            buffer = self.cache.pop(int(row), None)
-            if buffer is not None:
-                self.free.append(buffer)
+            if self.cache.pop(int(row), None) is None:
+                continue
+            slab_id, _ = self.slot_of.pop(int(row))
+            held = self.slabs[slab_id]
+            held[1] -= 1
+            if held[1] == 0:
+                slab = self.slabs.pop(slab_id)[0]
+                self.free.append(slab if slab.base is None else slab.base)  # the whole buffer, when this load used part of it
 
     def take(self, pairs: np.ndarray) -> np.ndarray:
         """(n, 2) (row, unit) of loaded rows -> (n, ...) units in the stored dtype (a copy)."""
+        located = [self.slot_of[row] for row in pairs[:, 0].tolist()]
+        slabs = {slab for slab, _ in located}
+        if len(slabs) == 1:  # a block's rows: one gather in numpy, outside the GIL
+            return self.slabs[slabs.pop()][2][np.array([k for _, k in located]), pairs[:, 1]]
+        # rows of several loads (a clip repeated in two blocks held at once)
         return np.stack([self.units_of[row][unit] for row, unit in pairs.tolist()])
 
 

@@ -113,6 +113,30 @@ def test_a_block_holds_at_most_its_clips_and_the_carried_leftovers(store):
 
 
 @pytest.mark.parametrize("path", ["audio/mel", "frames/rgb"])
+def test_units_of_rows_held_by_two_loads_are_served_and_slabs_are_reused(store, path):
+    """A block's clips are decoded into one buffer (a slab) and gathered from it; a batch whose
+    rows two loads hold (a clip in two blocks held at once) still gets its units, and a slab is
+    reused once none of its clips is held."""
+    from featstore.sources import StoreSource, Units
+
+    units = Units(store, path, deltas=False)
+    source, memory = StoreSource(store, units), MemorySource(store.array(path)[:], units)
+    source.load(np.array([0, 1, 2]))
+    source.load(np.array([2, 3]))  # row 2 is held already: only row 3 is read, into a slab of its own
+    assert source.bytes_decoded == 4 * store.array(path)[0].nbytes
+    for pairs in (np.array([[1, 0], [0, 1], [2, 2]]), np.array([[3, 1], [2, 0], [0, 2]])):  # one slab, then two
+        np.testing.assert_array_equal(source.take(pairs), memory.take(pairs))
+    first = source.cache[0]
+    source.release(np.array([0, 1]))  # row 2 keeps the first slab
+    assert source.free == []
+    source.release(np.array([2, 3]))
+    assert source.cache == {} and len(source.free) == 2
+    source.load(np.array([4, 5]))
+    assert np.shares_memory(source.cache[4], first) or np.shares_memory(source.cache[5], first), "the bigger free slab was reused"
+    np.testing.assert_array_equal(source.take(np.array([[5, 1], [4, 0]])), memory.take(np.array([[5, 1], [4, 0]])))
+
+
+@pytest.mark.parametrize("path", ["audio/mel", "frames/rgb"])
 def test_store_batches_equal_in_memory_batches_with_mixup_and_augmentation(store, path):
     """The benchmark's baseline serves the same batches; arrays written before the loader read unchanged."""
     options = dict(batch_size=5, block_clips=4, seed=3, mixup_alpha=0.4, augment=True)
@@ -223,6 +247,8 @@ def test_half_floats_widen_bitwise_as_numpy_does():
     half, _ = mixup(strided, y, 0.4, np.random.default_rng(5))
     full, _ = mixup(strided.astype(np.float32), y, 0.4, np.random.default_rng(5))
     np.testing.assert_array_equal(half, full)
+    contiguous, _ = mixup(np.ascontiguousarray(strided), y, 0.4, np.random.default_rng(5))  # its own loop order
+    np.testing.assert_array_equal(contiguous, full)
     plain = np.ones((2, 3), np.float32)
     assert as_float32(plain) is plain
 
