@@ -144,9 +144,14 @@ class StoreSource:
         if not rows:
             return
         slab = self._spare_slab(len(rows))
-        self.slabs[id(slab)] = [slab, len(rows), self.units.of_clips(slab)]
         pool = self.pool
-        for k, (row, values) in enumerate(zip(rows, pool.map(self._read, rows, slab, data) if pool else map(self._read, rows, slab, data))):
+        if pool:  # one task per thread, every workers-th clip: a task per clip cost two thread hand-offs per clip
+            list(pool.map(lambda first: [self._read(rows[k], slab[k], data[k]) for k in range(first, len(rows), self.workers)], range(self.workers)))
+        else:
+            for k, row in enumerate(rows):
+                self._read(row, slab[k], data[k])
+        self.slabs[id(slab)] = [slab, len(rows), self.units.of_clips(slab)]
+        for k, (row, values) in enumerate(zip(rows, slab)):
             self.bytes_decoded += values.nbytes
             self.units_of[row] = self.units.of_clips(values[None])[0]
             self.cache[row], self.slot_of[row] = values, (id(slab), k)
