@@ -154,6 +154,37 @@ def stft_power(windows: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     return power
 
 
+#: Filters per band of a banded filterbank product (:func:`_filter_bands`): for MEL's 128 filters
+#: over four 1 s windows, 0.24 ms against 1.15 ms for the dense product here (8: 0.26, 32: 0.34).
+FILTERS_PER_BAND = 16
+
+
+def _filter_bands(weights: np.ndarray) -> list[tuple[slice, slice, np.ndarray]] | None:
+    """The product with (bin, freq) ``weights`` cut into bands of :data:`FILTERS_PER_BAND` filters,
+    each over only the frequencies where its filters are nonzero: [(bins, freqs, (freq, bin)
+    weights)]. A mel filter spans a few FFT bins (1.5% of MEL's weights are nonzero), so the bands
+    do 13% of the dense product's work; the terms left out are exact zeros, so the values differ
+    from the dense product's by float32 rounding only (the summation order). None when banding
+    saves less than half (gammatone filters have long tails: the dense product then).
+    """
+    bands = []
+    for lo in range(0, len(weights), FILTERS_PER_BAND):
+        bins = slice(lo, min(lo + FILTERS_PER_BAND, len(weights)))
+        support = np.flatnonzero(weights[bins].any(axis=0))
+        freqs = slice(int(support[0]), int(support[-1]) + 1) if len(support) else slice(0, 0)
+        bands.append((bins, freqs, np.ascontiguousarray(weights[bins, freqs].T)))
+    return bands if sum(w.size for *_, w in bands) < weights.size / 2 else None
+
+
+def _apply_filterbank(power: np.ndarray, weights: np.ndarray, bands: list | None, out: np.ndarray) -> None:
+    """``out`` (..., frame, bin) = ``power`` (..., frame, freq) @ ``weights`` (freq, bin), by bands when given."""
+    if bands is None:
+        np.matmul(power, weights, out=out)
+        return
+    for bins, freqs, band in bands:
+        np.matmul(power[..., freqs], band, out=out[..., bins])
+
+
 def _filterbanks(windows: np.ndarray, n_fft: int, hop_length: int, mel: np.ndarray | None, gam: np.ndarray | None) -> dict[str, np.ndarray]:
     """Mel power and gammatone magnitude of segment windows (channel, segment, sample), segment-batched.
 
@@ -165,13 +196,14 @@ def _filterbanks(windows: np.ndarray, n_fft: int, hop_length: int, mel: np.ndarr
     flat = windows.reshape(c * s, n)
     n_frames = 1 + n // hop_length
     weights = {k: w.T for k, w in (("mel", mel), ("gam", gam)) if w is not None}
+    bands = {k: _filter_bands(w.T) for k, w in weights.items()}
     out = {k: np.empty((c * s, n_frames, w.shape[1]), dtype=np.float32) for k, w in weights.items()}
     for lo in range(0, c * s, SEGMENTS_PER_BLOCK):
         power = stft_power(flat[lo : lo + SEGMENTS_PER_BLOCK], n_fft, hop_length)
         if "mel" in weights:
-            np.matmul(power, weights["mel"], out=out["mel"][lo : lo + len(power)])
+            _apply_filterbank(power, weights["mel"], bands["mel"], out["mel"][lo : lo + len(power)])
         if "gam" in weights:
-            np.matmul(np.sqrt(power, out=power), weights["gam"], out=out["gam"][lo : lo + len(power)])
+            _apply_filterbank(np.sqrt(power, out=power), weights["gam"], bands["gam"], out["gam"][lo : lo + len(power)])
     return {k: v.reshape(c, s, n_frames, -1).transpose(0, 1, 3, 2) for k, v in out.items()}
 
 

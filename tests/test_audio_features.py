@@ -210,6 +210,22 @@ def test_stft_power_equals_librosa_squared_magnitude():
     np.testing.assert_allclose(got, ref.transpose(0, 2, 1), rtol=1e-3, atol=1e-6 * ref.max())
 
 
+@pytest.mark.parametrize("sr,n_fft,n_mels,fmin_hz", [(32000, 2560, 128, 0.0), (16000, 512, 40, 20.0), (44100, 2048, 250, 0.0)])
+def test_a_banded_mel_product_is_the_dense_product_to_float32_rounding(sr, n_fft, n_mels, fmin_hz):
+    """The mel filterbank applied band by band, each band over its filters' nonzero frequencies
+    only, covers every nonzero weight and gives the dense product's values to float32 rounding."""
+    from featstore.audio import _apply_filterbank, _filter_bands
+    from featstore.mel_fb import mel_weights
+
+    weights = mel_weights(sr, n_fft, n_mels, fmin_hz, sr / 2)
+    bands = _filter_bands(weights)
+    assert bands is not None and sum(np.count_nonzero(w) for *_, w in bands) == np.count_nonzero(weights)
+    power = np.random.default_rng(2).exponential(size=(3, 50, n_fft // 2 + 1)).astype(np.float32)
+    dense, banded = power @ weights.T, np.full((3, 50, n_mels), np.nan, np.float32)
+    _apply_filterbank(power, weights.T, bands, banded)
+    np.testing.assert_allclose(banded, dense, rtol=2e-6, atol=1e-7 * float(dense.max()))
+
+
 @pytest.mark.parametrize("sr,n_fft,n_mels,fmin_hz", [(32000, 2560, 128, 0.0), (32000, 2560, 64, 50.0), (16000, 512, 40, 20.0), (44100, 2048, 256, 0.0)])
 def test_mel_weights_are_librosas_bit_for_bit(sr, n_fft, n_mels, fmin_hz):
     from featstore.mel_fb import mel_weights
