@@ -159,6 +159,11 @@ def stft_power(windows: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
 FILTERS_PER_BAND = 16
 
 
+#: id(weights) -> (weights, their bands): the filterbanks are cached arrays (one per parameter
+#: set), so their bands are cut once per process, not once per clip.
+_BANDS_OF: dict[int, tuple[np.ndarray, list | None]] = {}
+
+
 def _filter_bands(weights: np.ndarray) -> list[tuple[slice, slice, np.ndarray]] | None:
     """The product with (bin, freq) ``weights`` cut into bands of :data:`FILTERS_PER_BAND` filters,
     each over only the frequencies where its filters are nonzero: [(bins, freqs, (freq, bin)
@@ -167,13 +172,20 @@ def _filter_bands(weights: np.ndarray) -> list[tuple[slice, slice, np.ndarray]] 
     from the dense product's by float32 rounding only (the summation order). None when banding
     saves less than half (gammatone filters have long tails: the dense product then).
     """
+    cached = _BANDS_OF.get(id(weights))
+    if cached is not None and cached[0] is weights:
+        return cached[1]
     bands = []
     for lo in range(0, len(weights), FILTERS_PER_BAND):
         bins = slice(lo, min(lo + FILTERS_PER_BAND, len(weights)))
         support = np.flatnonzero(weights[bins].any(axis=0))
         freqs = slice(int(support[0]), int(support[-1]) + 1) if len(support) else slice(0, 0)
         bands.append((bins, freqs, np.ascontiguousarray(weights[bins, freqs].T)))
-    return bands if sum(w.size for *_, w in bands) < weights.size / 2 else None
+    plan = bands if sum(w.size for *_, w in bands) < weights.size / 2 else None
+    if len(_BANDS_OF) >= 8:  # as many as mel_weights and gammatone_weights cache
+        _BANDS_OF.clear()
+    _BANDS_OF[id(weights)] = (weights, plan)
+    return plan
 
 
 def _apply_filterbank(power: np.ndarray, weights: np.ndarray, bands: list | None, out: np.ndarray) -> None:
@@ -195,8 +207,9 @@ def _filterbanks(windows: np.ndarray, n_fft: int, hop_length: int, mel: np.ndarr
     c, s, n = windows.shape
     flat = windows.reshape(c * s, n)
     n_frames = 1 + n // hop_length
-    weights = {k: w.T for k, w in (("mel", mel), ("gam", gam)) if w is not None}
-    bands = {k: _filter_bands(w.T) for k, w in weights.items()}
+    given = {k: w for k, w in (("mel", mel), ("gam", gam)) if w is not None}
+    weights = {k: w.T for k, w in given.items()}
+    bands = {k: _filter_bands(w) for k, w in given.items()}
     out = {k: np.empty((c * s, n_frames, w.shape[1]), dtype=np.float32) for k, w in weights.items()}
     for lo in range(0, c * s, SEGMENTS_PER_BLOCK):
         power = stft_power(flat[lo : lo + SEGMENTS_PER_BLOCK], n_fft, hop_length)

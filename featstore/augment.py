@@ -52,7 +52,8 @@ def as_float32(x: np.ndarray) -> np.ndarray:
     if x.dtype != np.float16 or x.ndim != 4:
         return x.astype(np.float32, copy=False)
     out = np.empty(x.shape, np.float32)
-    _widen_kernel()(*_in_memory_order(x.view(np.uint16), out), _half_table())
+    bits, dst = _in_memory_order(x.view(np.uint16), out)
+    _widen_kernel()(bits, _half_table(), dst)
     return out
 
 
@@ -141,7 +142,7 @@ def _widen_kernel():
     import numba
 
     @numba.njit(nogil=True, cache=True)
-    def widen(bits, out, table):  # pragma: no cover - compiled
+    def widen(bits, table, out):  # pragma: no cover - compiled
         n0, n1, n2, n3 = bits.shape
         for i in range(n0):
             for j in range(n1):

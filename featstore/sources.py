@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -67,6 +68,16 @@ class Units:
         return np.stack(np.meshgrid(np.asarray(rows, np.int64), units, indexing="ij"), axis=-1).reshape(-1, 2)
 
 
+@dataclass
+class _Slab:
+    """The clips of one :meth:`StoreSource.load`: ``values`` (clip, ...), ``rows_held`` of them not
+    yet released, ``units`` their (clip, unit, ...) view."""
+
+    values: np.ndarray
+    rows_held: int
+    units: np.ndarray
+
+
 class StoreSource:
     """Units read from the store, one whole clip chunk at a time, held while a block needs them.
 
@@ -74,10 +85,10 @@ class StoreSource:
     decoded without zarr's per-read overhead) into one buffer per :meth:`load` (a block's clips),
     a *slab* reused once all its clips are released: steady-state reading touches no fresh memory,
     and a batch's units are gathered from their slab by one numpy indexing call, which copies
-    outside the GIL (a Python loop over the batch's units held it; with two loader threads on
-    two cores that loop was the threads' queue). ``workers`` threads decompress clips in parallel
-    (numcodecs releases the GIL); they start on the first read, in the process that reads (a thread
-    pool does not survive a fork). ``bytes_decoded`` counts the decompressed bytes.
+    outside the GIL (not a Python loop per unit, which holds it). ``workers`` threads decompress
+    clips in parallel (numcodecs releases the GIL); they start on the first read, in the process
+    that reads (a thread pool does not survive a fork). ``bytes_decoded`` counts the decompressed
+    bytes.
 
     On a remote store a block's clips are fetched first, all requests at once
     (:meth:`ClipReader.fetch`), then decoded by those threads; :meth:`load` starts the next
@@ -89,9 +100,8 @@ class StoreSource:
         self.clip_ids = store.clips["clip_id"].to_numpy()
         self.workers, self._pool, self._pid = workers, None, None
         self.cache: dict[int, np.ndarray] = {}  # row -> its clip's values, a row of a slab
-        self.units_of: dict[int, np.ndarray] = {}  # row -> (unit, ...) view of those values
         self.slot_of: dict[int, tuple[int, int]] = {}  # row -> (slab id, its index in the slab)
-        self.slabs: dict[int, list] = {}  # slab id -> [slab, rows of it still held, (clip, unit, ...) view]
+        self.slabs: dict[int, _Slab] = {}  # slab id -> the slab, while any of its rows is held
         self.free: list[np.ndarray] = []  # slabs whose rows were all released, reused by the next loads
         self.bytes_decoded = 0
         #: whether clips' bytes are fetched first (a remote store, featstore's layout), then decoded
@@ -144,17 +154,20 @@ class StoreSource:
         if not rows:
             return
         slab = self._spare_slab(len(rows))
+
+        def decode(first: int, step: int) -> None:
+            for k in range(first, len(rows), step):
+                self._read(rows[k], slab[k], data[k])
+
         pool = self.pool
-        if pool:  # one task per thread, every workers-th clip: a task per clip cost two thread hand-offs per clip
-            list(pool.map(lambda first: [self._read(rows[k], slab[k], data[k]) for k in range(first, len(rows), self.workers)], range(self.workers)))
+        if pool:  # one task per thread (every workers-th clip): a task per clip costs two thread hand-offs a clip
+            list(pool.map(decode, range(self.workers), [self.workers] * self.workers))
         else:
-            for k, row in enumerate(rows):
-                self._read(row, slab[k], data[k])
-        self.slabs[id(slab)] = [slab, len(rows), self.units.of_clips(slab)]
-        for k, (row, values) in enumerate(zip(rows, slab)):
-            self.bytes_decoded += values.nbytes
-            self.units_of[row] = self.units.of_clips(values[None])[0]
-            self.cache[row], self.slot_of[row] = values, (id(slab), k)
+            decode(0, 1)
+        self.slabs[id(slab)] = _Slab(slab, len(rows), self.units.of_clips(slab))
+        for k, row in enumerate(rows):
+            self.bytes_decoded += slab[k].nbytes
+            self.cache[row], self.slot_of[row] = slab[k], (id(slab), k)
 
     def _spare_slab(self, n: int) -> np.ndarray:
         """(n, per-clip shape) rows of a released slab (the largest; views share the spare list), or a new slab."""
@@ -171,31 +184,31 @@ class StoreSource:
         iterator before the last one is dropped), so one releasing its clips takes none from another."""
         other = copy.copy(self)
         other._pool, other._pid = self.pool, self._pid  # one set of decompression threads for all views
-        other.cache, other.units_of, other.slot_of, other.slabs, other.bytes_decoded = {}, {}, {}, {}, 0
+        other.cache, other.slot_of, other.slabs, other.bytes_decoded = {}, {}, {}, 0
         other._prefetched = None  # a fetch started for another view's next block stays its own
         return other
 
     def release(self, rows: np.ndarray) -> None:
         """Drop ``rows`` (their units were all taken, as copies); a slab none of whose rows is held is kept for reuse."""
         for row in rows:
-            self.units_of.pop(int(row), None)
             if self.cache.pop(int(row), None) is None:
                 continue
             slab_id, _ = self.slot_of.pop(int(row))
             held = self.slabs[slab_id]
-            held[1] -= 1
-            if held[1] == 0:
-                slab = self.slabs.pop(slab_id)[0]
-                self.free.append(slab if slab.base is None else slab.base)  # the whole buffer, when this load used part of it
+            held.rows_held -= 1
+            if held.rows_held == 0:
+                del self.slabs[slab_id]
+                values = held.values
+                self.free.append(values if values.base is None else values.base)  # the whole buffer, when this load used part of it
 
     def take(self, pairs: np.ndarray) -> np.ndarray:
         """(n, 2) (row, unit) of loaded rows -> (n, ...) units in the stored dtype (a copy)."""
         located = [self.slot_of[row] for row in pairs[:, 0].tolist()]
         slabs = {slab for slab, _ in located}
         if len(slabs) == 1:  # a block's rows: one gather in numpy, outside the GIL
-            return self.slabs[slabs.pop()][2][np.array([k for _, k in located]), pairs[:, 1]]
+            return self.slabs[slabs.pop()].units[np.array([k for _, k in located]), pairs[:, 1]]
         # rows of several loads (a clip repeated in two blocks held at once)
-        return np.stack([self.units_of[row][unit] for row, unit in pairs.tolist()])
+        return np.stack([self.slabs[slab].units[k, unit] for (slab, k), unit in zip(located, pairs[:, 1].tolist())])
 
 
 class MemorySource:
