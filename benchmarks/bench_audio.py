@@ -245,6 +245,9 @@ def whole_process(args, work: str) -> None:
         print(f"{name:<36} {wall:>7.2f} {cpu:>7.2f}")
     print(f"{'featstore init + ingest + extract':<36} {total[0]:>7.2f} {total[1]:>7.2f}")
     print(f"featstore / plain loop: wall {total[0] / plain[0]:.2f}x, CPU {total[1] / plain[1]:.2f}x (target <= 0.7x)")
+    # each round's own ratio: its runs share the machine's load of the moment
+    rounds = [sum(samples[k][r][0] for k in commands) / samples["plain loop (one process)"][r][0] for r in range(args.rounds)]
+    print("per round (wall): " + ", ".join(f"{x:.2f}x" for x in rounds) + f"; median {float(np.median(rounds)):.2f}x")
 
 
 def workers(args, work: str) -> None:

@@ -139,16 +139,18 @@ def stft_power(windows: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     Equal, to float32 rounding, to ``abs(librosa.stft(w, n_fft, hop_length, window="hann",
     center=True, pad_mode="constant")) ** 2`` with the last two axes swapped (frames first, so that
     a filterbank is one matrix product over every frame). The power is taken straight from the
-    complex spectrum (``re^2 + im^2``), without a square root. The FFT is ``scipy.fft.rfft`` in
-    single precision, one thread (3-4x numpy's ``rfft`` on float32 frames here).
+    complex spectrum (``re^2 + im^2``), without a square root. The FFT is ducc0's ``r2c`` in
+    single precision, one thread: pocketfft's successor by its author, 1.4-1.6x ``scipy.fft.rfft``
+    and 3-4x numpy's ``rfft`` on these float32 frames, and imported in 0.04 s where ``scipy.fft``
+    takes 0.5 s (it loads ``scipy.special`` and ``numpy.f2py``), once in every extracting process.
     """
-    import scipy.fft
+    import ducc0
 
     pad = n_fft // 2
     padded = np.pad(windows, ((0, 0), (pad, pad)))
     n_frames = 1 + windows.shape[-1] // hop_length
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop_length][:, :n_frames]
-    spectrum = scipy.fft.rfft(frames * _hann(n_fft), axis=-1, workers=1)
+    spectrum = ducc0.fft.r2c(frames * _hann(n_fft), axes=(-1,), nthreads=1)
     power = np.square(spectrum.real)
     power += np.square(spectrum.imag)
     return power

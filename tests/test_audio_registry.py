@@ -25,13 +25,15 @@ def _old_params(store, **audio) -> dict:
 
 def _extract_as_before(store, feature: str) -> None:
     """Write ``audio/{feature}`` with the old layout's provenance: the shared parameter set as the
-    stage's params, ``{"feature": ...}`` as the array's, the config of the old options only."""
+    stage's params, ``{"feature": ...}`` as the array's, the config of the old options only (at
+    today's code version: only the parameters' layout is old here)."""
     old_config = {"features": [feature], "sr": 32000, "n_bins": 128, "win_ms": 80.0, "hop_ms": 14.0, "dtype": "float16", "store_deltas": False, "name": "audio"}
     params = _old_params(store)
     plan = {"grid": params["audio"], "dtype": "float16", "store_deltas": False, "features": {feature: FEATURES[feature]().to_dict()}}
     output = OutputSpec(name=feature, path=f"audio/{feature}", per_clip_shape=(2, 128, 3 * 72), dtype="float16", dims=("channel", "bin", "frame"),
                         params={"feature": feature}, config=old_config)
-    stage = Stage("extract-audio", params, (output,), partial(compute_audio, plan=plan), input_fingerprint=lambda row: row["audio_fingerprint"], modality="audio")
+    stage = Stage("extract-audio", params, (output,), partial(compute_audio, plan=plan), input_fingerprint=lambda row: row["audio_fingerprint"], modality="audio",
+                  code_version=AudioConfig.code_version)
     assert run_stage(store, stage, workers=0).done == 20
 
 

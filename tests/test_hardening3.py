@@ -77,14 +77,17 @@ def test_1_two_concurrent_ingests_never_lose_clips(demo_root, tmp_path):
 def test_11_a_code_version_bump_recomputes_and_arrays_made_before_keep_matching(demo_root, tmp_path):
     from featstore.pipelines.runner import run_stage
 
+    class FirstMel(AudioConfig):  # the code as it was when code versions were introduced
+        code_version = 1
+
     store = _small_store(demo_root, tmp_path)
-    extract_audio(store, features=("mel",), workers=0, progress=False)
+    run_stage(store, FirstMel(features=("mel",)).build(store), workers=0, progress=False)
     before = store.array("audio/mel")[:]
     # an array made before code versions were recorded: no code_version in its provenance
     attrs = dict(store.array("audio/mel").attrs["featstore"])
     del attrs["code_version"]
     store.array("audio/mel").attrs["featstore"] = attrs
-    again = extract_audio(store, features=("mel",), workers=0, progress=False)
+    again = run_stage(store, FirstMel(features=("mel",)).build(store), workers=0, progress=False)
     assert (again.done, again.skipped) == (0, N_CLIPS)  # still matches: no recompute
 
     class FixedMel(AudioConfig):  # a developer fixed the MEL code and bumped the version
