@@ -255,21 +255,32 @@ def compare_store_and_memory(store, work: str, args, options: dict) -> None:
     print(f"\nshuffled batches of {args.batch_size} (best of {args.rounds} rounds, each epoch {args.clips} clips):")
     print("| examples | threads | from the store | per core | from arrays in memory | store / memory |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    counts = [int(w) for w in args.workers.split(",")]
+    scaling = []
     for kind, path, extra in runs:
         memory = store.array(path)[:]
-        for workers in (int(w) for w in args.workers.split(",")):
-            from_store = loader(store, path, workers=workers, **options, **extra)
-            in_memory = loader(store, path, memory, workers=workers, **options, **extra)
-            best = {"store": np.inf, "memory": np.inf}
-            for r in range(args.rounds):
-                for name, batches in (("store", from_store), ("memory", in_memory)):
-                    seconds, served = epoch_seconds(batches, r)
-                    best[name] = min(best[name], seconds)
-            rate = {name: served / seconds for name, seconds in best.items()}
-            cores = min(max(workers, 1), os.cpu_count() or 1)  # threads beyond the cores add no cores
-            print(f"| {kind} | {workers or '1 (inline)'} | {rate['store']:,.0f}/s | {rate['store'] / cores:,.0f}/s | "
+        loaders = {(w, name): loader(store, path, memory if name == "memory" else None, workers=w, **options, **extra)
+                   for w in counts for name in ("store", "memory")}
+        seconds: dict = {key: [] for key in loaders}
+        for r in range(args.rounds):  # thread counts alternate within a round: its runs share the machine's load
+            for key, batches in loaders.items():
+                took, served = epoch_seconds(batches, r)
+                seconds[key].append(took)
+        for w in counts:
+            rate = {name: served / min(seconds[w, name]) for name in ("store", "memory")}
+            cores = min(max(w, 1), os.cpu_count() or 1)  # threads beyond the cores add no cores
+            print(f"| {kind} | {w or '1 (inline)'} | {rate['store']:,.0f}/s | {rate['store'] / cores:,.0f}/s | "
                   f"{rate['memory']:,.0f}/s | {rate['store'] / rate['memory']:.2f}x |")
+        if len(counts) > 1:
+            one, many = counts[0], counts[-1]
+            scaling.append((kind, *(float(np.median(np.divide(seconds[one, name], seconds[many, name]))) for name in ("store", "memory"))))
         del memory
+    if scaling:
+        print(f"\n{counts[-1]} threads against {counts[0] or '1 (inline)'}, the median of each round's own ratio (target >= 1.7x):")
+        print("| examples | from the store | from arrays in memory |")
+        print("| --- | ---: | ---: |")
+        for kind, from_store, from_memory in scaling:
+            print(f"| {kind} | {from_store:.2f}x | {from_memory:.2f}x |")
 
 
 def main() -> None:
