@@ -14,8 +14,10 @@ loader (128 x 72 x 6, for models without the layer). Then the same without augme
 (the read path alone). The memory baseline serves the identical
 batches (same plan, same augmentation, same delta computation) from numpy arrays, gathering each
 example directly. ``--workers`` lists the thread counts to try (0 = all in the calling thread: one
-core). Store and memory alternate for ``--rounds`` rounds; the best epoch of each is kept and the
-ratio is taken between them (the machine is shared: its load drifts between runs).
+core). Thread counts and store / memory alternate within each of ``--rounds`` rounds; the best
+epoch of each is kept and the ratio is taken between them (the machine is shared: its load drifts
+between runs), and the last thread count against the first is printed as the median of each
+round's own ratio.
 
 First printed: one clip read through zarr (``array[row]``) against featstore's ClipReader, into
 fresh and into reused memory (what the loader does), for frames (zstd), MEL (Blosc lz4 +
