@@ -161,11 +161,6 @@ def stft_power(windows: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
 FILTERS_PER_BAND = 16
 
 
-#: id(weights) -> (weights, their bands): the filterbanks are cached arrays (one per parameter
-#: set), so their bands are cut once per process, not once per clip.
-_BANDS_OF: dict[int, tuple[np.ndarray, list | None]] = {}
-
-
 def _filter_bands(weights: np.ndarray) -> list[tuple[slice, slice, np.ndarray]] | None:
     """The product with (bin, freq) ``weights`` cut into bands of :data:`FILTERS_PER_BAND` filters,
     each over only the frequencies where its filters are nonzero: [(bins, freqs, (freq, bin)
@@ -174,20 +169,21 @@ def _filter_bands(weights: np.ndarray) -> list[tuple[slice, slice, np.ndarray]] 
     from the dense product's by float32 rounding only (the summation order). None when banding
     saves less than half (gammatone filters have long tails: the dense product then).
     """
-    cached = _BANDS_OF.get(id(weights))
-    if cached is not None and cached[0] is weights:
-        return cached[1]
     bands = []
     for lo in range(0, len(weights), FILTERS_PER_BAND):
         bins = slice(lo, min(lo + FILTERS_PER_BAND, len(weights)))
         support = np.flatnonzero(weights[bins].any(axis=0))
         freqs = slice(int(support[0]), int(support[-1]) + 1) if len(support) else slice(0, 0)
         bands.append((bins, freqs, np.ascontiguousarray(weights[bins, freqs].T)))
-    plan = bands if sum(w.size for *_, w in bands) < weights.size / 2 else None
-    if len(_BANDS_OF) >= 8:  # as many as mel_weights and gammatone_weights cache
-        _BANDS_OF.clear()
-    _BANDS_OF[id(weights)] = (weights, plan)
-    return plan
+    return bands if sum(w.size for *_, w in bands) < weights.size / 2 else None
+
+
+@lru_cache(maxsize=8)
+def _filterbank_plan(kind: str, sr: int, n_fft: int, n_bins: int, fmin_hz: float, fmax_hz: float) -> tuple[np.ndarray, list | None]:
+    """(freq, bin) weights of filterbank ``kind`` ("mel" or "gam") and their bands
+    (:func:`_filter_bands`), made once per parameter set, not once per clip."""
+    weights = (mel_weights if kind == "mel" else gammatone_weights)(sr, n_fft, n_bins, fmin_hz, fmax_hz)
+    return weights.T, _filter_bands(weights)
 
 
 def _apply_filterbank(power: np.ndarray, weights: np.ndarray, bands: list | None, out: np.ndarray) -> None:
@@ -199,26 +195,24 @@ def _apply_filterbank(power: np.ndarray, weights: np.ndarray, bands: list | None
         np.matmul(power[..., freqs], band, out=out[..., bins])
 
 
-def _filterbanks(windows: np.ndarray, n_fft: int, hop_length: int, mel: np.ndarray | None, gam: np.ndarray | None) -> dict[str, np.ndarray]:
+def _filterbanks(windows: np.ndarray, n_fft: int, hop_length: int, plans: dict[str, tuple[np.ndarray, list | None]]) -> dict[str, np.ndarray]:
     """Mel power and gammatone magnitude of segment windows (channel, segment, sample), segment-batched.
 
-    ``mel`` and ``gam`` are (bin, freq) weights (``None`` skips that feature). Each block of
+    ``plans`` holds ``"mel"`` and / or ``"gam"``: (freq, bin) weights and their bands
+    (:func:`_filterbank_plan`). Each block of
     :data:`SEGMENTS_PER_BLOCK` windows is transformed once and both filterbanks read the same power
     (``gam`` its square root). Returns ``{"mel" | "gam": (channel, segment, bin, frame)}``, linear.
     """
     c, s, n = windows.shape
     flat = windows.reshape(c * s, n)
     n_frames = 1 + n // hop_length
-    given = {k: w for k, w in (("mel", mel), ("gam", gam)) if w is not None}
-    weights = {k: w.T for k, w in given.items()}
-    bands = {k: _filter_bands(w) for k, w in given.items()}
-    out = {k: np.empty((c * s, n_frames, w.shape[1]), dtype=np.float32) for k, w in weights.items()}
+    out = {k: np.empty((c * s, n_frames, w.shape[1]), dtype=np.float32) for k, (w, _) in plans.items()}
     for lo in range(0, c * s, SEGMENTS_PER_BLOCK):
         power = stft_power(flat[lo : lo + SEGMENTS_PER_BLOCK], n_fft, hop_length)
-        if "mel" in weights:
-            _apply_filterbank(power, weights["mel"], bands["mel"], out["mel"][lo : lo + len(power)])
-        if "gam" in weights:
-            _apply_filterbank(np.sqrt(power, out=power), weights["gam"], bands["gam"], out["gam"][lo : lo + len(power)])
+        if "mel" in plans:
+            _apply_filterbank(power, *plans["mel"], out["mel"][lo : lo + len(power)])
+        if "gam" in plans:
+            _apply_filterbank(np.sqrt(power, out=power), *plans["gam"], out["gam"][lo : lo + len(power)])
     return {k: v.reshape(c, s, n_frames, -1).transpose(0, 1, 3, 2) for k, v in out.items()}
 
 
@@ -290,9 +284,9 @@ def spectrograms(windows: np.ndarray, p: AudioParams, features: tuple[str, ...] 
         raise ConfigError(f"unknown feature(s) {sorted(unknown)} (known: {', '.join(FEATURES)})")
     out = {}
     if "mel" in features or "gam" in features:
-        mel_w = mel_weights(p.sr, p.n_fft, p.n_bins, p.mel_fmin_hz, p.sr / 2) if "mel" in features else None
-        gam_w = gammatone_weights(p.sr, p.n_fft, p.n_bins, p.gam_fmin_hz, p.sr / 2) if "gam" in features else None
-        linear = _filterbanks(windows, p.n_fft, p.hop_length, mel_w, gam_w)
+        fmin_hz = {"mel": p.mel_fmin_hz, "gam": p.gam_fmin_hz}
+        plans = {k: _filterbank_plan(k, p.sr, p.n_fft, p.n_bins, fmin_hz[k], p.sr / 2) for k in ("mel", "gam") if k in features}
+        linear = _filterbanks(windows, p.n_fft, p.hop_length, plans)
         if "mel" in linear:
             out["mel"] = power_to_db(linear["mel"])
         if "gam" in linear:
