@@ -42,6 +42,7 @@ from featstore.errors import ConfigError
 from featstore.loader import DEFAULT_BLOCK_CLIPS, training_batches
 from featstore.models import MODELS
 from featstore.models.audio import ARCHS
+from featstore.models.head import compile_for_training
 from featstore.pipelines.config import TrainingConfig, option
 from featstore.progress import TrainingProgress, keras_callback
 from featstore.registry import register_model, save_training_clips
@@ -142,7 +143,7 @@ def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str
         backbone = {"arch": config.arch, "widths": tuple(config.widths), **in_model}
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_model(config.model, input_shape=input_shape, n_classes=len(store.classes), head_units=config.head_units, l2=config.l2, **backbone)
-        model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=keras.losses.KLDivergence(), metrics=["categorical_accuracy"])
+        compile_for_training(model, config.lr)
     watch = TrainingProgress(config.model, config.epochs, store=store, kind="models", bar=progress)
     with tempfile.TemporaryDirectory() as work:
         best = os.path.join(work, f"{config.model}.keras")

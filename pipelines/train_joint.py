@@ -37,6 +37,7 @@ import numpy as np
 from featstore.constants import SPLITS
 from featstore.errors import ConfigError
 from featstore.metrics import evaluate_predictions
+from featstore.models.head import compile_for_training
 from featstore.models.joint import ENCODERS
 from featstore.pipelines.config import TrainingConfig, option
 from featstore.progress import TrainingProgress, keras_callback
@@ -256,7 +257,7 @@ def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frame
         frames_per_segment=reader.windows.frames_per_segment, delta_width=reader.windows.delta_width,
         head_units=config.head_units, l2=config.l2, name=config.name,
     )
-    model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=keras.losses.KLDivergence(), metrics=["categorical_accuracy"])
+    compile_for_training(model, config.lr)
     batches = {"batch_size": config.batch_size, "seed": config.seed}
     epoch_s = _epoch_timer()
     watch = TrainingProgress(config.name, config.epochs, store=store if frames_encoder is None else None, kind="models", bar=progress)
