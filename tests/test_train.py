@@ -76,7 +76,10 @@ def test_train_visual_backbone_on_a_subset_of_frames(demo_store):
     assert extract_frames(store, workers=0, size=32, name="frames32").done == 20
     pairs = Units(store, "frames32/rgb", 1.0).index(np.array([0, 1]), units_per_clip=3)
     assert pairs.tolist() == [[0, 0], [0, 2], [0, 5], [1, 0], [1, 2], [1, 5]], "3 of 6 frames, evenly spaced"
-    config = TrainConfig(model="vis-conv", input_array="frames32/rgb", window_s=1.0, head_units=16, epochs=1, batch_size=16, units_per_clip=2)
+    # the tiny ConvNeXt: training code is the same for either arch, and the paper's ConvNeXtTiny
+    # (28M weights) alone made this the suite's slowest test; its build and forward pass are in test_embed
+    config = TrainConfig(model="vis-conv", input_array="frames32/rgb", window_s=1.0, head_units=16, epochs=1, batch_size=16, units_per_clip=2,
+                         extra={"arch": "tiny", "widths": [8, 16]})
     entry = train_backbone(store, config)
     assert entry["input"] == "frames32/rgb" and entry["input_shape"] == [32, 32, 3]
     assert entry["config"]["units_per_clip"] == 2
