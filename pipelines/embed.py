@@ -66,7 +66,11 @@ def _embedder(path: str, fingerprint: str, outputs: tuple[str, ...]):
 
 
 def layer_width(store: Store, model: str, fingerprint: str, layer: str) -> int:
-    """Width of ``layer``'s embedding (after pooling) of registered ``model`` (loads the model once)."""
+    """Width of ``layer``'s embedding (after pooling) of registered ``model``: that of its array when
+    this model version made it (a rerun loads no model), else from the model (loaded once)."""
+    path = f"embeddings/{model}/{layer}"
+    if store.has_array(path) and store.provenance(path).params.get("model_fingerprint") == fingerprint:
+        return int(store.array(path).shape[-1])
     embedder = _embedder(model_file(store, model, fingerprint), fingerprint, (layer,))
     return int(embedder.outputs[0].shape[-1])
 

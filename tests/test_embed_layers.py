@@ -4,6 +4,8 @@ model file without the backbone head, and a joint model fed its cached visual in
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -43,8 +45,12 @@ def test_application_layer_equals_the_layer_computed_directly_and_caches(frames_
     np.testing.assert_allclose(emb[7], _direct(model, "Conv1_relu", store.frames(clip)[0]), rtol=1e-4, atol=1e-5)
     assert store.provenance("embeddings/MobileNetV2/Conv1_relu").params["pooled"] is True
 
-    again = json.loads(run_cli("embed", store.url, "--model", "keras:MobileNetV2", "--layer", "Conv1_relu", "--json", check=True).stdout)
-    assert again["done"] == 0 and again["skipped"] == 20, "a second run is a cache hit"
+    # a second run is a cache hit, answered from the store: no model built or loaded, no TensorFlow imported
+    rerun = ("import sys, featstore; from featstore.pipelines.embed import embed; "
+             f"report, _ = embed(featstore.open_store({store.url!r}), 'keras:MobileNetV2', layers=('Conv1_relu',)); "
+             "print(report.done, report.skipped, 'tensorflow' in sys.modules)")
+    again = subprocess.run([sys.executable, "-c", rerun], capture_output=True, text=True, check=True)
+    assert again.stdout.split() == ["0", "20", "False"], again.stderr
     assert model_entry(store, "MobileNetV2")["fingerprint"] == entry["fingerprint"], "not re-registered"
 
     other = json.loads(run_cli("embed", store.url, "--model", "keras:MobileNetV2", "--layer", "expanded_conv_project_BN", "--json", check=True).stdout)

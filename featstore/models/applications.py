@@ -144,11 +144,12 @@ def embedding_model(model, layer: str):
 
 def application_fingerprint(name: str, *, input_shape: tuple[int, int, int], weights_file: str | None, include_top: bool = True, seed: int = 0) -> str:
     """A cache key for :func:`build_application`'s model: the name, shape, top, Keras version and the
-    weights file's bytes (BLAKE2b), or the seed of random weights."""
-    import keras
+    weights file's bytes (BLAKE2b), or the seed of random weights. Keras' version is read from its
+    package metadata (the same string as ``keras.__version__``): a cache hit imports no TensorFlow."""
+    from importlib.metadata import version
 
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{name}|{tuple(input_shape)}|{include_top}|{keras.__version__}|".encode())
+    digest.update(f"{name}|{tuple(input_shape)}|{include_top}|{version('keras')}|".encode())
     if weights_file:
         with open(weights_file, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
