@@ -47,7 +47,12 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 case "$cmd" in
   demo) exec featstore demo "${1:-demo-out}" "${@:2}" ;;
-  test) exec python -m pytest -q -ra "$@" ;;
+  test)
+    # one test process per core, at most 4 (each may hold TensorFlow, ~1-2 GB); a test file stays in one
+    # process, so its module fixtures are made once. FEATSTORE_TEST_PROCESSES=0: everything in this one.
+    procs=${FEATSTORE_TEST_PROCESSES:-$(n=$(nproc 2>/dev/null || echo 1); echo $(( n < 4 ? n : 4 )))}
+    if [ "$procs" -gt 1 ]; then set -- -n "$procs" --dist loadfile "$@"; fi
+    exec python -m pytest -q -ra "$@" ;;
   lint) exec ruff check . ;;
   *) echo "usage: bash bootstrap.sh demo [WORKDIR] | test [PYTEST ARGS] | lint" >&2; exit 2 ;;
 esac
