@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 
 from featstore.errors import ConfigError, FeatstoreWarning
+from featstore.fingerprint import library_versions
 from featstore.names import closest
 
 #: Name of the preprocessing layer every application model starts with.
@@ -146,10 +147,9 @@ def application_fingerprint(name: str, *, input_shape: tuple[int, int, int], wei
     """A cache key for :func:`build_application`'s model: the name, shape, top, Keras version and the
     weights file's bytes (BLAKE2b), or the seed of random weights. Keras' version is read from its
     package metadata (the same string as ``keras.__version__``): a cache hit imports no TensorFlow."""
-    from importlib.metadata import version
-
+    keras_version = library_versions("keras")["keras"]
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(f"{name}|{tuple(input_shape)}|{include_top}|{version('keras')}|".encode())
+    digest.update(f"{name}|{tuple(input_shape)}|{include_top}|{keras_version}|".encode())
     if weights_file:
         with open(weights_file, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
