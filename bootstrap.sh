@@ -51,6 +51,7 @@ case "$cmd" in
     # one test process per core, at most 4 (each may hold TensorFlow, ~1-2 GB); a test file stays in one
     # process, so its module fixtures are made once. FEATSTORE_TEST_PROCESSES=0: everything in this one.
     procs=${FEATSTORE_TEST_PROCESSES:-$(n=$(nproc 2>/dev/null || echo 1); echo $(( n < 4 ? n : 4 )))}
+    case "$procs" in ''|*[!0-9]*) echo "bootstrap: FEATSTORE_TEST_PROCESSES must be a whole number (0 or 1: one process), got '$procs'" >&2; exit 2 ;; esac
     if [ "$procs" -gt 1 ]; then set -- -n "$procs" --dist loadfile "$@"; fi
     exec python -m pytest -q -ra "$@" ;;
   lint) exec ruff check . ;;
