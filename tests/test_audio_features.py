@@ -210,6 +210,32 @@ def test_stft_power_equals_librosa_squared_magnitude():
     np.testing.assert_allclose(got, ref.transpose(0, 2, 1), rtol=1e-3, atol=1e-6 * ref.max())
 
 
+def test_reused_stft_buffers_never_leak_between_calls_or_threads():
+    """The STFT's work buffers are reused per thread: a returned power is the caller's own (a second
+    call does not overwrite it), a call with fewer windows after a larger one is right, and
+    spectrograms made on several threads at once equal the same made one after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from featstore.audio import AudioParams, spectrograms, stft_power
+
+    rng = np.random.default_rng(2)
+    big, small = ((0.1 * rng.standard_normal((n, 32000))).astype(np.float32) for n in (5, 2))
+    first = stft_power(big, 2560, 448)
+    kept = first.copy()
+    second = stft_power(small, 2560, 448)
+    np.testing.assert_array_equal(first, kept)
+    ref = np.abs(librosa.stft(small, n_fft=2560, hop_length=448, pad_mode="constant")) ** 2
+    np.testing.assert_allclose(second, ref.transpose(0, 2, 1), rtol=1e-3, atol=1e-6 * ref.max())
+
+    p = AudioParams(sr=32000, n_bins=128, win_ms=80.0, hop_ms=14.0, segment_s=1.0, n_segments=3)
+    clips = [(0.1 * rng.standard_normal((2, 3, 32000))).astype(np.float32) for _ in range(6)]
+    serial = [spectrograms(c, p, ("mel", "gam")) for c in clips]
+    with ThreadPoolExecutor(3) as pool:
+        threaded = list(pool.map(lambda c: spectrograms(c, p, ("mel", "gam")), clips))
+    for a, b in zip(serial, threaded):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+
 @pytest.mark.parametrize("sr,n_fft,n_mels,fmin_hz", [(32000, 2560, 128, 0.0), (16000, 512, 40, 20.0), (44100, 2048, 250, 0.0)])
 def test_a_banded_mel_product_is_the_dense_product_to_float32_rounding(sr, n_fft, n_mels, fmin_hz):
     """The mel filterbank applied band by band, each band over its filters' nonzero frequencies
