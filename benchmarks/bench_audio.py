@@ -21,7 +21,8 @@ included (each its own process: ``featstore init``, ``ingest``, ``extract-audio 
 ``--mode workers``: ``extract_audio`` with ``--workers 1`` (one local dask worker process) against
 in-process, marginal per clip and the fixed cost of the local cluster (the difference of the two
 lines' intercepts), the cluster's start and close timed alone, and ``--workers 2`` against
-``--workers 1`` (wall time: what two cores buy).
+``--workers 1`` (wall time: what two cores buy). Both ratios are also printed per round (each
+round's runs follow one another, so they share the machine's load of the moment) with their median.
 
     python benchmarks/bench_audio.py --mode workers --sizes 8,24 --rounds 3
 
@@ -278,6 +279,12 @@ def workers(args, work: str) -> None:
               f"fixed cost of the local cluster {fixed[1] - fixed[0]:.2f} s (start + close alone: {t[('cluster start + close', 0)][i]:.2f} s)")
     m = {w: slope(t, (f"workers={w}",), sizes, 0) for w in counts}
     print(f"wall: marginal per clip --workers 2 {1000 * m[2]:.1f} ms: {m[1] / m[2]:.2f}x the clips per second of --workers 1 (target >= 1.8x)")
+    # each round's own ratios: its runs follow one another, so they share the machine's load of the moment
+    per_round = {w: [(samples[(f"workers={w}", sizes[1])][r][0] - samples[(f"workers={w}", sizes[0])][r][0]) / (sizes[1] - sizes[0]) for r in range(args.rounds)] for w in counts}
+    one_vs_in_process = [a / b for a, b in zip(per_round[1], per_round[0])]
+    two_vs_one = [a / b for a, b in zip(per_round[1], per_round[2])]
+    print("per round (wall): --workers 1 / in-process " + ", ".join(f"{x:.2f}x" for x in one_vs_in_process) + f"; median {float(np.median(one_vs_in_process)):.2f}x")
+    print("per round (wall): --workers 2 speed-up over 1 " + ", ".join(f"{x:.2f}x" for x in two_vs_one) + f"; median {float(np.median(two_vs_one)):.2f}x")
 
 
 def cluster_start_close() -> None:
