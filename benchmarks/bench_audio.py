@@ -21,8 +21,9 @@ included (each its own process: ``featstore init``, ``ingest``, ``extract-audio 
 ``--mode workers``: ``extract_audio`` with ``--workers 1`` (one local dask worker process) against
 in-process, marginal per clip and the fixed cost of the local cluster (the difference of the two
 lines' intercepts), the cluster's start and close timed alone, and ``--workers 2`` against
-``--workers 1`` (wall time: what two cores buy). Both ratios are also printed per round (each
-round's runs follow one another, so they share the machine's load of the moment) with their median.
+``--workers 1`` (wall time: what two cores buy). Last, the CPU an idle one-worker cluster takes
+while it waits (this process: scheduler, nanny, client; the worker process), as featstore starts it
+and with dask's defaults, in percent of a core over 5 s.
 
     python benchmarks/bench_audio.py --mode workers --sizes 8,24 --rounds 3
 
@@ -279,12 +280,35 @@ def workers(args, work: str) -> None:
               f"fixed cost of the local cluster {fixed[1] - fixed[0]:.2f} s (start + close alone: {t[('cluster start + close', 0)][i]:.2f} s)")
     m = {w: slope(t, (f"workers={w}",), sizes, 0) for w in counts}
     print(f"wall: marginal per clip --workers 2 {1000 * m[2]:.1f} ms: {m[1] / m[2]:.2f}x the clips per second of --workers 1 (target >= 1.8x)")
-    # each round's own ratios: its runs follow one another, so they share the machine's load of the moment
-    per_round = {w: [(samples[(f"workers={w}", sizes[1])][r][0] - samples[(f"workers={w}", sizes[0])][r][0]) / (sizes[1] - sizes[0]) for r in range(args.rounds)] for w in counts}
-    one_vs_in_process = [a / b for a, b in zip(per_round[1], per_round[0])]
-    two_vs_one = [a / b for a, b in zip(per_round[1], per_round[2])]
-    print("per round (wall): --workers 1 / in-process " + ", ".join(f"{x:.2f}x" for x in one_vs_in_process) + f"; median {float(np.median(one_vs_in_process)):.2f}x")
-    print("per round (wall): --workers 2 speed-up over 1 " + ", ".join(f"{x:.2f}x" for x in two_vs_one) + f"; median {float(np.median(two_vs_one)):.2f}x")
+    for name, config in (("featstore's settings", None), ("dask's defaults", {})):
+        driver, worker = idle_cluster_cpu(config)
+        print(f"idle one-worker cluster, {name}: {driver:.1f}% of a core in this process, {worker:.1f}% in the worker")
+
+
+def idle_cluster_cpu(config: dict | None, seconds: float = 5.0) -> tuple[float, float]:
+    """Percent of a core (this process, the worker) a one-worker local cluster takes while idle,
+    started with featstore's ``LOCAL_CLUSTER_CONFIG`` (``config=None``) or with ``config``
+    (plus the malloc setting, so that only the event-loop and profiler settings differ)."""
+    import logging
+
+    import dask.config
+    from distributed import Client, LocalCluster
+
+    from featstore.pipelines.runner import LOCAL_CLUSTER_CONFIG, WORKER_ENV
+
+    def cpu() -> float:
+        own = resource.getrusage(resource.RUSAGE_SELF)
+        return own.ru_utime + own.ru_stime
+
+    malloc = {k: v for k, v in LOCAL_CLUSTER_CONFIG.items() if "MALLOC" in k}
+    with dask.config.set(LOCAL_CLUSTER_CONFIG if config is None else {**malloc, **config}):  # as the runner sets it: while starting
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, env=WORKER_ENV, dashboard_address=None, silence_logs=logging.ERROR)
+    with cluster, Client(cluster) as client:
+        time.sleep(1.0)  # start-up settles
+        (worker_0,), here_0, wall = client.run(cpu).values(), cpu(), time.perf_counter()
+        time.sleep(seconds)
+        (worker_1,), here_1, wall = client.run(cpu).values(), cpu(), time.perf_counter() - wall
+    return 100 * (here_1 - here_0) / wall, 100 * (worker_1 - worker_0) / wall
 
 
 def cluster_start_close() -> None:

@@ -139,8 +139,8 @@ class _Scratch(threading.local):
     windowed frames, complex spectrum and power (:func:`stft_power`, :func:`_filterbanks`).
 
     Why: glibc returns a freed buffer of a few MB at the top of the heap to the system, so a fresh
-    one per block faults in every page again on first touch (1,400 page faults, 3.5 ms of every
-    4-window block at an 80 ms window on this project's 2-core machine: more than the FFT itself).
+    one per block faults in every page again on first touch (timed ad hoc on this project's 2-core
+    machine: 1,400 page faults, 3.5 ms of a 4-window block at an 80 ms window, more than its FFT).
     Reused, the pages stay mapped. Per thread, so concurrent extraction threads never share one.
     """
 

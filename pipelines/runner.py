@@ -58,8 +58,9 @@ WORKER_ENV = {
 #: keep those buffers in the heap, as in-process. The event loops' health check (``admin.tick``)
 #: runs every 1 s instead of every 20 ms, and the workers' statistical profiler (a stack sample every
 #: 10 ms, for a dashboard these clusters do not serve) is off: an idle one-worker cluster then costs
-#: 1.6% of a core in this process and 1.0% in the worker, against 4.4% and 5.3% with dask's defaults
-#: (on this project's 2-core machine), time taken from the clips while they run.
+#: about 2% of a core in this process and 1% in the worker, against 4-6% and 5% with dask's defaults
+#: (``benchmarks/bench_audio.py --mode workers``, this project's 2-core machine): time that was
+#: taken from the clips while they ran.
 LOCAL_CLUSTER_CONFIG = {
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
     "distributed.admin.tick.interval": "1s",
