@@ -17,7 +17,8 @@ Features, all (channel=2, bin=128, frame), float32 before storage:
 * ``gam``: ``amplitude_to_db(gammatone_weights @ |STFT| / n_fft)``, the FFT-weight gammatonegram of
   Ellis on the *same* STFT as ``mel`` (computed once), ERB-spaced from 50 Hz to sr/2.
 * ``cqt``: ``amplitude_to_db(|librosa.cqt|)``, 128 bins at 16 bins per octave from 50 Hz, i.e.
-  50 Hz to 12.3 kHz (8 octaves; the top filter's band stays below the 16 kHz Nyquist).
+  50 Hz to 12.3 kHz (8 octaves; the top filter's band stays below the 16 kHz Nyquist), computed by
+  :mod:`featstore.cqt` on all of a clip's windows at once, equal to ``librosa.cqt`` bit for bit.
 
 dB scales use ``ref=1``, no ``top_db`` clipping (values are absolute, not relative to each clip's
 maximum), ``amin`` 1e-10 for power and 1e-5 for magnitude.
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from featstore.cqt import cqt_magnitude, cqt_plan
 from featstore.errors import ConfigError, MediaError
 from featstore.gammatone_fb import gammatone_weights
 from featstore.mel_fb import mel_weights
@@ -250,39 +252,6 @@ def _filterbanks(windows: np.ndarray, n_fft: int, hop_length: int, plans: dict[s
     return {k: v.reshape(c, s, n_frames, -1).transpose(0, 1, 3, 2) for k, v in out.items()}
 
 
-_CQT_FILTER_CACHE: dict[tuple, Any] = {}
-
-
-def _memoize_cqt_filters() -> None:
-    """Cache librosa's CQT filter bank per process (about 45% of each ``librosa.cqt`` call).
-
-    librosa rebuilds the frequency-domain filters of every octave on each call unless its joblib
-    disk cache is configured (which pickles, and we do not pickle). The filters depend only on the
-    parameters, so ``librosa.core.constantq.__vqt_filter_fft`` is wrapped with an in-memory cache
-    keyed on them: the same function with the same arguments, so results are bitwise unchanged
-    (the tests compare with plain ``librosa.cqt``). A librosa without that function is left as is.
-    """
-    from librosa.core import constantq
-
-    name = "__vqt_filter_fft"
-    original = constantq.__dict__.get(name)
-    if original is None or getattr(original, "_featstore_memoized", False):
-        return
-
-    def key_of(value: Any) -> Any:
-        return (value.dtype.str, value.shape, value.tobytes()) if isinstance(value, np.ndarray) else repr(value)
-
-    def memoized(*args: Any, **kwargs: Any) -> Any:
-        key = tuple(key_of(a) for a in args) + tuple((k, key_of(v)) for k, v in sorted(kwargs.items()))
-        if key not in _CQT_FILTER_CACHE:
-            _CQT_FILTER_CACHE[key] = original(*args, **kwargs)
-        fft_basis, n_fft, lengths = _CQT_FILTER_CACHE[key]
-        return fft_basis.copy(), n_fft, lengths.copy()  # librosa rescales the basis in place
-
-    memoized._featstore_memoized = True  # type: ignore[attr-defined]
-    setattr(constantq, name, memoized)
-
-
 def power_to_db(power: np.ndarray, amin: float = 1e-10) -> np.ndarray:
     """``10 log10(max(amin, power))``, dB re 1, in place (float32 stays float32).
 
@@ -326,14 +295,8 @@ def spectrograms(windows: np.ndarray, p: AudioParams, features: tuple[str, ...] 
         if "gam" in linear:
             out["gam"] = amplitude_to_db(linear["gam"] / p.n_fft)
     if "cqt" in features:
-        import librosa
-
-        _memoize_cqt_filters()
-        cqt = librosa.cqt(
-            windows, sr=p.sr, hop_length=p.hop_length, fmin=p.cqt_fmin_hz, n_bins=p.n_bins,
-            bins_per_octave=p.cqt_bins_per_octave,
-        )
-        out["cqt"] = amplitude_to_db(np.abs(cqt))
+        plan = cqt_plan(p.sr, p.hop_length, p.cqt_fmin_hz, p.n_bins, p.cqt_bins_per_octave)
+        out["cqt"] = amplitude_to_db(cqt_magnitude(windows, plan))
     return {name: _segments_to_frames(value.astype(np.float32, copy=False)) for name, value in out.items()}
 
 

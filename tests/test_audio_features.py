@@ -236,6 +236,27 @@ def test_reused_stft_buffers_never_leak_between_calls_or_threads():
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
 
+
+@pytest.mark.parametrize("sr,hop_length,fmin_hz,n_bins,bins_per_octave", [
+    (32000, 448, 50.0, 128, 16),  # featstore's defaults: 8 octaves, the hop halved 6 times
+    (32000, 512, 50.0, 24, 12),  # librosa down-samples early (by 32): filters far below Nyquist
+    (16000, 160, 40.0, 60, 12),  # 5 octaves, early down-sampling by 2, n_bins a whole number of octaves
+    (22050, 512, 32.7, 84, 12),  # librosa's own defaults but fmin
+])
+def test_cqt_is_librosas_bit_for_bit(sr, hop_length, fmin_hz, n_bins, bins_per_octave):
+    """featstore's batched CQT of several windows at once == ``np.abs(librosa.cqt)`` of the same
+    windows, every bit (a tone and noise, so every octave carries signal)."""
+    from featstore.cqt import cqt_magnitude, cqt_plan
+
+    rng = np.random.default_rng(3)
+    t = np.arange(sr) / sr
+    windows = (0.1 * rng.standard_normal((2, 3, sr)) + 0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    ref = np.abs(librosa.cqt(windows, sr=sr, hop_length=hop_length, fmin=fmin_hz, n_bins=n_bins, bins_per_octave=bins_per_octave))
+    got = cqt_magnitude(windows, cqt_plan(sr, hop_length, fmin_hz, n_bins, bins_per_octave))
+    assert got.dtype == ref.dtype == np.float32 and got.shape == ref.shape == (2, 3, n_bins, 1 + sr // hop_length)
+    np.testing.assert_array_equal(got, ref)
+
+
 @pytest.mark.parametrize("sr,n_fft,n_mels,fmin_hz", [(32000, 2560, 128, 0.0), (16000, 512, 40, 20.0), (44100, 2048, 250, 0.0)])
 def test_a_banded_mel_product_is_the_dense_product_to_float32_rounding(sr, n_fft, n_mels, fmin_hz):
     """The mel filterbank applied band by band, each band over its filters' nonzero frequencies
