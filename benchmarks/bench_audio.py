@@ -8,7 +8,9 @@ feature's reference transform (MEL ``librosa.feature.melspectrogram`` + ``power_
 
 ``--mode per-clip`` (default): per feature, the marginal cost of a clip, the slope between two
 clip counts (so start-up cancels out), of ``extract_audio(workers=0)`` against the plain loop, and
-of featstore's transform alone against the reference transform on the same segment windows.
+of featstore's transform alone against the reference transform on the same segment windows
+(called on each window, and for MEL and CQT once on all of a clip's windows). ``librosa.cqt``
+builds its filters on every call, as it does unless its disk cache is configured.
 
     python benchmarks/bench_audio.py --mode per-clip --sizes 10,30 --rounds 3
 
@@ -185,7 +187,9 @@ def per_clip(args, work: str) -> None:
 
 
 def transforms(features: list[str], rounds: int) -> None:
-    """featstore's transform alone against the reference on the same windows of one 10 s stereo clip."""
+    """featstore's transform alone against the reference on the same windows of one 10 s stereo
+    clip: called on each window (as the plain loop does), and for MEL and CQT also once on all ten
+    windows (librosa takes any leading axes; gammatone's ``fft_gtgram`` takes one channel)."""
     from featstore.audio import AudioParams, spectrograms
 
     p = AudioParams(sr=SR, n_bins=N_BINS, win_ms=80.0, hop_ms=14.0, segment_s=1.0, n_segments=10)
@@ -195,6 +199,8 @@ def transforms(features: list[str], rounds: int) -> None:
         reference = reference_transform(feature)
         runs[feature, "featstore"] = lambda f=feature: spectrograms(windows, p, (f,))
         runs[feature, "reference"] = lambda r=reference: [r(windows[:, k]) for k in range(windows.shape[1])]
+        if feature != "gam":
+            runs[feature, "one call"] = lambda r=reference: r(windows)
     samples: dict = {k: [] for k in runs}
     for fn in runs.values():
         fn()  # warm-up
@@ -203,10 +209,12 @@ def transforms(features: list[str], rounds: int) -> None:
             samples[key].append(timed(fn))
     t = medians(samples)
     print(f"\ntransform alone, ms per 10 s stereo clip (ten 1 s windows), one thread, medians of {rounds} rounds")
-    print(f"{'feature':<8} {'featstore':>10} {'reference':>10} {'ratio':>6}  (CPU: featstore, reference, ratio)")
+    print(f"{'feature':<8} {'featstore':>10} {'reference':>10} {'ratio':>6}  {'reference, one call':>20} {'ratio':>6}  (CPU: featstore, reference, ratio)")
     for feature in features:
         f, r = t[feature, "featstore"], t[feature, "reference"]
-        print(f"{feature:<8} {1000 * f[0]:>10.1f} {1000 * r[0]:>10.1f} {f[0] / r[0]:>5.2f}x  ({1000 * f[1]:.1f}, {1000 * r[1]:.1f}, {f[1] / r[1]:.2f}x)")
+        one = t.get((feature, "one call"))
+        batched = f"{1000 * one[0]:>20.1f} {f[0] / one[0]:>5.2f}x" if one else f"{'-':>20} {'-':>6}"
+        print(f"{feature:<8} {1000 * f[0]:>10.1f} {1000 * r[0]:>10.1f} {f[0] / r[0]:>5.2f}x  {batched}  ({1000 * f[1]:.1f}, {1000 * r[1]:.1f}, {f[1] / r[1]:.2f}x)")
 
 
 def whole_process(args, work: str) -> None:

@@ -17,7 +17,9 @@ example directly. ``--workers`` lists the thread counts to try (0 = all in the c
 core). Thread counts and store / memory alternate within each of ``--rounds`` rounds; the best
 epoch of each is kept and the ratio is taken between them (the machine is shared: its load drifts
 between runs), and the last thread count against the first is printed as the median of each
-round's own ratio.
+round's own ratio. After that table, what the same number of threads gains on this machine with
+no loader at all, for a compiled loop of arithmetic and for a compiled copy into new memory (the
+ceiling that memory traffic sets for the loader's copies: gather, widen, mix).
 
 First printed: one clip read through zarr (``array[row]``) against featstore's ClipReader, into
 fresh and into reused memory (what the loader does), for frames (zstd), MEL (Blosc lz4 +
@@ -44,6 +46,7 @@ import os
 import tempfile
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 # "1 (inline)" means one core: no BLAS threads behind numpy (set before numpy loads its BLAS), and
 # no Blosc threads (main()); the loader's own threads are the only parallelism measured
@@ -226,6 +229,43 @@ def _loader_pass(torch, dataset, epoch: int, num_workers: int):
     return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers)
 
 
+def machine_scaling(threads: int, rounds: int = 5) -> None:
+    """What ``threads`` threads gain over one on this machine for two kinds of work with no loader
+    at all, each released from the GIL (compiled, numba): a loop of arithmetic on registers, and a
+    copy that scales a 4.8 MB float32 array into a fresh one (the kind of work a batch is made of:
+    gathering, widening and mixing copy every byte). Medians of each round's own ratio."""
+    import numba
+
+    @numba.njit(nogil=True)
+    def arithmetic(n):  # pragma: no cover - compiled
+        s = 0.0
+        for i in range(n):
+            s += np.sin(i * 1e-3)
+        return s
+
+    @numba.njit(nogil=True)
+    def copy(a, out):  # pragma: no cover - compiled
+        for i in range(a.size):
+            out[i] = a[i] * np.float32(0.5)
+
+    source = np.random.default_rng(0).random(1_200_000).astype(np.float32)
+    kinds = {"arithmetic in registers": lambda _: arithmetic(300_000),
+             "copying 4.8 MB arrays into new ones": lambda _: copy(source, np.empty_like(source))}
+    for work in kinds.values():
+        work(0)  # compiles
+    ratios = {}
+    for name, work in kinds.items():
+        own = []
+        for _ in range(rounds):
+            one = _seconds(lambda: [work(i) for i in range(64)])
+            with ThreadPoolExecutor(threads) as pool:
+                many = _seconds(lambda: list(pool.map(work, range(64))))
+            own.append(one / many)
+        ratios[name] = float(np.median(own))
+    print(f"\nthis machine, {threads} threads against 1, no loader (compiled loops outside the GIL, medians of {rounds} rounds): "
+          + "; ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios.items()))
+
+
 def compare_store_and_memory(store, work: str, args, options: dict) -> None:
     """Chunk reads, layouts, memory over epochs and the table of store against memory batches."""
     import psutil
@@ -283,6 +323,7 @@ def compare_store_and_memory(store, work: str, args, options: dict) -> None:
         print("| --- | ---: | ---: |")
         for kind, from_store, from_memory in scaling:
             print(f"| {kind} | {from_store:.2f}x | {from_memory:.2f}x |")
+        machine_scaling(max(counts[-1], 1))
 
 
 def main() -> None:
