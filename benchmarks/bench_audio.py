@@ -23,7 +23,8 @@ included (each its own process: ``featstore init``, ``ingest``, ``extract-audio 
 ``--mode workers``: ``extract_audio`` with ``--workers 1`` (one local dask worker process) against
 in-process, marginal per clip and the fixed cost of the local cluster (the difference of the two
 lines' intercepts), the cluster's start and close timed alone, and ``--workers 2`` against
-``--workers 1`` (wall time: what two cores buy). Last, the CPU an idle one-worker cluster takes
+``--workers 1`` (wall time: what two cores buy), beside what two cores buy the same work without
+dask (two in-process runs at once, separate processes, against one). Last, the CPU an idle one-worker cluster takes
 while it waits (this process: scheduler, nanny, client; the worker process), as featstore starts it
 and with dask's defaults, in percent of a core over 5 s.
 
@@ -287,10 +288,42 @@ def workers(args, work: str) -> None:
         print(f"{what}: marginal per clip in-process {1000 * m[0]:.1f} ms, --workers 1 {1000 * m[1]:.1f} ms: {m[1] / m[0]:.2f}x (target <= 1.05x); "
               f"fixed cost of the local cluster {fixed[1] - fixed[0]:.2f} s (start + close alone: {t[('cluster start + close', 0)][i]:.2f} s)")
     m = {w: slope(t, (f"workers={w}",), sizes, 0) for w in counts}
-    print(f"wall: marginal per clip --workers 2 {1000 * m[2]:.1f} ms: {m[1] / m[2]:.2f}x the clips per second of --workers 1 (target >= 1.8x)")
+    busy = slope(t, ("workers=1",), sizes, 1) / m[1]
+    print(f"wall: marginal per clip --workers 2 {1000 * m[2]:.1f} ms: {m[1] / m[2]:.2f}x the clips per second of --workers 1 (target >= 1.8x); "
+          f"one worker run keeps {busy:.2f} cores busy (CPU per clip over wall per clip: the worker's write-behind thread, this process)")
+    gains = [two_processes_gain(work, root, sizes[1]) for _ in range(args.rounds)]
+    print(f"the machine's own gain from a second core for this work, no dask: two in-process runs of {sizes[1] - 2} clips at once, separate "
+          f"processes and stores, against one alone: " + ", ".join(f"{g:.2f}x" for g in gains) + f" (median {float(np.median(gains)):.2f}x)")
     for name, config in (("featstore's settings", None), ("dask's defaults", {})):
         driver, worker = idle_cluster_cpu(config)
         print(f"idle one-worker cluster, {name}: {driver:.1f}% of a core in this process, {worker:.1f}% in the worker")
+
+
+def two_processes_gain(work: str, root: str, n_clips: int) -> float:
+    """Clips per second of two in-process ``extract_audio`` runs at once (separate processes, each
+    its own store) over one run alone; each run's first 2 clips (imports, filter banks) untimed."""
+    def start() -> subprocess.Popen:
+        store = fresh_store(work, root)
+        return subprocess.Popen([sys.executable, __file__, "--in-process-run", store.url, str(n_clips)], stdout=subprocess.PIPE, text=True)
+
+    def seconds(*runs: subprocess.Popen) -> list[float]:
+        return [float(run.communicate()[0].split()[-1]) for run in runs]
+
+    (one,) = seconds(start())
+    return 2 * one / max(seconds(start(), start()))
+
+
+def in_process_run(url: str, n_clips: int) -> None:
+    """Print the seconds ``extract_audio(workers=0)`` takes over clips 3..``n_clips`` of the store at ``url``."""
+    import featstore
+    from featstore.pipelines.extract_audio import extract_audio
+
+    store = featstore.open_store(url)
+    ids = store.clips.clip_id[:n_clips].tolist()
+    extract_audio(store, features=("mel",), clips=ids[:2], workers=0, progress=False)
+    started = time.perf_counter()
+    extract_audio(store, features=("mel",), clips=ids[2:], workers=0, progress=False)
+    print(time.perf_counter() - started)
 
 
 def idle_cluster_cpu(config: dict | None, seconds: float = 5.0) -> tuple[float, float]:
@@ -339,7 +372,13 @@ def main() -> None:
     parser.add_argument("--features", default="mel,gam,cqt")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--plain-loop", nargs="+", metavar=("OUT_DIR", "WAV"), help="Run only the plain MEL loop (used by --mode whole-process).")
+    parser.add_argument("--in-process-run", nargs=2, metavar=("STORE", "N_CLIPS"), help="Time one in-process run (used by --mode workers).")
     args = parser.parse_args()
+    if args.in_process_run:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+        return in_process_run(args.in_process_run[0], int(args.in_process_run[1]))
     if args.plain_loop:
         return plain_loop(args.plain_loop[1:], args.plain_loop[0], "mel")
     with tempfile.TemporaryDirectory() as work:
