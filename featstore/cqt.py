@@ -21,6 +21,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from featstore.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Octave:
@@ -49,7 +51,8 @@ def cqt_plan(sr: int, hop_length: int, fmin_hz: float, n_bins: int, bins_per_oct
     """The filters of ``librosa.cqt(sr=sr, hop_length=hop_length, fmin=fmin_hz, n_bins=n_bins,
     bins_per_octave=bins_per_octave)`` with its other defaults (no tuning, Hann-windowed wavelets,
     L1 norm, sparsity 0.01, responses scaled by filter length), built by librosa's own functions
-    in librosa's order; cached per process.
+    in librosa's order; cached per process. Filters reaching past the Nyquist frequency are a
+    :class:`~featstore.errors.ConfigError` (librosa's ``ParameterError``).
     """
     import librosa
     from librosa import filters
@@ -62,7 +65,8 @@ def cqt_plan(sr: int, hop_length: int, fmin_hz: float, n_bins: int, bins_per_oct
     wavelets = {"window": "hann", "filter_scale": 1, "gamma": 0, "alpha": alpha}
     _, cutoff = filters.wavelet_lengths(freqs=freqs, sr=sr, **wavelets)
     if cutoff > sr / 2:
-        raise ValueError(f"CQT filters up to {cutoff:.0f} Hz exceed the Nyquist frequency of {sr / 2:.0f} Hz")
+        raise ConfigError(f"CQT filters up to {cutoff:.0f} Hz exceed the Nyquist frequency ({sr / 2:.0f} Hz at sr={sr}): use fewer bins "
+                          "(--cqt-n-bins), a lower lowest bin (--cqt-fmin-hz) or more bins per octave (--cqt-bins-per-octave)")
     # librosa's early down-sampling: by 2**k when the filters lie far below the Nyquist frequency
     # and the hop has enough factors of 2 to halve it k more times than there are octaves
     two_factors = (hop_length & -hop_length).bit_length() - 1

@@ -71,6 +71,10 @@ class FeatureConfig:
         """Segment windows (channel, segment, sample) -> float32 (channel, n_out, frame)."""
         raise NotImplementedError
 
+    def check_rate(self, sr: int) -> None:
+        """Refuse, with a :class:`~featstore.errors.ConfigError`, parameters that cannot work at
+        ``sr`` Hz (before any clip runs); by default all can."""
+
     def bin_coordinate(self, sr: int) -> Coordinate:
         """What each of the ``n_out`` bins is at ``sr`` Hz (a centre frequency in Hz, or an index)."""
         raise NotImplementedError
@@ -165,6 +169,12 @@ class CqtConfig(SpectrogramConfig):
 
     def params(self, grid: AudioParams) -> AudioParams:
         return dataclasses.replace(grid, n_bins=self.n_bins, hop_ms=self.hop_ms, cqt_fmin_hz=self.fmin_hz, cqt_bins_per_octave=self.bins_per_octave)
+
+    def check_rate(self, sr: int) -> None:
+        """The top filter's band must lie below the Nyquist frequency (featstore.cqt's plan refuses it)."""
+        from featstore.cqt import cqt_plan
+
+        cqt_plan(sr, self.hop_length(sr), self.fmin_hz, self.n_bins, self.bins_per_octave)
 
     def bin_coordinate(self, sr: int) -> Coordinate:
         import librosa

@@ -144,6 +144,8 @@ class _AudioOptions(StageConfig):
         grid = self.audio_params(store)
         channels = 3 * grid.channels if self.store_deltas else grid.channels
         configs = {f: self.feature_config(f) for f in self.features}
+        for config in configs.values():
+            config.check_rate(grid.sr)
         outputs = tuple(
             OutputSpec(
                 name=f,

@@ -257,6 +257,17 @@ def test_cqt_is_librosas_bit_for_bit(sr, hop_length, fmin_hz, n_bins, bins_per_o
     np.testing.assert_array_equal(got, ref)
 
 
+def test_cqt_past_nyquist_is_refused_before_any_clip_naming_the_options(demo_store):
+    """160 bins at 16 per octave from 50 Hz reach 51 kHz, past 16 kHz: one ConfigError up front
+    naming the options to change, no clip run, nothing written."""
+    from featstore.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--cqt-n-bins") as refused:
+        extract_audio(demo_store, features=("cqt",), cqt_n_bins=160, workers=0)
+    assert "Nyquist" in str(refused.value) and "--cqt-fmin-hz" in str(refused.value)
+    assert not demo_store.has_array("audio/cqt")
+
+
 @pytest.mark.parametrize("sr,n_fft,n_mels,fmin_hz", [(32000, 2560, 128, 0.0), (16000, 512, 40, 20.0), (44100, 2048, 250, 0.0)])
 def test_a_banded_mel_product_is_the_dense_product_to_float32_rounding(sr, n_fft, n_mels, fmin_hz):
     """The mel filterbank applied band by band, each band over its filters' nonzero frequencies
