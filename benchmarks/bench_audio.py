@@ -12,13 +12,13 @@ of featstore's transform alone against the reference transform on the same segme
 (called on each window, and for MEL and CQT once on all of a clip's windows). ``librosa.cqt``
 builds its filters on every call, as it does unless its disk cache is configured.
 
-    python benchmarks/bench_audio.py --mode per-clip --sizes 10,30 --rounds 3
+    python benchmarks/bench_audio.py --mode per-clip --sizes 6,18 --rounds 3
 
 ``--mode whole-process``: the wall and CPU time of the commands a user runs on 40 clips, fixed costs
 included (each its own process: ``featstore init``, ``ingest``, ``extract-audio --features mel
 --workers 0``) against the plain loop run as one process.
 
-    python benchmarks/bench_audio.py --mode whole-process --rounds 3
+    python benchmarks/bench_audio.py --mode whole-process --rounds 5
 
 ``--mode workers``: ``extract_audio`` with ``--workers 1`` (one local dask worker process) against
 in-process, marginal per clip and the fixed cost of the local cluster (the difference of the two
@@ -28,7 +28,7 @@ dask (two in-process runs at once, separate processes, against one). Last, the C
 while it waits (this process: scheduler, nanny, client; the worker process), as featstore starts it
 and with dask's defaults, in percent of a core over 5 s.
 
-    python benchmarks/bench_audio.py --mode workers --sizes 8,24 --rounds 3
+    python benchmarks/bench_audio.py --mode workers --sizes 16,64 --rounds 3   # smaller sizes drown the slope in the cluster start's noise
 
 Medians of ``--rounds``; the machine is shared, so the CPU seconds are printed beside wall seconds.
 
