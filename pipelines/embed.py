@@ -216,20 +216,33 @@ _FORWARDS: dict[tuple[int, int], Any] = {}
 
 def forward_function(embedder, batch_units: int):
     """``forward(inputs) -> [output per layer]``: ``inputs`` one (unit, ...) array per model input,
-    any number of units (sliced into calls of at most ``batch_units``); outputs float32 numpy
-    (unit, dim). Each call runs the model as one compiled TensorFlow graph (traced once per model,
-    whatever the number of units), not eagerly."""
+    any number of units; outputs float32 numpy (unit, dim). Each call runs the model as one
+    compiled TensorFlow graph (traced once per model), not eagerly.
+
+    Every graph call holds exactly ``batch_units`` units: the units are sliced into calls of
+    ``batch_units`` and a short last call is padded with zeros (their outputs dropped). CPU
+    kernels can round differently for different batch sizes (seen on an AMD EPYC: 1e-8 apart
+    between a batch of 10 and of 40), but not for different rows of one batch size, so a clip's
+    outputs do not depend on which clips share its call: a rerun, a resumed run, a repair or a run
+    over one clip writes the same bits as the first full run. The price is a short call's padding
+    (a run of fewer units than ``batch_units`` computes ``batch_units``)."""
     key = (id(embedder), batch_units)
     if key not in _FORWARDS:
         import tensorflow as tf
 
         def forward(inputs: list[np.ndarray]) -> list[np.ndarray]:
-            if forward.graph is None:  # traced once, for any number of units (no retracing notices)
-                signature = [tf.TensorSpec((None, *x.shape[1:]), tf.as_dtype(x.dtype)) for x in inputs]
+            if forward.graph is None:  # traced once, for the one batch shape
+                signature = [tf.TensorSpec((batch_units, *x.shape[1:]), tf.as_dtype(x.dtype)) for x in inputs]
                 forward.graph = tf.function(lambda x: _call(embedder, x), input_signature=[signature])
             n = len(inputs[0])
-            parts = [forward.graph([x[s : s + batch_units] for x in inputs]) for s in range(0, n, batch_units)]
-            return [np.concatenate([np.asarray(p[i]) for p in parts]).astype(np.float32, copy=False) for i in range(len(parts[0]))]
+            parts = []
+            for start in range(0, n, batch_units):
+                call = [x[start : start + batch_units] for x in inputs]
+                used = len(call[0])
+                if used < batch_units:
+                    call = [np.concatenate([x, np.zeros((batch_units - used, *x.shape[1:]), x.dtype)]) for x in call]
+                parts.append([np.asarray(out)[:used] for out in forward.graph(call)])
+            return [np.concatenate([p[i] for p in parts]).astype(np.float32, copy=False) for i in range(len(parts[0]))]
 
         forward.graph = None  # the tf.function once called, for its tracing count
         _FORWARDS[key] = forward
@@ -249,7 +262,7 @@ class EmbedConfig(StageConfig):
 
     model: str = option("", "Registered model name.", cli=False)
     layers: tuple[str, ...] = option(LAYERS, "Embedding layers to cache: fc1024, fc10, or any layer name of the model.", cli=False)
-    batch_units: int = option(256, "Units (segments, or frames) of many clips forwarded in one call; more keeps a GPU busier, at more memory.",
+    batch_units: int = option(256, "Units (segments, or frames) of many clips forwarded in one call (a short call is padded to it); more keeps a GPU busier, at more memory.",
                               min=1, usage=True)
 
     def __post_init__(self) -> None:

@@ -67,6 +67,24 @@ def test_batches_hold_at_most_batch_units_and_one_compiled_graph(mel_model, monk
     assert forward.graph.experimental_get_tracing_count() <= 2, "a compiled graph, not retraced per batch size"
 
 
+def test_a_clips_outputs_do_not_depend_on_the_clips_beside_it(mel_model):
+    """The units of one clip forwarded alone, or in any slice of a longer run, give the same bits
+    as in the full call: every compiled call holds exactly ``batch_units`` units (CPU kernels may
+    round differently for another batch size)."""
+    store, path = mel_model
+    embed(store, "aud-mel", model_file_path=path, clips=list(store.clips.clip_id[:1]))  # registers; loads the model
+    stage = EmbedConfig(model="aud-mel", layers=("fc1024",), batch_units=16).build(store)
+    embedder = embed_mod._embedder(embed_mod.model_file(store, "aud-mel", stage.params["model_fingerprint"]), stage.params["model_fingerprint"], ("fc1024", "softmax"))
+    forward = embed_mod.forward_function(embedder, 16)
+    x = np.concatenate([embed_mod.clip_inputs(store, stage.params, cid, embedder)[0] for cid in store.clips.clip_id[:12]])  # 36 units
+    full = forward([x])
+    for start, stop in ((0, 3), (5, 6), (10, 36), (16, 32)):
+        part = forward([x[start:stop]])
+        for got, whole in zip(part, full):
+            assert got.shape == whole[start:stop].shape
+            np.testing.assert_array_equal(got, whole[start:stop])
+
+
 def test_a_clip_with_a_broken_input_fails_alone(mel_model):
     store, path = mel_model
     bad = store.clips.clip_id[5]
