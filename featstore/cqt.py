@@ -46,27 +46,37 @@ class CqtPlan:
     early_factor: int
 
 
+def check_below_nyquist(sr: int, fmin_hz: float, n_bins: int, bins_per_octave: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """The bins' centre frequencies (Hz), relative bandwidths and the top filter's cut-off (Hz), as
+    librosa computes them; a :class:`~featstore.errors.ConfigError` naming the options when the
+    cut-off passes the Nyquist frequency (librosa's ``ParameterError``). No filter is built."""
+    import librosa
+    from librosa import filters
+
+    freqs = librosa.interval_frequencies(n_bins=n_bins, fmin=fmin_hz, intervals="equal", bins_per_octave=bins_per_octave, sort=True)
+    alpha = filters._relative_bandwidth(freqs=freqs)
+    _, cutoff = filters.wavelet_lengths(freqs=freqs, sr=sr, window="hann", filter_scale=1, gamma=0, alpha=alpha)
+    if cutoff > sr / 2:
+        raise ConfigError(f"CQT filters up to {cutoff:.0f} Hz exceed the Nyquist frequency ({sr / 2:.0f} Hz at sr={sr}): use fewer bins "
+                          "(--cqt-n-bins), a lower lowest bin (--cqt-fmin-hz) or more bins per octave (--cqt-bins-per-octave)")
+    return freqs, alpha, float(cutoff)
+
+
 @lru_cache(maxsize=4)
 def cqt_plan(sr: int, hop_length: int, fmin_hz: float, n_bins: int, bins_per_octave: int) -> CqtPlan:
     """The filters of ``librosa.cqt(sr=sr, hop_length=hop_length, fmin=fmin_hz, n_bins=n_bins,
     bins_per_octave=bins_per_octave)`` with its other defaults (no tuning, Hann-windowed wavelets,
     L1 norm, sparsity 0.01, responses scaled by filter length), built by librosa's own functions
-    in librosa's order; cached per process. Filters reaching past the Nyquist frequency are a
-    :class:`~featstore.errors.ConfigError` (librosa's ``ParameterError``).
+    in librosa's order; cached per process. Filters reaching past the Nyquist frequency are refused
+    (:func:`check_below_nyquist`).
     """
-    import librosa
     from librosa import filters
     from librosa.core import constantq
 
     n_octaves = -(-n_bins // bins_per_octave)
     per_octave = min(bins_per_octave, n_bins)
-    freqs = librosa.interval_frequencies(n_bins=n_bins, fmin=fmin_hz, intervals="equal", bins_per_octave=bins_per_octave, sort=True)
-    alpha = filters._relative_bandwidth(freqs=freqs)
+    freqs, alpha, cutoff = check_below_nyquist(sr, fmin_hz, n_bins, bins_per_octave)
     wavelets = {"window": "hann", "filter_scale": 1, "gamma": 0, "alpha": alpha}
-    _, cutoff = filters.wavelet_lengths(freqs=freqs, sr=sr, **wavelets)
-    if cutoff > sr / 2:
-        raise ConfigError(f"CQT filters up to {cutoff:.0f} Hz exceed the Nyquist frequency ({sr / 2:.0f} Hz at sr={sr}): use fewer bins "
-                          "(--cqt-n-bins), a lower lowest bin (--cqt-fmin-hz) or more bins per octave (--cqt-bins-per-octave)")
     # librosa's early down-sampling: by 2**k when the filters lie far below the Nyquist frequency
     # and the hop has enough factors of 2 to halve it k more times than there are octaves
     two_factors = (hop_length & -hop_length).bit_length() - 1
