@@ -11,7 +11,8 @@ Batches of 64, shuffled with the clip-block shuffle; frames: random resized crop
 MEL windows of 1 s with mixup: the static channels (128 x 72 x 2) that models with the deltas layer
 take (``train-backbone``'s default: the GPU derives the deltas), and with deltas computed by the
 loader (128 x 72 x 6, for models without the layer). Then the same without augmentation and mixup
-(the read path alone). The memory baseline serves the identical
+(the read path alone), and the read path with ``widen=False``: the stored uint8 / float16 values,
+for a model that casts on the device, without the float32 batch. The memory baseline serves the identical
 batches (same plan, same augmentation, same delta computation) from numpy arrays, gathering each
 example directly. ``--workers`` lists the thread counts to try (0 = all in the calling thread: one
 core). Thread counts and store / memory alternate within each of ``--rounds`` rounds; the best
@@ -285,6 +286,8 @@ def compare_store_and_memory(store, work: str, args, options: dict) -> None:
         ("MEL windows 128x72x2: mixup, zstd chunks (stores made before)", OLD_MEL, dict(mixup_alpha=0.4)),
         ("frames: nothing else", "frames/rgb", dict()),
         ("MEL windows 128x72x2: nothing else", "audio/mel", dict()),
+        ("frames: nothing else, uint8 out (widen=False)", "frames/rgb", dict(widen=False)),
+        ("MEL windows 128x72x2: nothing else, float16 out (widen=False)", "audio/mel", dict(widen=False)),
     ]
     compare_clip_reads(store, min(64, store.n_clips))
     compare_layouts(store, work, min(64, store.n_clips))

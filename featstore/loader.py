@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featstore.augment import augment_images, mixup, with_deltas
+from featstore.augment import as_contiguous, augment_images, mixup, with_deltas
 from featstore.errors import ConfigError
 from featstore.sources import StoreSource, Units
 from featstore.store import Store
@@ -135,6 +135,12 @@ class TrainingBatches:
     or from memory, with any ``workers``, served by any process. Iterating the object serves epoch
     0, 1, 2... in turn.
 
+    ``widen=False`` serves ``x`` in the stored dtype (uint8 frames, float16 spectrograms) for a
+    model that casts on the accelerator (PyTorch: ``x.to(device).float()``): a quarter (frames) or
+    half (MEL) of the bytes through host memory and to the device, and no float32 batch to write.
+    The values are those ``widen=True`` serves, before the cast (which is exact). Mixup and the
+    loader's deltas make new float values, so they need ``widen=True``.
+
     ``workers``: 0 = everything in the calling thread; N >= 1 = N threads assemble batches and N
     threads decompress clips, the next block is read while the current one is served.
     ``rank`` of ``world_size`` training processes: this one's share of every epoch (module
@@ -146,7 +152,11 @@ class TrainingBatches:
     def __init__(self, units: Units, source, labels: np.ndarray, n_classes: int, pairs: np.ndarray, *,
                  batch_size: int = 64, shuffle: bool = True, block_clips: int = DEFAULT_BLOCK_CLIPS, seed: int = 0,
                  mixup_alpha: float = 0.0, augment: bool = False, workers: int = 0,
-                 rank: int = 0, world_size: int = 1, balance: str = "pad", drop_last: bool = False, run_clips: int = 1):
+                 rank: int = 0, world_size: int = 1, balance: str = "pad", drop_last: bool = False, run_clips: int = 1,
+                 widen: bool = True):
+        if not widen and (mixup_alpha > 0 or units.deltas):
+            raise ConfigError("widen=False serves the stored values: mixup and the loader's deltas make float32 ones; "
+                              "set mixup_alpha=0 and deltas=False, or keep widen=True")
         if not 0 <= rank < world_size:
             raise ConfigError(f"rank must be in 0..world_size - 1, got rank={rank} of world_size={world_size}")
         if balance not in BALANCE:
@@ -158,12 +168,17 @@ class TrainingBatches:
         self.batch_size, self.shuffle, self.block_clips, self.seed = batch_size, shuffle, block_clips, seed
         self.mixup_alpha, self.augment, self.workers = mixup_alpha, augment, workers
         self.rank, self.world_size, self.balance, self.drop_last = rank, world_size, balance, drop_last
-        self.run_clips = run_clips
+        self.run_clips, self.widen = run_clips, widen
         self._epochs = itertools.count()
 
     @property
     def n_classes(self) -> int:
         return self.onehot.shape[1]
+
+    @property
+    def x_dtype(self) -> np.dtype:
+        """The dtype of the batches' ``x``: float32, or the stored dtype with ``widen=False``."""
+        return np.dtype(np.float32) if self.widen else self.units.dtype
 
     def plan(self, epoch: int) -> list[Block]:
         """This rank's blocks of epoch number ``epoch``."""
@@ -182,6 +197,8 @@ class TrainingBatches:
         raw = self.source.take(pairs)
         if self.units.visual and self.augment:
             raw = augment_images(raw, rng)
+        if not self.widen:
+            return as_contiguous(raw), self.onehot[pairs[:, 0]]
         # mixup before deltas: deltas are linear, so mixing the 2 static channels gives the same
         # windows as mixing all 6, for a third of the work
         x, y = mixup(raw, self.onehot[pairs[:, 0]], self.mixup_alpha, rng)
@@ -261,8 +278,8 @@ def training_batches(store: Store, input_array: str, *, split: str | None = "tra
     model without a deltas layer wants); ``False`` serves the static channels only, for models that
     start with :class:`~featstore.models.deltas.SpectrogramDeltas` (what ``train-backbone`` builds).
     ``options``: see :class:`TrainingBatches` (batch_size, shuffle, block_clips, seed,
-    mixup_alpha, augment, workers, run_clips, and for several training processes rank, world_size,
-    balance, drop_last).
+    mixup_alpha, augment, workers, run_clips, widen, and for several training processes rank,
+    world_size, balance, drop_last).
     """
     clips = store.clips
     if rows is None:

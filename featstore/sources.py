@@ -29,13 +29,14 @@ class Units:
     last. ``deltas``: the loader appends delta and delta-delta channels per batch, (bin, frame,
     3 * channel), for models without a :class:`~featstore.models.deltas.SpectrogramDeltas` layer
     (and for frameworks that want them precomputed); without, the model derives them.
-    ``count`` units per clip.
+    ``count`` units per clip; ``dtype``: the stored dtype.
     """
 
     def __init__(self, store: Store, path: str, window_s: float | None = None, *, deltas: bool = True):
         prov = store.provenance(path)
         params, shape = prov.params, store.array(path).shape
         self.path, self.visual, self.deltas = path, prov.modality == "visual", False
+        self.dtype = np.dtype(store.array(path).dtype)
         if self.visual:
             self.count, self.width, self.example_shape = shape[1], None, tuple(shape[2:])
             return

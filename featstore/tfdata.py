@@ -15,7 +15,7 @@ def tf_dataset(batches: TrainingBatches):
     import tensorflow as tf
 
     signature = (
-        tf.TensorSpec((None, *batches.units.example_shape), tf.float32),
+        tf.TensorSpec((None, *batches.units.example_shape), tf.as_dtype(batches.x_dtype)),
         tf.TensorSpec((None, batches.n_classes), tf.float32),
     )
     dataset = tf.data.Dataset.from_generator(lambda: iter(batches.detached()), output_signature=signature)

@@ -42,7 +42,8 @@ def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int,
 
 
 class StoreDataset(torch.utils.data.IterableDataset):
-    """Shuffled ``(x, y)`` float32 tensor batches of ``input_array`` for a PyTorch ``DataLoader``.
+    """Shuffled ``(x, y)`` tensor batches of ``input_array`` for a PyTorch ``DataLoader``: float32,
+    or ``x`` in the stored dtype with ``widen=False`` (cast it on the device).
 
     ``x`` is (batch, ...) as :func:`~featstore.loader.training_batches` makes it: audio (batch, bin,
     frame, channel), frames (batch, size, size, 3), channels last (``x.permute(0, 3, 1, 2)`` for
@@ -66,7 +67,7 @@ class StoreDataset(torch.utils.data.IterableDataset):
         Leave out the rank's last batch when it is short.
     **loader_options
         For :func:`~featstore.loader.training_batches`: split, rows, window_s, units_per_clip,
-        deltas, shuffle, block_clips, run_clips, mixup_alpha, augment, balance ("pad" or "drop") and
+        deltas, shuffle, block_clips, run_clips, mixup_alpha, augment, widen, balance ("pad" or "drop") and
         ``workers`` (the loader's own threads per reading process; 0 inside DataLoader workers
         unless given).
 

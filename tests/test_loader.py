@@ -150,6 +150,30 @@ def test_store_batches_equal_in_memory_batches_with_mixup_and_augmentation(store
     assert (ys.max(axis=1) < 1).any(), "mixup mixed the labels"
 
 
+@pytest.mark.parametrize(("path", "stored", "augment"), [("audio/mel", np.float16, False), ("frames/rgb", np.uint8, True)])
+def test_unwidened_batches_are_the_stored_values_of_the_float32_ones(store, path, stored, augment):
+    """widen=False serves the stored dtype (for a cast on the device): the same batches before the
+    cast, through tf.data too; mixup or loader deltas with it are one ConfigError."""
+    options = dict(split="train", batch_size=5, block_clips=4, seed=3, augment=augment, deltas=False, workers=2)
+    narrow = training_batches(store, path, widen=False, **options)
+    wide = training_batches(store, path, **options)
+    assert narrow.x_dtype == stored and wide.x_dtype == np.float32
+    served = 0
+    for (xn, yn), (xw, yw) in zip(narrow.epoch(1), wide.epoch(1), strict=True):
+        assert xn.dtype == stored and xn.flags.c_contiguous
+        np.testing.assert_array_equal(xn.astype(np.float32), xw)
+        np.testing.assert_array_equal(yn, yw)
+        served += len(xn)
+    assert served == len(narrow.pairs)
+    (x, _), *_ = tf_dataset(narrow)
+    assert x.dtype.as_numpy_dtype == stored
+    with pytest.raises(featstore.ConfigError, match="widen=False"):
+        training_batches(store, path, widen=False, **{**options, "mixup_alpha": 0.4})
+    if path == "audio/mel":
+        with pytest.raises(featstore.ConfigError, match="deltas=False"):
+            training_batches(store, path, widen=False, **{**options, "deltas": True})
+
+
 def test_batch_deltas_equal_librosa_per_clip():
     spec = np.random.default_rng(0).normal(size=(4, 2, 16, 3 * 72)).astype(np.float32)
     batch = with_deltas(spec, 72, 9)

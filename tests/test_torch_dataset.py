@@ -97,6 +97,15 @@ def test_set_epoch_reshuffles_and_the_seed_repeats(store, unit_of):
     assert order(1, 0) != order(2, 0)
 
 
+def test_unwidened_batches_reach_a_worker_loader_in_the_stored_dtype(store):
+    narrow = StoreDataset(store, "audio/mel", seed=5, widen=False, **OPTIONS)
+    wide = StoreDataset(store, "audio/mel", seed=5, **OPTIONS)
+    pairs = zip(torch.utils.data.DataLoader(narrow, batch_size=None, num_workers=1), torch.utils.data.DataLoader(wide, batch_size=None), strict=True)
+    for (xn, yn), (xw, yw) in pairs:
+        assert xn.dtype == torch.float16 and xw.dtype == torch.float32
+        assert torch.equal(xn.float(), xw) and torch.equal(yn, yw)
+
+
 def test_the_dataset_pickles_and_the_copy_serves_the_same_batches(store):
     dataset = StoreDataset(store, "audio/mel", seed=4, mixup_alpha=0.4, workers=2, **OPTIONS)
     first = [x for x, _ in dataset]  # builds the loader (threads, open arrays) in this process
