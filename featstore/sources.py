@@ -33,10 +33,10 @@ class Units:
     """
 
     def __init__(self, store: Store, path: str, window_s: float | None = None, *, deltas: bool = True):
-        prov = store.provenance(path)
-        params, shape = prov.params, store.array(path).shape
+        prov, array = store.provenance(path), store.array(path)
+        params, shape = prov.params, array.shape
         self.path, self.visual, self.deltas = path, prov.modality == "visual", False
-        self.dtype = np.dtype(store.array(path).dtype)
+        self.dtype = np.dtype(array.dtype)
         if self.visual:
             self.count, self.width, self.example_shape = shape[1], None, tuple(shape[2:])
             return
