@@ -57,24 +57,6 @@ def as_float32(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def as_contiguous(x: np.ndarray) -> np.ndarray:
-    """``x`` C-contiguous, in its own dtype (the same object if it is already).
-
-    A 4-D batch is copied by a compiled loop that reads it in its memory order, as
-    :func:`as_float32` does: a MEL batch gathered from the store keeps its clips' layout (channels
-    outermost), and numpy's transposing copy to channels last takes about 3x as long (4.5-4.9
-    against 1.4-1.5 ms for 64 float16 windows of 128 x 72 x 2 on this project's CPU, ad-hoc probes;
-    numpy's ``copyto`` between the two in that same order is no faster, 4.5 ms).
-    """
-    if x.flags.c_contiguous or x.ndim != 4:
-        return np.ascontiguousarray(x)
-    bits = x.view(f"u{x.dtype.itemsize}")  # numba has no float16: the bits are copied
-    out = np.empty(x.shape, bits.dtype)
-    src, dst = _in_memory_order(bits, out)
-    _copy_kernel()(src, dst)
-    return out.view(x.dtype)
-
-
 def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Mix each example with a random partner: x' = l x + (1 - l) x[p], same for the soft labels.
 
@@ -101,7 +83,7 @@ def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) 
 def _in_memory_order(bits: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``bits`` and ``out`` (same shape, ``out`` C-contiguous) with the batch axis first, then the
     other axes from ``bits``' largest stride to its smallest: the kernels' loops in this order read
-    consecutive memory innermost (a batch gathered from the store keeps its clips' layout, channels
+    consecutive memory innermost (a batch gathered by numpy keeps its clips' layout, channels
     outermost within each window). A C-contiguous ``bits`` comes as (batch, 1, 1, rest): one inner
     loop per example rather than one per pair of channels."""
     if bits.flags.c_contiguous and bits.size:
@@ -169,23 +151,6 @@ def _widen_kernel():
                         out[i, j, k, m] = table[bits[i, j, k, m]]
 
     return widen
-
-
-@lru_cache(maxsize=1)
-def _copy_kernel():
-    """A 4-D copy of unsigned integers, one compiled pass (compiled for each width on first use)."""
-    import numba
-
-    @numba.njit(nogil=True, cache=True)
-    def copy(src, out):  # pragma: no cover - compiled
-        n0, n1, n2, n3 = src.shape
-        for i in range(n0):
-            for j in range(n1):
-                for k in range(n2):
-                    for m in range(n3):
-                        out[i, j, k, m] = src[i, j, k, m]
-
-    return copy
 
 
 #: Random resized crop: area share and aspect ratio ranges (torchvision's defaults).

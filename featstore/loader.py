@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featstore.augment import as_contiguous, augment_images, mixup, with_deltas
+from featstore.augment import augment_images, mixup, with_deltas
 from featstore.errors import ConfigError
 from featstore.sources import StoreSource, Units
 from featstore.store import Store
@@ -198,7 +198,7 @@ class TrainingBatches:
         if self.units.visual and self.augment:
             raw = augment_images(raw, rng)
         if not self.widen:
-            return as_contiguous(raw), self.onehot[pairs[:, 0]]
+            return raw, self.onehot[pairs[:, 0]]  # C-contiguous as gathered (Units.gather) or augmented
         # mixup before deltas: deltas are linear, so mixing the 2 static channels gives the same
         # windows as mixing all 6, for a third of the work
         x, y = mixup(raw, self.onehot[pairs[:, 0]], self.mixup_alpha, rng)

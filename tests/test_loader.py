@@ -136,6 +136,29 @@ def test_units_of_rows_held_by_two_loads_are_served_and_slabs_are_reused(store, 
     np.testing.assert_array_equal(source.take(np.array([[5, 1], [4, 0]])), memory.take(np.array([[5, 1], [4, 0]])))
 
 
+@pytest.mark.parametrize("path,deltas,window_s", [("audio/mel", False, None), ("audio/mel", False, 2.0), ("audio/mel", True, None),
+                                                   ("frames/rgb", False, None)])
+def test_units_are_gathered_as_cutting_each_one_out_by_hand(store, path, deltas, window_s):
+    """Units.gather (a compiled loop for stereo windows) serves each unit exactly as slicing it out
+    of its clip does: window u of a clip is its frames [u * width, (u + 1) * width), channels last
+    (first with deltas); a frame is the clip's frame u. C-contiguous where it promises."""
+    from featstore.sources import Units
+
+    units = Units(store, path, window_s, deltas=deltas)
+    values = store.array(path)[:]
+    rng = np.random.default_rng(3)
+    clips, picked = rng.integers(0, len(values), 17), rng.integers(0, units.count, 17)
+    got = units.gather(values, clips, picked)
+    if units.visual:
+        expected = np.stack([values[c, u] for c, u in zip(clips, picked)])
+    else:
+        cut = [values[c, :, :, u * units.width : (u + 1) * units.width] for c, u in zip(clips, picked)]
+        expected = np.stack(cut) if deltas else np.stack([np.moveaxis(w, 0, -1) for w in cut])
+    assert got.dtype == values.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    assert got.flags.c_contiguous or deltas
+
+
 @pytest.mark.parametrize("path", ["audio/mel", "frames/rgb"])
 def test_store_batches_equal_in_memory_batches_with_mixup_and_augmentation(store, path):
     """The benchmark's baseline serves the same batches; arrays written before the loader read unchanged."""
