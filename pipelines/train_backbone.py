@@ -10,6 +10,11 @@
 - Input pipeline (docs/explanation/loader-randomness.md): :mod:`featstore.loader`, a clip-block shuffle that decompresses each
   clip once per epoch, mixes (and with ``deltas="loader"`` derives deltas) per batch and assembles batches in ``loader_workers``
   threads, fed to Keras through :func:`featstore.tfdata.tf_dataset`. The store is never loaded whole.
+  Where the loader makes no new values (validation; training without mixup), batches stay in the
+  stored dtype (uint8 frames, float16 windows, ``widen=False``) and the model's input casts them
+  to float32, exactly: the same values, without a float32 batch written on the host (for frames
+  1.5x-1.9x the loader's rate, docs/benchmarks/loader.md) and a quarter or half of the bytes to
+  the device.
 - Visual models: random resized crop and horizontal flip of the uint8 frames (``augment``).
 - Mixup on inputs (``mixup_alpha``; 0 turns it off) with the matching soft labels; KL-divergence loss
   against them, plus L2 on the head (``l2``); Adam; the best epoch by validation loss is kept.
@@ -130,11 +135,13 @@ def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str
     visual = MODELS[config.model][0] == "visual"
     if config.deltas not in DELTAS:
         raise ConfigError(f"deltas must be one of {', '.join(DELTAS)}, got {config.deltas!r}")
-    common = dict(window_s=config.window_s, deltas=config.deltas == "loader", units_per_clip=config.units_per_clip, batch_size=config.batch_size,
+    loader_deltas = config.deltas == "loader" and not visual
+    common = dict(window_s=config.window_s, deltas=loader_deltas, units_per_clip=config.units_per_clip, batch_size=config.batch_size,
                   block_clips=config.block_clips, run_clips=config.run_clips, seed=config.seed, workers=config.loader_workers)
+    # the stored dtype wherever the loader makes no new values: the model's input casts it, exactly
     train = training_batches(store, config.input_array, rows=train_rows, shuffle=True, mixup_alpha=config.mixup_alpha,
-                             augment=config.augment and visual, **common)
-    val = training_batches(store, config.input_array, rows=val_rows, shuffle=False, **common)
+                             augment=config.augment and visual, widen=loader_deltas or config.mixup_alpha > 0, **common)
+    val = training_batches(store, config.input_array, rows=val_rows, shuffle=False, widen=loader_deltas, **common)
     input_shape = train.units.example_shape
     if visual:
         backbone = {"weights_file": config.weights_file, **config.extra}

@@ -86,6 +86,34 @@ def test_train_visual_backbone_on_a_subset_of_frames(demo_store):
     assert load_keras(model_file(store, "vis-conv", entry["fingerprint"])).input_shape == (None, 32, 32, 3)
 
 
+def test_a_model_fed_the_stored_dtype_trains_as_fed_float32(demo_store):
+    """train-backbone feeds Keras float16 windows where the loader makes no new values (its
+    model's input casts them): a model trained an epoch on them ends with the weights of the same
+    model trained on the float32 batches, bit for bit."""
+    from featstore.loader import training_batches
+    from featstore.models import build_model
+    from featstore.models.head import compile_for_training
+    from featstore.seeding import seed_everything
+    from featstore.tfdata import tf_dataset
+
+    extract_audio(demo_store, workers=0, features=("mel",))  # resumes: nothing to do if an earlier test made it
+    trained, initial = {}, None
+    for widen in (True, False):
+        batches = training_batches(demo_store, "audio/mel", deltas=False, batch_size=8, seed=1, widen=widen)
+        dataset = tf_dataset(batches)
+        assert dataset.element_spec[0].dtype.as_numpy_dtype == (np.float32 if widen else np.float16)
+        seed_everything(0)
+        model = build_model("aud-mel", input_shape=batches.units.example_shape, n_classes=len(demo_store.classes), head_units=8, widths=(4,),
+                            frames_per_segment=batches.units.frames_per_segment, delta_width=batches.units.delta_width)
+        compile_for_training(model, 1e-3)
+        initial = initial or model.get_weights()
+        model.fit(dataset, epochs=1, shuffle=False, verbose=0)
+        trained[widen] = model.get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(initial, trained[True])), "the epoch changed the weights"
+    for a, b in zip(trained[True], trained[False]):
+        np.testing.assert_array_equal(a, b)
+
+
 def _batch_norms(layer):
     if isinstance(layer, keras.layers.BatchNormalization):
         yield layer
