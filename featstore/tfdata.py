@@ -6,6 +6,9 @@ TensorFlow is imported only when a dataset is made; :mod:`featstore.loader` itse
 
 from __future__ import annotations
 
+import numpy as np
+
+from featstore import tflog
 from featstore.loader import TrainingBatches
 
 
@@ -13,6 +16,9 @@ def tf_dataset(batches: TrainingBatches):
     """A ``tf.data.Dataset`` of ``batches``: each pass over it (each Keras epoch) serves the next epoch
     (through :meth:`~featstore.loader.TrainingBatches.detached`: Keras opens the next pass before dropping the last)."""
     import tensorflow as tf
+
+    if batches.x_dtype == np.float16:
+        tflog.quiet_first_float16()  # oneDNN's notice on CPUs without AVX-512 FP16, not mid-training
 
     signature = (
         tf.TensorSpec((None, *batches.units.example_shape), tf.as_dtype(batches.x_dtype)),

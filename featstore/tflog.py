@@ -9,6 +9,13 @@ stderr without those notices. TensorFlow is not imported by :func:`install` itse
 that never need it stay fast. The hook also sets ``TF_CPP_MIN_LOG_LEVEL=2`` (a user's own setting
 wins) and quiets the ``absl`` Python logger to errors.
 
+One more notice comes later, at a process's first float16 tensor, on a CPU without AVX-512 FP16
+(``oneDNN supports DT_HALF only on platforms with AVX-512. Falling back to the default Eigen-based
+implementation``, written at error level, once): TensorFlow then uses its own kernels, nothing is
+wrong. :func:`quiet_first_float16` makes that first tensor with the notice filtered;
+:func:`featstore.tfdata.tf_dataset` calls it before it serves float16 batches (windows in the
+stored dtype), so training does not print it between its epoch lines.
+
 ``verbose=True`` (the commands' ``--verbose``) leaves everything as TensorFlow prints it.
 Dask worker processes started by a stage do not inherit the hook (their start-up lines stay).
 """
@@ -21,11 +28,14 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-#: Substrings of the start-up lines that are dropped.
-NOTICES = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on")
+#: Substrings of the lines that are dropped: the start-up notices and the float16 one.
+NOTICES = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on",
+           "oneDNN supports DT_HALF only on platforms with AVX-512")
 
-_state = {"verbose": False}
+_state = {"verbose": False, "float16_made": False}
 
 
 def set_verbose(verbose: bool) -> None:
@@ -37,6 +47,43 @@ def set_verbose(verbose: bool) -> None:
 def _filtered(captured: bytes) -> bytes:
     lines = captured.splitlines(keepends=True)
     return b"".join(line for line in lines if not any(n.encode() in line for n in NOTICES))
+
+
+@contextmanager
+def _stderr_filtered() -> Iterator[None]:
+    """File descriptor 2 captured for the block; what was written to it goes back to stderr
+    afterwards without the :data:`NOTICES`."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 (a detached process): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            rest = _filtered(capture.read())
+            if rest:
+                os.write(2, rest)
+
+
+def quiet_first_float16() -> None:
+    """Make this process's first float16 tensor with the float16 notice filtered (see the module
+    docstring); a no-op once done, and with ``verbose``. Imports TensorFlow."""
+    if _state["verbose"] or _state["float16_made"]:
+        return
+    import numpy as np
+    import tensorflow as tf
+
+    with _stderr_filtered():
+        tf.constant(np.zeros(1, np.float16))  # oneDNN checks the CPU for float16 here, once
+    _state["float16_made"] = True
 
 
 class _QuietLoader(importlib.abc.Loader):
@@ -53,24 +100,8 @@ class _QuietLoader(importlib.abc.Loader):
             self.loader.exec_module(module)
             return
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        try:
-            saved = os.dup(2)
-        except OSError:  # no fd 2 (a detached process): nothing to filter
+        with _stderr_filtered():
             self.loader.exec_module(module)
-            return
-        with tempfile.TemporaryFile() as capture:
-            sys.stderr.flush()
-            os.dup2(capture.fileno(), 2)
-            try:
-                self.loader.exec_module(module)
-            finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-                os.close(saved)
-                capture.seek(0)
-                rest = _filtered(capture.read())
-                if rest:
-                    os.write(2, rest)
         logging.getLogger("absl").setLevel(logging.ERROR)
 
 

@@ -67,6 +67,7 @@ def test_progress_lines_csv_and_event_file(demo_store):
 def test_tensorflow_notices_are_filtered_and_other_lines_kept():
     captured = (b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
                 b"I0000 port.cc:153] oneDNN custom operations are on. You may see ...\n"
+                b"E0000 util.cc:131] oneDNN supports DT_HALF only on platforms with AVX-512. Falling back to ...\n"
                 b"E0000 something real went wrong\n")
     assert tflog._filtered(captured) == b"E0000 something real went wrong\n"
 
