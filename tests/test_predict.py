@@ -374,8 +374,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start, min(kept))  # 
 
 #: Memory each further window of a file may keep (KiB): the system's models are loaded once, in the
 #: first window, so a further window leaves only its temporary store's small objects behind
-#: (measured: 13 windows keep 1 to 5 MB in all, once 14 MB; 8 to 27 MB a window when each window
-#: loaded the models again).
+#: (measured: 13 further windows keep 1 to 5 MB in all, once 14 MB).
 KEPT_PER_WINDOW_KIB = 2_000
 #: How much higher the peak may be per further window (KiB): transient allocator growth, not kept
 #: (measured: 0.3 to 4.3 MB a window run alone, up to 11 MB a window run from pytest).
