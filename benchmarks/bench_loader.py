@@ -43,6 +43,7 @@ with ``persistent_workers=True``, the workers are started by a first pass left o
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import threading
@@ -183,8 +184,8 @@ def compare_layouts(store, work: str, n_clips: int = 64) -> None:
 
 def epoch_seconds(batches, epoch: int) -> tuple[float, int]:
     started, served = time.perf_counter(), 0
-    for x, _ in batches.epoch(epoch):
-        served += len(x)
+    for _, y in batches.epoch(epoch):  # x may be (x, draws): augment_on="device"
+        served += len(y)
     return time.perf_counter() - started, served
 
 
@@ -232,10 +233,13 @@ def _loader_pass(torch, dataset, epoch: int, num_workers: int):
 
 
 def machine_scaling(threads: int, rounds: int = 5) -> None:
-    """What ``threads`` threads gain over one on this machine for two kinds of work with no loader
-    at all, each released from the GIL (compiled, numba): a loop of arithmetic on registers, and a
+    """What ``threads`` threads gain over one on this machine for three kinds of work with no loader
+    at all, each released from the GIL (compiled, numba): a loop of arithmetic on registers, a
     copy that scales a 4.8 MB float32 array into another, one per thread (the kind of work a batch is made of:
-    gathering, widening and mixing copy every byte). Medians of each round's own ratio."""
+    gathering, widening and mixing copy every byte), and the same copy of 16 KiB repeated in each
+    core's L1 cache (no memory traffic at all: where it gains less than 2x from 2 threads, the two
+    virtual CPUs share one physical core's load and store units, hyper-threads of one core).
+    Medians of each round's own ratio."""
     import numba
 
     @numba.njit(nogil=True)
@@ -258,7 +262,17 @@ def machine_scaling(threads: int, rounds: int = 5) -> None:
             own_buffer.out = np.empty_like(source)
         copy(source, own_buffer.out)
 
-    kinds = {"arithmetic in registers": lambda _: arithmetic(300_000), "copying a 4.8 MB array": copy_into_own_buffer}
+    small = source[:4096]  # 16 KiB: source and output stay in each core's L1 cache
+    own_small = threading.local()
+
+    def copy_within_l1(_):
+        if not hasattr(own_small, "out"):
+            own_small.out = np.empty_like(small)
+        for _ in range(300):
+            copy(small, own_small.out)
+
+    kinds = {"arithmetic in registers": lambda _: arithmetic(300_000), "copying a 4.8 MB array": copy_into_own_buffer,
+             "copying 16 KiB within L1": copy_within_l1}
     for work in kinds.values():
         work(0)  # compiles
     ratios = {}
@@ -272,6 +286,33 @@ def machine_scaling(threads: int, rounds: int = 5) -> None:
         ratios[name] = float(np.median(own))
     print(f"\nthis machine, {threads} threads against 1, no loader (compiled loops outside the GIL, medians of {rounds} rounds): "
           + "; ".join(f"{name} {ratio:.2f}x" for name, ratio in ratios.items()))
+
+
+def compare_device_apply(store, options: dict, batches: int = 10) -> None:
+    """ms per batch to apply mixup (and the frames' crop and flip) from the loader's draws with
+    TensorFlow on this machine's CPU (``featstore.models.device_augment.device_augment`` in a
+    ``tf.function``: where ``augment_on="device"`` runs without a GPU) against the host's loader
+    making the same batches inline from memory, and the loader serving only the draws."""
+    import tensorflow as tf
+
+    from featstore.models.device_augment import device_augment
+
+    apply = tf.function(device_augment)
+    print(f"\nmixup and augmentation applied by TensorFlow on this CPU against the host's loader, ms per batch of {options['batch_size']} "
+          f"(best of 3 passes over {batches} batches, one loader thread; TensorFlow uses its own threads):")
+    for kind, path, extra in (("frames: crop + flip + mixup", "frames/rgb", dict(augment=True, mixup_alpha=0.4)),
+                              ("MEL windows 128x72x2: mixup", "audio/mel", dict(mixup_alpha=0.4))):
+        memory = store.array(path)[:]
+        host = loader(store, path, memory, workers=0, **options, **extra)
+        device = loader(store, path, memory, workers=0, augment_on="device", **options, **extra)
+        drawn = list(itertools.islice(device.epoch(0), batches))
+        apply(*drawn[0][0])  # traces
+        ms = {
+            "host loader (draws, crops, mix)": min(_seconds(lambda: list(itertools.islice(host.epoch(0), batches))) for _ in range(3)),
+            "loader serving the draws": min(_seconds(lambda: list(itertools.islice(device.epoch(0), batches))) for _ in range(3)),
+            "TensorFlow applying them (CPU)": min(_seconds(lambda: [apply(*x) for x, _ in drawn]) for _ in range(3)),
+        }
+        print(f"  {kind}: " + "; ".join(f"{name} {value / batches * 1e3:.1f} ms" for name, value in ms.items()))
 
 
 def compare_store_and_memory(store, work: str, args, options: dict) -> None:
@@ -288,6 +329,8 @@ def compare_store_and_memory(store, work: str, args, options: dict) -> None:
         ("MEL windows 128x72x2: nothing else", "audio/mel", dict()),
         ("frames: nothing else, uint8 out (widen=False)", "frames/rgb", dict(widen=False)),
         ("MEL windows 128x72x2: nothing else, float16 out (widen=False)", "audio/mel", dict(widen=False)),
+        ("frames: crop + flip + mixup drawn for the device, uint8 out", "frames/rgb", dict(augment=True, mixup_alpha=0.4, augment_on="device")),
+        ("MEL windows 128x72x2: mixup drawn for the device, float16 out", "audio/mel", dict(mixup_alpha=0.4, augment_on="device")),
     ]
     compare_clip_reads(store, min(64, store.n_clips))
     compare_layouts(store, work, min(64, store.n_clips))
@@ -334,6 +377,7 @@ def compare_store_and_memory(store, work: str, args, options: dict) -> None:
         for kind, from_store, from_memory in scaling:
             print(f"| {kind} | {from_store:.2f}x | {from_memory:.2f}x |")
         machine_scaling(max(counts[-1], 1))
+    compare_device_apply(store, options)
 
 
 def main() -> None:

@@ -57,10 +57,24 @@ def as_float32(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def mixup_draws(n: int, alpha: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Mixup's randomness for a batch of ``n``: (``lam`` (n,) float32 ~ Beta(alpha, alpha), ``perm``
+    (n,) int64, a permutation of the batch: example ``i``'s partner). ``alpha <= 0``: no mixing (all
+    ones, the identity), without a draw."""
+    if alpha <= 0:
+        return np.ones(n, np.float32), np.arange(n)
+    return rng.beta(alpha, alpha, size=n).astype(np.float32), rng.permutation(n)
+
+
+def mix_labels(y: np.ndarray, lam: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """Soft labels of mixed examples: ``lam y + (1 - lam) y[perm]``, (n, classes) float32."""
+    return lam[:, None] * y + (1 - lam[:, None]) * y[perm]
+
+
 def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Mix each example with a random partner: x' = l x + (1 - l) x[p], same for the soft labels.
 
-    ``l`` ~ Beta(alpha, alpha) per example, ``p`` a permutation of the batch. ``x`` of any real
+    ``l`` ~ Beta(alpha, alpha) per example, ``p`` a permutation of the batch (:func:`mixup_draws`). ``x`` of any real
     dtype (uint8 frames, float16 spectrograms) is mixed into C-contiguous float32 in one pass (a
     compiled kernel, outside the GIL, so loader threads mix in parallel; a 4-D float16 batch is
     widened in the same pass, as :func:`as_float32` does). ``alpha <= 0`` returns
@@ -68,8 +82,7 @@ def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) 
     """
     if alpha <= 0:
         return as_float32(x), y
-    lam = rng.beta(alpha, alpha, size=len(x)).astype(np.float32)
-    perm = rng.permutation(len(x))
+    lam, perm = mixup_draws(len(x), alpha, rng)
     mixed = np.empty(x.shape, np.float32)
     if x.dtype == np.float16 and x.ndim == 4:
         bits, out = _in_memory_order(x.view(np.uint16), mixed)
@@ -77,7 +90,7 @@ def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) 
     else:
         flat = np.ascontiguousarray(x.reshape(len(x), -1))
         _mix_kernel()(flat.astype(np.float32) if flat.dtype == np.float16 else flat, lam, perm, mixed.reshape(len(x), -1))
-    return mixed, lam[:, None] * y + (1 - lam[:, None]) * y[perm]
+    return mixed, mix_labels(y, lam, perm)
 
 
 def _in_memory_order(bits: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,20 +185,39 @@ def crop_box(height: int, width: int, rng: np.random.Generator) -> tuple[int, in
     return 0, 0, width, height
 
 
+def augment_draws(n: int, height: int, width: int, rng: np.random.Generator, *, crop: bool = True,
+                  flip: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The random resized crop and flip of ``n`` images of ``height`` x ``width`` pixels: (``boxes``
+    (n, 4) int64, (left, top, right, bottom) in pixels, the whole image without ``crop``; ``flips``
+    (n,) bool, each True with probability 1/2, all False without ``flip``)."""
+    flips = rng.random(n) < 0.5 if flip else np.zeros(n, bool)
+    boxes = [crop_box(height, width, rng) if crop else (0, 0, width, height) for _ in range(n)]
+    return np.array(boxes, np.int64).reshape(n, 4), flips
+
+
 def augment_images(frames: np.ndarray, rng: np.random.Generator, *, crop: bool = True, flip: bool = True) -> np.ndarray:
     """(n, H, W, 3) uint8 -> (n, H, W, 3) uint8: random resized crop (bilinear, back to H x W) and a
-    horizontal flip with probability 1/2, each image on its own draw."""
+    horizontal flip with probability 1/2, each image on its own draw (:func:`augment_draws`)."""
+    n, height, width, _ = frames.shape
+    boxes, flips = augment_draws(n, height, width, rng, crop=crop, flip=flip)
+    return crop_and_flip(frames, boxes, flips)
+
+
+def crop_and_flip(frames: np.ndarray, boxes: np.ndarray, flips: np.ndarray) -> np.ndarray:
+    """(n, H, W, 3) uint8, each image's crop ``boxes[i]`` resized back to H x W (Pillow's bilinear
+    filter) and mirrored left to right where ``flips[i]``: (n, H, W, 3) uint8."""
     from PIL import Image
 
     n, height, width, _ = frames.shape
     out = np.empty_like(frames)
-    flips = rng.random(n) < 0.5 if flip else np.zeros(n, bool)
+    full = (0, 0, width, height)
     for i in range(n):
         # all in Pillow, which releases the GIL (loader threads crop in parallel); its flip is a
         # row copy, 10x cheaper than numpy's reversed-stride copy of 3-byte pixels
         image = Image.fromarray(frames[i])
-        if crop:
-            image = image.resize((width, height), Image.BILINEAR, box=crop_box(height, width, rng))
+        box = tuple(int(v) for v in boxes[i])
+        if box != full:
+            image = image.resize((width, height), Image.BILINEAR, box=box)
         if flips[i]:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         out[i] = np.asarray(image)

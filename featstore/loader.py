@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featstore.augment import augment_images, mixup, with_deltas
+from featstore.augment import augment_draws, augment_images, mix_labels, mixup, mixup_draws, with_deltas
 from featstore.errors import ConfigError
 from featstore.sources import StoreSource, Units
 from featstore.store import Store
@@ -64,6 +64,10 @@ DEFAULT_BLOCK_CLIPS = 64
 
 #: How ranks get equal shares of an epoch's clips: repeat clips from the start, or drop the remainder
 BALANCE = ("pad", "drop")
+
+#: Where a batch's augmentation and mixup are applied: by the loader, or on the accelerator from
+#: the draws the loader serves (:class:`TrainingBatches`)
+AUGMENT_ON = ("host", "device")
 
 
 @dataclass
@@ -141,6 +145,17 @@ class TrainingBatches:
     The values are those ``widen=True`` serves, before the cast (which is exact). Mixup and the
     loader's deltas make new float values, so they need ``widen=True``.
 
+    ``augment_on="device"`` keeps the stored dtype with mixup and augmentation too: the loader
+    draws them (the same draws as ``"host"``) and serves ``((x, draws), y)``, ``x`` the gathered
+    stored values, ``y`` already mixed, ``draws`` a dict of numpy arrays for the accelerator to
+    apply (:func:`featstore.models.device_augment.device_augment` in Keras,
+    :func:`featstore.torch.augment_on_device` in PyTorch): ``mix_weight`` (batch,) float32 and
+    ``mix_partner`` (batch,) int32 (all ones and the identity without mixup), and for frames
+    ``crop_box`` (batch, 4) float32, (left, top, right, bottom) in pixels (the whole frame without
+    ``augment``), and ``flip`` (batch,) bool. Applied there, the batch equals the host's within
+    rounding (the host rounds its crops to uint8 before mixing). Not with the loader's deltas
+    (``deltas=True``): a model with a deltas layer derives them after the mixing.
+
     ``workers``: 0 = everything in the calling thread; N >= 1 = N threads assemble batches and N
     threads decompress clips, the next block is read while the current one is served.
     ``rank`` of ``world_size`` training processes: this one's share of every epoch (module
@@ -153,8 +168,13 @@ class TrainingBatches:
                  batch_size: int = 64, shuffle: bool = True, block_clips: int = DEFAULT_BLOCK_CLIPS, seed: int = 0,
                  mixup_alpha: float = 0.0, augment: bool = False, workers: int = 0,
                  rank: int = 0, world_size: int = 1, balance: str = "pad", drop_last: bool = False, run_clips: int = 1,
-                 widen: bool = True):
-        if not widen and (mixup_alpha > 0 or units.deltas):
+                 widen: bool = True, augment_on: str = "host"):
+        if augment_on not in AUGMENT_ON:
+            raise ConfigError(f"augment_on must be one of {', '.join(AUGMENT_ON)}, got {augment_on!r}")
+        if augment_on == "device" and units.deltas:
+            raise ConfigError("augment_on='device' mixes on the accelerator, after which the model derives the deltas: "
+                              "set deltas=False (a model with a deltas layer), or keep augment_on='host'")
+        if augment_on == "host" and not widen and (mixup_alpha > 0 or units.deltas):
             raise ConfigError("widen=False serves the stored values: mixup and the loader's deltas make float32 ones; "
                               "set mixup_alpha=0 and deltas=False, or keep widen=True")
         if not 0 <= rank < world_size:
@@ -168,7 +188,7 @@ class TrainingBatches:
         self.batch_size, self.shuffle, self.block_clips, self.seed = batch_size, shuffle, block_clips, seed
         self.mixup_alpha, self.augment, self.workers = mixup_alpha, augment, workers
         self.rank, self.world_size, self.balance, self.drop_last = rank, world_size, balance, drop_last
-        self.run_clips, self.widen = run_clips, widen
+        self.run_clips, self.widen, self.augment_on = run_clips, widen and augment_on == "host", augment_on
         self._epochs = itertools.count()
 
     @property
@@ -177,7 +197,7 @@ class TrainingBatches:
 
     @property
     def x_dtype(self) -> np.dtype:
-        """The dtype of the batches' ``x``: float32, or the stored dtype with ``widen=False``."""
+        """The dtype of the batches' ``x``: float32, or the stored dtype (``widen=False``, ``augment_on="device"``)."""
         return np.dtype(np.float32) if self.widen else self.units.dtype
 
     def plan(self, epoch: int) -> list[Block]:
@@ -195,6 +215,8 @@ class TrainingBatches:
         # numbered across ranks (rank 0 of 1: the batch number itself), so no two ranks mix alike
         rng = np.random.default_rng([self.seed, epoch, number * self.world_size + self.rank])
         raw = self.source.take(pairs)
+        if self.augment_on == "device":
+            return self._with_draws(raw, self.onehot[pairs[:, 0]], rng)
         if self.units.visual and self.augment:
             raw = augment_images(raw, rng)
         if not self.widen:
@@ -205,6 +227,15 @@ class TrainingBatches:
         if self.units.deltas:
             x = with_deltas(x, self.units.frames_per_segment, self.units.delta_width, channels_last=True)
         return x, y
+
+    def _with_draws(self, raw: np.ndarray, y: np.ndarray, rng: np.random.Generator):
+        """``((raw, draws), mixed y)``: the host path's draws, in its order (crops, then mixup)."""
+        n, draws = len(raw), {}
+        if self.units.visual:
+            boxes, flips = augment_draws(n, *raw.shape[1:3], rng, crop=self.augment, flip=self.augment)
+            draws = {"crop_box": boxes.astype(np.float32), "flip": flips}
+        lam, perm = mixup_draws(n, self.mixup_alpha, rng)
+        return (raw, {"mix_weight": lam, "mix_partner": perm.astype(np.int32), **draws}), mix_labels(y, lam, perm)
 
     def epoch(self, epoch: int, part: int = 0, parts: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The batches of epoch number ``epoch``; the shuffle buffer is emptied at its end (or when
@@ -278,7 +309,7 @@ def training_batches(store: Store, input_array: str, *, split: str | None = "tra
     model without a deltas layer wants); ``False`` serves the static channels only, for models that
     start with :class:`~featstore.models.deltas.SpectrogramDeltas` (what ``train-backbone`` builds).
     ``options``: see :class:`TrainingBatches` (batch_size, shuffle, block_clips, seed,
-    mixup_alpha, augment, workers, run_clips, widen, and for several training processes rank,
+    mixup_alpha, augment, workers, run_clips, widen, augment_on, and for several training processes rank,
     world_size, balance, drop_last).
     """
     clips = store.clips

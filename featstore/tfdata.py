@@ -13,19 +13,29 @@ from featstore.loader import TrainingBatches
 
 
 def tf_dataset(batches: TrainingBatches):
-    """A ``tf.data.Dataset`` of ``batches``: each pass over it (each Keras epoch) serves the next epoch
+    """A ``tf.data.Dataset`` of ``batches`` (``((x, draws), y)`` with ``augment_on="device"``): each pass over it (each Keras epoch) serves the next epoch
     (through :meth:`~featstore.loader.TrainingBatches.detached`: Keras opens the next pass before dropping the last)."""
     import tensorflow as tf
 
     if batches.x_dtype == np.float16:
         tflog.quiet_first_float16()  # oneDNN's notice on CPUs without AVX-512 FP16, not mid-training
 
-    signature = (
-        tf.TensorSpec((None, *batches.units.example_shape), tf.as_dtype(batches.x_dtype)),
-        tf.TensorSpec((None, batches.n_classes), tf.float32),
-    )
+    x = tf.TensorSpec((None, *batches.units.example_shape), tf.as_dtype(batches.x_dtype))
+    if batches.augment_on == "device":  # ((x, draws), y): featstore.models.device_augment applies the draws
+        x = (x, draw_signature(batches.units.visual))
+    signature = (x, tf.TensorSpec((None, batches.n_classes), tf.float32))
     dataset = tf.data.Dataset.from_generator(lambda: iter(batches.detached()), output_signature=signature)
     return dataset.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(2)
+
+
+def draw_signature(visual: bool) -> dict:
+    """The ``tf.TensorSpec`` of each draw ``augment_on="device"`` serves (:class:`~featstore.loader.TrainingBatches`)."""
+    import tensorflow as tf
+
+    specs = {"mix_weight": tf.TensorSpec((None,), tf.float32), "mix_partner": tf.TensorSpec((None,), tf.int32)}
+    if visual:
+        specs.update(crop_box=tf.TensorSpec((None, 4), tf.float32), flip=tf.TensorSpec((None,), tf.bool))
+    return specs
 
 
 def tf_distributed_dataset(strategy, batches: TrainingBatches):

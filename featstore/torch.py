@@ -31,6 +31,36 @@ from featstore.loader import TrainingBatches, training_batches
 from featstore.store import Store, open_store
 
 
+def augment_on_device(x: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Apply the loader's draws (``augment_on="device"``) where ``x`` is: float32, same shape.
+
+    ``x`` (batch, ...) channels last, any real dtype (the stored one), on any device; ``draws`` the
+    batch's dict of tensors (moved there too). Frames (when ``draws`` has ``crop_box``) are cropped,
+    resized back and flipped by one bilinear ``grid_sample`` with Pillow's pixel-centre convention
+    (edge pixels repeat beyond the frame), then every example is mixed with its partner:
+    ``w x + (1 - w) x[partner]``. The same values as
+    :func:`featstore.models.device_augment.device_augment` (Keras) within float rounding.
+
+    >>> for (x, draws), y in loader:                                            # doctest: +SKIP
+    ...     x = augment_on_device(x.to(device), {k: v.to(device) for k, v in draws.items()})
+    """
+    x = x.float()
+    if "crop_box" in draws:
+        n, height, width, _ = x.shape
+        left, top, right, bottom = draws["crop_box"].float().unbind(1)
+        sign = 1.0 - 2.0 * draws["flip"].float()
+        # normalised input coordinate (align_corners=False) of normalised output u: scale u + shift
+        scale_x, scale_y = (right - left) / width, (bottom - top) / height
+        shift_x, shift_y = 2 * left / width + scale_x - 1, 2 * top / height + scale_y - 1
+        zeros = torch.zeros_like(left)
+        theta = torch.stack([torch.stack([sign * scale_x, zeros, shift_x], 1), torch.stack([zeros, scale_y, shift_y], 1)], 1)
+        grid = torch.nn.functional.affine_grid(theta, [n, x.shape[3], height, width], align_corners=False)
+        nchw = torch.nn.functional.grid_sample(x.permute(0, 3, 1, 2), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        x = nchw.permute(0, 2, 3, 1)
+    weight = draws["mix_weight"].float().reshape(-1, *(1,) * (x.dim() - 1))
+    return weight * x + (1 - weight) * x[draws["mix_partner"].long()]
+
+
 def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """``rank``/``world_size`` as given, else torch.distributed's when it is initialised, else 0 of 1."""
     initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -43,7 +73,9 @@ def _rank_and_world_size(rank: int | None, world_size: int | None) -> tuple[int,
 
 class StoreDataset(torch.utils.data.IterableDataset):
     """Shuffled ``(x, y)`` tensor batches of ``input_array`` for a PyTorch ``DataLoader``: float32,
-    or ``x`` in the stored dtype with ``widen=False`` (cast it on the device).
+    or ``x`` in the stored dtype with ``widen=False`` (cast it on the device); with
+    ``augment_on="device"``, ``((x, draws), y)``, ``x`` in the stored dtype and ``draws`` a dict
+    of tensors for :func:`augment_on_device` (mixup and the frames' augmentation on the GPU).
 
     ``x`` is (batch, ...) as :func:`~featstore.loader.training_batches` makes it: audio (batch, bin,
     frame, channel), frames (batch, size, size, 3), channels last (``x.permute(0, 3, 1, 2)`` for
@@ -67,7 +99,7 @@ class StoreDataset(torch.utils.data.IterableDataset):
         Leave out the rank's last batch when it is short.
     **loader_options
         For :func:`~featstore.loader.training_batches`: split, rows, window_s, units_per_clip,
-        deltas, shuffle, block_clips, run_clips, mixup_alpha, augment, widen, balance ("pad" or "drop") and
+        deltas, shuffle, block_clips, run_clips, mixup_alpha, augment, widen, augment_on, balance ("pad" or "drop") and
         ``workers`` (the loader's own threads per reading process; 0 inside DataLoader workers
         unless given).
 
@@ -124,8 +156,16 @@ class StoreDataset(torch.utils.data.IterableDataset):
         if info is not None:
             self._passes += 1
         for x, y in self.batches(in_worker=info is not None).epoch(epoch, part=part, parts=parts):
-            yield torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y))
+            if isinstance(x, tuple):  # augment_on="device": (x, draws)
+                x, draws = x
+                yield (_tensor(x), {name: _tensor(value) for name, value in draws.items()}), _tensor(y)
+            else:
+                yield _tensor(x), _tensor(y)
 
     def __getstate__(self) -> dict[str, Any]:
         # what crosses to a spawned worker: the recipe, never the open arrays or threads
         return {**self.__dict__, "_batches": None, "_pid": None}
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array))

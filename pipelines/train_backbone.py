@@ -18,6 +18,13 @@
 - Visual models: random resized crop and horizontal flip of the uint8 frames (``augment``).
 - Mixup on inputs (``mixup_alpha``; 0 turns it off) with the matching soft labels; KL-divergence loss
   against them, plus L2 on the head (``l2``); Adam; the best epoch by validation loss is kept.
+- ``augment_on``: where mixup and the frames' crop and flip are applied. ``"host"``: by the loader's
+  threads, into float32 batches. ``"device"``: the loader serves the stored dtype with the batch's
+  draws and the model's device applies them (:mod:`featstore.models.device_augment`; the model is
+  trained inside a :class:`~featstore.models.device_augment.DeviceAugmentTrainer` and saved
+  without it). ``"auto"`` (the default): ``"device"`` when TensorFlow sees a GPU, else ``"host"``
+  (on a CPU both run on the same cores; the host's threads then overlap the training step); the
+  registered config records the choice made. The loader's deltas (``deltas="loader"``) need ``"host"``.
 - ``mixed_precision``: Keras ``mixed_float16`` while the model is built and trained (for GPUs).
 - ``devices``: N > 1 trains under ``tf.distribute.MirroredStrategy`` over N GPUs of this machine (or
   logical CPU devices; :mod:`featstore.distribute`): the model is built and compiled in the
@@ -44,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from featstore.errors import ConfigError
-from featstore.loader import DEFAULT_BLOCK_CLIPS, training_batches
+from featstore.loader import AUGMENT_ON as LOADER_AUGMENT_ON, DEFAULT_BLOCK_CLIPS, training_batches
 from featstore.models import MODELS
 from featstore.models.audio import ARCHS
 from featstore.models.head import compile_for_training
@@ -58,6 +65,8 @@ from featstore.tfdata import tf_dataset, tf_distributed_dataset
 
 #: choices of ``TrainConfig.deltas``
 DELTAS = ("model", "loader")
+#: choices of ``TrainConfig.augment_on`` (``"auto"``: device with a GPU, see the module docstring)
+AUGMENT_ON = ("auto", *LOADER_AUGMENT_ON)
 
 
 @dataclass
@@ -85,6 +94,8 @@ class TrainConfig(TrainingConfig):
     run_clips: int = option(1, "Shuffle clips as runs of this many neighbours: fewer, larger requests from an object store "
                                "(see the guide's training loader; 1 = every clip on its own).", min=1)
     loader_workers: int = option(2, "Loader threads (0 = in the training thread).", min=0)
+    augment_on: str = option("auto", "Where mixup and the frames' crop and flip run: host (loader threads), device "
+                                     "(the GPU, from the loader's draws), auto (device when TensorFlow sees a GPU).", choices=AUGMENT_ON)
     deltas: str = option("model", "Audio deltas computed by the model's first layer, or by the loader (a 6-channel model, as before).", choices=DELTAS)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -94,8 +105,16 @@ class TrainConfig(TrainingConfig):
             raise ConfigError(f"--batch-size {self.batch_size} must be a multiple of --devices {self.devices} (it is the global batch, split evenly)")
 
     def resolved(self, store: Store) -> TrainConfig:
-        """This config with ``input_array`` and ``window_s`` filled in from the model and ``store``."""
-        return dataclasses.replace(self, input_array=self.input_array or MODELS[self.model][1], window_s=self.window_s or store.segment_s)
+        """This config with ``input_array`` and ``window_s`` filled in from the model and ``store``,
+        and ``augment_on="auto"`` made ``"device"`` or ``"host"`` (imports TensorFlow to look for a GPU)."""
+        augment_on = self.augment_on
+        if augment_on == "auto":
+            import tensorflow as tf
+
+            host_only = self.deltas == "loader" and MODELS[self.model][0] == "audio"
+            augment_on = "device" if tf.config.list_physical_devices("GPU") and not host_only else "host"
+        return dataclasses.replace(self, input_array=self.input_array or MODELS[self.model][1], window_s=self.window_s or store.segment_s,
+                                   augment_on=augment_on)
 
 
 def train_backbone(store: Store, config: TrainConfig, *, progress: bool | None = None) -> dict[str, Any]:
@@ -120,6 +139,7 @@ def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str
 
     from featstore.distribute import mirrored_strategy
     from featstore.models import build_model
+    from featstore.models.device_augment import DeviceAugmentTrainer
 
     from featstore.seeding import seed_everything
 
@@ -140,7 +160,8 @@ def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str
                   block_clips=config.block_clips, run_clips=config.run_clips, seed=config.seed, workers=config.loader_workers)
     # the stored dtype wherever the loader makes no new values: the model's input casts it, exactly
     train = training_batches(store, config.input_array, rows=train_rows, shuffle=True, mixup_alpha=config.mixup_alpha,
-                             augment=config.augment and visual, widen=loader_deltas or config.mixup_alpha > 0, **common)
+                             augment=config.augment and visual, widen=loader_deltas or config.mixup_alpha > 0,
+                             augment_on=config.augment_on, **common)
     val = training_batches(store, config.input_array, rows=val_rows, shuffle=False, widen=loader_deltas, **common)
     input_shape = train.units.example_shape
     if visual:
@@ -150,18 +171,22 @@ def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str
         backbone = {"arch": config.arch, "widths": tuple(config.widths), **in_model}
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = build_model(config.model, input_shape=input_shape, n_classes=len(store.classes), head_units=config.head_units, l2=config.l2, **backbone)
-        compile_for_training(model, config.lr)
+        trainer = DeviceAugmentTrainer(model) if config.augment_on == "device" else model  # the same weights
+        compile_for_training(trainer, config.lr)
     watch = TrainingProgress(config.model, config.epochs, store=store, kind="models", bar=progress)
     with tempfile.TemporaryDirectory() as work:
-        best = os.path.join(work, f"{config.model}.keras")
-        history = model.fit(
+        best, best_weights = os.path.join(work, f"{config.model}.keras"), os.path.join(work, "best.weights.h5")
+        history = trainer.fit(
             tf_distributed_dataset(strategy, train) if strategy else tf_dataset(train),
             validation_data=tf_dataset(val),  # under a strategy, each global batch split across the replicas
             epochs=config.epochs,
             shuffle=False,  # the loader reshuffles every epoch itself
             verbose=0,
-            callbacks=[keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True), keras_callback(watch)],
+            callbacks=[keras.callbacks.ModelCheckpoint(best_weights, monitor="val_loss", save_best_only=True, save_weights_only=True),
+                       keras_callback(watch)],
         )
+        trainer.load_weights(best_weights)
+        model.save(best)  # the model alone: it takes x, whatever trained it
         losses = history.history["val_loss"]
         best_epoch = int(np.argmin(losses))
         trained_on = clips["clip_id"].to_numpy()[train_rows].tolist()

@@ -197,6 +197,36 @@ def test_unwidened_batches_are_the_stored_values_of_the_float32_ones(store, path
             training_batches(store, path, widen=False, **{**options, "deltas": True})
 
 
+@pytest.mark.parametrize(("path", "tolerance"), [("audio/mel", 0.0), ("frames/rgb", 1.0)])
+def test_draws_applied_on_the_device_give_the_host_batches(store, path, tolerance):
+    """augment_on="device" serves the stored values, the mixed labels and the host's own draws:
+    applied by the Keras ops, the host's batches (MEL bitwise; frames within one level of 255, the
+    host's crops being rounded to uint8 before the mix), through tf.data as ((x, draws), y)."""
+    from featstore.models.device_augment import device_augment
+
+    options = dict(split="train", batch_size=5, block_clips=4, seed=3, mixup_alpha=0.4, augment=True, deltas=False, workers=2)
+    device = training_batches(store, path, augment_on="device", **options)
+    host = training_batches(store, path, **options)
+    assert device.x_dtype == store.array(path).dtype
+    worst, cropped = 0.0, False
+    for ((x, draws), yd), (xh, yh) in zip(device.epoch(1), host.epoch(1), strict=True):
+        assert x.dtype == device.x_dtype
+        np.testing.assert_array_equal(yd, yh)
+        worst = max(worst, float(np.abs(np.asarray(device_augment(x, draws)) - xh).max()))
+        cropped |= "crop_box" in draws and bool((draws["crop_box"][:, 2] - draws["crop_box"][:, 0] < x.shape[2]).any())
+    assert worst <= tolerance
+    assert cropped or path == "audio/mel", "some frames were cropped"
+    assert (yd.max(axis=1) < 1).any(), "mixup mixed the labels"
+    (x, draws), y = next(iter(tf_dataset(device)))
+    assert x.dtype.as_numpy_dtype == device.x_dtype and draws["mix_partner"].dtype.name == "int32"
+    assert sorted(draws) == (["crop_box", "flip", "mix_partner", "mix_weight"] if path == "frames/rgb" else ["mix_partner", "mix_weight"])
+    if path == "audio/mel":
+        with pytest.raises(featstore.ConfigError, match="deltas=False"):
+            training_batches(store, path, augment_on="device", **{**options, "deltas": True})
+    with pytest.raises(featstore.ConfigError, match="augment_on must be one of host, device"):
+        training_batches(store, path, augment_on="gpu", **options)
+
+
 def test_batch_deltas_equal_librosa_per_clip():
     spec = np.random.default_rng(0).normal(size=(4, 2, 16, 3 * 72)).astype(np.float32)
     batch = with_deltas(spec, 72, 9)

@@ -145,3 +145,28 @@ def test_two_ddp_ranks_split_the_epoch_disjointly_with_equal_batch_counts(store,
     for r in range(2):
         gathered = np.load(tmp_path / f"counts{r}.npy")
         assert gathered[0] == gathered[1] == gathered[2], "equal batch counts on both ranks, as len() says"
+
+
+def test_device_draws_reach_a_worker_loader_and_apply_as_the_keras_ops_do(store):
+    """augment_on="device": ((x, draws), y) tensors from a worker process; augment_on_device gives
+    the loader's own host batch for mixup, and Keras' values for a crop and flip of frames."""
+    from featstore.augment import augment_draws, mixup_draws
+    from featstore.models.device_augment import device_augment
+    from featstore.torch import augment_on_device
+
+    options = {**OPTIONS, "mixup_alpha": 0.4, "seed": 2}
+    loader = torch.utils.data.DataLoader(StoreDataset(store, "audio/mel", augment_on="device", **options), batch_size=None, num_workers=1)
+    host = StoreDataset(store, "audio/mel", **options).batches().epoch(0)
+    for ((x, draws), y), (xh, yh) in zip(loader, host, strict=True):
+        assert x.dtype == torch.float16 and draws["mix_partner"].dtype == torch.int32
+        np.testing.assert_array_equal(y.numpy(), yh)
+        np.testing.assert_allclose(augment_on_device(x, draws).numpy(), xh, rtol=1e-6, atol=1e-6)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (8, 24, 40, 3)).astype(np.uint8)
+    boxes, flips = augment_draws(8, 24, 40, rng)
+    lam, perm = mixup_draws(8, 0.4, rng)
+    draws = {"crop_box": boxes.astype(np.float32), "flip": flips, "mix_weight": lam, "mix_partner": perm.astype(np.int32)}
+    reference = np.asarray(device_augment(frames, draws))
+    ours = augment_on_device(torch.from_numpy(frames), {k: torch.from_numpy(v) for k, v in draws.items()}).numpy()
+    assert flips.any() and not flips.all()
+    np.testing.assert_allclose(ours, reference, atol=2e-3)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from featstore.errors import ConfigError
 from featstore.registry import load_keras, model_entry, model_file
 from featstore.pipelines.embed import embed
 from featstore.pipelines.extract_audio import extract_audio
@@ -54,6 +55,7 @@ def test_train_register_and_embed(demo_store):
     config = TrainConfig(model="aud-mel", input_array="audio/mel", window_s=1.0, widths=(4, 8), head_units=16, epochs=2, batch_size=8)
     entry = train_backbone(store, config)
     assert entry["input"] == "audio/mel" and entry["fc1024_units"] == 16
+    assert entry["config"]["augment_on"] == "host", "auto: the host, on a machine without a GPU"
     metrics = entry["config"]["metrics"]
     assert 1 <= metrics["best_epoch"] <= 2 and np.isfinite(metrics["val_loss"])
     trained_on = json.loads(store.side.read("models/aud-mel.train_clips.json"))
@@ -112,6 +114,50 @@ def test_a_model_fed_the_stored_dtype_trains_as_fed_float32(demo_store):
     assert not all(np.array_equal(a, b) for a, b in zip(initial, trained[True])), "the epoch changed the weights"
     for a, b in zip(trained[True], trained[False]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_mixup_on_the_device_trains_as_mixup_on_the_host(demo_store):
+    """augment_on="device": the loader serves float16 windows and the draws, DeviceAugmentTrainer
+    mixes them in the training step; an epoch ends with the weights mixup on the host gives."""
+    from featstore.loader import training_batches
+    from featstore.models import build_model
+    from featstore.models.device_augment import DeviceAugmentTrainer
+    from featstore.models.head import compile_for_training
+    from featstore.seeding import seed_everything
+    from featstore.tfdata import tf_dataset
+
+    extract_audio(demo_store, workers=0, features=("mel",))  # resumes: nothing to do if an earlier test made it
+    trained, initial = {}, None
+    for where in ("host", "device"):
+        batches = training_batches(demo_store, "audio/mel", deltas=False, batch_size=8, seed=1, mixup_alpha=0.4, augment_on=where)
+        seed_everything(0)
+        model = build_model("aud-mel", input_shape=batches.units.example_shape, n_classes=len(demo_store.classes), head_units=8, widths=(4,),
+                            frames_per_segment=batches.units.frames_per_segment, delta_width=batches.units.delta_width)
+        trainer = DeviceAugmentTrainer(model) if where == "device" else model
+        compile_for_training(trainer, 1e-3)
+        initial = initial or model.get_weights()
+        trainer.fit(tf_dataset(batches), epochs=1, shuffle=False, verbose=0)
+        trained[where] = model.get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(initial, trained["host"])), "the epoch changed the weights"
+    for a, b in zip(trained["host"], trained["device"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_train_backbone_augments_frames_on_the_device_and_saves_the_model_alone(demo_store):
+    from featstore.pipelines.extract_frames import extract_frames
+
+    extract_frames(demo_store, workers=0, size=32, name="frames32")  # resumes if an earlier test made it
+    config = TrainConfig(model="vis-conv", input_array="frames32/rgb", head_units=16, epochs=2, batch_size=16, units_per_clip=2,
+                         augment_on="device", extra={"arch": "tiny", "widths": [8, 16]})
+    entry = train_backbone(demo_store, config)
+    assert entry["config"]["augment_on"] == "device"
+    model = load_keras(model_file(demo_store, "vis-conv", entry["fingerprint"]))
+    assert model.input_shape == (None, 32, 32, 3), "saved without the trainer: it takes frames alone"
+    frames = demo_store.frames(demo_store.clips.clip_id[0], group="frames32")[0][:4]
+    probabilities = model.predict(frames, verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    with pytest.raises(ConfigError, match="--augment-on must be one of auto, host, device"):
+        TrainConfig(model="vis-conv", augment_on="gpu")
 
 
 def _batch_norms(layer):
