@@ -297,6 +297,9 @@ def compare_device_apply(store, options: dict, batches: int = 10) -> None:
 
     from featstore.models.device_augment import device_augment
 
+    from featstore import tflog
+
+    tflog.quiet_first_float16()  # oneDNN's notice at the first float16 tensor, on CPUs without AVX-512 FP16
     apply = tf.function(device_augment)
     print(f"\nmixup and augmentation applied by TensorFlow on this CPU against the host's loader, ms per batch of {options['batch_size']} "
           f"(best of 3 passes over {batches} batches, one loader thread; TensorFlow uses its own threads):")
