@@ -6,8 +6,8 @@
 Writes to the folder OUT: ``replica0.npy`` / ``replica1.npy``, the examples each replica received
 over one epoch of :func:`featstore.tfdata.tf_distributed_dataset` (static MEL windows, no mixup),
 and ``result.json``: replicas in sync, per-replica batch sizes per step, steps, the error for one
-device too many, and the registry entry of a ``train_backbone`` run with ``devices=2`` and mixed
-precision.
+device too many, and the registry entry of a ``train_backbone`` run with ``devices=2``, mixed
+precision and mixup on the devices (each replica mixes its own share of the batch).
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ def main(url: str, out: str) -> None:
     for replica, parts in enumerate(served):
         np.save(os.path.join(out, f"replica{replica}.npy"), np.concatenate(parts))
     config = TrainConfig(model="aud-mel", input_array="audio/mel", window_s=1.0, widths=(4, 8), head_units=8, epochs=1,
-                         batch_size=8, devices=2, mixed_precision=True)
+                         batch_size=8, devices=2, mixed_precision=True, augment_on="device")
     entry = train_backbone(store, config, progress=False)
     model = load_keras(model_file(store, "aud-mel", entry["fingerprint"]))
     result = {"replicas": strategy.num_replicas_in_sync, "sizes": sizes, "steps": len(batches.shard(0, 2, batch_size=4)),
-              "too_many": too_many, "history": entry["config"]["history"], "devices": entry["config"]["devices"],
+              "too_many": too_many, "history": entry["config"]["history"], "devices": entry["config"]["devices"], "augment_on": entry["config"]["augment_on"],
               "policy": model.get_layer("stem_conv").dtype_policy.name}
     with open(os.path.join(out, "result.json"), "w") as f:
         json.dump(result, f)

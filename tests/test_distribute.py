@@ -95,7 +95,7 @@ def test_mirrored_strategy_over_two_cpu_devices_trains_one_epoch_through_the_tf_
     units = [units_in([(np.load(tmp_path / f"replica{r}.npy"), None)], unit_of) for r in range(2)]
     assert not set(units[0]) & set(units[1]), "no window on both replicas"
     assert collections.Counter(units[0] + units[1]) == collections.Counter((r, u) for r in range(20) for u in range(3))
-    # train-backbone with devices=2 and mixed precision: one epoch, a finite loss, a float16 model
+    # train-backbone with devices=2, mixed precision, mixup on the devices: one epoch, a finite loss, a float16 model
     history = result["history"]
     assert history["epoch"] == [1] and np.isfinite(history["loss"][0]) and np.isfinite(history["val_loss"][0])
-    assert result["devices"] == 2 and result["policy"] == "mixed_float16"
+    assert result["devices"] == 2 and result["policy"] == "mixed_float16" and result["augment_on"] == "device"
