@@ -143,6 +143,29 @@ def test_mixup_on_the_device_trains_as_mixup_on_the_host(demo_store):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_the_trainer_mixes_with_the_float32_weights_under_mixed_precision():
+    """Under mixed_float16 the draws reach the mixing as float32 (not rounded to float16, away from
+    the weights the labels were mixed with), and Keras' jit_compile="auto" leaves XLA off."""
+    from featstore.models.device_augment import DeviceAugmentTrainer
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((6, 4, 5, 2)).astype(np.float16)
+    draws = {"mix_weight": rng.uniform(0.05, 0.95, 6).astype(np.float32), "mix_partner": rng.permutation(6).astype(np.int32)}
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        inputs = keras.Input((4, 5, 2))
+        identity = keras.Model(inputs, keras.layers.Activation("linear", dtype="float32")(inputs))
+        trainer = DeviceAugmentTrainer(identity)
+        mixed = np.asarray(trainer((x, draws), training=True))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    lam = draws["mix_weight"][:, None, None, None]
+    wide = x.astype(np.float32)
+    np.testing.assert_allclose(mixed, lam * wide + (1 - lam) * wide[draws["mix_partner"]], rtol=1e-6, atol=1e-6)
+    assert np.asarray(trainer(x)).dtype == np.float32 and not trainer.supports_jit
+
+
 def test_train_backbone_augments_frames_on_the_device_and_saves_the_model_alone(demo_store):
     from featstore.pipelines.extract_frames import extract_frames
 

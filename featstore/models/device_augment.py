@@ -54,11 +54,19 @@ class DeviceAugmentTrainer(keras.Model):
 
     Train and evaluate the trainer (compile it, not ``model``); ``model`` shares its weights, so
     after ``trainer.load_weights(...)`` save ``model`` itself, which takes ``x`` alone.
+
+    The trainer computes in float32 whatever the global policy: under ``mixed_float16`` Keras would
+    otherwise cast the draws to float16 on the way in, rounding the mixing weights (by up to 2.4e-4)
+    away from those the labels were mixed with; ``model`` casts to its own policy as it always
+    does. It is not compiled by XLA (``supports_jit = False``, as Keras' own image-transforming
+    layers): TensorFlow's affine transform has no XLA kernel, and Keras' ``jit_compile="auto"``
+    would otherwise choose XLA on a GPU.
     """
 
     def __init__(self, model: keras.Model, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(dtype="float32", **kwargs)
         self.inner = model
+        self.supports_jit = False
 
     def call(self, inputs, training=False):
         if isinstance(inputs, (tuple, list)):
