@@ -289,7 +289,10 @@ def workers(args, work: str) -> None:
               f"fixed cost of the local cluster {fixed[1] - fixed[0]:.2f} s (start + close alone: {t[('cluster start + close', 0)][i]:.2f} s)")
     m = {w: slope(t, (f"workers={w}",), sizes, 0) for w in counts}
     busy = slope(t, ("workers=1",), sizes, 1) / m[1]
+    rounds = [{key: value[r] for key, value in samples.items()} for r in range(args.rounds)]
+    own = [slope(each, ("workers=1",), sizes, 0) / slope(each, ("workers=2",), sizes, 0) for each in rounds]
     print(f"wall: marginal per clip --workers 2 {1000 * m[2]:.1f} ms: {m[1] / m[2]:.2f}x the clips per second of --workers 1 (target >= 1.8x); "
+          f"each round's own ratio: {', '.join(f'{g:.2f}x' for g in own)}; "
           f"one worker run keeps {busy:.2f} cores busy (CPU per clip over wall per clip: the worker's write-behind thread, this process)")
     gains = [two_processes_gain(work, root, sizes[1]) for _ in range(args.rounds)]
     print(f"the machine's own gain from a second core for this work, no dask: two in-process runs of {sizes[1] - 2} clips at once, separate "
