@@ -83,6 +83,12 @@ def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) 
     if alpha <= 0:
         return as_float32(x), y
     lam, perm = mixup_draws(len(x), alpha, rng)
+    return mix(x, lam, perm), mix_labels(y, lam, perm)
+
+
+def mix(x: np.ndarray, lam: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """``lam x + (1 - lam) x[perm]`` per example (:func:`mixup`'s arrays, given its draws): ``x``
+    (batch, ...) of any real dtype, C-contiguous float32 out, one compiled pass."""
     mixed = np.empty(x.shape, np.float32)
     if x.dtype == np.float16 and x.ndim == 4:
         bits, out = _in_memory_order(x.view(np.uint16), mixed)
@@ -90,7 +96,7 @@ def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) 
     else:
         flat = np.ascontiguousarray(x.reshape(len(x), -1))
         _mix_kernel()(flat.astype(np.float32) if flat.dtype == np.float16 else flat, lam, perm, mixed.reshape(len(x), -1))
-    return mixed, mix_labels(y, lam, perm)
+    return mixed
 
 
 def _in_memory_order(bits: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -47,13 +47,13 @@ import copy
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from featstore.augment import augment_draws, augment_images, mix_labels, mixup, mixup_draws, with_deltas
+from featstore.augment import as_float32, augment_draws, augment_images, mix, mix_labels, mixup_draws, with_deltas
 from featstore.errors import ConfigError
 from featstore.sources import StoreSource, Units
 from featstore.store import Store
@@ -156,6 +156,11 @@ class TrainingBatches:
     rounding (the host rounds its crops to uint8 before mixing). Not with the loader's deltas
     (``deltas=True``): a model with a deltas layer derives them after the mixing.
 
+    ``paired``: a second input served beside ``x``, ``paired(pairs)`` (n, ...) for the batch's (n, 2)
+    (row, unit) pairs (a cached embedding of each window, for a two-input model): ``x`` is then
+    ``(x, paired values as float32)``, both mixed with the same draws as the labels. It is called
+    from the loader's threads. Not with ``augment_on="device"``.
+
     ``workers``: 0 = everything in the calling thread; N >= 1 = N threads assemble batches and N
     threads decompress clips, the next block is read while the current one is served.
     ``rank`` of ``world_size`` training processes: this one's share of every epoch (module
@@ -168,9 +173,11 @@ class TrainingBatches:
                  batch_size: int = 64, shuffle: bool = True, block_clips: int = DEFAULT_BLOCK_CLIPS, seed: int = 0,
                  mixup_alpha: float = 0.0, augment: bool = False, workers: int = 0,
                  rank: int = 0, world_size: int = 1, balance: str = "pad", drop_last: bool = False, run_clips: int = 1,
-                 widen: bool = True, augment_on: str = "host"):
+                 widen: bool = True, augment_on: str = "host", paired: Callable[[np.ndarray], np.ndarray] | None = None):
         if augment_on not in AUGMENT_ON:
             raise ConfigError(f"augment_on must be one of {', '.join(AUGMENT_ON)}, got {augment_on!r}")
+        if augment_on == "device" and paired is not None:
+            raise ConfigError("a paired input is mixed by the loader: keep augment_on='host'")
         if augment_on == "device" and units.deltas:
             raise ConfigError("augment_on='device' mixes on the accelerator, after which the model derives the deltas: "
                               "set deltas=False (a model with a deltas layer), or keep augment_on='host'")
@@ -188,12 +195,17 @@ class TrainingBatches:
         self.batch_size, self.shuffle, self.block_clips, self.seed = batch_size, shuffle, block_clips, seed
         self.mixup_alpha, self.augment, self.workers = mixup_alpha, augment, workers
         self.rank, self.world_size, self.balance, self.drop_last = rank, world_size, balance, drop_last
-        self.run_clips, self.widen, self.augment_on = run_clips, widen and augment_on == "host", augment_on
+        self.run_clips, self.widen, self.augment_on, self.paired = run_clips, widen and augment_on == "host", augment_on, paired
         self._epochs = itertools.count()
 
     @property
     def n_classes(self) -> int:
         return self.onehot.shape[1]
+
+    @property
+    def paired_shape(self) -> tuple[int, ...] | None:
+        """The shape of one example of the ``paired`` input (None without one); reads one unit."""
+        return None if self.paired is None else tuple(np.shape(self.paired(self.pairs[:1]))[1:])
 
     @property
     def x_dtype(self) -> np.dtype:
@@ -219,14 +231,20 @@ class TrainingBatches:
             return self._with_draws(raw, self.onehot[pairs[:, 0]], rng)
         if self.units.visual and self.augment:
             raw = augment_images(raw, rng)
+        y = self.onehot[pairs[:, 0]]
+        draws = mixup_draws(len(raw), self.mixup_alpha, rng) if self.mixup_alpha > 0 else None
         if not self.widen:
-            return raw, self.onehot[pairs[:, 0]]  # C-contiguous as gathered (Units.gather) or augmented
-        # mixup before deltas: deltas are linear, so mixing the 2 static channels gives the same
-        # windows as mixing all 6, for a third of the work
-        x, y = mixup(raw, self.onehot[pairs[:, 0]], self.mixup_alpha, rng)
-        if self.units.deltas:
-            x = with_deltas(x, self.units.frames_per_segment, self.units.delta_width, channels_last=True)
-        return x, y
+            x = raw  # C-contiguous as gathered (Units.gather) or augmented
+        else:
+            # mixup before deltas: deltas are linear, so mixing the 2 static channels gives the same
+            # windows as mixing all 6, for a third of the work
+            x = mix(raw, *draws) if draws else as_float32(raw)
+            if self.units.deltas:
+                x = with_deltas(x, self.units.frames_per_segment, self.units.delta_width, channels_last=True)
+        if self.paired is not None:
+            side = self.paired(pairs)
+            x = (x, mix(side, *draws) if draws else as_float32(side))
+        return x, mix_labels(y, *draws) if draws else y
 
     def _with_draws(self, raw: np.ndarray, y: np.ndarray, rng: np.random.Generator):
         """``((raw, draws), mixed y)``: the host path's draws, in its order (crops, then mixup)."""

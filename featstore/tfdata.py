@@ -23,6 +23,8 @@ def tf_dataset(batches: TrainingBatches):
     x = tf.TensorSpec((None, *batches.units.example_shape), tf.as_dtype(batches.x_dtype))
     if batches.augment_on == "device":  # ((x, draws), y): featstore.models.device_augment applies the draws
         x = (x, draw_signature(batches.units.visual))
+    elif batches.paired is not None:  # ((x, paired), y): a two-input model
+        x = (x, tf.TensorSpec((None, *batches.paired_shape), tf.float32))
     signature = (x, tf.TensorSpec((None, batches.n_classes), tf.float32))
     dataset = tf.data.Dataset.from_generator(lambda: iter(batches.detached()), output_signature=signature)
     return dataset.apply(tf.data.experimental.assert_cardinality(len(batches))).prefetch(2)

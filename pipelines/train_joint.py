@@ -1,9 +1,11 @@
 """`featstore train-joint`: an acoustic encoder trained jointly with a scene classifier that also sees a
 cached, frozen visual embedding of the same window (Chen et al. 2022), off the store.
 
-- Audio: windows of the segment grid, read through Phase I's reader
-  (:class:`AudioWindows` on the Phase I read path, :mod:`featstore.loader`: (bin, frame, 2) static
-  channels; the model's first layer derives the deltas).
+- Audio: windows of the segment grid, (bin, frame, 2) static channels (the model's first layer
+  derives the deltas), in batches of Phase I's training loader (:mod:`featstore.loader`: the
+  clip-block shuffle, each clip decompressed once per epoch, batches assembled in
+  ``loader_workers`` threads, each batch a function of the seed, the epoch and its number), the
+  visual input of each window served beside it (the loader's ``paired`` input).
 - Visual: the cached ``embeddings/{visual_model}/{visual_layer}`` of the same clip, its frames
   averaged over the window's segments (:class:`CachedVisual`). The visual encoder never runs and no
   frame is read: every training step costs only the audio encoder and the head. (The benchmark's
@@ -39,14 +41,17 @@ from featstore.errors import ConfigError
 from featstore.metrics import evaluate_predictions
 from featstore.models.head import compile_for_training
 from featstore.models.joint import ENCODERS
-from featstore.pipelines.config import TrainingConfig, option
+from featstore.loader import TrainingBatches
+from featstore.pipelines.config import TrainingConfig, option, option_of
+from featstore.pipelines.train_backbone import TrainConfig
 from featstore.progress import TrainingProgress, keras_callback
 from featstore.packed import packed_segment_embeddings
 from featstore.registry import load_keras, register_model, save_training_clips
 from featstore.store import Store, StoreError
 from featstore.chunks import ClipReader
-from featstore.sources import Units
+from featstore.sources import StoreSource, Units
 from featstore.splits import validation_split
+from featstore.tfdata import tf_dataset
 
 
 @dataclass
@@ -64,16 +69,16 @@ class JointConfig(TrainingConfig):
     window_s: float | None = option(None, "Audio window in seconds, a whole number of segments (default: one segment).", kind=float, above=0)
     units_per_clip: int | None = option(None, "Windows per clip and epoch, evenly spaced (default: all).", kind=int, min=1)
     split: str = option("evaluate", "Split the registered metrics are computed on.", choices=SPLITS)
+    loader_workers: int = option_of(TrainConfig, "loader_workers")
 
 
 class AudioWindows:
     """(clip row, window) pairs of an audio array, read through the Phase I read path
     (:mod:`featstore.loader`, :class:`~featstore.chunks.ClipReader`): ``index`` lists a clip set's
     windows, ``read`` gives a batch of (window, bin, frame, 2) float32 static channels (the joint
-    model derives deltas in its first layer) and one-hot labels. Each clip's chunk is decompressed
-    once per batch that uses it (joint batches pair each window with its own visual embedding, so
-    they are gathered by (row, window), not by block); ``read`` keeps no state, so tf.data may call
-    it from parallel threads.
+    model derives deltas in its first layer) and one-hot labels, each clip's chunk decompressed
+    once per call that uses it: for prediction, which reads windows in row order. Training reads
+    through the training loader (``windows``, the :class:`~featstore.sources.Units`).
     """
 
     def __init__(self, store: Store, input_array: str, window_s: float):
@@ -135,35 +140,15 @@ class FrameVisual:
         return np.stack(out)
 
 
-def _batches(reader: AudioWindows, visual, pairs: np.ndarray, *, batch_size: int, shuffle: bool, alpha: float, seed: int):
-    """tf.data over window indices -> ((audio[, visual]), one-hot labels): shuffle, batch, read in
-    parallel, mixup (one coefficient and partner for every input and the label), prefetch."""
-    import tensorflow as tf
-
-    rng = np.random.default_rng(seed)
-    n_inputs = 1 if visual is None else 2
-
-    def read_batch(idx):
-        audio, y = reader.read(idx)
-        xs = [audio] if visual is None else [audio, visual.read(idx).astype(np.float32)]
-        if alpha > 0:
-            lam = rng.beta(alpha, alpha, len(y)).astype(np.float32)
-            perm = rng.permutation(len(y))
-            xs = [lam.reshape((-1,) + (1,) * (x.ndim - 1)) * x + (1 - lam.reshape((-1,) + (1,) * (x.ndim - 1))) * x[perm] for x in xs]
-            y = lam[:, None] * y + (1 - lam[:, None]) * y[perm]
-        return (*xs, y)
-
-    sample = read_batch(pairs[:1])
-    ds = tf.data.Dataset.from_tensor_slices(pairs)
-    if shuffle:
-        ds = ds.shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(lambda idx: tf.numpy_function(read_batch, [idx], [tf.float32] * (n_inputs + 1)), num_parallel_calls=tf.data.AUTOTUNE)
-
-    def shaped(*tensors):
-        fixed = [tf.ensure_shape(t, (None, *s.shape[1:])) for t, s in zip(tensors, sample)]
-        return (tuple(fixed[:-1]) if n_inputs > 1 else fixed[0]), fixed[-1]
-
-    return ds.map(shaped).prefetch(tf.data.AUTOTUNE)
+def _batches(store: Store, reader: AudioWindows, visual, pairs: np.ndarray, *, shuffle: bool, mixup_alpha: float, config: JointConfig):
+    """``tf.data`` batches of ``pairs`` -> ((audio[, visual]), labels) from the training loader
+    (:mod:`featstore.loader`): the clip-block shuffle, each clip decompressed once per epoch, the
+    visual input served as its ``paired`` input, one mixup coefficient and partner for the audio
+    window, the visual input and the label, assembled in ``loader_workers`` threads."""
+    batches = TrainingBatches(reader.windows, StoreSource(store, reader.windows, config.loader_workers), reader.labels, len(store.classes), pairs,
+                              batch_size=config.batch_size, shuffle=shuffle, seed=config.seed, mixup_alpha=mixup_alpha,
+                              workers=config.loader_workers, paired=None if visual is None else visual.read)
+    return tf_dataset(batches)
 
 
 def predict_windows(model, reader: AudioWindows, visual, rows: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -258,14 +243,13 @@ def train_joint(store: Store, config: JointConfig, *, frames_encoder=None, frame
         head_units=config.head_units, l2=config.l2, name=config.name,
     )
     compile_for_training(model, config.lr)
-    batches = {"batch_size": config.batch_size, "seed": config.seed}
     epoch_s = _epoch_timer()
     watch = TrainingProgress(config.name, config.epochs, store=store if frames_encoder is None else None, kind="models", bar=progress)
     with tempfile.TemporaryDirectory() as work:
         best = os.path.join(work, f"{config.name}.keras")
         history = model.fit(
-            _batches(reader, visual, train_pairs, shuffle=True, alpha=config.mixup_alpha, **batches),
-            validation_data=_batches(reader, visual, val_pairs, shuffle=False, alpha=0.0, **batches),
+            _batches(store, reader, visual, train_pairs, shuffle=True, mixup_alpha=config.mixup_alpha, config=config),
+            validation_data=_batches(store, reader, visual, val_pairs, shuffle=False, mixup_alpha=0.0, config=config),
             epochs=config.epochs, shuffle=False, verbose=0,
             callbacks=[keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True), epoch_s, keras_callback(watch)],
         )

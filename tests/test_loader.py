@@ -227,6 +227,32 @@ def test_draws_applied_on_the_device_give_the_host_batches(store, path, toleranc
         training_batches(store, path, augment_on="gpu", **options)
 
 
+def test_a_paired_input_is_served_per_unit_and_mixed_with_the_labels_draws(store):
+    """paired: a (row, unit) table served beside x, every unit once per epoch, mixed with the same
+    coefficient and partner as the labels (recomputed from the batch's seed), through tf.data too."""
+    from featstore.augment import mixup_draws
+
+    units = training_batches(store, "audio/mel", split="train", deltas=False).units
+    table = np.stack(np.meshgrid(np.arange(store.n_clips), np.arange(units.count), indexing="ij"), -1).astype(np.float32)
+    options = dict(split="train", batch_size=5, block_clips=4, seed=3, deltas=False, workers=2, paired=lambda pairs: table[pairs[:, 0], pairs[:, 1]])
+    plain = training_batches(store, "audio/mel", **options)
+    served = np.concatenate([side for (x, side), _ in plain.epoch(0)])
+    assert sorted(map(tuple, served.astype(int))) == sorted(map(tuple, plain.pairs))
+    mixed = training_batches(store, "audio/mel", mixup_alpha=0.4, **options)
+    for number, ((x, side), y) in enumerate(mixed.epoch(1)):
+        pairs = [block.batches for block in mixed.plan(1)]
+        pairs = [p for batches in pairs for p in batches][number]
+        lam, perm = mixup_draws(len(pairs), 0.4, np.random.default_rng([3, 1, number]))
+        own = table[pairs[:, 0], pairs[:, 1]]
+        np.testing.assert_allclose(side, lam[:, None] * own + (1 - lam[:, None]) * own[perm], rtol=1e-6)
+        onehot = np.eye(len(store.classes), dtype=np.float32)[store.label_indices(store.clips.label)[pairs[:, 0]]]
+        np.testing.assert_allclose(y, lam[:, None] * onehot + (1 - lam[:, None]) * onehot[perm], rtol=1e-6)
+    (x, side), _ = next(iter(tf_dataset(mixed)))
+    assert tuple(side.shape[1:]) == (2,) and x.shape[1:] == units.example_shape
+    with pytest.raises(featstore.ConfigError, match="paired input"):
+        training_batches(store, "audio/mel", augment_on="device", **options)
+
+
 def test_batch_deltas_equal_librosa_per_clip():
     spec = np.random.default_rng(0).normal(size=(4, 2, 16, 3 * 72)).astype(np.float32)
     batch = with_deltas(spec, 72, 9)

@@ -15,7 +15,7 @@ from featstore.pipelines.embed import embed
 from featstore.pipelines.extract_audio import extract_audio
 from featstore.pipelines.train_backbone import TrainConfig, train_backbone
 from featstore.splits import validation_split
-from featstore.loader import mixup
+from featstore.augment import mixup
 
 
 def test_validation_split_keeps_locations_apart():

@@ -152,3 +152,18 @@ def test_embed_feeds_a_joint_model_its_cached_visual_input(joint_store):
     x = [embed_mod.model_inputs(store, "audio/mel", clip, deltas=False), visual_inputs(store, entry, clip)]
     np.testing.assert_allclose(store.array("predictions/joint-embed")[3], np.asarray(model(x, training=False)), atol=1e-5)
     assert store.provenance("embeddings/joint-embed/fc10").params["visual_input"] == entry["config"]["visual_input"]
+
+
+def test_the_same_seed_trains_the_same_joint_weights_with_mixup(joint_store):
+    """The joint batches come from the training loader: each a function of the seed, the epoch and
+    its number, with loader threads (mixup draws included), so two runs end with equal weights."""
+    from featstore.pipelines.train_joint import JointConfig, train_joint
+
+    store, _ = joint_store
+    weights = []
+    for name in ("joint-seed-a", "joint-seed-b"):
+        entry = train_joint(store, JointConfig(name=name, visual_model=VISUAL, visual_layer="Conv1_relu", mixup_alpha=0.4,
+                                               loader_workers=2, **TINY), progress=False)
+        weights.append(load_keras(model_file(store, name, entry["fingerprint"])).get_weights())
+    for a, b in zip(*weights, strict=True):
+        np.testing.assert_array_equal(a, b)
