@@ -24,6 +24,15 @@ each of ``--seeds`` (frames only for the first seed: it is the slow one).
 
     python benchmarks/bench_joint.py                          # 6 clips per class of 10 s
     python benchmarks/bench_joint.py --clips-per-class 2 --epochs 2 --size 64   # a quick look
+
+``--loader``: only the input pipeline, no model. train-joint's batches (the training loader with
+the visual embedding as its paired input, ``--loader-workers`` threads) against a plain ``tf.data``
+pipeline over window indices (a global shuffle of the (clip, window) pairs, then a
+``numpy_function`` per batch that decompresses each window's clip, gathers, mixes; ``map`` with
+``AUTOTUNE``), both under op determinism as ``train_joint`` runs, on ``--loader-clips`` clips of 10 s
+(the loader benchmark's store) with a 1024-d visual embedding per window, rounds alternating:
+
+    python benchmarks/bench_joint.py --loader --loader-clips 200 --rounds 3
 """
 
 from __future__ import annotations
@@ -72,6 +81,65 @@ def cache_visual_embeddings(store, name: str, layer: str, encoder) -> float:
     return time.perf_counter() - start
 
 
+def window_index_pipeline(reader, visual, pairs: np.ndarray, *, batch_size: int, alpha: float, seed: int):
+    """The baseline of ``--loader``: tf.data over shuffled window indices, one ``numpy_function``
+    per batch reading each window's clip (:meth:`AudioWindows.read`), then mixup."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+
+    def read_batch(idx):
+        audio, y = reader.read(idx)
+        side = visual.read(idx)
+        lam = rng.beta(alpha, alpha, len(y)).astype(np.float32)
+        perm = rng.permutation(len(y))
+        mixed = [lam.reshape((-1,) + (1,) * (x.ndim - 1)) * x + (1 - lam.reshape((-1,) + (1,) * (x.ndim - 1))) * x[perm] for x in (audio, side)]
+        return (*mixed, lam[:, None] * y + (1 - lam[:, None]) * y[perm])
+
+    ds = tf.data.Dataset.from_tensor_slices(pairs).shuffle(len(pairs), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda idx: tf.numpy_function(read_batch, [idx], [tf.float32] * 3), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(lambda a, v, y: ((a, v), y)).prefetch(tf.data.AUTOTUNE)
+
+
+def compare_loaders(args) -> None:
+    """Windows per second of train-joint's batches against :func:`window_index_pipeline`."""
+    from bench_loader import build_store as loader_store
+
+    from featstore.pipelines.train_joint import AudioWindows, JointConfig, _batches
+    from featstore.seeding import seed_everything
+
+    seed_everything(0)  # as train_joint does: op determinism on
+    with tempfile.TemporaryDirectory() as work:
+        store = loader_store(work, args.loader_clips, 20)
+        reader = AudioWindows(store, "audio/mel", store.segment_s)
+        pairs = reader.index(np.arange(store.n_clips))
+
+        class Embeddings:  # a cached visual embedding per window, as CachedVisual serves it
+            table = np.random.default_rng(0).random((store.n_clips, reader.units, 1024), dtype=np.float32)
+
+            def read(self, idx):
+                return self.table[idx[:, 0], idx[:, 1]]
+
+        visual, config = Embeddings(), JointConfig(name="bench", batch_size=64, loader_workers=args.loader_workers)
+
+        def rate(dataset) -> float:
+            started, served = time.perf_counter(), 0
+            for _, y in dataset:
+                served += len(y)
+            return served / (time.perf_counter() - started)
+
+        rate(_batches(store, reader, visual, pairs, shuffle=True, mixup_alpha=0.4, config=config))  # compiles the loops
+        print(f"joint batches of 64 (MEL windows 128x72x2 + a 1024-d embedding, mixup), {store.n_clips} clips, {len(pairs)} windows an epoch:")
+        print("| round | tf.data over window indices | train-joint (training loader) | ratio |\n| --- | ---: | ---: | ---: |")
+        ratios = []
+        for r in range(args.rounds):
+            before = rate(window_index_pipeline(reader, visual, pairs, batch_size=64, alpha=0.4, seed=r))
+            after = rate(_batches(store, reader, visual, pairs, shuffle=True, mixup_alpha=0.4, config=config))
+            ratios.append(after / before)
+            print(f"| {r} | {before:,.0f}/s | {after:,.0f}/s | {after / before:.1f}x |")
+        print(f"median ratio {float(np.median(ratios)):.1f}x ({args.loader_workers} loader threads, {os.cpu_count()} cores)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips-per-class", type=int, default=6)
@@ -83,7 +151,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--widths", default="32,64")
+    parser.add_argument("--loader", action="store_true", help="Only the input pipeline against a tf.data pipeline over window indices.")
+    parser.add_argument("--loader-clips", type=int, default=200)
+    parser.add_argument("--loader-workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.loader:
+        compare_loaders(args)
+        return
 
     from featstore.models.applications import build_application, embedding_model
     from featstore.pipelines.train_joint import JointConfig, train_joint
