@@ -177,13 +177,18 @@ def _prepare_embed(store: featstore.Store, tmp_path) -> list[str]:
     if not os.path.exists(path):
         keras.utils.set_random_seed(0)
         build_model("aud-mel", input_shape=(128, 72, 6), widths=(32, 64), head_units=64).save(path)
-    return ["--model", "aud-mel", "--model-file", path]
+    # 6 units (2 clips) per forward call, in the killed run and the reference alike: with the
+    # default 256 all 20 clips went through one call, and the kill could land after the last write
+    return ["--model", "aud-mel", "--batch-units", str(EMBED_BATCH_UNITS), "--model-file", path]
+
+
+EMBED_BATCH_UNITS = 6
 
 
 def _run_embed(store: featstore.Store, options: list[str]) -> None:
     from featstore.pipelines.embed import embed
 
-    embed(store, "aud-mel", model_file_path=options[-1])
+    embed(store, "aud-mel", model_file_path=options[-1], batch_units=EMBED_BATCH_UNITS)
 
 
 # stage -> (prepare(store, tmp_path) -> CLI options, arrays, reference run(store, options))
