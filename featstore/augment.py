@@ -66,8 +66,12 @@ def mixup_draws(n: int, alpha: float, rng: np.random.Generator) -> tuple[np.ndar
     return rng.beta(alpha, alpha, size=n).astype(np.float32), rng.permutation(n)
 
 
-def mix_labels(y: np.ndarray, lam: np.ndarray, perm: np.ndarray) -> np.ndarray:
-    """Soft labels of mixed examples: ``lam y + (1 - lam) y[perm]``, (n, classes) float32."""
+def mix_labels(y: np.ndarray, draws: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """Soft labels of mixed examples: ``lam y + (1 - lam) y[perm]``, (n, classes) float32, for
+    ``draws`` = (lam, perm) of :func:`mixup_draws`; ``y`` itself for None (no mixup)."""
+    if draws is None:
+        return y
+    lam, perm = draws
     return lam[:, None] * y + (1 - lam[:, None]) * y[perm]
 
 
@@ -80,15 +84,17 @@ def mixup(x: np.ndarray, y: np.ndarray, alpha: float, rng: np.random.Generator) 
     widened in the same pass, as :func:`as_float32` does). ``alpha <= 0`` returns
     ``as_float32(x)`` and ``y``.
     """
-    if alpha <= 0:
-        return as_float32(x), y
-    lam, perm = mixup_draws(len(x), alpha, rng)
-    return mix(x, lam, perm), mix_labels(y, lam, perm)
+    draws = mixup_draws(len(x), alpha, rng) if alpha > 0 else None
+    return mix(x, draws), mix_labels(y, draws)
 
 
-def mix(x: np.ndarray, lam: np.ndarray, perm: np.ndarray) -> np.ndarray:
-    """``lam x + (1 - lam) x[perm]`` per example (:func:`mixup`'s arrays, given its draws): ``x``
-    (batch, ...) of any real dtype, C-contiguous float32 out, one compiled pass."""
+def mix(x: np.ndarray, draws: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """``lam x + (1 - lam) x[perm]`` per example (:func:`mixup`'s arrays) for ``draws`` = (lam,
+    perm) of :func:`mixup_draws`: ``x`` (batch, ...) of any real dtype, C-contiguous float32 out,
+    one compiled pass; None (no mixup): ``as_float32(x)``."""
+    if draws is None:
+        return as_float32(x)
+    lam, perm = draws
     mixed = np.empty(x.shape, np.float32)
     if x.dtype == np.float16 and x.ndim == 4:
         bits, out = _in_memory_order(x.view(np.uint16), mixed)

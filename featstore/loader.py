@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from featstore.augment import as_float32, augment_draws, augment_images, mix, mix_labels, mixup_draws, with_deltas
+from featstore.augment import augment_draws, augment_images, mix, mix_labels, mixup_draws, with_deltas
 from featstore.errors import ConfigError
 from featstore.sources import StoreSource, Units
 from featstore.store import Store
@@ -68,6 +68,15 @@ BALANCE = ("pad", "drop")
 #: Where a batch's augmentation and mixup are applied: by the loader, or on the accelerator from
 #: the draws the loader serves (:class:`TrainingBatches`)
 AUGMENT_ON = ("host", "device")
+
+
+def draw_specs(visual: bool) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """name -> (shape of one example's value, dtype) of each draw ``augment_on="device"`` serves:
+    the mixup weight and partner, and for frames the crop box and the flip."""
+    specs = {"mix_weight": ((), np.dtype(np.float32)), "mix_partner": ((), np.dtype(np.int32))}
+    if visual:
+        specs.update(crop_box=((4,), np.dtype(np.float32)), flip=((), np.dtype(bool)))
+    return specs
 
 
 @dataclass
@@ -226,34 +235,32 @@ class TrainingBatches:
         """Batch ``number`` of ``epoch`` from the units ``pairs`` (their rows loaded)."""
         # numbered across ranks (rank 0 of 1: the batch number itself), so no two ranks mix alike
         rng = np.random.default_rng([self.seed, epoch, number * self.world_size + self.rank])
-        raw = self.source.take(pairs)
+        raw, y = self.source.take(pairs), self.onehot[pairs[:, 0]]
         if self.augment_on == "device":
-            return self._with_draws(raw, self.onehot[pairs[:, 0]], rng)
+            return self._with_draws(raw, y, rng)
         if self.units.visual and self.augment:
             raw = augment_images(raw, rng)
-        y = self.onehot[pairs[:, 0]]
         draws = mixup_draws(len(raw), self.mixup_alpha, rng) if self.mixup_alpha > 0 else None
         if not self.widen:
             x = raw  # C-contiguous as gathered (Units.gather) or augmented
         else:
             # mixup before deltas: deltas are linear, so mixing the 2 static channels gives the same
             # windows as mixing all 6, for a third of the work
-            x = mix(raw, *draws) if draws else as_float32(raw)
+            x = mix(raw, draws)
             if self.units.deltas:
                 x = with_deltas(x, self.units.frames_per_segment, self.units.delta_width, channels_last=True)
         if self.paired is not None:
-            side = self.paired(pairs)
-            x = (x, mix(side, *draws) if draws else as_float32(side))
-        return x, mix_labels(y, *draws) if draws else y
+            x = (x, mix(self.paired(pairs), draws))
+        return x, mix_labels(y, draws)
 
     def _with_draws(self, raw: np.ndarray, y: np.ndarray, rng: np.random.Generator):
         """``((raw, draws), mixed y)``: the host path's draws, in its order (crops, then mixup)."""
-        n, draws = len(raw), {}
+        n, values = len(raw), {}
         if self.units.visual:
-            boxes, flips = augment_draws(n, *raw.shape[1:3], rng, crop=self.augment, flip=self.augment)
-            draws = {"crop_box": boxes.astype(np.float32), "flip": flips}
-        lam, perm = mixup_draws(n, self.mixup_alpha, rng)
-        return (raw, {"mix_weight": lam, "mix_partner": perm.astype(np.int32), **draws}), mix_labels(y, lam, perm)
+            values["crop_box"], values["flip"] = augment_draws(n, *raw.shape[1:3], rng, crop=self.augment, flip=self.augment)
+        lam, perm = values["mix_weight"], values["mix_partner"] = mixup_draws(n, self.mixup_alpha, rng)
+        draws = {name: np.asarray(values[name], dtype) for name, (_, dtype) in draw_specs(self.units.visual).items()}
+        return (raw, draws), mix_labels(y, (lam, perm))
 
     def epoch(self, epoch: int, part: int = 0, parts: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The batches of epoch number ``epoch``; the shuffle buffer is emptied at its end (or when

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from featstore import tflog
-from featstore.loader import TrainingBatches
+from featstore.loader import TrainingBatches, draw_specs
 
 
 def tf_dataset(batches: TrainingBatches):
@@ -31,13 +31,10 @@ def tf_dataset(batches: TrainingBatches):
 
 
 def draw_signature(visual: bool) -> dict:
-    """The ``tf.TensorSpec`` of each draw ``augment_on="device"`` serves (:class:`~featstore.loader.TrainingBatches`)."""
+    """The ``tf.TensorSpec`` of each draw ``augment_on="device"`` serves (:func:`~featstore.loader.draw_specs`)."""
     import tensorflow as tf
 
-    specs = {"mix_weight": tf.TensorSpec((None,), tf.float32), "mix_partner": tf.TensorSpec((None,), tf.int32)}
-    if visual:
-        specs.update(crop_box=tf.TensorSpec((None, 4), tf.float32), flip=tf.TensorSpec((None,), tf.bool))
-    return specs
+    return {name: tf.TensorSpec((None, *shape), tf.as_dtype(dtype)) for name, (shape, dtype) in draw_specs(visual).items()}
 
 
 def tf_distributed_dataset(strategy, batches: TrainingBatches):
