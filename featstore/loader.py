@@ -199,6 +199,9 @@ class TrainingBatches:
             raise ConfigError(f"balance must be one of {', '.join(BALANCE)}, got {balance!r}")
         if run_clips < 1:
             raise ConfigError(f"run_clips must be >= 1, got {run_clips}")
+        unlabelled = np.unique(pairs[np.asarray(labels)[pairs[:, 0]] < 0, 0])
+        if len(unlabelled):  # np.eye(...)[-1] would train them as the last class
+            raise ConfigError(f"rows {unlabelled[:5].tolist()} of the clips table have no known label (-1): they cannot be trained on")
         self.units, self.source, self.pairs = units, source, pairs
         self.onehot = np.eye(n_classes, dtype=np.float32)[labels]
         self.batch_size, self.shuffle, self.block_clips, self.seed = batch_size, shuffle, block_clips, seed
@@ -323,6 +326,18 @@ class TrainingBatches:
         return shard
 
 
+def training_labels(store: Store, rows: np.ndarray) -> np.ndarray:
+    """The class index of every clip of the store (-1: no known label), after checking that each
+    clip of ``rows`` (the ones to train on) has one: ConfigError naming the first five that have not."""
+    labels = store.label_indices(store.clips["label"])
+    rows = np.asarray(rows, np.int64)
+    unlabelled = [str(c) for c in store.clips["clip_id"].to_numpy()[rows[labels[rows] < 0]]]
+    if unlabelled:
+        raise ConfigError(f"clips without a known label cannot be trained on: {unlabelled[:5]} "
+                          "(give them a label of the store's classes, or a split other than train)")
+    return labels
+
+
 def training_batches(store: Store, input_array: str, *, split: str | None = "train", rows: np.ndarray | None = None,
                      window_s: float | None = None, units_per_clip: int | None = None, deltas: bool = True,
                      **options) -> TrainingBatches:
@@ -342,10 +357,7 @@ def training_batches(store: Store, input_array: str, *, split: str | None = "tra
         rows = np.flatnonzero(np.ones(len(clips), bool) if split is None else clips["split"].to_numpy() == split)
     done = store.done_in(input_array)
     rows = np.asarray(rows, np.int64)[done[rows]]
-    labels = store.label_indices(clips["label"])
-    unlabelled = [str(c) for c in clips["clip_id"].to_numpy()[rows[labels[rows] < 0]]]
-    if unlabelled:
-        raise ConfigError(f"clips without a known label cannot be trained on: {unlabelled[:5]}")
+    labels = training_labels(store, rows)
     if len(rows) == 0:
         raise ConfigError(f"no clips done in {input_array!r} to read")
     units = Units(store, input_array, window_s, deltas=deltas)

@@ -75,7 +75,8 @@ class StoreDataset(torch.utils.data.IterableDataset):
     """Shuffled ``(x, y)`` tensor batches of ``input_array`` for a PyTorch ``DataLoader``: float32,
     or ``x`` in the stored dtype with ``widen=False`` (cast it on the device); with
     ``augment_on="device"``, ``((x, draws), y)``, ``x`` in the stored dtype and ``draws`` a dict
-    of tensors for :func:`augment_on_device` (mixup and the frames' augmentation on the GPU).
+    of tensors for :func:`augment_on_device` (mixup and the frames' augmentation on the GPU);
+    with a ``paired`` input, ``((x, paired), y)``, both float32.
 
     ``x`` is (batch, ...) as :func:`~featstore.loader.training_batches` makes it: audio (batch, bin,
     frame, channel), frames (batch, size, size, 3), channels last (``x.permute(0, 3, 1, 2)`` for
@@ -99,7 +100,8 @@ class StoreDataset(torch.utils.data.IterableDataset):
         Leave out the rank's last batch when it is short.
     **loader_options
         For :func:`~featstore.loader.training_batches`: split, rows, window_s, units_per_clip,
-        deltas, shuffle, block_clips, run_clips, mixup_alpha, augment, widen, augment_on, balance ("pad" or "drop") and
+        deltas, shuffle, block_clips, run_clips, mixup_alpha, augment, widen, augment_on, paired (a picklable callable: it
+        crosses to the DataLoader's workers), balance ("pad" or "drop") and
         ``workers`` (the loader's own threads per reading process; 0 inside DataLoader workers
         unless given).
 
@@ -156,16 +158,18 @@ class StoreDataset(torch.utils.data.IterableDataset):
         if info is not None:
             self._passes += 1
         for x, y in self.batches(in_worker=info is not None).epoch(epoch, part=part, parts=parts):
-            if isinstance(x, tuple):  # augment_on="device": (x, draws)
-                x, draws = x
-                yield (_tensor(x), {name: _tensor(value) for name, value in draws.items()}), _tensor(y)
-            else:
-                yield _tensor(x), _tensor(y)
+            yield _tensors(x), _tensors(y)
 
     def __getstate__(self) -> dict[str, Any]:
         # what crosses to a spawned worker: the recipe, never the open arrays or threads
         return {**self.__dict__, "_batches": None, "_pid": None}
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(array))
+def _tensors(value):
+    """``value`` with each numpy array made a tensor: an array, or the loader's tuples ``(x, draws)``
+    (``augment_on="device"``, draws a dict) and ``(x, paired)``."""
+    if isinstance(value, tuple):
+        return tuple(_tensors(v) for v in value)
+    if isinstance(value, dict):
+        return {name: _tensors(v) for name, v in value.items()}
+    return torch.from_numpy(np.ascontiguousarray(value))

@@ -103,16 +103,32 @@ class TrainConfig(TrainingConfig):
         super().__post_init__()
         if self.batch_size % self.devices:
             raise ConfigError(f"--batch-size {self.batch_size} must be a multiple of --devices {self.devices} (it is the global batch, split evenly)")
+        if self.augment_on == "device" and self.loader_deltas:
+            raise ConfigError("--augment-on device mixes on the accelerator, after which the model derives the deltas: "
+                              "use --deltas model, or --augment-on host")
+
+    @property
+    def loader_deltas(self) -> bool:
+        """Whether the loader computes the deltas (audio models with ``deltas="loader"``)."""
+        return self.deltas == "loader" and MODELS[self.model][0] == "audio"
+
+    @property
+    def nothing_to_augment(self) -> bool:
+        """Whether there is neither mixup nor a crop and flip to apply (the loader serves the stored values as they are)."""
+        return self.mixup_alpha == 0 and (MODELS[self.model][0] == "audio" or not self.augment)
 
     def resolved(self, store: Store) -> TrainConfig:
         """This config with ``input_array`` and ``window_s`` filled in from the model and ``store``,
-        and ``augment_on="auto"`` made ``"device"`` or ``"host"`` (imports TensorFlow to look for a GPU)."""
+        and ``augment_on="auto"`` made ``"device"`` or ``"host"``: the device when TensorFlow sees a
+        GPU (it is imported to look), unless the loader computes the deltas or there is nothing to
+        apply (no mixup, and no crop and flip), where the host serves the stored values anyway."""
         augment_on = self.augment_on
         if augment_on == "auto":
-            import tensorflow as tf
+            augment_on = "host"
+            if not (self.loader_deltas or self.nothing_to_augment):
+                import tensorflow as tf
 
-            host_only = self.deltas == "loader" and MODELS[self.model][0] == "audio"
-            augment_on = "device" if tf.config.list_physical_devices("GPU") and not host_only else "host"
+                augment_on = "device" if tf.config.list_physical_devices("GPU") else "host"
         return dataclasses.replace(self, input_array=self.input_array or MODELS[self.model][1], window_s=self.window_s or store.segment_s,
                                    augment_on=augment_on)
 
@@ -155,7 +171,7 @@ def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str
     visual = MODELS[config.model][0] == "visual"
     if config.deltas not in DELTAS:
         raise ConfigError(f"deltas must be one of {', '.join(DELTAS)}, got {config.deltas!r}")
-    loader_deltas = config.deltas == "loader" and not visual
+    loader_deltas = config.loader_deltas
     common = dict(window_s=config.window_s, deltas=loader_deltas, units_per_clip=config.units_per_clip, batch_size=config.batch_size,
                   block_clips=config.block_clips, run_clips=config.run_clips, seed=config.seed, workers=config.loader_workers)
     # the stored dtype wherever the loader makes no new values: the model's input casts it, exactly

@@ -41,7 +41,7 @@ from featstore.errors import ConfigError
 from featstore.metrics import evaluate_predictions
 from featstore.models.head import compile_for_training
 from featstore.models.joint import ENCODERS
-from featstore.loader import TrainingBatches
+from featstore.loader import TrainingBatches, training_labels
 from featstore.pipelines.config import TrainingConfig, option, option_of
 from featstore.pipelines.train_backbone import TrainConfig
 from featstore.progress import TrainingProgress, keras_callback
@@ -202,6 +202,7 @@ def _split_rows(store: Store, config: JointConfig, visual) -> tuple[np.ndarray, 
         usable = usable & np.isin(np.arange(len(clips)), visual.rows)
     row_map = np.flatnonzero(usable)
     train_rows, val_rows = (row_map[r] for r in validation_split(clips[usable].reset_index(drop=True), fraction=config.val_fraction, seed=config.seed))
+    training_labels(store, np.concatenate([train_rows, val_rows]))  # every clip trained on has a label
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise StoreError("train-joint needs train clips with audio and visual features from at least two recording locations (one goes to validation)")
     return row_map, train_rows, val_rows

@@ -3,6 +3,8 @@ direct readers, store batches equal to in-memory batches, the tf.data adapter.""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -208,15 +210,17 @@ def test_draws_applied_on_the_device_give_the_host_batches(store, path, toleranc
     device = training_batches(store, path, augment_on="device", **options)
     host = training_batches(store, path, **options)
     assert device.x_dtype == store.array(path).dtype
-    worst, cropped = 0.0, False
+    worst, cropped, flipped, mixed = 0.0, False, False, False
     for ((x, draws), yd), (xh, yh) in zip(device.epoch(1), host.epoch(1), strict=True):
         assert x.dtype == device.x_dtype
         np.testing.assert_array_equal(yd, yh)
         worst = max(worst, float(np.abs(np.asarray(device_augment(x, draws)) - xh).max()))
         cropped |= "crop_box" in draws and bool((draws["crop_box"][:, 2] - draws["crop_box"][:, 0] < x.shape[2]).any())
+        flipped |= "flip" in draws and bool(draws["flip"].any())
+        mixed |= bool((yd.max(axis=1) < 1).any())
     assert worst <= tolerance
-    assert cropped or path == "audio/mel", "some frames were cropped"
-    assert (yd.max(axis=1) < 1).any(), "mixup mixed the labels"
+    assert (cropped and flipped) or path == "audio/mel", "some frames were cropped, some flipped"
+    assert mixed, "mixup mixed the labels"
     (x, draws), y = next(iter(tf_dataset(device)))
     assert x.dtype.as_numpy_dtype == device.x_dtype and draws["mix_partner"].dtype.name == "int32"
     assert sorted(draws) == (["crop_box", "flip", "mix_partner", "mix_weight"] if path == "frames/rgb" else ["mix_partner", "mix_weight"])
@@ -375,3 +379,26 @@ def test_a_store_made_before_reads_the_same_batches(store, tmp_path, demo_root, 
     for (xb, yb), (xn, yn) in zip(before.epoch(1), now.epoch(1), strict=True):
         np.testing.assert_array_equal(xb, xn)
         np.testing.assert_array_equal(yb, yn)
+
+
+def test_clips_without_a_label_are_refused_not_trained_as_the_last_class(tmp_path, demo_root, store):
+    """A train clip with an empty label: training_batches names it; TrainingBatches given a -1
+    label (what label_indices gives it) refuses too, where np.eye(classes)[-1] would make it the last class."""
+    import shutil
+
+    audio = sorted(os.listdir(os.path.join(demo_root, "audio")))[:3]
+    for name in audio:
+        shutil.copy(os.path.join(demo_root, "audio", name), tmp_path / name)
+    (tmp_path / "clips.csv").write_text("audio,video,label,split,clip_id\n"
+                                        f"{audio[0]},,bus,train,a\n{audio[1]},,,train,b\n{audio[2]},,park,train,c\n")
+    mine = featstore.init_store(str(tmp_path / "s.zarr"), clip_duration_s=CLIP_S)
+    ingest(mine, str(tmp_path / "clips.csv"), fmt="csv")
+    assert extract_audio(mine, workers=0, features=("mel",), progress=False).done == 3
+    with pytest.raises(featstore.ConfigError, match=r"without a known label cannot be trained on: \['b'\]"):
+        training_batches(mine, "audio/mel")
+    assert len(training_batches(mine, "audio/mel", rows=np.array([0, 2]), batch_size=2)) == 3, "the labelled ones train"
+    good = training_batches(store, "audio/mel", batch_size=4)
+    labels = store.label_indices(store.clips["label"])
+    labels[good.pairs[0, 0]] = -1
+    with pytest.raises(featstore.ConfigError, match=rf"rows \[{good.pairs[0, 0]}\] of the clips table have no known label"):
+        TrainingBatches(good.units, good.source, labels, len(store.classes), good.pairs)

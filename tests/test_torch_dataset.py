@@ -106,6 +106,23 @@ def test_unwidened_batches_reach_a_worker_loader_in_the_stored_dtype(store):
         assert torch.equal(xn.float(), xw) and torch.equal(yn, yw)
 
 
+def _row_and_unit(pairs: np.ndarray) -> np.ndarray:
+    """A paired input that names its unit: (n, 2) float32 (row, unit)."""
+    return pairs.astype(np.float32)
+
+
+def test_a_paired_input_reaches_a_worker_loader_as_a_second_tensor(store):
+    dataset = StoreDataset(store, "audio/mel", seed=2, paired=_row_and_unit, **OPTIONS)
+    host = list(dataset.batches().epoch(0))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1)
+    n = 0
+    for ((x, paired), y), ((xh, ph), yh) in zip(loader, host, strict=True):
+        assert x.dtype == paired.dtype == torch.float32 and paired.shape == (len(x), 2)
+        assert torch.equal(x, torch.from_numpy(xh)) and torch.equal(paired, torch.from_numpy(ph)) and torch.equal(y, torch.from_numpy(yh))
+        n += len(x)
+    assert n == 60
+
+
 def test_the_dataset_pickles_and_the_copy_serves_the_same_batches(store):
     dataset = StoreDataset(store, "audio/mel", seed=4, mixup_alpha=0.4, workers=2, **OPTIONS)
     first = [x for x, _ in dataset]  # builds the loader (threads, open arrays) in this process

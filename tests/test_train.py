@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
 from featstore.errors import ConfigError
 from featstore.registry import load_keras, model_entry, model_file
@@ -55,7 +56,8 @@ def test_train_register_and_embed(demo_store):
     config = TrainConfig(model="aud-mel", input_array="audio/mel", window_s=1.0, widths=(4, 8), head_units=16, epochs=2, batch_size=8)
     entry = train_backbone(store, config)
     assert entry["input"] == "audio/mel" and entry["fc1024_units"] == 16
-    assert entry["config"]["augment_on"] == "host", "auto: the host, on a machine without a GPU"
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    assert entry["config"]["augment_on"] == ("device" if gpu else "host"), "auto: mixup on the GPU where there is one"
     metrics = entry["config"]["metrics"]
     assert 1 <= metrics["best_epoch"] <= 2 and np.isfinite(metrics["val_loss"])
     trained_on = json.loads(store.side.read("models/aud-mel.train_clips.json"))
@@ -181,6 +183,24 @@ def test_train_backbone_augments_frames_on_the_device_and_saves_the_model_alone(
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
     with pytest.raises(ConfigError, match="--augment-on must be one of auto, host, device"):
         TrainConfig(model="vis-conv", augment_on="gpu")
+
+
+def test_augment_on_auto_is_the_host_where_the_device_has_nothing_to_apply(demo_store):
+    """auto: the device only with a GPU and something to apply; never with the loader's deltas."""
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+
+    def resolved(**options):
+        return TrainConfig(**options).resolved(demo_store).augment_on
+
+    assert resolved(model="aud-mel", mixup_alpha=0.0) == "host", "no mixup: nothing to apply to windows"
+    assert resolved(model="vis-conv", mixup_alpha=0.0, augment=False) == "host", "no mixup, no crop: nothing to apply"
+    assert resolved(model="aud-mel", deltas="loader") == "host", "the loader's deltas come after mixing"
+    assert resolved(model="aud-mel") == ("device" if gpu else "host")
+    assert resolved(model="vis-conv", mixup_alpha=0.0) == ("device" if gpu else "host"), "the crop and flip"
+    assert resolved(model="aud-mel", mixup_alpha=0.0, augment_on="device") == "device", "asked for: kept"
+    with pytest.raises(ConfigError, match="use --deltas model, or --augment-on host"):
+        TrainConfig(model="aud-gam", deltas="loader", augment_on="device")
+    assert TrainConfig(model="vis-conv", deltas="loader", augment_on="device").deltas == "loader", "frames have no deltas"
 
 
 def _batch_norms(layer):
