@@ -170,6 +170,9 @@ class ClipReader:
             cached = self._index.get(shard)
             if cached is None or cached[0] != stamp:
                 size = 16 * self.clips_per_shard + 4
+                if st.st_size < size:
+                    raise DamagedFile(f"{self.array.path}/{self._object_key(row)}: the shard object is {st.st_size} bytes, shorter than "
+                                      f"its index ({size} bytes): cut short or overwritten (featstore verify --repair)")
                 cached = self._index[shard] = (stamp, self._parse_index(row, os.pread(file.fileno(), size, st.st_size - size)))
             offset, nbytes = cached[1][row % self.clips_per_shard]
             if offset == _EMPTY:

@@ -105,4 +105,13 @@ def write_clips(array: zarr.Array, rows: Sequence[int], values: Sequence[np.ndar
             block[row - start] = value
         for row in group:
             block[row - start] = value_of[row]
-        array[start:stop] = block
+        try:
+            array[start:stop] = block
+        except Exception:
+            if read_back(array, list(range(start, stop))):
+                raise  # the shard reads: not the damage handled here
+            # no row of the shard reads: its index is lost (the object cut short or overwritten),
+            # so zarr cannot merge this write into it. ``block`` holds every row that could be
+            # read, so the object is replaced by ``block`` alone (``verify --repair`` gives all).
+            (array.store_path / array.metadata.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))).delete_sync()
+            array[start:stop] = block

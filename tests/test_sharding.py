@@ -136,6 +136,31 @@ def test_verify_names_one_damaged_inner_chunk_and_repair_restores_it_alone(pair,
     assert repaired == chunks, "every inner chunk, the neighbours' too, holds the bytes of the clean run"
 
 
+@pytest.mark.parametrize("damage", ["overwritten", "truncated"])
+def test_a_shard_whose_index_is_lost_is_reported_clip_by_clip_and_repaired_whole(pair, tmp_path, demo_root, damage):
+    """A shard object overwritten or cut short (a failed upload, a full disk) loses its index: every
+    clip of it is damaged, and repair, which must write the shard without reading it, restores
+    the bytes of the clean run; the other shards are untouched."""
+    flat, _ = pair
+    store = _made(demo_root, str(tmp_path / "lost.zarr"), 0.25)
+    path = "audio/mel"
+    s = store.array(path).shards[0]
+    file, _ = _inner_chunks(store, path, 1)
+    with open(file, "r+b") as f:
+        if damage == "overwritten":
+            f.write(b"garbage\n")
+            f.truncate()
+        else:
+            f.truncate(os.path.getsize(file) // 2)
+    report = verify_store(store, [path])
+    assert sorted(d.clip_id for d in report.damaged) == sorted(store.clips.clip_id.iloc[s : 2 * s])
+    expected = "shorter than its index" if damage == "overwritten" else "the shard index fails its crc32c"
+    assert all(expected in d.reason for d in report.damaged), report.damaged[0].reason
+    repair(store, report)
+    assert verify_store(store, [path]).ok
+    assert store.array(path)[:].tobytes() == flat.array(path)[:].tobytes()
+
+
 def test_resume_rewrites_a_shard_keeping_its_done_clips(pair, tmp_path, demo_root):
     """A run that stopped part-way through a shard (only some clips done, as a kill leaves it)
     resumes to the bytes of a clean run."""
