@@ -37,7 +37,7 @@ import zarr
 
 from featstore import arrays, names
 from featstore import clips as clips_mod
-from featstore.constants import CLASSES, CLIP_DURATION_S, MAX_CLIP_DURATION_S, MIN_SEGMENT_S, SEGMENT_S
+from featstore.constants import CLASSES, CLIP_DURATION_S, MAX_CLIP_DURATION_S, MIN_SEGMENT_S, SEGMENT_S, SHARD_MB
 from featstore.coords import is_coordinate
 from featstore.errors import ConfigError, DamagedFile, NotFoundError, StoreError
 from featstore.handles import ATTRS_KEY, WRITE_CONFIG, normalise_url, zarr_store
@@ -367,7 +367,7 @@ def init_store(
     clip_duration_s: float = CLIP_DURATION_S,
     classes: list[str] | tuple[str, ...] | None = None,
     storage_options: dict[str, Any] | None = None,
-    shard_mb: float = 0.0,
+    shard_mb: float = SHARD_MB,
 ) -> Store:
     """Create a store (or open an existing one with the same settings).
 
@@ -375,9 +375,9 @@ def init_store(
     seconds; ``classes`` is the label map (default: TAU's ten scenes, replaced by the labels of the
     first CSV manifest ingested when it names a label outside them, see :meth:`Store.adopt_classes`);
     ``storage_options`` go to fsspec for a remote URL.
-    ``shard_mb``: uncompressed MiB per shard of the store's arrays (0, here: one object per clip;
-    ``featstore init`` shards by default, :data:`featstore.constants.SHARD_MB`); it applies to
-    arrays created later and is not compared when the store exists.
+    ``shard_mb``: uncompressed MiB of clips per shard (stored object) of the store's arrays
+    (default :data:`featstore.constants.SHARD_MB`, as ``featstore init``; 0: one object per clip);
+    it applies to arrays created later and is not compared when the store exists.
     Reopening with other settings raises :class:`StoreError`.
     """
     url = normalise_url(url)

@@ -43,8 +43,17 @@ def demo_root(tmp_path_factory) -> str:
 
 @pytest.fixture
 def demo_store(tmp_path, demo_root) -> featstore.Store:
-    """A fresh store with the demo dataset ingested."""
+    """A fresh store with the demo dataset ingested (the default layout: many clips per shard)."""
     store = featstore.init_store(str(tmp_path / "store.zarr"), clip_duration_s=CLIP_S)
+    ingest(store, demo_root)
+    return store
+
+
+@pytest.fixture
+def flat_demo_store(tmp_path, demo_root) -> featstore.Store:
+    """The same in the one-object-per-clip layout (``shard_mb=0``), for tests that reach into a
+    clip's own chunk file (damage it, count the files)."""
+    store = featstore.init_store(str(tmp_path / "store.zarr"), clip_duration_s=CLIP_S, shard_mb=0)
     ingest(store, demo_root)
     return store
 

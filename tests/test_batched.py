@@ -18,13 +18,23 @@ from featstore.pipelines.stage import ClipTask
 from tests.conftest import run_cli
 
 
-@pytest.fixture
-def mel_model(demo_store, tmp_path):
-    assert extract_audio(demo_store, workers=0, features=("mel",)).done == 20
+def _with_mel_model(store, tmp_path):
+    assert extract_audio(store, workers=0, features=("mel",)).done == 20
     keras.utils.set_random_seed(3)
     path = str(tmp_path / "aud-mel.keras")
     build_model("aud-mel", input_shape=(128, 72, 6), widths=(4, 8), head_units=16).save(path)
-    return demo_store, path
+    return store, path
+
+
+@pytest.fixture
+def mel_model(demo_store, tmp_path):
+    return _with_mel_model(demo_store, tmp_path)
+
+
+@pytest.fixture
+def flat_mel_model(flat_demo_store, tmp_path):
+    """The same on a store of one object per clip, whose clip 5's chunk file a test damages."""
+    return _with_mel_model(flat_demo_store, tmp_path)
 
 
 def _per_clip_reference(store, stage) -> dict[str, np.ndarray]:
@@ -85,8 +95,8 @@ def test_a_clips_outputs_do_not_depend_on_the_clips_beside_it(mel_model):
             np.testing.assert_array_equal(got, whole[start:stop])
 
 
-def test_a_clip_with_a_broken_input_fails_alone(mel_model):
-    store, path = mel_model
+def test_a_clip_with_a_broken_input_fails_alone(flat_mel_model):
+    store, path = flat_mel_model
     bad = store.clips.clip_id[5]
     chunks = sorted(glob.glob(os.path.join(store.url, "audio", "mel", "c", "5", "**", "*"), recursive=True))
     with open([c for c in chunks if os.path.isfile(c)][0], "wb") as f:

@@ -22,7 +22,7 @@ from conftest import CLIP_S
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, demo_root) -> featstore.Store:
-    s = featstore.init_store(str(tmp_path_factory.mktemp("chunks") / "s.zarr"), clip_duration_s=CLIP_S)
+    s = featstore.init_store(str(tmp_path_factory.mktemp("chunks") / "s.zarr"), clip_duration_s=CLIP_S, shard_mb=0)  # sharded: test_sharding
     ingest(s, demo_root)
     extract_audio(s, workers=0, features=("mel",), progress=False)  # float16
     extract_audio(s, workers=0, features=("gam",), progress=False, dtype="float32")
@@ -53,8 +53,8 @@ def test_direct_reads_equal_zarr_for_every_array(store):
             np.testing.assert_array_equal(buffer, expected)
 
 
-def test_an_unwritten_clip_reads_as_the_fill_value(demo_store):
-    s = demo_store
+def test_an_unwritten_clip_reads_as_the_fill_value(flat_demo_store):
+    s = flat_demo_store
     array = s.create_array("test/x", per_clip_shape=(3, 4), dtype="float32", dims=("a", "b"), stage="test", params={})
     array[0] = np.arange(12, dtype=np.float32).reshape(3, 4)
     reader = ClipReader(s.array("test/x"))
@@ -65,8 +65,8 @@ def test_an_unwritten_clip_reads_as_the_fill_value(demo_store):
     assert np.isnan(reader.read(1, out=stale)).all(), "a reused buffer is overwritten with the fill value"
 
 
-def test_a_damaged_chunk_is_named(demo_store):
-    s = demo_store
+def test_a_damaged_chunk_is_named(flat_demo_store):
+    s = flat_demo_store
     array = s.create_array("test/x", per_clip_shape=(64,), dtype="float32", dims=("a",), stage="test", params={})
     array[2] = np.linspace(0, 1, 64, dtype=np.float32)
     chunk = os.path.join(s.url.removeprefix("file://"), "test", "x", "c", "2", "0")

@@ -55,7 +55,8 @@ def _zeros(task, params, names):
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_fill_valued_clip_still_writes_its_chunk(demo_store, workers):
+def test_fill_valued_clip_still_writes_its_chunk(flat_demo_store, workers):
+    demo_store = flat_demo_store  # one object per clip: each clip's own chunk must exist
     # zarr drops a chunk equal to the fill value unless write_empty_chunks is set on the handle
     # that writes; the runner's own handles must carry it, in-process and on a worker process
     stage = Stage("zeros", {}, (OutputSpec("value", "test/zeros", (4, 3), "uint8", ("row", "col")),), _zeros, lambda row: "v1")

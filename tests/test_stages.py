@@ -177,7 +177,8 @@ def _chunk_file(store: featstore.Store, path: str, clip_index: int) -> str:
     return os.path.join(store.url, path, "c", str(clip_index), *(["0"] * (array.ndim - 1)))
 
 
-def test_repair_restores_a_flipped_byte_in_an_embedding_chunk_bitwise(demo_store, tmp_path):
+def test_repair_restores_a_flipped_byte_in_an_embedding_chunk_bitwise(flat_demo_store, tmp_path):
+    demo_store = flat_demo_store  # a clip's own chunk file is damaged
     assert extract_audio(demo_store, AudioConfig(features=("mel",)), workers=0).done == 20
     keras.utils.set_random_seed(0)
     model_path = str(tmp_path / "m.keras")
@@ -203,10 +204,10 @@ def test_repair_restores_a_flipped_byte_in_an_embedding_chunk_bitwise(demo_store
         assert demo_store.array(path)[:].tobytes() == values.tobytes(), f"{path} not restored bitwise"
 
 
-def test_killed_repair_leaves_the_unrepaired_clips_reported_as_damage(demo_store):
+def test_killed_repair_leaves_the_unrepaired_clips_reported_as_damage(flat_demo_store):
     """SIGKILL `verify --repair` after its first repaired chunk lands: `verify` must still report
     every clip whose chunk is not back (the done-marks are not forgotten before recomputing)."""
-    store = demo_store
+    store = flat_demo_store
     assert extract_audio(store, AudioConfig(features=("mel", "gam", "cqt")), workers=0).done == 20
     lost = list(range(2, 20))
     for i in lost:

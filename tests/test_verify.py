@@ -19,8 +19,8 @@ def _chunk_file(store: featstore.Store, path: str, clip_index: int) -> str:
     return os.path.join(store.url, path, "c", str(clip_index), *(["0"] * (array.ndim - 1)))
 
 
-def test_flipped_byte_and_lost_chunk_are_found_and_repaired(demo_store):
-    store = demo_store
+def test_flipped_byte_and_lost_chunk_are_found_and_repaired(flat_demo_store):
+    store = flat_demo_store
     assert extract_audio(store, workers=0, features=("mel",)).done == 20
     assert extract_frames(store, workers=0, size=32).done == 20
     before = {p: store.array(p)[:] for p in ("audio/mel", "frames/rgb")}
