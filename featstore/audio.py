@@ -39,6 +39,13 @@ from featstore.gammatone_fb import gammatone_weights
 from featstore.mel_fb import mel_weights
 
 FEATURES = ("mel", "gam", "cqt")
+
+#: The papers' front end, the one place of its defaults (``extract-audio``'s and every feature's
+#: own): the analysis rate (Hz), frequency bins, STFT window and hop (ms).
+DEFAULT_SR = 32_000
+DEFAULT_N_BINS = 128
+DEFAULT_WIN_MS = 80.0
+DEFAULT_HOP_MS = 14.0
 #: Energy below this RMS (full scale 1.0) is reported as silence in the clip's notes.
 SILENCE_RMS = 1e-5
 
@@ -48,7 +55,8 @@ class AudioParams:
     """Every parameter of the audio front end (recorded in each array's provenance).
 
     The user-facing ones (``sr`` in Hz, ``n_bins``, ``win_ms``, ``hop_ms``) come from
-    :class:`featstore.pipelines.extract_audio.AudioConfig`, which holds their defaults; the grid
+    :class:`featstore.pipelines.extract_audio.AudioConfig` (defaults: ``DEFAULT_SR`` and its
+    neighbours above); the grid
     (``segment_s`` seconds, ``n_segments``) from the store; the rest are fixed by the papers.
     """
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from featstore.audio import AudioParams, spectrograms
+from featstore.audio import DEFAULT_HOP_MS, DEFAULT_N_BINS, DEFAULT_WIN_MS, AudioParams, spectrograms
 from featstore.coords import Coordinate
 from featstore.gammatone_fb import erb_space_hz
 from featstore.mel_fb import mel_edges_hz
@@ -49,7 +49,7 @@ class FeatureConfig:
     feature: ClassVar[str] = ""
     #: Whether ``extract-audio`` computes this feature when ``--features`` is not given.
     by_default: ClassVar[bool] = True
-    hop_ms: float = 14.0
+    hop_ms: float = DEFAULT_HOP_MS
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -102,7 +102,7 @@ class SpectrogramConfig(FeatureConfig):
     function's :class:`~featstore.audio.AudioParams`, so features with equal parameters share one
     STFT (``mel`` and ``gam``)."""
 
-    n_bins: int = option(128, "Frequency bins.", min=1)
+    n_bins: int = option(DEFAULT_N_BINS, "Frequency bins.", min=1)
 
     @property
     def n_out(self) -> int:
@@ -125,8 +125,8 @@ class SpectrogramConfig(FeatureConfig):
 class StftSpectrogramConfig(SpectrogramConfig):
     """A spectrogram of filters over the STFT's power (``mel``, ``gam``): window and hop."""
 
-    win_ms: float = option(80.0, "STFT window (ms).", above=0)
-    hop_ms: float = option(14.0, "STFT hop (ms).", above=0)
+    win_ms: float = option(DEFAULT_WIN_MS, "STFT window (ms).", above=0)
+    hop_ms: float = option(DEFAULT_HOP_MS, "STFT hop (ms).", above=0)
 
 
 @register("mel")
@@ -163,7 +163,7 @@ class GamConfig(StftSpectrogramConfig):
 class CqtConfig(SpectrogramConfig):
     """Log constant-Q magnitude (librosa's ``cqt``, ``n_bins`` from ``fmin_hz``)."""
 
-    hop_ms: float = option(14.0, "Hop (ms).", above=0)
+    hop_ms: float = option(DEFAULT_HOP_MS, "Hop (ms).", above=0)
     fmin_hz: float = option(50.0, "Lowest bin's centre (Hz).", above=0)
     bins_per_octave: int = option(16, "Bins per octave.", min=1)
 

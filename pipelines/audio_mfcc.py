@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from featstore.audio import AudioParams, spectrograms
+from featstore.audio import DEFAULT_HOP_MS, DEFAULT_N_BINS, DEFAULT_WIN_MS, AudioParams, spectrograms
 from featstore.coords import Coordinate
 from featstore.errors import ConfigError
 from featstore.pipelines.audio_features import FeatureConfig, register
@@ -27,9 +27,9 @@ class MfccConfig(FeatureConfig):
     by_default: ClassVar[bool] = False
 
     n_mfcc: int = option(40, "Coefficients kept.", min=1)
-    n_mels: int = option(128, "Mel bands the coefficients are computed from.", min=1)
-    win_ms: float = option(80.0, "STFT window (ms).", above=0)
-    hop_ms: float = option(14.0, "STFT hop (ms).", above=0)
+    n_mels: int = option(DEFAULT_N_BINS, "Mel bands the coefficients are computed from.", min=1)
+    win_ms: float = option(DEFAULT_WIN_MS, "STFT window (ms).", above=0)
+    hop_ms: float = option(DEFAULT_HOP_MS, "STFT hop (ms).", above=0)
     fmin_hz: float = option(0.0, "Lowest mel filter edge (Hz).", min=0)
 
     def __post_init__(self) -> None:

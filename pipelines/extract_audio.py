@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from featstore.audio import AudioParams, add_deltas, prepare_waveform
+from featstore.audio import DEFAULT_HOP_MS, DEFAULT_N_BINS, DEFAULT_SR, DEFAULT_WIN_MS, AudioParams, add_deltas, prepare_waveform
 from featstore.errors import ConfigError, MediaError
 from featstore.media import load_audio
 from featstore.pipelines.audio_features import FEATURES, FeatureConfig, compute_features, default_features
@@ -94,10 +94,10 @@ class _AudioOptions(StageConfig):
     code_version: ClassVar[int] = 2
 
     features: tuple[str, ...] = option(default_features(), "Features to compute (comma-separated).", choices=tuple(FEATURES))
-    sr: int = option(32_000, "Sample rate after resampling (Hz).", min=1000)
-    n_bins: int = option(128, "Frequency bins of each feature (default of every --FEATURE-n-bins).", min=1)
-    win_ms: float = option(80.0, "STFT window (ms) (default of every --FEATURE-win-ms).", above=0)
-    hop_ms: float = option(14.0, "Hop (ms) (default of every --FEATURE-hop-ms).", above=0)
+    sr: int = option(DEFAULT_SR, "Sample rate after resampling (Hz).", min=1000)
+    n_bins: int = option(DEFAULT_N_BINS, "Frequency bins of each feature (default of every --FEATURE-n-bins).", min=1)
+    win_ms: float = option(DEFAULT_WIN_MS, "STFT window (ms) (default of every --FEATURE-win-ms).", above=0)
+    hop_ms: float = option(DEFAULT_HOP_MS, "Hop (ms) (default of every --FEATURE-hop-ms).", above=0)
     dtype: str = option("float16", "Stored dtype.", choices=("float16", "float32"))
     store_deltas: bool = option(False, "Store 6 channels (static, delta, delta-delta) instead of deriving deltas at read time.")
     name: str = option("audio", "Array group: writes NAME/mel, NAME/gam, NAME/cqt.")

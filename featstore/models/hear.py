@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from featstore.audio import DEFAULT_SR
 from featstore.errors import ConfigError
 from featstore.fingerprint import file_digest
 
@@ -47,8 +48,8 @@ PREFIXES = (HEAR_PREFIX, TORCH_PREFIX)
 KINDS = ("hear", "torch")
 #: What such a model's ``input`` names: the clips' source audio files, not an array.
 SOURCE_AUDIO = "source audio"
-#: A torch module's input rate when it has no ``sample_rate`` attribute (the store's audio rate).
-DEFAULT_SAMPLE_RATE = 32_000
+#: A torch module's input rate when it has no ``sample_rate`` attribute (featstore's analysis rate).
+DEFAULT_SAMPLE_RATE = DEFAULT_SR
 
 
 @dataclass
