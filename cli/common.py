@@ -74,12 +74,31 @@ class FeatstoreGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (FeatstoreError, OSError) as exc:
+        except FeatstoreError as exc:
             fail(str(exc))
+        except OSError as exc:
+            fail(os_error_line(exc))
         except ModuleNotFoundError as exc:
             if exc.name not in OPTIONAL_MODULES:
                 raise
             fail(f"featstore {ctx.invoked_subcommand} needs {OPTIONAL_MODULES[exc.name]}, which is not installed: pip install {OPTIONAL_MODULES[exc.name]}")
+
+
+#: What to do about the OS errors a path given on the command line causes (the most specific first)
+OS_ERROR_FIXES = (
+    (FileExistsError, "a file is in the way: give a path that does not exist, or a folder"),
+    (NotADirectoryError, "a file is where a folder is needed: give a folder's path"),
+    (IsADirectoryError, "a folder is where a file is needed: give a file's path"),
+    (FileNotFoundError, "check the path, and that its folder exists"),
+    (PermissionError, "check the path's permissions"),
+)
+
+
+def os_error_line(exc: OSError) -> str:
+    """An ``OSError`` as one line: its first line, with what to do where the kind says it."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    fix = next((fix for kind, fix in OS_ERROR_FIXES if isinstance(exc, kind)), None)
+    return f"{text} ({fix})" if fix else text
 
 
 class Choice(click.Choice):

@@ -13,11 +13,11 @@ from featstore.constants import CLIP_DURATION_S
 @click.argument("out")
 @click.option("--clips-per-class", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--duration-s", type=float, default=CLIP_DURATION_S, show_default=True, help="Clip length (seconds).")
+@click.option("--duration-s", type=click.FloatRange(min=0, min_open=True), default=CLIP_DURATION_S, show_default=True, help="Clip length (seconds).")
 def demo_data(out: str, clips_per_class: int, seed: int, duration_s: float) -> None:
     """Write a small synthetic dataset in the TAU 2021 layout to OUT (wav 48 kHz 24-bit, H.264 mp4):
     audio alone confuses bus / metro / tram and the two streets, video alone the indoor halls and
-    park / public_square (README: The demo data); 30% of each class's clips, whole recording
+    park / public_square (Getting started: the demo data); 30% of each class's clips, whole recording
     locations, form the evaluate split.
 
     \b

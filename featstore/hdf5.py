@@ -142,11 +142,18 @@ def import_h5(store: Store, path: str) -> list[str]:
             raise IngestError(f"{path}: {exc}") from None
         file_ids = [str(c) for c in table["clip_id"]]
         checked = {name: _checked_dataset(path, f[name], file_ids) for name in datasets}
+        params_of = {name: {"source_file": os.path.basename(path), "external": True, "original_provenance": checked[name]["original"]}
+                     for name in datasets}
+        for name in datasets:  # an array the store already has, made otherwise: refused before any change
+            if store.has_array(name):
+                prov, ds = store.provenance(name), f[name]
+                if (prov.stage, prov.params, store.array(name).shape[1:], str(store.array(name).dtype)) != (IMPORT_STAGE, params_of[name], ds.shape[1:], str(ds.dtype)):
+                    raise IngestError(f"{path}: dataset {name!r} is an array the store already has, made by {prov.stage or 'another source'} "
+                                      "or from another file: import into another store, or rename the dataset in the file")
         store.add_clips(table)
         row_of = {cid: i for i, cid in enumerate(store.clips["clip_id"])}
         for name in datasets:
-            ds, spec = f[name], checked[name]
-            params = {"source_file": os.path.basename(path), "external": True, "original_provenance": spec["original"]}
+            ds, spec, params = f[name], checked[name], params_of[name]
             array = store.create_array(
                 name, per_clip_shape=tuple(ds.shape[1:]), dtype=str(ds.dtype), dims=spec["dims"], stage=IMPORT_STAGE, params=params
             )

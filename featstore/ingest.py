@@ -161,8 +161,11 @@ def read_tau2021(root: str, *, fold: int = 1, classes: list[str] | None = None) 
     _require_columns(meta_path, meta_rows, _header(meta_path, "\t"), ("filename_audio", "filename_video", "scene_label"))
 
     split_of: dict[str, str] = {}
-    for split in ("test", "train", "evaluate"):  # later splits win: evaluate over test
-        path = _find_setup_file(root, f"fold{fold}_{split}.csv")
+    fold_files = {split: _find_setup_file(root, f"fold{fold}_{split}.csv") for split in ("test", "train", "evaluate")}
+    if not any(fold_files.values()):  # every clip would get no split: a wrong --fold, or files not unpacked
+        raise IngestError(f"{root}: no fold{fold}_train.csv, fold{fold}_evaluate.csv or fold{fold}_test.csv "
+                          "(looked in the root, evaluation_setup/ and *.meta/): check --fold and the dataset's evaluation_setup folder")
+    for split, path in fold_files.items():  # later splits win: evaluate over test
         if path is None:
             continue
         fold_rows = _read_table(path, "\t", need_rows=False)

@@ -13,7 +13,7 @@ import tempfile
 import time
 from typing import Any
 
-from featstore.errors import DamagedFile, NotFoundError, StoreError
+from featstore.errors import ConfigError, DamagedFile, NotFoundError, StoreError
 from featstore.fingerprint import bytes_digest
 from featstore.names import unknown
 from featstore.store import Store
@@ -33,7 +33,11 @@ def load_keras(path: str):
 
     import featstore.models.deltas  # noqa: F401  (registers the layer with Keras' deserializer)
 
-    return keras.saving.load_model(path, compile=False, safe_mode=True)
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, OSError, TypeError) as exc:  # not a .keras file, a damaged one, or one safe mode refuses
+        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path}: not a Keras model featstore can load (a .keras file saved by Keras 3): {reason}") from None
 
 
 #: The head contract of backbones: embeddings at ``fc1024`` and ``fc10``, probabilities at ``softmax``.
@@ -92,6 +96,10 @@ def registered_models(store: Store) -> list[str]:
 def model_entry(store: Store, name: str) -> dict[str, Any]:
     entries = _entries(store)
     if name not in entries:
+        from featstore.models import MODELS  # the names only: no TensorFlow
+
+        if name in MODELS:  # a backbone featstore trains, not trained in this store yet
+            raise NotFoundError(f"no model registered as {name!r} in this store: train it first (featstore train-backbone STORE --model {name})")
         raise NotFoundError(unknown("model registered as", name, entries, "train-backbone, or embed --model-file, registers one"))
     return entries[name]
 

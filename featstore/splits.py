@@ -30,5 +30,5 @@ def validation_split(clips: pd.DataFrame, *, fraction: float, seed: int) -> tupl
             break
         chosen.add(loc)
         count += int((ids == loc).sum())
-    in_val = np.array([i in chosen for i in ids])
+    in_val = np.array([i in chosen for i in ids], dtype=bool)
     return train_rows[~in_val], train_rows[in_val]

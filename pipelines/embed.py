@@ -417,6 +417,9 @@ def embed(
             raise ConfigError(f"--input is needed for a model file named {model!r} (not one of {', '.join(MODELS)})")
         register_model(store, model, model_file_path, input_array=source, config={"source": "model file"}, require_head=not custom_layers)
     stage = EmbedConfig(model=model, layers=layers, batch_units=batch_units).build(store)
+    if input_array and stage.params.get("input") != input_array:
+        raise ConfigError(f"model {model!r} is registered with input {stage.params.get('input')!r}, not {input_array!r}: "
+                          "drop --input, or register another model file with it (--model-file FILE --model NEW_NAME)")
     clips, upstream_missing = (clips, []) if stage.params.get("kind") in WAVEFORM_KINDS else _upstream_done(store, stage.params["input"], clips)
     note = None
     try:

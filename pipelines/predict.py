@@ -22,6 +22,7 @@ upstream are reported, and the others are predicted.
 
 from __future__ import annotations
 
+import os
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -94,6 +95,10 @@ class PredictOptions:
             raise ConfigError("give exactly one of --system DIR and --run RUN")
         if self.video is not None and self.system_dir is None:
             raise ConfigError("--file needs --system")
+        if self.submission is not None and "://" not in self.submission:  # a local path: checked now, not after every clip is predicted
+            folder = os.path.dirname(os.path.abspath(self.submission))
+            if os.path.isdir(self.submission) or not os.path.isdir(folder):
+                raise ConfigError(f"--submission {self.submission}: give a file path in an existing folder (it is written as TSV)")
 
 
 def check_compatible(store: Store, system: System) -> None:

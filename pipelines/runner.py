@@ -265,6 +265,8 @@ def run_stage(
     # the lock comes first: a refused writer must not touch (or --overwrite) the arrays
     with WriterLock(store.side, paths, stage.name):
         store.refresh()  # the clips table as it is now the lock is held (another process may have edited it)
+        if store.n_clips == 0:
+            raise ConfigError(f"{store.url} has no clips yet: featstore ingest STORE DATA_DIR first")
         selected = select_clips(store, clips)  # a bad --clips is refused before any array is made
         per_shard = stage_clips_per_shard(store, stage)
         arrays = {

@@ -90,13 +90,13 @@ class TrainConfig(TrainingConfig):
     mixed_precision: bool = option(False, "Keras mixed_float16 (for GPUs).")
     devices: int = option(1, "Devices to train on (tf.distribute.MirroredStrategy): GPUs of this machine, else logical CPU devices; "
                              "--batch-size is the global batch, split evenly across them.", min=1)
-    block_clips: int = option(DEFAULT_BLOCK_CLIPS, "Clips per shuffle block of the loader (see README, Training loader).", min=1)
+    block_clips: int = option(DEFAULT_BLOCK_CLIPS, "Clips per shuffle block of the loader (see the training guide, the training loader).", min=1)
     run_clips: int = option(1, "Shuffle clips as runs of this many neighbours: fewer, larger requests from an object store "
                                "(see the guide's training loader; 1 = every clip on its own).", min=1)
     loader_workers: int = option(2, "Loader threads (0 = in the training thread).", min=0)
     augment_on: str = option("auto", "Where mixup and the frames' crop and flip run: host (loader threads), device "
                                      "(the GPU, from the loader's draws), auto (device when TensorFlow sees a GPU).", choices=AUGMENT_ON)
-    deltas: str = option("model", "Audio deltas computed by the model's first layer, or by the loader (a 6-channel model, as before).", choices=DELTAS)
+    deltas: str = option("model", "Audio deltas computed by the model's first layer, or by the loader (a 6-channel model).", choices=DELTAS)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -161,8 +161,15 @@ def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str
 
     seed_everything(config.seed)  # every seed and TensorFlow op determinism: same seed, same weights
     strategy = mirrored_strategy(config.devices) if config.devices > 1 else None  # refuses missing devices first
+    kind, modality = MODELS[config.model][0], store.provenance(config.input_array).modality
+    if modality and modality != kind:
+        raise ConfigError(f"--model {config.model} trains on {kind} arrays, and {config.input_array} holds {modality} values: "
+                          f"give --input {'an' if kind == 'audio' else 'a'} {kind} array (the default: {MODELS[config.model][1]})")
     clips = store.clips
     usable = store.done_in(config.input_array)
+    if not usable.any():
+        stage = "extract-frames" if kind == "visual" else "extract-audio"
+        raise ConfigError(f"no clip is done in {config.input_array}: run featstore {stage} first (after featstore ingest)")
     train_rows, val_rows = validation_split(clips[usable].reset_index(drop=True), fraction=config.val_fraction, seed=config.seed)
     row_map = np.flatnonzero(usable)
     train_rows, val_rows = row_map[train_rows], row_map[val_rows]

@@ -22,7 +22,8 @@ from tests.conftest import CLIP_S
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory, demo_root) -> dict[str, str]:
-    """{"EMPTY": an empty store, "S": the demo clips ingested, "MISSING": no store, "TMP": a folder}."""
+    """{"EMPTY": an empty store, "S": the demo clips ingested, "MISSING": no store, "TMP": a folder,
+    "DATA": the demo dataset, "PLAIN": a text file}."""
     work = tmp_path_factory.mktemp("cli-errors")
     empty = featstore.init_store(str(work / "empty.zarr"), clip_duration_s=CLIP_S)
     full = featstore.init_store(str(work / "s.zarr"), clip_duration_s=CLIP_S)
@@ -33,7 +34,9 @@ def stores(tmp_path_factory, demo_root) -> dict[str, str]:
     with h5py.File(work / "bad-json.h5", "w") as f:
         f.create_dataset("clips/clip_id", data=np.array([b"a"]))
         f.create_dataset("audio/mel", data=np.zeros((1, 3), np.float32)).attrs["featstore"] = "{not json"
-    return {"EMPTY": empty.url, "S": full.url, "MISSING": str(work / "missing.zarr"), "TMP": str(work)}
+    (work / "plain.txt").write_text("not a model, not a folder\n")
+    return {"EMPTY": empty.url, "S": full.url, "MISSING": str(work / "missing.zarr"), "TMP": str(work), "DATA": demo_root,
+            "PLAIN": str(work / "plain.txt")}
 
 
 #: (arguments with placeholders, exit status, words the one line must hold)
@@ -107,6 +110,15 @@ CASES = [
     ("verify {S} --workers -1", 2, ["--workers", "-1"]),
     ("predict {S} --run r --workers -1", 2, ["--workers", "-1"]),
     ("demo-data {TMP}/d --clips-per-class 0", 2, ["--clips-per-class", "0"]),
+    ("demo-data {TMP}/d --duration-s 0", 2, ["--duration-s", "x>0"]),
+    # a stage before the one it needs, options that contradict the store, paths of the wrong kind
+    ("extract-audio {EMPTY} --workers 0", 1, ["no clips yet", "featstore ingest"]),
+    ("ingest {EMPTY} {DATA} --fold 7", 1, ["fold7_train.csv", "check --fold"]),
+    ("embed {S} --model aud-cqt", 1, ["no model registered as 'aud-cqt'", "featstore train-backbone STORE --model aud-cqt"]),
+    ("embed {S} --model mine --model-file {PLAIN} --input audio/mel", 1, ["plain.txt", "not a Keras model"]),
+    ("predict {S} --run r --submission {TMP}", 1, ["--submission", "a file path in an existing folder"]),
+    ("init {PLAIN}", 1, ["File exists", "a file is in the way"]),
+    ("train-backbone {S} --model aud-mel --deltas loader --augment-on device", 1, ["--deltas model", "--augment-on host"]),
 ]
 
 

@@ -48,6 +48,13 @@ def test_hdf5_export_import_round_trip(full_store, tmp_path):
     assert run_cli("verify", other.url).returncode == 0
     # the imported features read like native ones
     np.testing.assert_array_equal(other.audio("mel", other.clips.clip_id[2]), full_store.audio("mel", full_store.clips.clip_id[2]))
+    # a store whose audio/mel was made otherwise: refused before any change (no clip added)
+    third = featstore.init_store(str(tmp_path / "third.zarr"), clip_duration_s=CLIP_S)
+    third.create_array("audio/mel", per_clip_shape=(2, 128, 216), dtype="float16", dims=("mel_channel", "mel_bin", "mel_frame"), stage="other", params={})
+    refused = run_cli("import-h5", third.url, h5)
+    assert refused.returncode == 1 and "already has, made by other" in refused.stderr and "Traceback" not in refused.stderr
+    assert len(featstore.open_store(third.url).clips) == 0
+    assert run_cli("import-h5", other.url, h5).returncode == 0, "the same file again: nothing to refuse"
 
 
 def test_plain_zarr_dask_and_xarray(full_store):

@@ -25,6 +25,8 @@ ARCHS = ("paper", "tiny")
 APPLICATIONS = {"vis-inc": "InceptionV3", "vis-conv": "ConvNeXtTiny"}
 #: (scale, offset) taking 0..255 to the range each paper application expects (tiny models: [-1, 1])
 RESCALE = {"vis-inc": (1 / 127.5, -1.0), "vis-conv": (1.0, 0.0)}
+#: The smallest frames (px, height and width) each paper application takes (keras.applications' limits)
+MIN_SIZE_PX = {"vis-inc": 75, "vis-conv": 32}
 TINY_WIDTHS = (16, 32)
 
 
@@ -87,6 +89,10 @@ def visual_backbone(name: str, inputs, *, arch: str = "paper", widths: Sequence[
             raise ConfigError("the tiny visual backbones have no ImageNet weights; drop weights_file or use arch='paper'")
         x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(inputs)
         return TINY[name](x, widths)
+    size = min(inputs.shape[1:3])
+    if size < MIN_SIZE_PX[name]:
+        raise ConfigError(f"{name} ({APPLICATIONS[name]}) takes frames of at least {MIN_SIZE_PX[name]} px, these are {size} px: "
+                          f"extract frames at --size {MIN_SIZE_PX[name]} or more (featstore extract-frames --size N --name GROUP)")
     scale, offset = RESCALE[name]
     x = keras.layers.Rescaling(scale, offset=offset, name="preprocess")(inputs)
     base = getattr(keras.applications, APPLICATIONS[name])(include_top=False, weights=None, input_shape=tuple(inputs.shape[1:]), pooling="avg")
