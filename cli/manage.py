@@ -83,9 +83,13 @@ def remove_clips_cmd(store: str, clip_ids: str) -> None:
       featstore remove-clips store.zarr --clips airport-lisbon-1000-40000-a,bus-lyon-1001-40001-a
     """
     from featstore.clip_edits import remove_clips
+    from featstore.errors import ConfigError
 
+    wanted = [c.strip() for c in clip_ids.split(",") if c.strip()]
+    if not wanted:
+        raise ConfigError("--clips names no clip: give comma-separated clip ids")
     s = open_store(store)
-    removed = remove_clips(s, [c.strip() for c in clip_ids.split(",") if c.strip()])
+    removed = remove_clips(s, wanted)
     click.echo(f"removed {len(removed)} clip(s) ({int((~s.removed).sum())} left in store)")
 
 

@@ -77,6 +77,7 @@ CASES = [
     ("extract-audio {S} --features mle", 1, ["--features", "did you mean 'mel'"]),
     ("extract-audio {S} --clips nosplit --workers 0", 1, ["--clips", "nosplit"]),
     ("remove-clips {S} --clips nope", 1, ["no clip 'nope' in the store"]),
+    ("remove-clips {S} --clips ,", 1, ["--clips names no clip"]),
     ("extract-frames {S} --resize stretch", 2, ["--resize", "stretch"]),
     ("embed {S} --model keras:../x", 2, ["--model"]),
     ("embed {S} --model keras:ResNet50", 1, ["no array 'frames/rgb'", "run the stage that makes it"]),
