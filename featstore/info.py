@@ -44,6 +44,7 @@ def store_info(store: Store) -> dict[str, Any]:
                 "shape": list(array.shape),
                 "dtype": str(array.dtype),
                 "chunks": list(array.chunks),
+                "clips_per_shard": int(array.shards[0]) if array.shards is not None else 1,
                 "dims": prov.get("dims"),
                 "stage": prov.get("stage"),
                 "fingerprint": prov.get("fingerprint"),
@@ -85,7 +86,8 @@ def format_info(info: dict[str, Any]) -> str:
     for a in info["arrays"]:
         lines.append(
             f"  {a['path']:<24} {str(tuple(a['shape'])):<22} {a['dtype']:<8} chunks {tuple(a['chunks'])} "
-            f"done {a['fraction_done']:.0%} {a['bytes_on_disk'] / 1e6:.1f} MB failures {a['failures']}"
+            + (f"in shards of {a['clips_per_shard']} clips " if a["clips_per_shard"] > 1 else "")
+            + f"done {a['fraction_done']:.0%} {a['bytes_on_disk'] / 1e6:.1f} MB failures {a['failures']}"
         )
     lines.append(f"failures     {info['failures']}")
     return "\n".join(lines)

@@ -167,7 +167,12 @@ def _executor(
     from distributed import Client, LocalCluster, wait
 
     if scheduler:
-        client, cluster = Client(scheduler), None
+        try:
+            client, cluster = Client(scheduler), None
+        except OSError as exc:  # dask's "Timed out trying to connect to ... after 30 s"
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(f"no dask scheduler answers at {scheduler} ({reason}): check the address the scheduler printed, "
+                              "or leave out --scheduler (and FEATSTORE_SCHEDULER) to run on local workers") from None
     else:
         n = workers or os.cpu_count() or 1
         # a memory:// store lives in this process only: thread workers (which take no env)

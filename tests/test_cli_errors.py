@@ -173,3 +173,17 @@ def test_a_refused_import_leaves_the_store_as_it_was(tmp_path):
         with pytest.raises(featstore.IngestError, match=name):
             featstore.hdf5.import_h5(store, str(tmp_path / name))
         assert store.n_clips == 0 and store.array_paths() == [], name
+
+
+def test_an_unreachable_scheduler_is_one_line_naming_the_fix(tmp_path, demo_root):
+    """--scheduler at an address where nothing listens: dask's connect timeout (1 s here), then one
+    line with the address and what to do, exit 1."""
+    import dask.config
+
+    store = featstore.init_store(str(tmp_path / "s.zarr"), clip_duration_s=CLIP_S)
+    ingest(store, demo_root)
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        result = CliRunner().invoke(main, ["extract-audio", store.url, "--features", "mel", "--scheduler", "tcp://127.0.0.1:9"])
+    assert result.exit_code == 1, (result.exit_code, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no dask scheduler answers at tcp://127.0.0.1:9" in lines[0] and "leave out --scheduler" in lines[0], result.stderr

@@ -182,6 +182,11 @@ def test_init_shards_by_default_and_dimension_names_are_unique(tmp_path):
     store.add_clips(store.clips.iloc[:0])
     array = store.create_array("embeddings/m/fc10", per_clip_shape=(3, 10), dtype="float32", dims=("segment", "dim"), stage="t", params={})
     assert array.shards is not None and array.metadata.dimension_names == ("clip", "segment", "fc10_dim")
+    from featstore.info import format_info, store_info
+
+    assert [a["clips_per_shard"] for a in store_info(store)["arrays"]] == [4096]
+    assert "chunks (1, 3, 10) in shards of 4096 clips" in format_info(store_info(store)), "info shows the layout"
+    assert featstore.init_store(str(tmp_path / "api.zarr")).shard_mb == 128.0, "the Python API: the same default"
     clip_level = store.create_array("predictions/r", per_clip_shape=(1, 10), dtype="float32", dims=("clip", "class"), stage="t", params={})
     assert clip_level.metadata.dimension_names == ("clip", "clip_unit", "class")
     array[:] = np.ones((0, 3, 10), np.float32)
