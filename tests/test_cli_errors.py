@@ -179,6 +179,7 @@ def test_an_unreachable_scheduler_is_one_line_naming_the_fix(tmp_path, demo_root
     """--scheduler at an address where nothing listens: dask's connect timeout (1 s here), then one
     line with the address and what to do, exit 1."""
     import dask.config
+    import distributed  # noqa: F401 - its defaults loaded first: set() on an unloaded key leaves dask's config without them
 
     store = featstore.init_store(str(tmp_path / "s.zarr"), clip_duration_s=CLIP_S)
     ingest(store, demo_root)
