@@ -7,7 +7,7 @@ ends with a summary in the layout of the two-phase paper's Table II. Then it exp
 audio-visual f4 run as a system and applies it to 1 s clips cut from evaluate clips in the
 challenge's evaluation layout, writing the submission file (:func:`to_submission`).
 
-Settings (:class:`DemoSettings`) are sized for 2 CPU cores and about 5 minutes: the visual backbones
+Settings (:class:`DemoSettings`) are sized for 2 CPU cores and 4 to 6 minutes: the visual backbones
 are the *tiny* InceptionV3-like and ConvNeXt-like networks of :mod:`featstore.models.visual` on 64 px
 frames (``visual_arch="paper"``, ``featstore demo --paper-visual``, trains the papers' InceptionV3 and
 ConvNeXtTiny from random weights instead, at 75 px, InceptionV3's smallest input: far slower on a CPU).
