@@ -137,13 +137,24 @@ def slope(t: dict, run: tuple, sizes: tuple[int, int], i: int) -> float:
     return (t[(*run, sizes[1])][i] - t[(*run, sizes[0])][i]) / (sizes[1] - sizes[0])
 
 
-def fresh_store(work: str, root: str):
-    """A new store under ``work`` with the dataset at ``root`` ingested (not timed)."""
+def fresh_store(work: str, root: str, n_clips: int, shard_mb: float | None = None):
+    """A new store under ``work`` (``shard_mb``: None, the default sharded layout; 0, one object per
+    clip) holding the first ``n_clips`` clips
+    of the dataset at ``root``, audio only, ingested from a CSV manifest (not timed). A run then
+    covers its whole store, as a user's does: a run over part of a store would write part of a
+    shard, which rewrites the shard's other rows too, and the slope between two sizes would
+    measure that instead of a clip's cost."""
     import featstore
     from featstore.pipelines.ingest import ingest
 
-    store = featstore.init_store(os.path.join(work, f"store-{time.monotonic_ns()}.zarr"))
-    ingest(store, root)
+    manifest = os.path.join(root, f"first-{n_clips}.csv")
+    if not os.path.exists(manifest):
+        wavs = sorted(os.listdir(os.path.join(root, "audio")))[:n_clips]
+        with open(manifest, "w") as f:  # demo file names start with their scene label
+            f.write("audio,video,label,split\n" + "".join(f"audio/{w},,{w.split('-')[0]},train\n" for w in wavs))
+    layout = {} if shard_mb is None else {"shard_mb": shard_mb}
+    store = featstore.init_store(os.path.join(work, f"store-{time.monotonic_ns()}.zarr"), **layout)
+    ingest(store, manifest, fmt="csv")
     return store
 
 
@@ -161,16 +172,14 @@ def per_clip(args, work: str) -> None:
     lhotse_runs = {n: lhotse_mel(wavs[:n], os.path.join(work, "lhotse")) for n in sizes}
     for feature in args.features.split(","):
         plain_loop(wavs, npy, feature)  # warm-up: imports, filter banks, the file cache
-        warm = fresh_store(work, root)
-        extract_audio(warm, features=(feature,), clips=warm.clips.clip_id[:1].tolist(), workers=0, progress=False)
+        extract_audio(fresh_store(work, root, 1, args.shard_mb), features=(feature,), workers=0, progress=False)
         with_lhotse = feature == "mel" and lhotse_runs[sizes[0]] is not None
         if with_lhotse:
             lhotse_runs[sizes[0]]()  # warm-up
         for _ in range(args.rounds):
             for n in sizes:
-                store = fresh_store(work, root)
-                ids = store.clips.clip_id[:n].tolist()
-                samples.setdefault((feature, "featstore", n), []).append(timed(lambda: extract_audio(store, features=(feature,), clips=ids, workers=0, progress=False)))
+                store = fresh_store(work, root, n, args.shard_mb)
+                samples.setdefault((feature, "featstore", n), []).append(timed(lambda: extract_audio(store, features=(feature,), workers=0, progress=False)))
                 samples.setdefault((feature, "plain", n), []).append(timed(lambda: plain_loop(wavs[:n], npy, feature)))
                 if with_lhotse:
                     samples.setdefault((feature, "lhotse", n), []).append(timed(lhotse_runs[n]))
@@ -271,9 +280,8 @@ def workers(args, work: str) -> None:
     for r in range(args.rounds + 1):  # round 0: warm-up
         for n in sizes:
             for w in counts:
-                store = fresh_store(work, root)
-                ids = store.clips.clip_id[:n].tolist()
-                cost = timed(lambda: extract_audio(store, features=("mel",), clips=ids, workers=w, progress=False))
+                store = fresh_store(work, root, n, args.shard_mb)
+                cost = timed(lambda: extract_audio(store, features=("mel",), workers=w, progress=False))
                 if r:
                     samples.setdefault((f"workers={w}", n), []).append(cost)
         if r:
@@ -294,7 +302,7 @@ def workers(args, work: str) -> None:
     print(f"wall: marginal per clip --workers 2 {1000 * m[2]:.1f} ms: {m[1] / m[2]:.2f}x the clips per second of --workers 1 (target >= 1.8x); "
           f"each round's own ratio: {', '.join(f'{g:.2f}x' for g in own)}; "
           f"one worker run keeps {busy:.2f} cores busy (CPU per clip over wall per clip: the worker's write-behind thread, this process)")
-    gains = [two_processes_gain(work, root, sizes[1]) for _ in range(args.rounds)]
+    gains = [two_processes_gain(work, root, sizes[1], args.shard_mb) for _ in range(args.rounds)]
     print(f"the machine's own gain from a second core for this work, no dask: two in-process runs of {sizes[1] - 2} clips at once, separate "
           f"processes and stores, against one alone: " + ", ".join(f"{g:.2f}x" for g in gains) + f" (median {float(np.median(gains)):.2f}x)")
     for name, config in (("featstore's settings", None), ("dask's defaults", {})):
@@ -302,11 +310,11 @@ def workers(args, work: str) -> None:
         print(f"idle one-worker cluster, {name}: {driver:.1f}% of a core in this process, {worker:.1f}% in the worker")
 
 
-def two_processes_gain(work: str, root: str, n_clips: int) -> float:
+def two_processes_gain(work: str, root: str, n_clips: int, shard_mb: float | None) -> float:
     """Clips per second of two in-process ``extract_audio`` runs at once (separate processes, each
     its own store) over one run alone; each run's first 2 clips (imports, filter banks) untimed."""
     def start() -> subprocess.Popen:
-        store = fresh_store(work, root)
+        store = fresh_store(work, root, n_clips, shard_mb)
         return subprocess.Popen([sys.executable, __file__, "--in-process-run", store.url, str(n_clips)], stdout=subprocess.PIPE, text=True)
 
     def seconds(*runs: subprocess.Popen) -> list[float]:
@@ -374,6 +382,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,30", help="Two clip counts; the marginal cost is the slope between them.")
     parser.add_argument("--features", default="mel,gam,cqt")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shard-mb", type=float, default=None, help="Layout of the stores (per-clip, workers): MiB per shard; 0 = one object per clip (default: the store's default, sharded).")
     parser.add_argument("--plain-loop", nargs="+", metavar=("OUT_DIR", "WAV"), help="Run only the plain MEL loop (used by --mode whole-process).")
     parser.add_argument("--in-process-run", nargs=2, metavar=("STORE", "N_CLIPS"), help="Time one in-process run (used by --mode workers).")
     args = parser.parse_args()
