@@ -16,7 +16,7 @@ import click
 
 import featstore
 from featstore import names
-from featstore.errors import ConfigError, FeatstoreError, FeatstoreWarning
+from featstore.errors import ConfigError, FeatstoreError, FeatstoreWarning, first_line
 from featstore.pipelines.config import RunOptions, check_field, describe_range, flag_of
 
 #: Some clips failed (they are recorded; the others are done). Re-running retries only those.
@@ -96,7 +96,7 @@ OS_ERROR_FIXES = (
 
 def os_error_line(exc: OSError) -> str:
     """An ``OSError`` as one line: its first line, with what to do where the kind says it."""
-    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    text = first_line(exc)
     fix = next((fix for kind, fix in OS_ERROR_FIXES if isinstance(exc, kind)), None)
     return f"{text} ({fix})" if fix else text
 

@@ -79,3 +79,9 @@ class DamagedFile(StoreError):
 
 class FeatstoreWarning(UserWarning):
     """Something the user should know that does not stop the run (e.g. a stale lock taken over)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none), for a one-line
+    error that quotes a library's multi-line one."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

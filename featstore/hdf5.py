@@ -146,8 +146,8 @@ def import_h5(store: Store, path: str) -> list[str]:
                      for name in datasets}
         for name in datasets:  # an array the store already has, made otherwise: refused before any change
             if store.has_array(name):
-                prov, ds = store.provenance(name), f[name]
-                if (prov.stage, prov.params, store.array(name).shape[1:], str(store.array(name).dtype)) != (IMPORT_STAGE, params_of[name], ds.shape[1:], str(ds.dtype)):
+                prov, ds, existing = store.provenance(name), f[name], store.array(name)
+                if (prov.stage, prov.params, existing.shape[1:], str(existing.dtype)) != (IMPORT_STAGE, params_of[name], ds.shape[1:], str(ds.dtype)):
                     raise IngestError(f"{path}: dataset {name!r} is an array the store already has, made by {prov.stage or 'another source'} "
                                       "or from another file: import into another store, or rename the dataset in the file")
         store.add_clips(table)

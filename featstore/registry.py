@@ -13,7 +13,7 @@ import tempfile
 import time
 from typing import Any
 
-from featstore.errors import ConfigError, DamagedFile, NotFoundError, StoreError
+from featstore.errors import ConfigError, DamagedFile, NotFoundError, StoreError, first_line
 from featstore.fingerprint import bytes_digest
 from featstore.names import unknown
 from featstore.store import Store
@@ -36,7 +36,7 @@ def load_keras(path: str):
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except (ValueError, OSError, TypeError) as exc:  # not a .keras file, a damaged one, or one safe mode refuses
-        reason = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc).split(". ")[0]  # Keras goes on about SavedModel and TFSMLayer
         raise ConfigError(f"{path}: not a Keras model featstore can load (a .keras file saved by Keras 3): {reason}") from None
 
 

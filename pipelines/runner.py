@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from featstore.errors import ConfigError
+from featstore.errors import ConfigError, first_line
 from featstore.pipelines.config import IN_PROCESS_CLIP_S
 from featstore.lock import WriterLock
 from featstore.shards import clips_per_shard, group_rows, unit_clips
@@ -170,8 +170,7 @@ def _executor(
         try:
             client, cluster = Client(scheduler), None
         except OSError as exc:  # dask's "Timed out trying to connect to ... after 30 s"
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(f"no dask scheduler answers at {scheduler} ({reason}): check the address the scheduler printed, "
+            raise ConfigError(f"no dask scheduler answers at {scheduler} ({first_line(exc)}): check the address the scheduler printed, "
                               "or leave out --scheduler (and FEATSTORE_SCHEDULER) to run on local workers") from None
     else:
         n = workers or os.cpu_count() or 1

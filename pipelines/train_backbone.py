@@ -175,7 +175,7 @@ def _train(store: Store, config: TrainConfig, progress: bool | None) -> dict[str
     train_rows, val_rows = row_map[train_rows], row_map[val_rows]
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ConfigError("need train clips from at least two recording locations (one goes to validation)")
-    visual = MODELS[config.model][0] == "visual"
+    visual = kind == "visual"
     if config.deltas not in DELTAS:
         raise ConfigError(f"deltas must be one of {', '.join(DELTAS)}, got {config.deltas!r}")
     loader_deltas = config.loader_deltas

@@ -41,29 +41,30 @@ def demo_root(tmp_path_factory) -> str:
     return make_demo_dataset(str(root), clips_per_class=2, seed=1, duration_s=CLIP_S)
 
 
+def _ingested_store(path: str, demo_root: str, **layout) -> featstore.Store:
+    store = featstore.init_store(path, clip_duration_s=CLIP_S, **layout)
+    ingest(store, demo_root)
+    return store
+
+
 @pytest.fixture
 def demo_store(tmp_path, demo_root) -> featstore.Store:
     """A fresh store with the demo dataset ingested (the default layout: many clips per shard)."""
-    store = featstore.init_store(str(tmp_path / "store.zarr"), clip_duration_s=CLIP_S)
-    ingest(store, demo_root)
-    return store
+    return _ingested_store(str(tmp_path / "store.zarr"), demo_root)
 
 
 @pytest.fixture
 def flat_demo_store(tmp_path, demo_root) -> featstore.Store:
     """The same in the one-object-per-clip layout (``shard_mb=0``), for tests that reach into a
     clip's own chunk file (damage it, count the files)."""
-    store = featstore.init_store(str(tmp_path / "store.zarr"), clip_duration_s=CLIP_S, shard_mb=0)
-    ingest(store, demo_root)
-    return store
+    return _ingested_store(str(tmp_path / "store.zarr"), demo_root, shard_mb=0)
 
 
 def mel_windows_store(path: str, demo_root: str) -> featstore.Store:
     """The demo dataset ingested at ``path`` with MEL extracted: 20 clips of 3 s, 60 one-second windows."""
     from featstore.pipelines.extract_audio import extract_audio
 
-    store = featstore.init_store(path, clip_duration_s=CLIP_S)
-    ingest(store, demo_root)
+    store = _ingested_store(path, demo_root)
     assert extract_audio(store, workers=0, features=("mel",), progress=False).done == 20
     return store
 
